@@ -1,0 +1,92 @@
+"""The interface between the attention backend and a retrieval policy: which positions each request
+attends at each layer of a forward.
+
+The backend calls, per forward: `begin_forward` once (host-side planning), `attended_positions` once per
+(layer, request) with that layer's queries, and `end_forward` once after the last layer, when every
+layer's K/V of the new tokens is in the pool (the place to index them). `FullAttendedSet` attends
+everything (dense, the exactness reference); `ClusterAttendedSet` (Mosaic) plugs in the same way.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, Sequence
+
+import torch
+
+from .integration.request_layout import RequestLayout
+
+__all__ = ["AttendedSetPolicy", "FullAttendedSet", "KeyReader"]
+
+KeyReader = Callable[[int, torch.Tensor], torch.Tensor]
+"""``read_keys(request_index, positions [T] int64) -> [num_layers, T, num_kv_heads, head_dim]``: the
+cached keys of a request's positions, all layers."""
+
+
+class AttendedSetPolicy(ABC):
+    """Chooses the attended set; owns whatever per-sequence state that needs."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def begin_forward(self, requests: Sequence[RequestLayout], is_decode: bool) -> None:
+        """Plan a forward over ``requests`` (host side, once per batch, before any layer runs)."""
+
+    @abstractmethod
+    def attended_positions(self, layer_id: int, request_index: int, queries: torch.Tensor) -> torch.Tensor:
+        """Positions request ``request_index`` attends at ``layer_id``.
+
+        Args:
+            layer_id: model layer.
+            request_index: index into the ``requests`` given to `begin_forward`.
+            queries: ``[extend_len, num_qo_heads, head_dim]`` this layer's queries of the request.
+
+        Returns:
+            ``[n] int64`` sorted unique positions ``< seq_len``; must contain every position of the
+            forward's own tokens (``prefix_len .. seq_len-1``), so each query sees at least itself.
+        """
+
+    def end_forward(self, read_keys: KeyReader) -> None:
+        """After the last layer: the new tokens' K/V are in the pool for every layer."""
+
+    def release(self, rid: str) -> None:
+        """The request finished or was aborted: drop its per-request state."""
+
+    def on_slots_freed(self, slots: torch.Tensor) -> None:
+        """SGLang freed these KV slots (tree eviction): drop state that refers to them."""
+
+    def reset(self) -> None:
+        """The cache was flushed: drop all state."""
+
+    def request_stats(self, rid: str) -> dict:
+        """JSON-able statistics of a request, reported in the response's ``meta_info['mosaic']``."""
+        return {}
+
+
+class FullAttendedSet(AttendedSetPolicy):
+    """Every request attends every position: dense attention through the mosaic code path."""
+
+    name = "full"
+
+    def __init__(self) -> None:
+        self._requests: Sequence[RequestLayout] = ()
+        self._stats: dict[str, dict] = {}
+
+    def begin_forward(self, requests: Sequence[RequestLayout], is_decode: bool) -> None:
+        self._requests = requests
+        for req in requests:
+            stats = self._stats.setdefault(req.rid, {"policy": self.name})
+            stats.update(
+                context_tokens=req.seq_len,
+                visual_tokens=req.num_visual,
+                attended_tokens=req.seq_len,
+            )
+
+    def attended_positions(self, layer_id: int, request_index: int, queries: torch.Tensor) -> torch.Tensor:
+        return torch.arange(self._requests[request_index].seq_len)
+
+    def release(self, rid: str) -> None:
+        self._stats.pop(rid, None)
+
+    def request_stats(self, rid: str) -> dict:
+        return dict(self._stats.get(rid, {}))

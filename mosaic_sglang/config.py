@@ -1,0 +1,158 @@
+"""`MosaicConfig`: every knob of the cluster cache, in one frozen, validated dataclass.
+
+Invalid values raise `MosaicConfigError` (a `ValueError`) naming the field, what was expected and what
+was given, so a bad `--mosaic-config` fails at launch, before any server process starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+__all__ = ["MosaicConfig", "MosaicConfigError"]
+
+
+class MosaicConfigError(ValueError):
+    """A Mosaic option is unknown, of the wrong type or out of range."""
+
+
+_CHOICES = {
+    "membership": ("shared", "per_layer"),
+    "score": ("centroid", "centroid_radius", "size_weighted"),
+    "query_reduce": ("mean", "max"),
+}
+
+
+@dataclass(frozen=True)
+class MosaicConfig:
+    """Knobs of the Mosaic cluster cache.
+
+    Token accounting (per sequence and per layer): the attended set is
+    ``sinks ∪ recent window ∪ text tokens ∪ selected clusters``; ``budget`` bounds only the
+    selected-cluster part, the others are always attended.
+
+    Example:
+        >>> MosaicConfig(budget=512, recent_window=32).budget
+        512
+    """
+
+    budget: int = 1024
+    """Visual tokens selected from clusters, per sequence and layer (beyond sinks/window/text)."""
+    sink_tokens: int = 4
+    """First tokens of the sequence that are always attended (attention sinks)."""
+    recent_window: int = 64
+    """Most recent tokens that are always attended."""
+    max_cluster_size: int = 64
+    """Size cap: a cluster at the cap takes no new tokens; above it, it is marked for splitting."""
+    join_threshold: float = 1.0
+    """A token joins a cluster only if the cluster's spread after the join stays under this multiple
+    of the running key variance (relative, so it transfers across models)."""
+    split_threshold: float = 1.5
+    """Clusters whose relative spread drifts past this are marked for deferred splitting."""
+    active_frames: int = 4
+    """Assignment candidates: clusters that received a token in the last `active_frames` frames."""
+    split_work_per_step: int = 16
+    """Most clusters split in one maintenance call (bounded work off the critical path)."""
+    membership: str = "shared"
+    """'shared': one membership for all layers; 'per_layer': one per layer."""
+    score: str = "size_weighted"
+    """Cluster scoring rule: 'centroid', 'centroid_radius' or 'size_weighted'."""
+    query_reduce: str = "max"
+    """How the query tokens and the GQA heads of a layer are aggregated into one cluster score."""
+    reselect_every: int = 0
+    """Decode: re-select every k steps with the current query; 0 keeps the question's selection."""
+    select_in_prefill: bool = True
+    """Video prefill chunks attend sinks + window + clusters selected by the chunk's own queries;
+    False makes prefill dense (the attended set is everything before the chunk)."""
+    seed: int = 0
+    """Seed for the deterministic parts (split initialisation)."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = _type_name(f.type)
+            ok = isinstance(value, bool) if expected == "bool" else _is_instance(value, expected)
+            if not ok:
+                raise MosaicConfigError(
+                    f"mosaic config field '{f.name}': expected {expected}, got {value!r} ({type(value).__name__})"
+                )
+        _at_least(self, "budget", 0)
+        _at_least(self, "sink_tokens", 0)
+        _at_least(self, "recent_window", 0)
+        _at_least(self, "max_cluster_size", 1)
+        _at_least(self, "active_frames", 1)
+        _at_least(self, "split_work_per_step", 1)
+        _at_least(self, "reselect_every", 0)
+        _at_least(self, "seed", 0)
+        if not self.join_threshold > 0:
+            raise MosaicConfigError(
+                f"mosaic config field 'join_threshold': expected a number > 0, got {self.join_threshold!r}"
+            )
+        if not self.split_threshold >= self.join_threshold:
+            raise MosaicConfigError(
+                "mosaic config field 'split_threshold': expected a number >= join_threshold "
+                f"({self.join_threshold!r}), got {self.split_threshold!r}"
+            )
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise MosaicConfigError(
+                    f"mosaic config field '{name}': expected one of {list(choices)}, got {getattr(self, name)!r}"
+                )
+
+    # -- construction from user input -------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, options: Mapping[str, Any]) -> "MosaicConfig":
+        """Build from a mapping, rejecting unknown keys (with the list of known ones)."""
+        if not isinstance(options, Mapping):
+            raise MosaicConfigError(f"mosaic config: expected a JSON object, got {type(options).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise MosaicConfigError(
+                f"mosaic config: unknown key(s) {unknown}; expected keys from {sorted(known)}"
+            )
+        return cls(**dict(options))
+
+    @classmethod
+    def from_json(cls, text: str) -> "MosaicConfig":
+        """Parse `--mosaic-config '{json}'`."""
+        try:
+            options = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError as e:
+            raise MosaicConfigError(f"mosaic config: expected a JSON object, got invalid JSON {text!r} ({e})") from e
+        return cls.from_dict(options)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def replace(self, **changes: Any) -> "MosaicConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def always_attended(self) -> int:
+        """Sinks + recent window: the part of the attended set that does not depend on the query."""
+        return self.sink_tokens + self.recent_window
+
+
+def _type_name(annotation: Any) -> str:
+    return annotation if isinstance(annotation, str) else annotation.__name__
+
+
+def _is_instance(value: Any, expected: str) -> bool:
+    if expected == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected == "str":
+        return isinstance(value, str)
+    raise AssertionError(f"unhandled field type {expected=}")
+
+
+def _at_least(cfg: MosaicConfig, name: str, low: int) -> None:
+    value = getattr(cfg, name)
+    if value < low:
+        raise MosaicConfigError(f"mosaic config field '{name}': expected an integer >= {low}, got {value!r}")

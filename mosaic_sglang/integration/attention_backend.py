@@ -1,0 +1,160 @@
+"""The ``mosaic`` attention backend: each request attends only its attended set at each layer.
+
+CPU path built on SGLang's ``TorchNativeAttnBackend`` (K/V writes, pools, GQA): the per-request gather
+over ``req_to_token[row, :seq_len]`` is replaced by a gather over the positions the retrieval policy
+returns (sinks ∪ recent window ∪ text ∪ selected clusters), computed by
+`mosaic_sglang.kernels.attended_attention` with a position-causal mask. With a policy that attends
+everything, the output equals the dense ``torch_native`` backend's.
+
+Per forward (FlashInfer's plan/run split): `init_forward_metadata` builds one `RequestLayout` per
+request and lets the policy plan; each layer's forward asks the policy for the attended positions,
+maps them to KV slots through the request's ``req_to_token`` row and runs attention; after the last
+layer the policy may index the new tokens (their K/V are then in the pool for every layer).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, List
+
+import torch
+
+from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
+from sglang.srt.layers.radix_attention import AttentionType
+from sglang.srt.mem_cache.memory_pool import KVWriteLoc
+
+from ..kernels.attended_attention import attended_attention
+from .request_layout import RequestLayout, frame_ids_from_mm_inputs
+from .runtime import get_runtime
+
+if TYPE_CHECKING:
+    from sglang.srt.layers.radix_attention import RadixAttention
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+    from sglang.srt.model_executor.model_runner import ModelRunner
+
+__all__ = ["MosaicAttnBackend"]
+
+logger = logging.getLogger(__name__)
+
+
+class MosaicAttnBackend(TorchNativeAttnBackend):
+    """Attention over per-request attended sets (see module docstring)."""
+
+    def __init__(self, model_runner: "ModelRunner") -> None:
+        super().__init__(model_runner)
+        self.runtime = get_runtime()
+        pool = self.token_to_kv_pool
+        self.start_layer = getattr(pool, "start_layer", 0)
+        self.last_layer = self.start_layer + pool.layer_num - 1
+        self.layouts: List[RequestLayout] = []
+        if self.use_sliding_window_kv_pool:
+            raise ValueError("mosaic attention backend: sliding-window KV pools are not supported")
+
+    # -- plan (once per forward) ---------------------------------------------------------------------
+
+    def init_forward_metadata(self, forward_batch: "ForwardBatch") -> None:
+        super().init_forward_metadata(forward_batch)
+        mode = forward_batch.forward_mode
+        if mode.is_idle():
+            self.layouts = []
+            return
+        is_decode = mode.is_decode()
+        seq_lens = _cpu_list(forward_batch.seq_lens_cpu, forward_batch.seq_lens)
+        rows = forward_batch.req_pool_indices.tolist()
+        rids = forward_batch.rids or [f"row{r}" for r in rows]
+        if is_decode:
+            prefix_lens = [n - 1 for n in seq_lens]
+        else:
+            prefix_lens = _cpu_list(forward_batch.extend_prefix_lens_cpu, forward_batch.extend_prefix_lens)
+        mm_inputs = forward_batch.mm_inputs or [None] * len(rows)
+        layouts = []
+        for i, (rid, row, seq_len, prefix_len) in enumerate(zip(rids, rows, seq_lens, prefix_lens)):
+            layouts.append(
+                RequestLayout(
+                    rid=rid,
+                    row=row,
+                    prefix_len=prefix_len,
+                    extend_len=seq_len - prefix_len,
+                    frame_ids=self._frame_ids(rid, seq_len, None if is_decode else mm_inputs[i]),
+                )
+            )
+        self.layouts = layouts
+        self.runtime.policy.begin_forward(layouts, is_decode)
+
+    def _frame_ids(self, rid: str, seq_len: int, mm_inputs) -> torch.Tensor:
+        """Frame ids of a request's positions; computed at extend, reused (padded with text) in decode."""
+        known = self.runtime.prompt_frame_ids.get(rid)
+        if mm_inputs is not None or known is None:
+            known = frame_ids_from_mm_inputs(mm_inputs, seq_len)
+            self.runtime.prompt_frame_ids[rid] = known
+        if known.numel() >= seq_len:
+            return known[:seq_len]
+        return torch.cat([known, known.new_full((seq_len - known.numel(),), -1)])
+
+    # -- run (per layer) -----------------------------------------------------------------------------
+
+    def forward_extend(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache=True):
+        if layer.is_cross_attention or layer.attn_type == AttentionType.ENCODER_ONLY:
+            return super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
+        return self._forward(q, k, v, layer, forward_batch, save_kv_cache)
+
+    def forward_decode(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache=True):
+        if layer.is_cross_attention:
+            return super().forward_decode(q, k, v, layer, forward_batch, save_kv_cache)
+        return self._forward(q, k, v, layer, forward_batch, save_kv_cache)
+
+    def _forward(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool):
+        if layer.sliding_window_size is not None and layer.sliding_window_size > -1:
+            raise ValueError("mosaic attention backend: sliding-window layers are not supported")
+        if save_kv_cache and k is not None and v is not None:
+            self.token_to_kv_pool.set_kv_buffer(
+                layer, KVWriteLoc(forward_batch.out_cache_loc, self.swa_out_cache_loc), k, v
+            )
+        q = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
+        out = q.new_empty(q.shape[0], layer.tp_q_head_num, layer.v_head_dim)
+
+        req_to_token = self.req_to_token_pool.req_to_token
+        policy = self.runtime.policy
+        q_indptr, q_positions, kv_indptr, kv_slots, kv_positions = [0], [], [0], [], []
+        start = 0
+        for i, req in enumerate(self.layouts):
+            queries = q[start : start + req.extend_len]
+            positions = policy.attended_positions(layer.layer_id, i, queries)
+            kv_positions.append(positions)
+            kv_slots.append(req_to_token[req.row, positions.to(req_to_token.device)].to(torch.int64))
+            kv_indptr.append(kv_indptr[-1] + positions.numel())
+            q_positions.append(torch.arange(req.prefix_len, req.seq_len))
+            start += req.extend_len
+            q_indptr.append(start)
+        device = q.device
+        attended_attention(
+            q,
+            torch.tensor(q_indptr, dtype=torch.int64),
+            torch.cat(q_positions).to(device),
+            self.token_to_kv_pool.get_key_buffer(layer.layer_id),
+            self.token_to_kv_pool.get_value_buffer(layer.layer_id),
+            torch.tensor(kv_indptr, dtype=torch.int64),
+            torch.cat(kv_slots).to(device),
+            torch.cat(kv_positions).to(device),
+            scale=layer.scaling,
+            out=out,
+        )
+        if layer.layer_id == self.last_layer:
+            policy.end_forward(self._read_keys)
+        return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
+
+    def _read_keys(self, request_index: int, positions: torch.Tensor) -> torch.Tensor:
+        """``[num_layers, T, num_kv_heads, head_dim]`` cached keys of a request's positions."""
+        req = self.layouts[request_index]
+        req_to_token = self.req_to_token_pool.req_to_token
+        slots = req_to_token[req.row, positions.to(req_to_token.device)].to(torch.int64)
+        pool = self.token_to_kv_pool
+        return torch.stack(
+            [pool.get_key_buffer(layer_id)[slots] for layer_id in range(self.start_layer, self.last_layer + 1)]
+        )
+
+
+def _cpu_list(cpu_values, device_values) -> List[int]:
+    if cpu_values is not None:
+        return [int(x) for x in (cpu_values.tolist() if torch.is_tensor(cpu_values) else cpu_values)]
+    return [int(x) for x in device_values.tolist()]

@@ -1,0 +1,138 @@
+"""``--enable-mosaic``, ``--mosaic-budget``, ``--mosaic-config``: SGLang-style launch flags from a plugin.
+
+Three hooks, installed by `mosaic_sglang.integration.plugin.register`:
+
+* `add_mosaic_cli_args` (AFTER ``ServerArgs.add_cli_args``): the flags appear in ``--help``.
+* `prepare_server_args_with_mosaic` (AROUND ``prepare_server_args``): strips the mosaic flags from
+  argv, validates them (a bad value exits with status 2 and a message naming the key, what was expected
+  and what was given, before any process starts), exports the config to the children and, with
+  ``--enable-mosaic``, selects the mosaic attention and radix-cache backends.
+* `MosaicEngineArgs` (``Engine.server_args_class``): the same options as keyword arguments of
+  ``sgl.Engine(enable_mosaic=True, mosaic_budget=..., mosaic_config=...)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, List, Optional
+
+from ..config import MosaicConfigError
+from .options import MOSAIC_BACKEND, export_config, resolve_config
+
+__all__ = [
+    "add_mosaic_cli_args",
+    "prepare_server_args_with_mosaic",
+    "MosaicEngineArgs",
+    "apply_mosaic_kwargs",
+    "MOSAIC_KWARGS",
+]
+
+MOSAIC_KWARGS = ("enable_mosaic", "mosaic_budget", "mosaic_config")
+_BACKEND_FLAGS = ("--attention-backend", "--radix-cache-backend")
+_GRAPH_FLAGS = ("--disable-decode-cuda-graph", "--disable-prefill-cuda-graph")
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Mosaic cluster KV cache (mosaic-sglang plugin)")
+    group.add_argument(
+        "--enable-mosaic",
+        action="store_true",
+        help="Serve with Mosaic: selects --attention-backend mosaic and --radix-cache-backend mosaic.",
+    )
+    group.add_argument(
+        "--mosaic-budget",
+        type=str,
+        default=None,
+        metavar="N",
+        help="Attended cluster tokens per sequence per layer, beyond sinks, recent window and text.",
+    )
+    group.add_argument(
+        "--mosaic-config",
+        type=str,
+        default=None,
+        metavar="JSON",
+        help="Other Mosaic options as a JSON object, e.g. '{\"recent_window\": 64}'. Unknown keys are rejected.",
+    )
+
+
+def add_mosaic_cli_args(result: Any, parser: argparse.ArgumentParser) -> None:
+    """AFTER hook on ``ServerArgs.add_cli_args(parser)``."""
+    if not any(getattr(a, "dest", None) == "enable_mosaic" for a in parser._actions):
+        _add_arguments(parser)
+
+
+def _split_argv(argv: List[str]) -> tuple[argparse.Namespace, List[str]]:
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_arguments(parser)
+    return parser.parse_known_args(argv)
+
+
+def _has_flag(argv: List[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def _flag_value(argv: List[str], flag: str) -> Optional[str]:
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def prepare_server_args_with_mosaic(original, argv: List[str]):
+    """AROUND hook on ``prepare_server_args(argv)``."""
+    if any(a in ("-h", "--help") for a in argv):
+        return original(argv)
+    mosaic, rest = _split_argv(list(argv))
+    try:
+        config = resolve_config(mosaic.mosaic_budget, mosaic.mosaic_config)
+    except MosaicConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if mosaic.enable_mosaic:
+        for flag in _BACKEND_FLAGS:
+            chosen = _flag_value(rest, flag)
+            if chosen is None:
+                rest += [flag, MOSAIC_BACKEND]
+            elif chosen != MOSAIC_BACKEND:
+                print(f"error: --enable-mosaic: expected {flag} {MOSAIC_BACKEND} or none, got {chosen!r}", file=sys.stderr)
+                raise SystemExit(2)
+    if _flag_value(rest, "--attention-backend") == MOSAIC_BACKEND:
+        rest += [f for f in _GRAPH_FLAGS if not _has_flag(rest, f)]
+    export_config(config)
+    return original(rest)
+
+
+def apply_mosaic_kwargs(kwargs: dict) -> dict:
+    """Engine keyword arguments with the mosaic ones consumed (validated, exported, translated).
+
+    Raises:
+        MosaicConfigError: a bad ``mosaic_budget`` / ``mosaic_config``.
+        ValueError: ``enable_mosaic`` together with another attention or radix-cache backend.
+    """
+    kwargs = dict(kwargs)
+    enable = bool(kwargs.pop("enable_mosaic", False))
+    config = resolve_config(kwargs.pop("mosaic_budget", None), kwargs.pop("mosaic_config", None))
+    if enable:
+        for key in ("attention_backend", "radix_cache_backend"):
+            chosen = kwargs.get(key)
+            if chosen not in (None, MOSAIC_BACKEND):
+                raise ValueError(f"enable_mosaic=True: expected {key}={MOSAIC_BACKEND!r} or unset, got {chosen!r}")
+            kwargs[key] = MOSAIC_BACKEND
+    if kwargs.get("attention_backend") == MOSAIC_BACKEND:
+        kwargs.setdefault("disable_decode_cuda_graph", True)
+        kwargs.setdefault("disable_prefill_cuda_graph", True)
+    export_config(config)
+    return kwargs
+
+
+class MosaicEngineArgs:
+    """Stands in for ``Engine.server_args_class``: ``MosaicEngineArgs(**kwargs)`` returns a plain
+    ``ServerArgs`` built from ``kwargs`` after the mosaic keyword arguments were consumed."""
+
+    def __new__(cls, **kwargs):
+        from sglang.srt.server_args import ServerArgs
+
+        return ServerArgs(**apply_mosaic_kwargs(kwargs))

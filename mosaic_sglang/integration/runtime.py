@@ -1,0 +1,76 @@
+"""Per-process home of Mosaic's serving state, shared by the attention backend, the radix cache and the
+output streamer of one SGLang scheduler process.
+
+SGLang builds the attention backend (model runner) and the tree cache (scheduler) separately, in the
+same process and thread; both reach the same `MosaicRuntime` through `get_runtime()`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Optional
+
+import torch
+
+from ..attended_set_policy import AttendedSetPolicy, FullAttendedSet
+from ..config import MosaicConfig
+from .options import config_from_env
+
+__all__ = ["MosaicRuntime", "get_runtime", "reset_runtime"]
+
+logger = logging.getLogger(__name__)
+
+# Stats of finished requests are kept until the response carries them; bounded so an output that is
+# never streamed (aborted client) cannot grow the map without limit.
+_FINISHED_STATS_CAP = 4096
+
+
+class MosaicRuntime:
+    """Config, retrieval policy and per-request statistics of one scheduler process."""
+
+    def __init__(self, config: MosaicConfig, policy: Optional[AttendedSetPolicy] = None) -> None:
+        self.config = config
+        self.policy = policy or FullAttendedSet()
+        self._finished_stats: "OrderedDict[str, dict]" = OrderedDict()
+        self.prompt_frame_ids: dict[str, torch.Tensor] = {}
+        """Frame ids of each live request's prompt (``[prompt_len] int64``), kept for its decode steps."""
+
+    def release(self, rid: str) -> None:
+        """A request finished or was aborted: keep its final stats for the response, drop its state."""
+        stats = self.policy.request_stats(rid)
+        if stats:
+            self._finished_stats[rid] = stats
+            while len(self._finished_stats) > _FINISHED_STATS_CAP:
+                self._finished_stats.popitem(last=False)
+        self.policy.release(rid)
+        self.prompt_frame_ids.pop(rid, None)
+
+    def take_stats(self, rid: str, finished: bool) -> dict:
+        """Stats for a response of ``rid``; a finished request's stats are handed out once."""
+        if rid in self._finished_stats:
+            return self._finished_stats.pop(rid) if finished else dict(self._finished_stats[rid])
+        return self.policy.request_stats(rid)
+
+
+_RUNTIME: Optional[MosaicRuntime] = None
+
+
+def get_runtime() -> MosaicRuntime:
+    """The process's runtime, created on first use from ``MOSAIC_CONFIG`` (set by the launch flags)."""
+    global _RUNTIME
+    if _RUNTIME is None:
+        config = config_from_env()
+        _RUNTIME = MosaicRuntime(config, _make_policy(config))
+        logger.info("mosaic runtime: policy=%s config=%s", _RUNTIME.policy.name, config.to_json())
+    return _RUNTIME
+
+
+def reset_runtime() -> None:
+    """Forget the process's runtime (tests)."""
+    global _RUNTIME
+    _RUNTIME = None
+
+
+def _make_policy(config: MosaicConfig) -> AttendedSetPolicy:
+    return FullAttendedSet()

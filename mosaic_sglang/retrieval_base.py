@@ -1,0 +1,130 @@
+"""The retrieval protocol shared by `ClusterIndex` and every baseline, and the attended-set accounting.
+
+Every retriever sees the same stream: ``append(keys, frame_ids)`` as video/text tokens arrive, then
+``select(queries)`` for the question. It returns a `Selection`: per layer, the sorted, unique token
+positions to attend. Always-attended tokens (sinks, recent window, text) are added by
+`always_attended_positions` for everyone, so budgets compare like for like.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import NamedTuple
+
+import torch
+
+from .config import MosaicConfig
+
+__all__ = ["Selection", "Retriever", "always_attended_positions", "merge_positions_csr"]
+
+
+class Selection(NamedTuple):
+    """The attended set of one sequence, CSR over layers.
+
+    Attributes:
+        indptr: ``[num_layers + 1] int64``; layer ``l`` owns ``indices[indptr[l]:indptr[l+1]]``.
+        indices: ``[nnz] int64`` token positions (global across `append` calls), sorted and unique per layer.
+        num_units: ``[num_layers] int64`` retrieval units chosen per layer (clusters, frames, pages or
+            tokens, depending on the retriever): what a transfer engine would move.
+    """
+
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    num_units: torch.Tensor
+
+    @property
+    def num_layers(self) -> int:
+        return self.indptr.numel() - 1
+
+    def layer(self, layer_id: int) -> torch.Tensor:
+        """``[n_l] int64`` positions attended at ``layer_id``."""
+        return self.indices[self.indptr[layer_id] : self.indptr[layer_id + 1]]
+
+    def sizes(self) -> torch.Tensor:
+        """``[num_layers] int64`` attended tokens per layer."""
+        return self.indptr[1:] - self.indptr[:-1]
+
+
+class Retriever(ABC):
+    """A KV retrieval policy over one sequence (Mosaic clusters or a baseline).
+
+    Implementations keep whatever summaries they need; they must not keep more than the budget's worth
+    of device state per query (the host tier is someone else's concern).
+    """
+
+    config: MosaicConfig
+
+    @abstractmethod
+    def append(self, keys: torch.Tensor, frame_ids: torch.Tensor) -> None:
+        """Observe new tokens.
+
+        Args:
+            keys: ``[num_layers, T, num_kv_heads, head_dim]`` float (post-RoPE keys, as cached).
+            frame_ids: ``[T] int64``; the frame each visual token belongs to (non-decreasing over the
+                stream), ``-1`` for text tokens. Positions continue from the previous call.
+        """
+
+    @abstractmethod
+    def select(self, queries: torch.Tensor) -> Selection:
+        """Choose the attended set for the given query vectors.
+
+        Args:
+            queries: ``[num_layers, Tq, num_qo_heads, head_dim]`` float; ``num_qo_heads`` is a multiple of
+                ``num_kv_heads`` (GQA). One attended set serves all heads of a layer.
+
+        Returns:
+            `Selection` over all positions appended so far; always contains
+            `always_attended_positions`, plus at most ``config.budget`` other tokens per layer.
+        """
+
+    @property
+    @abstractmethod
+    def num_tokens(self) -> int:
+        """Tokens appended so far."""
+
+
+def always_attended_positions(
+    frame_ids: torch.Tensor, config: MosaicConfig
+) -> torch.Tensor:
+    """Positions every retriever attends regardless of the query.
+
+    Args:
+        frame_ids: ``[N] int64`` frame id per position so far, ``-1`` for text.
+        config: supplies ``sink_tokens`` and ``recent_window``.
+
+    Returns:
+        ``[n] int64`` sorted unique positions: the first ``sink_tokens``, the last ``recent_window``
+        and every text position.
+    """
+    n = frame_ids.numel()
+    keep = frame_ids < 0
+    keep[: min(config.sink_tokens, n)] = True
+    if config.recent_window > 0:
+        keep[max(0, n - config.recent_window) :] = True
+    return keep.nonzero().flatten()
+
+
+def merge_positions_csr(
+    always: torch.Tensor, chosen_indptr: torch.Tensor, chosen_indices: torch.Tensor, num_positions: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Union of the always-attended positions with per-layer chosen positions, as CSR over layers.
+
+    Args:
+        always: ``[a] int64`` sorted positions attended at every layer.
+        chosen_indptr: ``[num_layers + 1] int64``.
+        chosen_indices: ``[nnz] int64`` positions (any order, duplicates allowed).
+        num_positions: total positions ``N`` (all indices are ``< N``).
+
+    Returns:
+        ``(indptr [num_layers + 1] int64, indices [nnz'] int64)``, sorted and unique per layer.
+    """
+    num_layers = chosen_indptr.numel() - 1
+    mask = torch.zeros(num_layers, num_positions, dtype=torch.bool, device=always.device)
+    mask[:, always] = True
+    counts = chosen_indptr[1:] - chosen_indptr[:-1]
+    layer_of = torch.repeat_interleave(torch.arange(num_layers, device=always.device), counts)
+    mask[layer_of, chosen_indices] = True
+    layer_ids, positions = mask.nonzero(as_tuple=True)  # row-major: sorted by layer, then position
+    indptr = torch.zeros(num_layers + 1, dtype=torch.int64, device=always.device)
+    indptr[1:] = torch.cumsum(torch.bincount(layer_ids, minlength=num_layers), 0)
+    return indptr, positions
