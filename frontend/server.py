@@ -1,0 +1,109 @@
+"""Start and stop a real SGLang HTTP server (``python -m sglang.launch_server``) for demos and tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import requests
+
+__all__ = ["SGLangServer", "cpu_server_args", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_server_args(*, max_total_tokens: int = 16384) -> List[str]:
+    """Flags that run SGLang's CPU path on a tiny fp32 model (see the project's CPU notes)."""
+    return [
+        "--device", "cpu",
+        "--sampling-backend", "pytorch",
+        "--grammar-backend", "none",
+        "--skip-server-warmup",
+        "--dtype", "float32",
+        "--max-total-tokens", str(max_total_tokens),
+    ]
+
+
+class SGLangServer:
+    """A ``sglang.launch_server`` subprocess on 127.0.0.1, as a context manager.
+
+    Example:
+        >>> with SGLangServer(model_path, ["--enable-mosaic"]) as server:   # doctest: +SKIP
+        ...     requests.post(server.url + "/generate", json={...})
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        extra_args: Sequence[str] = (),
+        *,
+        port: Optional[int] = None,
+        startup_timeout_s: float = 300.0,
+        log_path: Optional[str | Path] = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.argv = [
+            sys.executable, "-m", "sglang.launch_server",
+            "--model-path", str(model_path),
+            "--host", "127.0.0.1", "--port", str(self.port),
+            *extra_args,
+        ]
+        self.startup_timeout_s = startup_timeout_s
+        self.log_path = Path(log_path) if log_path else None
+        self.process: Optional[subprocess.Popen] = None
+
+    def start(self) -> "SGLangServer":
+        log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True
+        )
+        deadline = time.time() + self.startup_timeout_s
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"sglang server exited with code {self.process.returncode} during start-up"
+                    + (f"; log: {self.log_path}" if self.log_path else "")
+                )
+            try:
+                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise TimeoutError(f"sglang server did not become healthy in {self.startup_timeout_s:.0f} s")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Terminate the server and every process it started."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        import signal
+
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=timeout_s)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(timeout=timeout_s)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def __enter__(self) -> "SGLangServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,46 @@
+import pytest
+
+from mosaic_sglang import MosaicConfig, MosaicConfigError
+from mosaic_sglang.integration.options import resolve_config
+
+
+def test_defaults_are_valid_and_round_trip_json():
+    cfg = MosaicConfig()
+    assert MosaicConfig.from_json(cfg.to_json()) == cfg
+
+
+@pytest.mark.parametrize(
+    "options, field, expected, got",
+    [
+        ({"budget": -1}, "budget", "integer >= 0", "-1"),
+        ({"budget": "big"}, "budget", "expected int", "'big'"),
+        ({"budget": True}, "budget", "expected int", "True"),
+        ({"recent_window": 1.5}, "recent_window", "expected int", "1.5"),
+        ({"max_cluster_size": 0}, "max_cluster_size", "integer >= 1", "0"),
+        ({"join_threshold": 0}, "join_threshold", "number > 0", "0"),
+        ({"join_threshold": 2.0, "split_threshold": 1.0}, "split_threshold", ">= join_threshold", "1.0"),
+        ({"score": "cosine"}, "score", "one of", "'cosine'"),
+        ({"membership": "global"}, "membership", "one of", "'global'"),
+    ],
+)
+def test_invalid_values_name_field_expected_and_got(options, field, expected, got):
+    with pytest.raises(MosaicConfigError) as err:
+        MosaicConfig.from_dict(options)
+    message = str(err.value)
+    assert f"'{field}'" in message and expected in message and got in message
+
+
+def test_unknown_keys_are_rejected_with_the_known_list():
+    with pytest.raises(MosaicConfigError, match=r"unknown key\(s\) \['bugdet'\].*'budget'"):
+        MosaicConfig.from_dict({"bugdet": 3})
+
+
+def test_resolve_config_merges_budget_flag_over_json():
+    cfg = resolve_config("128", '{"budget": 5, "recent_window": 16}')
+    assert (cfg.budget, cfg.recent_window) == (128, 16)
+    with pytest.raises(MosaicConfigError, match="--mosaic-budget: expected an integer >= 0, got 'x'"):
+        resolve_config("x", None)
+    with pytest.raises(MosaicConfigError, match="expected a JSON object"):
+        resolve_config(None, "[1, 2]")
+    with pytest.raises(MosaicConfigError, match="invalid JSON"):
+        resolve_config(None, "{budget: 3}")

@@ -1,0 +1,88 @@
+"""Through a real sgl.Engine on CPU (fp32, greedy): the mosaic backend with a budget that covers the
+context equals SGLang's torch_native backend token for token (logprobs within 1e-5), on the tiny
+Qwen2.5-VL with video input and on a text-only tiny Qwen2; multi-turn questions reuse the video's KV,
+and a different video with the same prompt does not."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine_support import VIDEO_PROMPT, cpu_engine_kwargs, run_requests
+
+pytestmark = pytest.mark.engine
+
+LOGPROB_TOL = 1e-5
+FULL_BUDGET = 1 << 20  # far above any context here: the attended set is everything
+
+
+def _video_requests(video_dir):
+    a, b = str(video_dir / "a.mp4"), str(video_dir / "b.mp4")
+    return [
+        {"inputs": {"prompt": VIDEO_PROMPT.format(question="what happens?"), "video_data": [a]}},
+        {"inputs": {"prompt": VIDEO_PROMPT.format(question="what color is the car?"), "video_data": [a]}},
+        {"inputs": {"prompt": VIDEO_PROMPT.format(question="what color is the car?"), "video_data": [b]}},
+    ]
+
+
+def _run(model_path, requests, **backend):
+    import sglang as sgl
+
+    engine = sgl.Engine(**cpu_engine_kwargs(model_path, **backend))
+    try:
+        return run_requests(engine, requests)
+    finally:
+        engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def video_runs(tiny_vl_model, video_dir):
+    requests = _video_requests(video_dir)
+    dense = _run(tiny_vl_model, requests, attention_backend="torch_native")
+    mosaic = _run(tiny_vl_model, requests, enable_mosaic=True, mosaic_budget=FULL_BUDGET)
+    return dense, mosaic
+
+
+def _video_span(model_path: str) -> tuple[int, int]:
+    """(first video token position, number of text tokens) of VIDEO_PROMPT for 'what happens?'."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    prompt = VIDEO_PROMPT.format(question="what happens?")
+    before = prompt.split("<|video_pad|>")[0]
+    return len(tok(before)["input_ids"]), len(tok(prompt)["input_ids"]) - 1
+
+
+def test_video_tokens_and_logprobs_equal_dense(video_runs):
+    dense, mosaic = video_runs
+    for d, m in zip(dense, mosaic):
+        assert m["output_ids"] == d["output_ids"]
+        assert len(m["logprobs"]) == len(d["logprobs"]) > 0
+        diff = max(abs(x - y) for x, y in zip(m["logprobs"], d["logprobs"]))
+        assert diff <= LOGPROB_TOL, f"max logprob difference {diff:.3g}"
+
+
+def test_mosaic_reports_full_attended_set(video_runs):
+    _, mosaic = video_runs
+    for out in mosaic:
+        (stats,) = out["mosaic"]
+        assert stats["attended_tokens"] == stats["context_tokens"]
+        assert stats["visual_tokens"] > 100
+
+
+def test_same_video_reuses_prefix_and_other_video_does_not(video_runs, tiny_vl_model):
+    _, mosaic = video_runs
+    video_start, text_tokens = _video_span(tiny_vl_model)
+    video_tokens = mosaic[0]["prompt_tokens"] - text_tokens
+    assert video_tokens == mosaic[0]["mosaic"][0]["visual_tokens"]
+    assert mosaic[1]["cached_tokens"] >= video_start + video_tokens
+    assert mosaic[2]["cached_tokens"] <= video_start
+
+
+def test_text_only_equals_dense(tiny_text_model):
+    prompts = ["a red car drives past the old station", "the dog runs toward the fountain and"]
+    requests = [{"inputs": {"prompt": p}, "max_new_tokens": 8} for p in prompts]
+    dense = _run(tiny_text_model, requests, attention_backend="torch_native")
+    mosaic = _run(tiny_text_model, requests, enable_mosaic=True, mosaic_budget=FULL_BUDGET)
+    for d, m in zip(dense, mosaic):
+        assert m["output_ids"] == d["output_ids"]
+        assert max(abs(x - y) for x, y in zip(m["logprobs"], d["logprobs"])) <= LOGPROB_TOL

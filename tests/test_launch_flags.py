@@ -1,0 +1,89 @@
+"""Launch flags: listed in --help, validated before anything starts, honoured by Engine kwargs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mosaic_sglang import MosaicConfigError
+from mosaic_sglang.integration.launch_flags import apply_mosaic_kwargs
+from mosaic_sglang.integration.options import ENV_CONFIG
+
+
+def _launch(args, timeout=240):
+    return subprocess.run(
+        [sys.executable, "-m", "sglang.launch_server", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_help_lists_mosaic_flags():
+    out = _launch(["--help"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    for flag in ("--enable-mosaic", "--mosaic-budget", "--mosaic-config"):
+        assert flag in out.stdout
+    assert "mosaic" in out.stdout.split("--attention-backend", 1)[1][:2000]
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--mosaic-config", '{"bugdet": 3}'], "unknown key(s) ['bugdet']"),
+        (["--mosaic-config", '{"recent_window": -2}'], "'recent_window': expected an integer >= 0, got -2"),
+        (["--mosaic-budget", "lots"], "--mosaic-budget: expected an integer >= 0, got 'lots'"),
+        (["--mosaic-config", '{"score": "cosine"}'], "'score': expected one of"),
+    ],
+)
+def test_bad_options_fail_fast_before_any_process_starts(tiny_text_model, bad, message):
+    out = _launch(["--model-path", tiny_text_model, "--enable-mosaic", *bad, "--port", "1"])
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert message in out.stderr
+    assert "scheduler" not in out.stderr.lower() and "uvicorn" not in out.stderr.lower()
+
+
+def test_prepare_server_args_selects_mosaic_backends(tiny_text_model, monkeypatch):
+    from sglang.srt.plugins import load_plugins
+
+    load_plugins()  # before importing the hooked function (a local name would keep the unhooked one)
+    from sglang.srt.server_args import prepare_server_args
+
+    monkeypatch.delenv(ENV_CONFIG, raising=False)
+    args = prepare_server_args(
+        ["--model-path", tiny_text_model, "--enable-mosaic", "--mosaic-budget", "7", "--mosaic-config", '{"recent_window": 9}']
+    )
+    assert args.attention_backend == "mosaic"
+    assert args.radix_cache_backend == "mosaic"
+    assert args.disable_decode_cuda_graph and args.disable_prefill_cuda_graph
+    exported = json.loads(os.environ[ENV_CONFIG])
+    assert exported["budget"] == 7 and exported["recent_window"] == 9
+
+
+def test_engine_kwargs_are_consumed_and_validated(monkeypatch):
+    monkeypatch.delenv(ENV_CONFIG, raising=False)
+    kwargs = apply_mosaic_kwargs({"model_path": "m", "enable_mosaic": True, "mosaic_budget": 5})
+    assert kwargs == {
+        "model_path": "m",
+        "attention_backend": "mosaic",
+        "radix_cache_backend": "mosaic",
+        "disable_decode_cuda_graph": True,
+        "disable_prefill_cuda_graph": True,
+    }
+    assert json.loads(os.environ[ENV_CONFIG])["budget"] == 5
+    with pytest.raises(MosaicConfigError, match="'sink_tokens'"):
+        apply_mosaic_kwargs({"enable_mosaic": True, "mosaic_config": {"sink_tokens": -1}})
+    with pytest.raises(ValueError, match="attention_backend='mosaic' or unset, got 'triton'"):
+        apply_mosaic_kwargs({"enable_mosaic": True, "attention_backend": "triton"})
+
+
+def test_engine_server_args_class_builds_plain_server_args(tiny_text_model):
+    from sglang.srt.entrypoints.engine import Engine
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.server_args import ServerArgs
+
+    load_plugins()
+    args = Engine.server_args_class(model_path=tiny_text_model, enable_mosaic=True)
+    assert type(args) is ServerArgs
+    assert args.attention_backend == "mosaic"

@@ -1,0 +1,31 @@
+"""Every SGLang symbol the plugin hooks or subclasses still exists (an SGLang upgrade fails here)."""
+
+import pkgutil
+
+import pytest
+
+from mosaic_sglang.integration.plugin import HOOKED_SYMBOLS
+
+
+def test_sglang_version_is_pinned():
+    import sglang
+
+    assert sglang.__version__ == "0.5.23"
+
+
+@pytest.mark.parametrize("symbol", HOOKED_SYMBOLS)
+def test_hooked_symbol_resolves(symbol):
+    assert pkgutil.resolve_name(symbol) is not None
+
+
+def test_hook_signatures_match_what_we_override():
+    import inspect
+
+    from sglang.srt.managers.scheduler_components.output_streamer import SchedulerOutputStreamer
+    from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
+
+    assert list(inspect.signature(UnifiedRadixCache.on_release).parameters) == ["self", "req", "checkpointed"]
+    assert "has_additional_customized_info" in vars(SchedulerOutputStreamer)
+    from sglang.srt.entrypoints.engine import Engine
+
+    assert "server_args_class" in vars(Engine)
