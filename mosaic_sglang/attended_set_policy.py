@@ -10,18 +10,13 @@ everything (dense, the exactness reference); `ClusterAttendedSet` (Mosaic) plugs
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from .integration.request_layout import RequestLayout
 
-__all__ = ["AttendedSetPolicy", "FullAttendedSet", "KeyReader"]
-
-KeyReader = Callable[[int, torch.Tensor], torch.Tensor]
-"""``read_keys(request_index, positions [T] int64) -> [num_layers, T, num_kv_heads, head_dim]``: the
-cached keys of a request's positions, all layers."""
-
+__all__ = ["AttendedSetPolicy", "FullAttendedSet"]
 
 class AttendedSetPolicy(ABC):
     """Chooses the attended set; owns whatever per-sequence state that needs."""
@@ -46,7 +41,7 @@ class AttendedSetPolicy(ABC):
             forward's own tokens (``prefix_len .. seq_len-1``), so each query sees at least itself.
         """
 
-    def end_forward(self, read_keys: KeyReader) -> None:
+    def end_forward(self) -> None:
         """After the last layer: the new tokens' K/V are in the pool for every layer."""
 
     def release(self, rid: str) -> None:

@@ -46,6 +46,10 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         pool = self.token_to_kv_pool
         self.start_layer = getattr(pool, "start_layer", 0)
         self.last_layer = self.start_layer + pool.layer_num - 1
+        k0 = pool.get_key_buffer(self.start_layer)
+        self.runtime.bind_model(
+            num_layers=pool.layer_num, num_kv_heads=k0.shape[1], head_dim=k0.shape[2], read_slot_keys=self.read_slot_keys
+        )
         self.layouts: List[RequestLayout] = []
         if self.use_sliding_window_kv_pool:
             raise ValueError("mosaic attention backend: sliding-window KV pools are not supported")
@@ -67,6 +71,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         else:
             prefix_lens = _cpu_list(forward_batch.extend_prefix_lens_cpu, forward_batch.extend_prefix_lens)
         mm_inputs = forward_batch.mm_inputs or [None] * len(rows)
+        req_to_token = self.req_to_token_pool.req_to_token
         layouts = []
         for i, (rid, row, seq_len, prefix_len) in enumerate(zip(rids, rows, seq_lens, prefix_lens)):
             layouts.append(
@@ -76,6 +81,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
                     prefix_len=prefix_len,
                     extend_len=seq_len - prefix_len,
                     frame_ids=self._frame_ids(rid, seq_len, None if is_decode else mm_inputs[i]),
+                    slots=req_to_token[row, :seq_len].to("cpu", torch.int64),
                 )
             )
         self.layouts = layouts
@@ -121,7 +127,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             queries = q[start : start + req.extend_len]
             positions = policy.attended_positions(layer.layer_id, i, queries)
             kv_positions.append(positions)
-            kv_slots.append(req_to_token[req.row, positions.to(req_to_token.device)].to(torch.int64))
+            kv_slots.append(req.slots[positions])
             kv_indptr.append(kv_indptr[-1] + positions.numel())
             q_positions.append(torch.arange(req.prefix_len, req.seq_len))
             start += req.extend_len
@@ -140,18 +146,16 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             out=out,
         )
         if layer.layer_id == self.last_layer:
-            policy.end_forward(self._read_keys)
+            policy.end_forward()
         return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
 
-    def _read_keys(self, request_index: int, positions: torch.Tensor) -> torch.Tensor:
-        """``[num_layers, T, num_kv_heads, head_dim]`` cached keys of a request's positions."""
-        req = self.layouts[request_index]
-        req_to_token = self.req_to_token_pool.req_to_token
-        slots = req_to_token[req.row, positions.to(req_to_token.device)].to(torch.int64)
+    def read_slot_keys(self, slots: torch.Tensor) -> torch.Tensor:
+        """``[num_layers, M, num_kv_heads, head_dim]`` cached keys at pool ``slots [M] int64``."""
         pool = self.token_to_kv_pool
+        slots = slots.to(pool.get_key_buffer(self.start_layer).device)
         return torch.stack(
             [pool.get_key_buffer(layer_id)[slots] for layer_id in range(self.start_layer, self.last_layer + 1)]
-        )
+        ).cpu()
 
 
 def _cpu_list(cpu_values, device_values) -> List[int]:

@@ -25,6 +25,7 @@ class RequestLayout(NamedTuple):
         prefix_len: tokens already in the KV cache before this forward (cached prefix + earlier chunks).
         extend_len: tokens computed in this forward (1 for decode).
         frame_ids: ``[prefix_len + extend_len] int64`` frame id per position, ``-1`` for text.
+        slots: ``[prefix_len + extend_len] int64`` KV-pool slot of each position (CPU copy of the row).
     """
 
     rid: str
@@ -32,6 +33,7 @@ class RequestLayout(NamedTuple):
     prefix_len: int
     extend_len: int
     frame_ids: torch.Tensor
+    slots: torch.Tensor
 
     @property
     def seq_len(self) -> int:

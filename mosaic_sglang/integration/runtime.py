@@ -36,6 +36,14 @@ class MosaicRuntime:
         self.prompt_frame_ids: dict[str, torch.Tensor] = {}
         """Frame ids of each live request's prompt (``[prompt_len] int64``), kept for its decode steps."""
 
+    def bind_model(self, *, num_layers: int, num_kv_heads: int, head_dim: int, read_slot_keys) -> None:
+        """Called by the attention backend once the KV pool exists: installs the Mosaic cluster policy."""
+        from ..cluster_attended_set import ClusterAttendedSet
+
+        self.policy = ClusterAttendedSet(
+            self.config, num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim, read_slot_keys=read_slot_keys
+        )
+
     def release(self, rid: str) -> None:
         """A request finished or was aborted: keep its final stats for the response, drop its state."""
         stats = self.policy.request_stats(rid)
@@ -61,7 +69,7 @@ def get_runtime() -> MosaicRuntime:
     global _RUNTIME
     if _RUNTIME is None:
         config = config_from_env()
-        _RUNTIME = MosaicRuntime(config, _make_policy(config))
+        _RUNTIME = MosaicRuntime(config)
         logger.info("mosaic runtime: policy=%s config=%s", _RUNTIME.policy.name, config.to_json())
     return _RUNTIME
 
@@ -70,7 +78,3 @@ def reset_runtime() -> None:
     """Forget the process's runtime (tests)."""
     global _RUNTIME
     _RUNTIME = None
-
-
-def _make_policy(config: MosaicConfig) -> AttendedSetPolicy:
-    return FullAttendedSet()

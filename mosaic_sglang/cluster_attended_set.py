@@ -1,0 +1,224 @@
+"""`ClusterAttendedSet`: the Mosaic retrieval policy that the ``mosaic`` attention backend serves.
+
+State is keyed by KV slot, not by request: one `ClusterIndex` per *video prefix*, found through the
+slot of the sequence's first visual token (its anchor). A second question on the same video is a new
+request whose ``req_to_token`` row holds the same slots, so it finds the same index; two videos never
+share one (different slots), and when SGLang frees an indexed slot the index is cut there.
+
+What a request attends at a layer:
+    always-attended (sinks, recent window, text) ∪ members of the clusters selected by its queries
+    ∪ every position the index does not cover (the forward's own tokens, text after the video, and
+    anything not indexed yet). Attending more than selected is never wrong, only less sparse.
+
+The index covers the video span only (positions up to the last visual token of the prompt), so
+different questions about one video share it. Tokens are indexed in `end_forward`, after the last
+layer, when the pool holds every layer's keys; deferred splits run there too (an extend boundary is a
+frame boundary), never in a decode step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, NamedTuple, Optional, Sequence
+
+import torch
+
+from .attended_set_policy import AttendedSetPolicy
+from .cluster_index import ClusterIndex
+from .config import MosaicConfig
+from .integration.request_layout import RequestLayout
+
+__all__ = ["ClusterAttendedSet", "SlotKeyReader"]
+
+DUMP_ENV = "MOSAIC_DUMP_DIR"
+"""Debug/test channel: when set, every selection (queries, result) and every index append (keys, frame
+ids) is saved there with ``torch.save``, so tests can replay them against an offline `ClusterIndex`."""
+
+SlotKeyReader = Callable[[torch.Tensor], torch.Tensor]
+"""``read(slots [M] int64) -> keys [num_layers, M, num_kv_heads, head_dim]`` from the KV pool."""
+
+
+class _VideoIndex(NamedTuple):
+    index: ClusterIndex
+    slots: torch.Tensor  # [capacity] int64 slot of each indexed position (first index.num_tokens valid)
+
+
+class ClusterAttendedSet(AttendedSetPolicy):
+    """Cluster selection over per-video `ClusterIndex`es (see module docstring)."""
+
+    name = "mosaic"
+
+    def __init__(self, config: MosaicConfig, *, num_layers: int, num_kv_heads: int, head_dim: int,
+                 read_slot_keys: SlotKeyReader) -> None:
+        self.config = config
+        self.shape = dict(num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim)
+        self.read_slot_keys = read_slot_keys
+        self.videos: Dict[int, _VideoIndex] = {}
+        self._requests: Sequence[RequestLayout] = ()
+        self._anchors: list[Optional[int]] = []
+        self._is_decode = False
+        self._decode_steps: Dict[str, int] = {}
+        # rid -> layer -> (selected positions, index size when selected)
+        self._kept: Dict[str, Dict[int, tuple[torch.Tensor, int]]] = {}
+        self._dump_dir = os.environ.get(DUMP_ENV) or None
+        self._dump_count = 0
+        self._stats: Dict[str, dict] = {}
+        self.maintenance_calls_in_decode = 0  # must stay 0: splits never run inside a decode step
+
+    # -- plan -------------------------------------------------------------------------------------------
+
+    def begin_forward(self, requests: Sequence[RequestLayout], is_decode: bool) -> None:
+        self._requests, self._is_decode = requests, is_decode
+        self._anchors = [self._attach(i, req) for i, req in enumerate(requests)]
+        for req, anchor in zip(requests, self._anchors):
+            if is_decode:
+                self._decode_steps[req.rid] = self._decode_steps.get(req.rid, 0) + 1
+            else:
+                self._decode_steps[req.rid] = 0
+                self._kept.pop(req.rid, None)
+            self._stats.setdefault(req.rid, {"policy": self.name}).update(
+                context_tokens=req.seq_len,
+                visual_tokens=req.num_visual,
+                attended_tokens=0,
+                clusters=self.videos[anchor].index.num_clusters if anchor is not None else 0,
+            )
+
+    def _attach(self, i: int, req: RequestLayout) -> Optional[int]:
+        """Anchor slot of the request's video index (created if new), or None for text-only requests."""
+        visual = (req.frame_ids >= 0).nonzero()
+        if visual.numel() == 0:
+            return None
+        slots = req.slots
+        anchor = int(slots[int(visual[0])])
+        video = self.videos.get(anchor)
+        if video is not None:
+            n = video.index.num_tokens
+            m = min(n, req.prefix_len)
+            same = int((video.slots[:m] == slots[:m]).all()) if m else 1
+            if not same or n > req.prefix_len:
+                # this request recomputes positions the index holds: cut the index where it diverges
+                diverge = m if same else int((video.slots[:m] != slots[:m]).nonzero()[0])
+                video.index.truncate(min(diverge, req.prefix_len))
+        else:
+            index = ClusterIndex(self.config, **self.shape, key_reader=self._key_reader_for(anchor))
+            self.videos[anchor] = _VideoIndex(index, torch.empty(0, dtype=torch.int64))
+        return anchor
+
+    def _key_reader_for(self, anchor: int):
+        return lambda positions: self.read_slot_keys(self.videos[anchor].slots[positions])
+
+    # -- run --------------------------------------------------------------------------------------------
+
+    def attended_positions(self, layer_id: int, request_index: int, queries: torch.Tensor) -> torch.Tensor:
+        req = self._requests[request_index]
+        anchor = self._anchors[request_index]
+        if anchor is None or (not self._is_decode and not self.config.select_in_prefill and req.extend_len > 1):
+            return self._record(req, torch.arange(req.seq_len))
+        index = self.videos[anchor].index
+        covered = min(index.num_tokens, req.seq_len)
+        kept = self._kept.setdefault(req.rid, {})
+        steps = self._decode_steps.get(req.rid, 0)
+        previous = kept.get(layer_id)
+        reselect = (
+            not self._is_decode
+            or previous is None
+            or previous[1] < index.num_tokens  # the index grew since (e.g. the prompt's own video)
+            or (self.config.reselect_every > 0 and steps % self.config.reselect_every == 0)
+        )
+        if reselect:
+            kept[layer_id] = (index.select_layer(layer_id, queries), index.num_tokens)
+            self._dump(anchor, req, layer_id, queries, kept[layer_id][0])
+        selected = kept[layer_id][0]
+        selected = selected[selected < covered]
+        always = self._always(req, covered)
+        positions = torch.cat([selected, always, torch.arange(covered, req.seq_len)])
+        return self._record(req, torch.unique(positions))
+
+    def _always(self, req: RequestLayout, covered: int) -> torch.Tensor:
+        """Sinks, recent window and text among the covered positions."""
+        cfg = self.config
+        frame_ids = req.frame_ids[:covered]
+        keep = frame_ids < 0
+        keep[: cfg.sink_tokens] = True
+        if cfg.recent_window:
+            keep[max(0, req.seq_len - cfg.recent_window) :] = True
+        return keep.nonzero().flatten()
+
+    def _record(self, req: RequestLayout, positions: torch.Tensor) -> torch.Tensor:
+        stats = self._stats[req.rid]
+        stats["attended_tokens"] = max(stats["attended_tokens"], int(positions.numel()))
+        return positions
+
+    def end_forward(self, read_keys=None) -> None:
+        """Index the forward's new video-span tokens; run deferred splits (extend forwards only)."""
+        if self._is_decode:
+            return
+        for i, req in enumerate(self._requests):
+            anchor = self._anchors[i]
+            if anchor is None:
+                continue
+            video = self.videos[anchor]
+            index = video.index
+            visual = (req.frame_ids >= 0).nonzero().flatten()
+            span_end = int(visual[-1]) + 1
+            start, end = index.num_tokens, min(span_end, req.seq_len)
+            if end <= start:
+                continue
+            positions = torch.arange(start, end)
+            slots = req.slots[start:end]
+            self.videos[anchor] = video = _VideoIndex(index, _grow_to(video.slots, end))
+            video.slots[start:end] = slots
+            keys = self.read_slot_keys(slots)
+            index.append(keys, req.frame_ids[start:end])
+            if self._dump_dir:
+                self._save({"event": "append", "anchor": anchor, "start": start, "keys": keys, "frame_ids": req.frame_ids[start:end]})
+            index.maintain()
+            self._stats[req.rid]["clusters"] = index.num_clusters
+
+    def _dump(self, anchor: int, req: RequestLayout, layer_id: int, queries: torch.Tensor, selected: torch.Tensor) -> None:
+        if self._dump_dir:
+            self._save({"event": "select", "rid": req.rid, "anchor": anchor, "layer": layer_id,
+                        "queries": queries.detach().cpu(), "selected": selected.cpu(),
+                        "index_tokens": self.videos[anchor].index.num_tokens})
+
+    def _save(self, record: dict) -> None:
+        os.makedirs(self._dump_dir, exist_ok=True)
+        torch.save(record, os.path.join(self._dump_dir, f"{os.getpid()}-{self._dump_count:06d}.pt"))
+        self._dump_count += 1
+
+    # -- lifetime ---------------------------------------------------------------------------------------
+
+    def release(self, rid: str) -> None:
+        self._kept.pop(rid, None)
+        self._decode_steps.pop(rid, None)
+        self._stats.pop(rid, None)
+
+    def on_slots_freed(self, slots: torch.Tensor) -> None:
+        if not self.videos:
+            return
+        freed = torch.unique(slots)
+        for anchor in list(self.videos):
+            video = self.videos[anchor]
+            n = video.index.num_tokens
+            hit = torch.isin(video.slots[:n], freed).nonzero()
+            if hit.numel() == 0:
+                continue
+            cut = int(hit[0])
+            if cut == 0 or anchor in freed:
+                del self.videos[anchor]
+            else:
+                video.index.truncate(cut)
+
+    def reset(self) -> None:
+        self.videos.clear()
+
+    def request_stats(self, rid: str) -> dict:
+        return dict(self._stats.get(rid, {}))
+
+
+def _grow_to(slots: torch.Tensor, n: int) -> torch.Tensor:
+    if slots.numel() >= n:
+        return slots
+    grown = torch.empty(max(n, 2 * slots.numel()), dtype=torch.int64)
+    grown[: slots.numel()] = slots
+    return grown

@@ -1,0 +1,634 @@
+"""`ClusterIndex`: Mosaic's cluster-driven KV index over one sequence (pure torch, CPU or GPU).
+
+Visual-token keys are grouped into clusters as they arrive (cohesion-aware assignment against the
+clusters active in the last few frames); over-spread clusters are only *marked* during `append` and
+split later by `maintain` (bounded work, off the decode path); `select` scores cluster summaries
+against the query and fills the token budget with whole clusters. The maths is in ``CLUSTERS.md``.
+
+Example:
+    >>> import torch
+    >>> from mosaic_sglang import MosaicConfig, ClusterIndex
+    >>> index = ClusterIndex(MosaicConfig(budget=8, sink_tokens=0, recent_window=0),
+    ...                      num_layers=2, num_kv_heads=1, head_dim=4)
+    >>> index.append(torch.randn(2, 16, 1, 4), torch.arange(16) // 8)
+    >>> sel = index.select(torch.randn(2, 1, 2, 4))
+    >>> bool((sel.sizes() <= 8).all())
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+
+from .cluster_scoring import fill_budget, score_clusters
+from .cluster_split import two_means
+from .cluster_integrity import check_integrity, recompute_summaries
+from .cluster_table import ClusterTable
+from .config import MosaicConfig
+from .retrieval_base import Retriever, Selection, always_attended_positions
+
+__all__ = ["ClusterIndex", "ClusterChoice"]
+
+ASSIGN_ROUNDS = 4
+"""Rounds of join-then-seed per frame beyond ``ceil(n / max_cluster_size)`` (the rounds the size cap
+alone may need: a new cluster takes at most that many joiners per round); tokens still unplaced after
+the last round open singleton clusters. Each round places at least the first pending token of every
+group; see CLUSTERS.md for the measured share of singleton fallbacks."""
+
+_VAR_FLOOR = 1e-6
+"""Relative floor on the running key variance (share of E|k|^2), so a constant stream cannot divide by 0."""
+
+KeyReader = Callable[[torch.Tensor], torch.Tensor]
+"""``positions [M] int64 -> keys [L, M, H, D]``: where the index reads keys it did not keep."""
+
+
+class ClusterChoice(NamedTuple):
+    """Clusters chosen by `ClusterIndex.select_clusters`, CSR over layers.
+
+    Attributes:
+        indptr: ``[num_layers + 1] int64``.
+        cluster_ids: ``[nnz] int64`` ids in the layer's membership group, ascending per layer.
+    """
+
+    indptr: torch.Tensor
+    cluster_ids: torch.Tensor
+
+
+class ClusterIndex(Retriever):
+    """Cluster index of one sequence's visual-token keys; implements `Retriever`.
+
+    Keys for splitting and integrity checks: by default the index keeps a copy of every appended key
+    (``[L, N, H, D]``, the dtype given to the first `append`), which is what offline use and the
+    benchmarks need. A server that already holds the keys (SGLang's KV pool) passes ``key_reader``
+    instead and the index stores no keys. Summaries are float32.
+
+    Args:
+        config: the knobs (`MosaicConfig`).
+        num_layers, num_kv_heads, head_dim: the key shape ``[L, ., H, D]``.
+        device: where all state lives (default CPU).
+        key_reader: optional `KeyReader`; if given, no key copy is kept.
+    """
+
+    def __init__(
+        self,
+        config: MosaicConfig,
+        *,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        device: torch.device | str | None = None,
+        key_reader: KeyReader | None = None,
+    ) -> None:
+        if not isinstance(config, MosaicConfig):
+            raise ValueError(f"ClusterIndex: config: expected a MosaicConfig, got {type(config).__name__}")
+        for name, value in (("num_layers", num_layers), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ClusterIndex: {name}: expected an integer >= 1, got {value!r}")
+        self.config = config
+        self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._key_reader = key_reader
+        layers = torch.arange(num_layers, device=self.device)
+        per_layer = config.membership == "per_layer"
+        self._layers_of_group = layers[:, None] if per_layer else layers[None, :]  # [G, Lg]
+        self._group_of_layer = layers if per_layer else torch.zeros_like(layers)  # [L]
+        self.num_splits = 0
+        """Clusters split so far (by `maintain`)."""
+        self._split_rounds = 0  # maintenance calls that split: seeds each call's 2-means draw
+        self._reset()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        groups, lg = self._layers_of_group.shape
+        dev = self.device
+        self._n = 0
+        self._frame_ids = torch.empty(0, dtype=torch.int64, device=dev)  # [cap] -1 = text
+        self._frame_ord = torch.empty(0, dtype=torch.int64, device=dev)  # [cap] frame ordinal, -1 text
+        self._assign = torch.empty(groups, 0, dtype=torch.int64, device=dev)  # [G, cap] cluster, -1 none
+        self._keys: torch.Tensor | None = None  # [L, cap, H, D] when no key_reader
+        self._table = ClusterTable(self._layers_of_group, self.num_kv_heads, self.head_dim)
+        self._marked = torch.zeros(groups, 0, dtype=torch.bool, device=dev)
+        self._num_clusters = [0] * groups  # host copy: ids are allocated on the host side
+        self._num_marked = 0  # host copy: lets `maintain` return without a device sync
+        self._active = torch.empty(groups, 0, dtype=torch.int64, device=dev)  # [G, A] ids, -1 padding
+        self._active_ord = -1
+        self._key_sum = torch.zeros(self.num_layers, self.num_kv_heads, self.head_dim, dtype=torch.float64, device=dev)
+        self._key_sq = torch.zeros(self.num_layers, self.num_kv_heads, dtype=torch.float64, device=dev)
+        self._num_visual = 0
+        self._last_frame_id = -1
+        self._num_frames = 0
+
+    @property
+    def num_tokens(self) -> int:
+        """Positions appended so far (visual and text)."""
+        return self._n
+
+    @property
+    def num_visual_tokens(self) -> int:
+        return self._num_visual
+
+    @property
+    def num_clusters(self) -> int:
+        """Clusters over all membership groups (shared membership: the cluster count)."""
+        return sum(self._num_clusters)
+
+    @property
+    def cluster_counts(self) -> list[int]:
+        """Clusters per membership group (one group when shared, one per layer otherwise)."""
+        return list(self._num_clusters)
+
+    @property
+    def num_marked(self) -> int:
+        """Clusters waiting for `maintain` to split them."""
+        return self._num_marked
+
+    def cluster_sizes(self, group: int = 0) -> torch.Tensor:
+        """``[C_g] int64`` member count of every cluster of membership group ``group``."""
+        return self._table.size[group, : self._num_clusters[group]].clone()
+
+    # -- ingest ----------------------------------------------------------------------------------
+
+    def append(self, keys: torch.Tensor, frame_ids: torch.Tensor) -> None:
+        """Observe new tokens; assign their visual tokens to clusters. Never splits (only marks).
+
+        Args:
+            keys: ``[L, T, H, D]`` float keys (as cached, post-RoPE).
+            frame_ids: ``[T]`` int64 (int32 accepted) frame per token, non-decreasing over visual
+                tokens across calls; ``-1`` marks text. A frame may continue in the next call.
+
+        Raises:
+            ValueError: wrong shape, dtype or decreasing frame ids.
+        """
+        keys, frame_ids = self._check_append(keys, frame_ids)
+        t = keys.shape[1]
+        if t == 0:
+            return
+        start = self._n
+        visual = frame_ids >= 0
+        local = visual.nonzero().flatten()  # [V]
+        frames, counts = torch.unique_consecutive(frame_ids[local], return_counts=True)
+        frames, counts = frames.tolist(), counts.tolist()  # one host sync per call: frames drive a loop
+        if frames and frames[0] < self._last_frame_id:
+            raise ValueError(
+                f"ClusterIndex.append: frame_ids: expected visual frame ids >= the last one seen "
+                f"({self._last_frame_id}), got {frames[0]}"
+            )
+        ords, ordinal, last = [], self._num_frames - 1, self._last_frame_id
+        for f in frames:
+            ordinal += f != last
+            last = f
+            ords.append(ordinal)
+        self._reserve_tokens(start + t)
+        self._frame_ids[start : start + t] = frame_ids
+        frame_ord = torch.full((t,), -1, dtype=torch.int64, device=self.device)
+        frame_ord[local] = torch.repeat_interleave(
+            torch.tensor(ords, dtype=torch.int64, device=self.device), torch.tensor(counts, dtype=torch.int64, device=self.device)
+        )
+        self._frame_ord[start : start + t] = frame_ord
+        if self._key_reader is None:
+            if self._keys is None:
+                self._keys = torch.zeros(self.num_layers, 0, self.num_kv_heads, self.head_dim, dtype=keys.dtype, device=self.device)
+                self._reserve_tokens(start + t)
+            self._keys[:, start : start + t] = keys
+        self._n = start + t
+        for rows, ordinal in zip(torch.split(local, counts), ords):
+            self._ingest_frame(start + rows, keys[:, rows].float(), ordinal)
+        if frames:
+            self._last_frame_id, self._num_frames = frames[-1], ords[-1] + 1
+
+    def _ingest_frame(self, positions: torch.Tensor, keys: torch.Tensor, ordinal: int) -> None:
+        """Assign one frame's tokens (``positions [n]``, ``keys [L, n, H, D]`` float32)."""
+        n = positions.numel()
+        self._key_sum += keys.double().sum(1)
+        self._key_sq += keys.double().square().sum((1, 3))
+        self._num_visual += n
+        if ordinal != self._active_ord:
+            self._refresh_active(ordinal)
+        mean, inv_std = self._key_scale()
+        x = self._features(keys - mean[:, None], inv_std)  # [G, n, F]
+        frame_ord = torch.full((n,), ordinal, dtype=torch.int64, device=self.device)
+        pending = torch.ones(x.shape[0], n, dtype=torch.bool, device=self.device)
+        rounds = ASSIGN_ROUNDS + -(-n // self.config.max_cluster_size)
+        close = None  # [G, n, n] pairs within the join radius, computed once per frame if needed
+        for r in range(rounds):
+            if self._active.shape[1] > 0:
+                pending = self._join(x, pending, positions, keys, frame_ord, mean, inv_std)
+            if not bool(pending.any()):
+                break
+            if close is None:
+                close = self._close_pairs(x)
+            seeds = pending if r == rounds - 1 else pending & ~(close & pending[:, None, :]).any(-1)
+            self._open(seeds, positions, keys, frame_ord)
+            pending = pending & ~seeds
+        self._mark(self._active, mean, inv_std)
+
+    def _join(self, x, pending, positions, keys, frame_ord, mean, inv_std) -> torch.Tensor:
+        """One join round: each pending token joins the nearest active cluster that stays cohesive
+        (relative spread after the join <= join_threshold) and under the size cap.
+
+        Returns the still-pending mask ``[G, n] bool``.
+        """
+        cfg = self.config
+        ids = self._active
+        valid = ids >= 0
+        centre, spread, size = self._cluster_stats(ids.clamp(min=0), mean, inv_std)  # [G,A,F], [G,A], [G,A]
+        d2 = (x.square().sum(-1, keepdim=True) + centre.square().sum(-1)[:, None, :]
+              - 2 * torch.bmm(x, centre.transpose(1, 2))).clamp(min=0)  # [G, n, A]
+        # Relative spread of every candidate after the join: n·S' = n·S + n/(n+1)·d² (S = mean sq. dist.).
+        s = size[:, None, :]
+        after = (s * spread[:, None, :] + s / (s + 1) * d2) / (s + 1) / self._lh  # [G, n, A]
+        admits = (valid & (size < cfg.max_cluster_size))[:, None, :] & (after <= cfg.join_threshold)
+        best_d2, best = d2.masked_fill(~admits, float("inf")).min(-1)  # [G, n]: nearest admitting
+        s = size.gather(1, best)
+        ok = pending & torch.isfinite(best_d2)
+        # Size cap holds exactly: per cluster, only the `cap - size` nearest joiners of this round get in.
+        groups, a = ids.shape
+        key = torch.where(ok, torch.arange(groups, device=self.device)[:, None] * a + best, groups * a)
+        ok &= _rank_within(key.flatten(), best_d2.flatten()).view_as(ok) < (cfg.max_cluster_size - s)
+        g, tok = ok.nonzero(as_tuple=True)
+        self._add(g, ids[g, best[g, tok]], positions[tok], frame_ord[tok], keys, tok)
+        return pending & ~ok
+
+    def _close_pairs(self, x: torch.Tensor) -> torch.Tensor:
+        """``[G, n, n] bool``: ``[g, i, j]`` iff token ``j < i`` lies within the join radius of ``i``.
+
+        Seeds of a round are the pending tokens with no earlier pending token within the radius, so
+        seeds are pairwise farther apart than it; the others retry against them next round. Radius: a
+        2-token cluster has spread d²/4, so joining a seed passes iff d² <= 4·Lg·H·join_threshold.
+        """
+        n = x.shape[1]
+        d2 = torch.cdist(x, x).square()  # [G, n, n]
+        earlier = torch.ones(n, n, dtype=torch.bool, device=self.device).tril(-1)  # [i, j]: j < i
+        return (d2 <= 4 * self._lh * self.config.join_threshold) & earlier
+
+    def _open(self, seeds: torch.Tensor, positions, keys, frame_ord) -> None:
+        """Open one new cluster per seed token ``seeds [G, n] bool``; they become active."""
+        g, tok = seeds.nonzero(as_tuple=True)  # sorted by group
+        new_ids = self._allocate(g)
+        self._add(g, new_ids, positions[tok], frame_ord[tok], keys, tok)
+        self._append_active(g, new_ids)
+
+    def _allocate(self, g: torch.Tensor) -> torch.Tensor:
+        """Fresh cluster ids for ``g [P] int64`` (ascending group order); grows capacity."""
+        per_group = torch.bincount(g, minlength=len(self._num_clusters)).tolist()
+        base = torch.tensor(self._num_clusters, device=self.device)
+        counts = torch.tensor(per_group, device=self.device)
+        rank = torch.arange(g.numel(), device=self.device) - (torch.cumsum(counts, 0) - counts)[g]
+        self._num_clusters = [c + p for c, p in zip(self._num_clusters, per_group)]
+        self._reserve_clusters(max(self._num_clusters))
+        return base[g] + rank
+
+    def _add(self, g, cluster, positions, frame_ord, keys, key_row) -> None:
+        self._table.add(g, cluster, positions, frame_ord, keys, key_row)
+        self._assign[g, positions] = cluster
+
+    def _append_active(self, g: torch.Tensor, ids: torch.Tensor) -> None:
+        """Add clusters ``ids [P]`` of groups ``g [P]`` (ascending) to the active set."""
+        if g.numel():
+            self._active = torch.cat([self._active, self._pad_by_group(g, ids)], 1)
+
+    def _pad_by_group(self, g: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``[G, A] int64`` ids laid out per group (``g [P]`` ascending), ``-1`` padding."""
+        groups = self._layers_of_group.shape[0]
+        counts = torch.bincount(g, minlength=groups)
+        col = torch.arange(g.numel(), device=self.device) - (torch.cumsum(counts, 0) - counts)[g]
+        width = int(counts.max()) if g.numel() else 0
+        out = torch.full((groups, width), -1, dtype=torch.int64, device=self.device)
+        out[g, col] = ids
+        return out
+
+    def _refresh_active(self, ordinal: int) -> None:
+        """Keep the active clusters that received a token in the last ``active_frames`` frames."""
+        ids = self._active
+        keep = (ids >= 0) & (self._table.last_ord.gather(1, ids.clamp(min=0)) > ordinal - self.config.active_frames)
+        width = int(keep.sum(1).max()) if ids.numel() else 0
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+        self._active = torch.where(keep.gather(1, order), ids.gather(1, order), -1)[:, :width]
+        self._active_ord = ordinal
+
+    def _mark(self, ids: torch.Tensor, mean, inv_std) -> None:
+        """Mark clusters among ``ids [G, A]`` whose relative spread or size is past the limits."""
+        if ids.numel() == 0:
+            return
+        valid = ids >= 0
+        ids = ids.clamp(min=0)
+        _, spread, size = self._cluster_stats(ids, mean, inv_std, with_centres=False)
+        over = valid & ((spread / self._lh > self.config.split_threshold) | (size > self.config.max_cluster_size))
+        newly = over & ~self._marked.gather(1, ids)
+        g, a = newly.nonzero(as_tuple=True)
+        self._marked[g, ids[g, a]] = True
+        self._num_marked += g.numel()
+
+    # -- selection -------------------------------------------------------------------------------
+
+    def select(self, queries: torch.Tensor) -> Selection:
+        """The attended set: always-attended positions ∪ the members of the chosen clusters.
+
+        Args:
+            queries: ``[L, Tq, Hq, D]`` float, ``Hq`` a multiple of ``num_kv_heads``.
+
+        Returns:
+            `Selection` (CSR over layers, sorted unique positions); ``num_units`` = clusters chosen per
+            layer. Per layer: attended <= ``budget`` + |always attended|; everything when
+            ``budget >= num_visual_tokens``. Never splits or re-assigns (pure read of the index).
+        """
+        chosen = self._choose(self._check_queries(queries))  # [L, C] bool
+        n, num_layers = self._n, self.num_layers
+        always = always_attended_positions(self._frame_ids[:n], self.config)
+        assign = self._assign[self._group_of_layer, :n]  # [L, n]
+        if chosen.shape[1] == 0:
+            mask = torch.zeros(num_layers, n, dtype=torch.bool, device=self.device)
+        else:
+            mask = chosen.gather(1, assign.clamp(min=0)) & (assign >= 0)
+        mask[:, always] = True
+        layer_ids, positions = mask.nonzero(as_tuple=True)  # row-major: by layer, then position
+        indptr = torch.zeros(num_layers + 1, dtype=torch.int64, device=self.device)
+        indptr[1:] = torch.cumsum(torch.bincount(layer_ids, minlength=num_layers), 0)
+        return Selection(indptr, positions, chosen.sum(1))
+
+    def select_layer(self, layer_id: int, queries: torch.Tensor) -> torch.Tensor:
+        """One layer of `select` (the attention backend runs layer by layer).
+
+        Args:
+            layer_id: the layer.
+            queries: ``[Tq, Hq, D]`` float, that layer's query vectors.
+
+        Returns:
+            ``[n] int64`` sorted positions: always-attended ∪ the members of the chosen clusters.
+        """
+        if not isinstance(layer_id, int) or not 0 <= layer_id < self.num_layers:
+            raise ValueError(f"ClusterIndex.select_layer: layer_id: expected 0 <= id < {self.num_layers}, got {layer_id!r}")
+        if not isinstance(queries, torch.Tensor) or queries.dim() != 3:
+            raise ValueError(f"ClusterIndex.select_layer: queries: expected [Tq, Hq, D], got {_describe(queries)}")
+        layers = torch.tensor([layer_id], device=self.device)
+        chosen = self._choose(self._check_queries(queries[None], rows=1), layers)[0]  # [C]
+        n = self._n
+        assign = self._assign[self._group_of_layer[layer_id], :n]
+        mask = chosen[assign.clamp(min=0)] & (assign >= 0) if chosen.numel() else torch.zeros(n, dtype=torch.bool, device=self.device)
+        mask[always_attended_positions(self._frame_ids[:n], self.config)] = True
+        return mask.nonzero().flatten()
+
+    def select_clusters(self, queries: torch.Tensor) -> ClusterChoice:
+        """The chosen clusters per layer (what a transfer engine moves), as `ClusterChoice`."""
+        chosen = self._choose(self._check_queries(queries))
+        layer_ids, cluster_ids = chosen.nonzero(as_tuple=True)
+        indptr = torch.zeros(self.num_layers + 1, dtype=torch.int64, device=self.device)
+        indptr[1:] = torch.cumsum(torch.bincount(layer_ids, minlength=self.num_layers), 0)
+        return ClusterChoice(indptr, cluster_ids)
+
+    def _choose(self, queries: torch.Tensor, layers: torch.Tensor | None = None) -> torch.Tensor:
+        """``[R, C] bool`` chosen clusters of ``layers [R]`` (default all; ``queries [R, Tq, Hq, D]``);
+        ``C`` = the largest group's cluster count."""
+        layers = torch.arange(self.num_layers, device=self.device) if layers is None else layers
+        group = self._group_of_layer[layers]  # [R]
+        num_c = max(self._num_clusters)
+        valid = torch.arange(num_c, device=self.device) < torch.tensor(self._num_clusters, device=self.device)[group][:, None]
+        if num_c == 0 or self.config.budget >= self._num_visual:
+            return valid  # full budget: every cluster (exact mode)
+        table = self._table
+        size = table.size[group, :num_c]  # [R, C]
+        cost = (size - self._covered_counts(num_c)[group]) * valid
+        n = size.clamp(min=1).float()
+        centroid = table.key_sum[layers, :num_c].float() / n[..., None, None]
+        spread = table.sq_sum[layers, :num_c].float() / n[..., None] - centroid.square().sum(-1)
+        scores = score_clusters(queries, centroid, spread, cost, rule=self.config.score, reduce=self.config.query_reduce)
+        return fill_budget(scores, cost, self.config.budget)
+
+    def _covered_counts(self, num_c: int) -> torch.Tensor:
+        """``[G, C] int64`` members per cluster that are already always attended (sinks, window):
+        they are attended anyway, so they cost no budget when their cluster is chosen."""
+        n, cfg = self._n, self.config
+        sinks = torch.arange(min(cfg.sink_tokens, n), device=self.device)
+        window = torch.arange(max(min(cfg.sink_tokens, n), n - cfg.recent_window), n, device=self.device)
+        a = self._assign[:, torch.cat([sinks, window])]  # [G, S+W]
+        counts = torch.zeros(a.shape[0], num_c + 1, dtype=torch.int64, device=self.device)
+        counts.scatter_add_(1, torch.where(a >= 0, a, num_c), torch.ones_like(a))
+        return counts[:, :num_c]
+
+    # -- deferred splitting ----------------------------------------------------------------------
+
+    def maintain(self, max_splits: int | None = None) -> int:
+        """Split up to ``max_splits`` (default ``config.split_work_per_step``) marked clusters.
+
+        Run at frame boundaries or idle time, never in a decode step. Each split is 2-means on the
+        cluster's members (membership features, deterministic given ``config.seed``); the new child
+        gets a fresh id and both children's summaries are recomputed exactly from their keys.
+        O(1) when nothing is marked; otherwise reads the members' keys.
+
+        Returns:
+            Clusters split (a marked cluster whose members coincide is unmarked without a split).
+        """
+        limit = self.config.split_work_per_step if max_splits is None else max_splits
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise ValueError(f"ClusterIndex.maintain: max_splits: expected an integer >= 0, got {limit!r}")
+        if self._num_marked == 0 or limit == 0:
+            return 0
+        g_sel, c_sel = self._marked.nonzero(as_tuple=True)
+        g_sel, c_sel = g_sel[:limit], c_sel[:limit]  # oldest ids first, group by group
+        num_seg = g_sel.numel()
+        self._marked[g_sel, c_sel] = False
+        self._num_marked -= num_seg
+        # Members of the chosen clusters: scan only from the earliest first member on.
+        lo = int(self._table.first_pos[g_sel, c_sel].min())
+        seg_of = torch.full_like(self._marked, -1, dtype=torch.int64)
+        seg_of[g_sel, c_sel] = torch.arange(num_seg, device=self.device)
+        assign = self._assign[:, lo : self._n]
+        seg = torch.where(assign >= 0, seg_of.gather(1, assign.clamp(min=0)), -1)
+        mg, mp = (seg >= 0).nonzero(as_tuple=True)
+        mseg, mpos = seg[mg, mp], mp + lo
+        keys = self._read_keys(mpos)  # [L, M, H, D]
+        mean, inv_std = self._key_scale()
+        feats = self._features(keys - mean[:, None], inv_std)[mg, torch.arange(mg.numel(), device=self.device)]
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self._split_rounds)
+        self._split_rounds += 1  # a fresh, reproducible draw per maintenance call
+        right, ok = two_means(feats, mseg, num_seg, generator)
+        g_ok, c_ok = g_sel[ok], c_sel[ok]
+        if g_ok.numel() == 0:
+            return 0
+        child = torch.full((num_seg,), -1, dtype=torch.int64, device=self.device)
+        child[ok] = self._allocate(g_ok)
+        moved = ok[mseg]
+        new_cluster = torch.where(right & moved, child[mseg], c_sel[mseg])
+        self._table.clear(g_ok, c_ok)
+        self._add(mg[moved], new_cluster[moved], mpos[moved], self._frame_ord[mpos[moved]], keys, moved.nonzero().flatten())
+        both_g = torch.cat([g_ok, g_ok])
+        order = torch.argsort(both_g, stable=True)
+        both_g, both_c = both_g[order], torch.cat([c_ok, child[ok]])[order]
+        # Children join the active set if recent (parents keep their place in it).
+        g_new, c_new = g_ok, child[ok]
+        recent = self._table.last_ord[g_new, c_new] > self._num_frames - 1 - self.config.active_frames
+        self._append_active(g_new[recent], c_new[recent])
+        self._mark(self._pad_by_group(both_g, both_c), mean, inv_std)
+        self.num_splits += g_ok.numel()
+        return g_ok.numel()
+
+    # -- integrity and truncation ----------------------------------------------------------------
+
+    def check_integrity(self) -> None:
+        """Verify the invariants (see `cluster_integrity.check_integrity`); raise ``AssertionError``
+        naming the first broken one. O(N): reads every key."""
+        check_integrity(self)
+
+    def truncate(self, num_tokens: int) -> None:
+        """Drop positions ``>= num_tokens``; the survivors keep their clusters (ids compacted,
+        summaries, statistics, marks and active set rebuilt from the keys: O(N), meant to be rare)."""
+        if not isinstance(num_tokens, int) or isinstance(num_tokens, bool) or not 0 <= num_tokens <= self._n:
+            raise ValueError(f"ClusterIndex.truncate: num_tokens: expected an integer in [0, {self._n}], got {num_tokens!r}")
+        if num_tokens == self._n:
+            return
+        groups = self._layers_of_group.shape[0]
+        self._assign[:, num_tokens : self._n] = -1
+        self._frame_ids[num_tokens : self._n] = -1
+        self._frame_ord[num_tokens : self._n] = -1
+        self._n = num_tokens
+        assign = self._assign[:, :num_tokens]
+        cap = self._table.capacity
+        present = torch.zeros(groups, cap + 1, dtype=torch.int64, device=self.device)
+        present = present.scatter_add_(1, torch.where(assign >= 0, assign, cap), torch.ones_like(assign))[:, :cap] > 0
+        new_id = torch.cumsum(present, 1) - 1
+        assign.copy_(torch.where(assign >= 0, new_id.gather(1, assign.clamp(min=0)), -1))
+        self._num_clusters = present.sum(1).tolist()
+        self._table, _, self._key_sum, self._key_sq = recompute_summaries(self, cap, torch.float32)
+        self._key_sum, self._key_sq = self._key_sum.double(), self._key_sq.double()
+        visual = (self._frame_ids[:num_tokens] >= 0).nonzero().flatten()
+        self._num_visual = visual.numel()
+        last = int(visual[-1]) if visual.numel() else -1
+        self._last_frame_id = int(self._frame_ids[last]) if last >= 0 else -1
+        self._num_frames = int(self._frame_ord[last]) + 1 if last >= 0 else 0
+        self._marked = torch.zeros(groups, cap, dtype=torch.bool, device=self.device)
+        self._num_marked = 0
+        live = torch.arange(cap, device=self.device)[None, :] < torch.tensor(self._num_clusters, device=self.device)[:, None]
+        g, c = (live & (self._table.last_ord > self._num_frames - 1 - self.config.active_frames)).nonzero(as_tuple=True)
+        self._active = self._pad_by_group(g, c)
+        self._active_ord = self._num_frames - 1
+        mean, inv_std = self._key_scale()
+        g, c = live.nonzero(as_tuple=True)
+        self._mark(self._pad_by_group(g, c), mean, inv_std)
+
+    # -- geometry --------------------------------------------------------------------------------
+
+    @property
+    def _lh(self) -> int:
+        """(layer, head) pairs in one membership group: spreads are averaged over them."""
+        return self._layers_of_group.shape[1] * self.num_kv_heads
+
+    def _key_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Running visual-key mean ``[L, H, D]`` and 1/std ``[L, H]`` (total variance), float32."""
+        count = max(self._num_visual, 1)
+        mean = self._key_sum / count
+        second = self._key_sq / count
+        var = (second - mean.square().sum(-1)).clamp(min=0)
+        var = torch.maximum(var, _VAR_FLOOR * second + 1e-30)
+        return mean.float(), var.rsqrt().float()
+
+    def _features(self, centred: torch.Tensor, inv_std: torch.Tensor) -> torch.Tensor:
+        """``[L, n, H, D]`` centred keys -> ``[G, n, F]`` membership features (each (layer, head)
+        scaled to unit total variance, concatenated over the heads and layers of the group)."""
+        z = centred * inv_std[:, None, :, None]
+        num_layers, n = z.shape[:2]
+        if self._layers_of_group.shape[0] > 1:  # per layer
+            return z.reshape(num_layers, n, -1)
+        return z.permute(1, 0, 2, 3).reshape(1, n, -1)
+
+    def _cluster_stats(self, ids, mean, inv_std, *, with_centres: bool = True):
+        """Centre features ``[G, A, F]``, normalised spread ``[G, A]`` (summed over the group's (layer,
+        head) pairs; divide by `_lh` for the relative spread) and size ``[G, A]`` of clusters ``ids``."""
+        key_sum, sq_sum, size_l = self._table.gather(ids)  # [L, A, H, D], [L, A, H], [L, A]
+        n = size_l.clamp(min=1)
+        centre = key_sum / n[..., None, None]
+        spread_lh = (sq_sum / n[..., None] - centre.square().sum(-1)).clamp(min=0) * inv_std.square()[:, None, :]
+        group_of_layer = self._group_of_layer
+        groups = self._layers_of_group.shape[0]
+        spread = torch.zeros(groups, ids.shape[1], device=self.device).index_add_(0, group_of_layer, spread_lh.sum(-1))
+        size = self._table.size.gather(1, ids).float()
+        feats = self._features(centre - mean[:, None], inv_std) if with_centres else None
+        return feats, spread, size
+
+    # -- storage ---------------------------------------------------------------------------------
+
+    def _reserve_tokens(self, needed: int) -> None:
+        cap = self._frame_ids.numel()
+        if needed > cap or (self._keys is not None and self._keys.shape[1] < needed):
+            cap = max(needed, 2 * cap, 256)  # 256: a frame or two, so short streams never reallocate
+            self._frame_ids = _grow(self._frame_ids, 0, cap, -1)
+            self._frame_ord = _grow(self._frame_ord, 0, cap, -1)
+            self._assign = _grow(self._assign, 1, cap, -1)
+            if self._keys is not None:
+                self._keys = _grow(self._keys, 1, cap, 0)
+
+    def _reserve_clusters(self, needed: int) -> None:
+        self._table.reserve(needed)
+        if self._marked.shape[1] < self._table.capacity:
+            self._marked = _grow(self._marked, 1, self._table.capacity, False)
+
+    def _read_keys(self, positions: torch.Tensor) -> torch.Tensor:
+        """``[L, M, H, D]`` float32 keys at ``positions [M]``."""
+        if self._key_reader is None:
+            assert self._keys is not None or positions.numel() == 0, "no keys stored"
+            if self._keys is None:
+                return torch.zeros(self.num_layers, 0, self.num_kv_heads, self.head_dim, device=self.device)
+            return self._keys[:, positions].float()
+        keys = self._key_reader(positions)
+        expected = (self.num_layers, positions.numel(), self.num_kv_heads, self.head_dim)
+        assert tuple(keys.shape) == expected, f"key_reader returned {tuple(keys.shape)}, expected {expected}"
+        return keys.to(self.device, torch.float32)
+
+    # -- input checks ----------------------------------------------------------------------------
+
+    def _check_append(self, keys, frame_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = f"[num_layers={self.num_layers}, T, num_kv_heads={self.num_kv_heads}, head_dim={self.head_dim}]"
+        if not isinstance(keys, torch.Tensor) or not keys.is_floating_point() or keys.dim() != 4:
+            raise ValueError(f"ClusterIndex.append: keys: expected a float tensor {shape}, got {_describe(keys)}")
+        if (keys.shape[0], keys.shape[2], keys.shape[3]) != (self.num_layers, self.num_kv_heads, self.head_dim):
+            raise ValueError(f"ClusterIndex.append: keys: expected {shape}, got shape {tuple(keys.shape)}")
+        if (not isinstance(frame_ids, torch.Tensor) or frame_ids.dtype not in (torch.int64, torch.int32)
+                or frame_ids.dim() != 1 or frame_ids.numel() != keys.shape[1]):
+            raise ValueError(
+                f"ClusterIndex.append: frame_ids: expected an int64 tensor [T={keys.shape[1]}] "
+                f"(-1 for text), got {_describe(frame_ids)}"
+            )
+        frame_ids = frame_ids.to(self.device, torch.int64)
+        visual = frame_ids[frame_ids >= 0]
+        if bool((frame_ids < -1).any()) or bool((visual[1:] < visual[:-1]).any()):
+            raise ValueError(
+                "ClusterIndex.append: frame_ids: expected -1 (text) or non-decreasing frame ids >= 0, "
+                f"got {frame_ids.tolist()[:16]}..."
+            )
+        return keys.to(self.device), frame_ids
+
+    def _check_queries(self, queries, rows: int | None = None) -> torch.Tensor:
+        rows = self.num_layers if rows is None else rows
+        shape = f"[num_layers={rows}, Tq, num_qo_heads (multiple of {self.num_kv_heads}), head_dim={self.head_dim}]"
+        if (not isinstance(queries, torch.Tensor) or not queries.is_floating_point() or queries.dim() != 4
+                or queries.shape[0] != rows or queries.shape[3] != self.head_dim
+                or queries.shape[1] < 1 or queries.shape[2] < 1 or queries.shape[2] % self.num_kv_heads):
+            raise ValueError(f"ClusterIndex.select: queries: expected a float tensor {shape}, got {_describe(queries)}")
+        return queries.to(self.device)
+
+
+def _rank_within(key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``[P] int64`` rank of each element by ``value`` among elements with the same ``key``."""
+    order = torch.argsort(value, stable=True)
+    order = order[torch.argsort(key[order], stable=True)]
+    sorted_key = key[order]
+    first = torch.searchsorted(sorted_key, sorted_key)  # first index of each key in sorted order
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(key.numel(), device=key.device) - first
+    return rank
+
+
+def _grow(t: torch.Tensor, dim: int, capacity: int, fill) -> torch.Tensor:
+    shape = list(t.shape)
+    shape[dim] = capacity
+    out = t.new_full(shape, fill)
+    out.narrow(dim, 0, t.shape[dim]).copy_(t)
+    return out
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"shape {tuple(x.shape)} dtype {x.dtype}"
+    return type(x).__name__

@@ -1,0 +1,109 @@
+"""Cluster scoring and budget filling: from cluster summaries and a query to the chosen clusters.
+
+Pure tensor functions over a leading ``rows`` dimension. One row is one (sequence, layer): a single
+sequence passes its layers as rows; several sequences stack their layers (padding the cluster axis
+with ``cost = 0``), so scoring is one batched matmul and the budget fill one sort over all rows
+(a segmented top-k). The maths is in ``CLUSTERS.md``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["score_clusters", "fill_budget"]
+
+_RULES = ("centroid", "centroid_radius", "size_weighted")
+_REDUCES = ("mean", "max")
+
+
+def score_clusters(
+    queries: torch.Tensor,
+    centroids: torch.Tensor,
+    spreads: torch.Tensor,
+    costs: torch.Tensor,
+    *,
+    rule: str,
+    reduce: str,
+) -> torch.Tensor:
+    """Score every cluster of every row against the row's queries.
+
+    Args:
+        queries: ``[R, Tq, num_qo_heads, D]`` float. Query head ``i`` reads KV head
+            ``i // (num_qo_heads // num_kv_heads)`` (GQA, as in ``repeat_kv``).
+        centroids: ``[R, C, num_kv_heads, D]`` float32 mean key per cluster.
+        spreads: ``[R, C, num_kv_heads]`` float32 mean squared distance of members to the centroid.
+        costs: ``[R, C]`` int64 tokens a cluster would add to the budget; ``<= 0`` marks a padded or
+            fully already-attended cluster, which scores ``-inf``.
+        rule: ``'centroid'`` (q·c/√D), ``'centroid_radius'`` ((q·c + |q|·r)/√D, r = RMS radius) or
+            ``'size_weighted'``: the estimated share of each query's attention mass the cluster adds,
+            ``softmax_c(log cost + q·c/√D + |q|²σ²/(2D))`` with ``σ² = spread/D`` (log-normal estimate
+            of ``Σ_members exp(q·k/√D)``), divided by the cost after the reduction (mass per budget
+            token: the greedy order of a fractional knapsack).
+        reduce: ``'mean'`` or ``'max'`` over the Tq query tokens and all query heads of the row
+            (one attended set serves every head of a layer).
+
+    Returns:
+        ``[R, C]`` float32 priorities per budget token, higher is better; ``-inf`` where ``costs <= 0``.
+    """
+    if rule not in _RULES:
+        raise ValueError(f"score rule: expected one of {list(_RULES)}, got {rule!r}")
+    if reduce not in _REDUCES:
+        raise ValueError(f"query reduce: expected one of {list(_REDUCES)}, got {reduce!r}")
+    rows, tq, num_qo_heads, head_dim = queries.shape
+    num_clusters, num_kv_heads = centroids.shape[1], centroids.shape[2]
+    group = num_qo_heads // num_kv_heads
+    valid = costs > 0  # [R, C]
+    if num_clusters == 0:
+        return centroids.new_zeros(rows, 0)
+    scale = 1.0 / math.sqrt(head_dim)
+    # [R, H, Tq*group, D]: the query vectors that read each KV head, one matmul for all rows and heads.
+    q = queries.float().reshape(rows, tq, num_kv_heads, group, head_dim).permute(0, 2, 1, 3, 4)
+    q = q.reshape(rows, num_kv_heads, tq * group, head_dim)
+    logits = torch.matmul(q, centroids.permute(0, 2, 3, 1)) * scale  # [R, H, Tq*group, C]
+    if rule == "centroid_radius":
+        radius = spreads.clamp(min=0).sqrt().permute(0, 2, 1).unsqueeze(2)  # [R, H, 1, C]
+        logits = logits + q.norm(dim=-1, keepdim=True) * radius * scale
+    neg_inf = torch.tensor(float("-inf"), device=logits.device)
+    if rule == "size_weighted":
+        log_cost = costs.clamp(min=1).float().log()[:, None, None, :]  # [R, 1, 1, C]
+        var_per_dim = spreads.clamp(min=0).permute(0, 2, 1).unsqueeze(2) / head_dim  # [R, H, 1, C]
+        logits = logits + q.square().sum(-1, keepdim=True) * (scale * scale / 2) * var_per_dim
+        logits = torch.where(valid[:, None, None, :], logits + log_cost, neg_inf)
+        # Per (query token, head): estimated attention share; rows with no valid cluster stay 0.
+        logits = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+    logits = logits.reshape(rows, -1, num_clusters)
+    scores = logits.mean(dim=1) if reduce == "mean" else logits.amax(dim=1)
+    if rule == "size_weighted":
+        scores = scores / costs.clamp(min=1)
+    return torch.where(valid, scores, neg_inf)
+
+
+def fill_budget(scores: torch.Tensor, costs: torch.Tensor, budget: int | torch.Tensor) -> torch.Tensor:
+    """Take clusters in descending score order while their cumulative cost fits the budget.
+
+    The walk stops at the first cluster that does not fit (a prefix of the ranking: one sort and one
+    cumsum, no loop over clusters); the unused remainder is below one cluster's cost.
+
+    Args:
+        scores: ``[R, C]`` float, ``-inf`` for clusters that must not be taken.
+        costs: ``[R, C]`` int64 tokens each cluster adds (``<= 0``: never taken).
+        budget: int, or ``[R] int64`` per row.
+
+    Returns:
+        ``[R, C]`` bool, chosen clusters; per row ``costs[chosen].sum() <= budget``.
+
+    Example:
+        >>> fill_budget(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([[4, 1, 2]]), 6)
+        tensor([[ True, False,  True]])
+    """
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)  # [R, C]
+    sorted_scores = scores.gather(1, order)
+    sorted_costs = costs.gather(1, order)
+    takeable = torch.isfinite(sorted_scores) & (sorted_costs > 0)
+    cumulative = torch.cumsum(torch.where(takeable, sorted_costs, 0), dim=1)
+    limit = budget if isinstance(budget, int) else budget.to(costs.dtype)[:, None]
+    # Prefix only: once a cluster does not fit, later ones are not taken either (cumsum is monotone).
+    take = takeable & (cumulative <= limit)
+    return torch.zeros_like(take).scatter_(1, order, take)

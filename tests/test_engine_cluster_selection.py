@@ -1,0 +1,85 @@
+"""Mosaic's cluster selection served through a real sgl.Engine (tiny Qwen2.5-VL, CPU): with a small
+budget answers come back, meta_info's attended tokens respect budget + sinks + window + text, and every
+selection the server made is exactly what an offline `ClusterIndex` returns for the same keys and
+queries (replayed from the server's dump)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine_support import VIDEO_PROMPT, cpu_engine_kwargs, run_requests
+from mosaic_sglang import ClusterIndex, MosaicConfig
+from mosaic_sglang.cluster_attended_set import DUMP_ENV
+
+pytestmark = pytest.mark.engine
+
+OPTIONS = {"sink_tokens": 4, "recent_window": 16, "max_cluster_size": 16}
+BUDGET = 48
+
+
+@pytest.fixture(scope="module")
+def served(tiny_vl_model, video_dir, tmp_path_factory):
+    import sglang as sgl
+
+    dump = tmp_path_factory.mktemp("dump")
+    mp = pytest.MonkeyPatch()
+    mp.setenv(DUMP_ENV, str(dump))
+    engine = sgl.Engine(**cpu_engine_kwargs(tiny_vl_model, enable_mosaic=True, mosaic_budget=BUDGET, mosaic_config=OPTIONS))
+    try:
+        a = str(video_dir / "a.mp4")
+        outputs = run_requests(
+            engine,
+            [
+                {"inputs": {"prompt": VIDEO_PROMPT.format(question="what happens?"), "video_data": [a]}, "max_new_tokens": 4},
+                {"inputs": {"prompt": VIDEO_PROMPT.format(question="what color?"), "video_data": [a]}, "max_new_tokens": 4},
+            ],
+        )
+    finally:
+        engine.shutdown()
+        mp.undo()
+    records = [torch.load(p, weights_only=False) for p in sorted(dump.glob("*.pt"))]
+    return outputs, records
+
+
+def test_answers_and_attended_budget(served):
+    outputs, _ = served
+    cfg = MosaicConfig.from_dict({**OPTIONS, "budget": BUDGET})
+    for out in outputs:
+        assert len(out["output_ids"]) == 4
+        (stats,) = out["mosaic"]
+        text = stats["context_tokens"] - stats["visual_tokens"]
+        assert stats["clusters"] > 1
+        assert stats["attended_tokens"] <= BUDGET + cfg.sink_tokens + cfg.recent_window + text
+        assert stats["attended_tokens"] < stats["context_tokens"]  # really sparse
+    # the second question found the first one's index: its whole video came from the cache
+    assert outputs[1]["cached_tokens"] > outputs[1]["mosaic"][0]["visual_tokens"]
+
+
+def test_server_selections_equal_offline_cluster_index(served):
+    _, records = served
+    cfg = MosaicConfig.from_dict({**OPTIONS, "budget": BUDGET})
+    offline: dict[int, ClusterIndex] = {}
+    selects = 0
+    for rec in records:
+        if rec["event"] == "append":
+            keys = rec["keys"]
+            index = offline.setdefault(
+                rec["anchor"], ClusterIndex(cfg, num_layers=keys.shape[0], num_kv_heads=keys.shape[2], head_dim=keys.shape[3])
+            )
+            assert index.num_tokens == rec["start"]
+            index.append(keys, rec["frame_ids"])
+            index.maintain()
+            index.check_integrity()
+        else:
+            index = offline.get(rec["anchor"])
+            if index is None:
+                assert rec["index_tokens"] == 0
+                continue
+            assert index.num_tokens == rec["index_tokens"]
+            expected = index.select_layer(rec["layer"], rec["queries"])
+            assert torch.equal(expected, rec["selected"])
+            full = index.select(rec["queries"][None].expand(index.num_layers, -1, -1, -1))
+            assert torch.equal(full.layer(rec["layer"]), expected)
+            selects += 1
+    assert selects >= 2 * 2  # both questions, both layers, selected against a non-empty index
