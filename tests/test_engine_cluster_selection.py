@@ -16,6 +16,7 @@ pytestmark = pytest.mark.engine
 
 OPTIONS = {"sink_tokens": 4, "recent_window": 16, "max_cluster_size": 16}
 BUDGET = 48
+CHUNK = 128  # tokens per prefill chunk: the ~300-token prompt takes several forwards
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,13 @@ def served(tiny_vl_model, video_dir, tmp_path_factory):
     dump = tmp_path_factory.mktemp("dump")
     mp = pytest.MonkeyPatch()
     mp.setenv(DUMP_ENV, str(dump))
-    engine = sgl.Engine(**cpu_engine_kwargs(tiny_vl_model, enable_mosaic=True, mosaic_budget=BUDGET, mosaic_config=OPTIONS))
+    # chunked prefill: the video is prefilled (and indexed) in several forwards, later chunks attend
+    # sinks + window + clusters selected by their own queries
+    engine = sgl.Engine(
+        **cpu_engine_kwargs(
+            tiny_vl_model, enable_mosaic=True, mosaic_budget=BUDGET, mosaic_config=OPTIONS, chunked_prefill_size=CHUNK
+        )
+    )
     try:
         a = str(video_dir / "a.mp4")
         outputs = run_requests(
@@ -83,3 +90,7 @@ def test_server_selections_equal_offline_cluster_index(served):
             assert torch.equal(full.layer(rec["layer"]), expected)
             selects += 1
     assert selects >= 2 * 2  # both questions, both layers, selected against a non-empty index
+    appends = [r for r in records if r["event"] == "append"]
+    assert len(appends) >= 2  # the first request's video was indexed chunk by chunk
+    prefill_selects = [r for r in records if r["event"] == "select" and r["queries"].shape[0] > 1 and r["index_tokens"] > 0]
+    assert prefill_selects  # a later chunk selected clusters from the earlier chunks' index

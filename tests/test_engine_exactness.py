@@ -39,7 +39,9 @@ def video_runs(tiny_vl_model, video_dir):
     requests = _video_requests(video_dir)
     dense = _run(tiny_vl_model, requests, attention_backend="torch_native")
     mosaic = _run(tiny_vl_model, requests, enable_mosaic=True, mosaic_budget=FULL_BUDGET)
-    return dense, mosaic
+    # chunked prefill: the video is indexed chunk by chunk and each chunk selects (everything, here)
+    chunked = _run(tiny_vl_model, requests, enable_mosaic=True, mosaic_budget=FULL_BUDGET, chunked_prefill_size=128)
+    return dense, mosaic, chunked
 
 
 def _video_span(model_path: str) -> tuple[int, int]:
@@ -52,8 +54,9 @@ def _video_span(model_path: str) -> tuple[int, int]:
     return len(tok(before)["input_ids"]), len(tok(prompt)["input_ids"]) - 1
 
 
-def test_video_tokens_and_logprobs_equal_dense(video_runs):
-    dense, mosaic = video_runs
+@pytest.mark.parametrize("variant", [1, 2], ids=["mosaic", "mosaic-chunked-prefill"])
+def test_video_tokens_and_logprobs_equal_dense(video_runs, variant):
+    dense, mosaic = video_runs[0], video_runs[variant]
     for d, m in zip(dense, mosaic):
         assert m["output_ids"] == d["output_ids"]
         assert len(m["logprobs"]) == len(d["logprobs"]) > 0
@@ -62,7 +65,7 @@ def test_video_tokens_and_logprobs_equal_dense(video_runs):
 
 
 def test_mosaic_reports_full_attended_set(video_runs):
-    _, mosaic = video_runs
+    mosaic = video_runs[1]
     for out in mosaic:
         (stats,) = out["mosaic"]
         assert stats["attended_tokens"] == stats["context_tokens"]
@@ -70,7 +73,7 @@ def test_mosaic_reports_full_attended_set(video_runs):
 
 
 def test_same_video_reuses_prefix_and_other_video_does_not(video_runs, tiny_vl_model):
-    _, mosaic = video_runs
+    mosaic = video_runs[1]
     video_start, text_tokens = _video_span(tiny_vl_model)
     video_tokens = mosaic[0]["prompt_tokens"] - text_tokens
     assert video_tokens == mosaic[0]["mosaic"][0]["visual_tokens"]

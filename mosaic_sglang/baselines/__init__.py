@@ -1,0 +1,16 @@
+"""Baseline retrievers behind the same `Retriever` protocol and budget accounting as `ClusterIndex`.
+
+- `DenseRetriever`: everything (exactness reference).
+- `OracleTokenTopK`: best tokens by the true attention score (what token-level retrieval approximates).
+- `FrameBlockRetriever`: frames with mean-key summaries (ReKV style).
+- `QuestPageRetriever`: 16-token pages with min/max key bounds (Quest style).
+
+Budget rule shared by all: see `mosaic_sglang/baselines/_common.py`.
+"""
+
+from .dense import DenseRetriever
+from .frame_blocks import FrameBlockRetriever
+from .oracle_topk import OracleTokenTopK
+from .quest_pages import QUEST_PAGE_SIZE, QuestPageRetriever
+
+__all__ = ["DenseRetriever", "OracleTokenTopK", "FrameBlockRetriever", "QuestPageRetriever", "QUEST_PAGE_SIZE"]
