@@ -41,6 +41,11 @@ class AttendedSetPolicy(ABC):
             forward's own tokens (``prefix_len .. seq_len-1``), so each query sees at least itself.
         """
 
+    def attended_positions_batch(self, layer_id: int, queries: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """`attended_positions` for every request of the forward at once (``{request_index: queries}``);
+        policies override it to batch their scoring across requests."""
+        return {i: self.attended_positions(layer_id, i, q) for i, q in queries.items()}
+
     def end_forward(self) -> None:
         """After the last layer: the new tokens' K/V are in the pool for every layer."""
 

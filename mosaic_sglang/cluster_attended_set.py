@@ -24,6 +24,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Sequence
 import torch
 
 from .attended_set_policy import AttendedSetPolicy
+from .batched_selection import select_layer_batch
 from .cluster_index import ClusterIndex
 from .config import MosaicConfig
 from .integration.request_layout import RequestLayout
@@ -110,28 +111,47 @@ class ClusterAttendedSet(AttendedSetPolicy):
     # -- run --------------------------------------------------------------------------------------------
 
     def attended_positions(self, layer_id: int, request_index: int, queries: torch.Tensor) -> torch.Tensor:
-        req = self._requests[request_index]
-        anchor = self._anchors[request_index]
-        if anchor is None or (not self._is_decode and not self.config.select_in_prefill and req.extend_len > 1):
-            return self._record(req, torch.arange(req.seq_len))
-        index = self.videos[anchor].index
-        covered = min(index.num_tokens, req.seq_len)
-        kept = self._kept.setdefault(req.rid, {})
-        steps = self._decode_steps.get(req.rid, 0)
-        previous = kept.get(layer_id)
-        reselect = (
+        return self.attended_positions_batch(layer_id, {request_index: queries})[request_index]
+
+    def attended_positions_batch(self, layer_id: int, queries: Dict[int, torch.Tensor]) -> Dict[int, torch.Tensor]:
+        """All requests of the forward at one layer; the selections due are scored in one batched call."""
+        due = [i for i in queries if self._needs_selection(layer_id, i)]
+        if due:
+            indexes = [self.videos[self._anchors[i]].index for i in due]
+            chosen = select_layer_batch(indexes, layer_id, [queries[i] for i in due])
+            for i, index, selected in zip(due, indexes, chosen):
+                req = self._requests[i]
+                self._kept.setdefault(req.rid, {})[layer_id] = (selected, index.num_tokens)
+                self._dump(self._anchors[i], req, layer_id, queries[i], selected)
+        return {i: self._compose(layer_id, i) for i in queries}
+
+    def _needs_selection(self, layer_id: int, i: int) -> bool:
+        req, anchor = self._requests[i], self._anchors[i]
+        if self._dense(i):
+            return False
+        previous = self._kept.get(req.rid, {}).get(layer_id)
+        every = self.config.reselect_every
+        return (
             not self._is_decode
             or previous is None
-            or previous[1] < index.num_tokens  # the index grew since (e.g. the prompt's own video)
-            or (self.config.reselect_every > 0 and steps % self.config.reselect_every == 0)
+            or previous[1] < self.videos[anchor].index.num_tokens  # the index grew since (the prompt's own video)
+            or (every > 0 and self._decode_steps.get(req.rid, 0) % every == 0)
         )
-        if reselect:
-            kept[layer_id] = (index.select_layer(layer_id, queries), index.num_tokens)
-            self._dump(anchor, req, layer_id, queries, kept[layer_id][0])
-        selected = kept[layer_id][0]
+
+    def _dense(self, i: int) -> bool:
+        req = self._requests[i]
+        prefill = not self._is_decode and req.extend_len > 1
+        return self._anchors[i] is None or (prefill and not self.config.select_in_prefill)
+
+    def _compose(self, layer_id: int, i: int) -> torch.Tensor:
+        """Selected ∪ always-attended ∪ everything the index does not cover."""
+        req = self._requests[i]
+        if self._dense(i):
+            return self._record(req, torch.arange(req.seq_len))
+        covered = min(self.videos[self._anchors[i]].index.num_tokens, req.seq_len)
+        selected = self._kept[req.rid][layer_id][0]
         selected = selected[selected < covered]
-        always = self._always(req, covered)
-        positions = torch.cat([selected, always, torch.arange(covered, req.seq_len)])
+        positions = torch.cat([selected, self._always(req, covered), torch.arange(covered, req.seq_len)])
         return self._record(req, torch.unique(positions))
 
     def _always(self, req: RequestLayout, covered: int) -> torch.Tensor:

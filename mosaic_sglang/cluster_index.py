@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .cluster_scoring import fill_budget, score_clusters
+from .cluster_scoring import LayerSummaries, fill_budget, score_clusters
 from .cluster_split import two_means
 from .cluster_integrity import check_integrity, recompute_summaries
 from .cluster_table import ClusterTable
@@ -365,11 +365,7 @@ class ClusterIndex(Retriever):
             raise ValueError(f"ClusterIndex.select_layer: queries: expected [Tq, Hq, D], got {_describe(queries)}")
         layers = torch.tensor([layer_id], device=self.device)
         chosen = self._choose(self._check_queries(queries[None], rows=1), layers)[0]  # [C]
-        n = self._n
-        assign = self._assign[self._group_of_layer[layer_id], :n]
-        mask = chosen[assign.clamp(min=0)] & (assign >= 0) if chosen.numel() else torch.zeros(n, dtype=torch.bool, device=self.device)
-        mask[always_attended_positions(self._frame_ids[:n], self.config)] = True
-        return mask.nonzero().flatten()
+        return self.positions_of(layer_id, chosen)
 
     def select_clusters(self, queries: torch.Tensor) -> ClusterChoice:
         """The chosen clusters per layer (what a transfer engine moves), as `ClusterChoice`."""
@@ -383,19 +379,42 @@ class ClusterIndex(Retriever):
         """``[R, C] bool`` chosen clusters of ``layers [R]`` (default all; ``queries [R, Tq, Hq, D]``);
         ``C`` = the largest group's cluster count."""
         layers = torch.arange(self.num_layers, device=self.device) if layers is None else layers
+        summaries = self.layer_summaries(layers)
+        if summaries.full:
+            return summaries.valid  # full budget: every cluster (exact mode)
+        scores = score_clusters(
+            queries, summaries.centroid, summaries.spread, summaries.cost, rule=self.config.score, reduce=self.config.query_reduce
+        )
+        return fill_budget(scores, summaries.cost, self.config.budget)
+
+    def layer_summaries(self, layers: torch.Tensor) -> LayerSummaries:
+        """What scoring needs for ``layers [R] int64``, as `LayerSummaries` (``C`` = largest group's count)."""
         group = self._group_of_layer[layers]  # [R]
         num_c = max(self._num_clusters)
-        valid = torch.arange(num_c, device=self.device) < torch.tensor(self._num_clusters, device=self.device)[group][:, None]
-        if num_c == 0 or self.config.budget >= self._num_visual:
-            return valid  # full budget: every cluster (exact mode)
+        counts = torch.tensor(self._num_clusters, device=self.device)[group]
+        valid = torch.arange(num_c, device=self.device) < counts[:, None]  # [R, C]
+        full = num_c == 0 or self.config.budget >= self._num_visual
+        if full:
+            empty = torch.empty(0, device=self.device)
+            return LayerSummaries(valid, empty, empty, valid.long(), True)
         table = self._table
         size = table.size[group, :num_c]  # [R, C]
         cost = (size - self._covered_counts(num_c)[group]) * valid
         n = size.clamp(min=1).float()
         centroid = table.key_sum[layers, :num_c].float() / n[..., None, None]
         spread = table.sq_sum[layers, :num_c].float() / n[..., None] - centroid.square().sum(-1)
-        scores = score_clusters(queries, centroid, spread, cost, rule=self.config.score, reduce=self.config.query_reduce)
-        return fill_budget(scores, cost, self.config.budget)
+        return LayerSummaries(valid, centroid, spread, cost, False)
+
+    def positions_of(self, layer_id: int, chosen: torch.Tensor) -> torch.Tensor:
+        """``[n] int64`` sorted positions: always-attended ∪ members of ``chosen [C] bool`` at ``layer_id``."""
+        n = self._n
+        assign = self._assign[self._group_of_layer[layer_id], :n]
+        if chosen.numel():
+            mask = chosen[assign.clamp(min=0)] & (assign >= 0)
+        else:
+            mask = torch.zeros(n, dtype=torch.bool, device=self.device)
+        mask[always_attended_positions(self._frame_ids[:n], self.config)] = True
+        return mask.nonzero().flatten()
 
     def _covered_counts(self, num_c: int) -> torch.Tensor:
         """``[G, C] int64`` members per cluster that are already always attended (sinks, window):

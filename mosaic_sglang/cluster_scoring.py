@@ -9,13 +9,33 @@ with ``cost = 0``), so scoring is one batched matmul and the budget fill one sor
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["score_clusters", "fill_budget"]
+__all__ = ["LayerSummaries", "score_clusters", "fill_budget"]
 
 _RULES = ("centroid", "centroid_radius", "size_weighted")
 _REDUCES = ("mean", "max")
+
+
+class LayerSummaries(NamedTuple):
+    """Cluster summaries of some layers, the input of `score_clusters` (``R`` layers, ``C`` clusters).
+
+    Attributes:
+        valid: ``[R, C] bool`` cluster exists in the layer's membership group.
+        centroid: ``[R, C, H, D] float32`` mean key (empty when ``full``).
+        spread: ``[R, C, H] float32`` mean squared distance to the centroid (empty when ``full``).
+        cost: ``[R, C] int64`` budget tokens the cluster would add (members not already always attended).
+        full: the budget covers every visual token: choose everything, no scoring (exact mode).
+    """
+
+    valid: torch.Tensor
+    centroid: torch.Tensor
+    spread: torch.Tensor
+    cost: torch.Tensor
+    full: bool
+
 
 
 def score_clusters(

@@ -227,3 +227,26 @@ def test_select_layer_matches_select(membership: str) -> None:
         index.select_layer(L, queries[0])
     with pytest.raises(ValueError, match="queries"):
         index.select_layer(0, queries)
+
+
+def test_batched_selection_over_sequences_equals_per_sequence():
+    from mosaic_sglang.batched_selection import select_layer_batch
+
+    g = torch.Generator().manual_seed(7)
+    cfg = MosaicConfig(budget=40, sink_tokens=2, recent_window=8)
+    indexes = []
+    for n_frames, budget in ((9, 40), (5, 24), (12, 40), (1, 1000)):
+        index = ClusterIndex(cfg.replace(budget=budget), num_layers=3, num_kv_heads=2, head_dim=12)
+        frames = torch.arange(n_frames).repeat_interleave(21)
+        index.append(torch.randn(3, frames.numel(), 2, 12, generator=g), torch.cat([torch.full((3,), -1), frames])[: frames.numel()])
+        index.maintain()
+        indexes.append(index)
+    for layer in range(3):
+        for tq in (1, 5):
+            queries = [torch.randn(tq, 4, 12, generator=g) for _ in indexes]
+            batched = select_layer_batch(indexes, layer, queries)
+            for index, q, got in zip(indexes, queries, batched):
+                assert torch.equal(got, index.select_layer(layer, q))
+    mixed = [torch.randn(t, 4, 12, generator=g) for t in (1, 3, 1, 2)]
+    for index, q, got in zip(indexes, mixed, select_layer_batch(indexes, 0, mixed)):
+        assert torch.equal(got, index.select_layer(0, q))

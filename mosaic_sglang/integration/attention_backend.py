@@ -119,19 +119,19 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         q = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
         out = q.new_empty(q.shape[0], layer.tp_q_head_num, layer.v_head_dim)
 
-        req_to_token = self.req_to_token_pool.req_to_token
         policy = self.runtime.policy
         q_indptr, q_positions, kv_indptr, kv_slots, kv_positions = [0], [], [0], [], []
-        start = 0
+        per_request = {}
         for i, req in enumerate(self.layouts):
-            queries = q[start : start + req.extend_len]
-            positions = policy.attended_positions(layer.layer_id, i, queries)
+            per_request[i] = q[q_indptr[-1] : q_indptr[-1] + req.extend_len]
+            q_indptr.append(q_indptr[-1] + req.extend_len)
+        attended = policy.attended_positions_batch(layer.layer_id, per_request)
+        for i, req in enumerate(self.layouts):
+            positions = attended[i]
             kv_positions.append(positions)
             kv_slots.append(req.slots[positions])
             kv_indptr.append(kv_indptr[-1] + positions.numel())
             q_positions.append(torch.arange(req.prefix_len, req.seq_len))
-            start += req.extend_len
-            q_indptr.append(start)
         device = q.device
         attended_attention(
             q,
