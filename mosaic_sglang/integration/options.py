@@ -49,7 +49,23 @@ def resolve_config(budget: Optional[Any] = None, config: Optional[Any] = None) -
             except ValueError:
                 raise MosaicConfigError(f"--mosaic-budget: expected an integer >= 0, got {budget!r}") from None
         options["budget"] = budget
-    return MosaicConfig.from_dict(options)
+    config = MosaicConfig.from_dict(options)
+    _check_servable(config)
+    return config
+
+
+def _check_servable(config: MosaicConfig) -> None:
+    """Options the offline tier has but the server does not honour yet are refused, not ignored."""
+    if config.host_store_tokens:
+        raise MosaicConfigError(
+            "mosaic config field 'host_store_tokens': the serving path keeps all KV on device for now "
+            f"(the host tier exists offline only: mosaic_sglang.host_store); expected 0, got {config.host_store_tokens}"
+        )
+    if config.prefetch:
+        raise MosaicConfigError(
+            "mosaic config field 'prefetch': needs the host tier, which the serving path does not use yet; "
+            "expected false, got true"
+        )
 
 
 def export_config(config: MosaicConfig) -> None:

@@ -1,0 +1,340 @@
+"""Offload tier benchmark: copies, bytes, device-resident KV and step time per decode step.
+
+For each history length (16K … 256K tokens) a synthetic video trace (`mosaic_sglang.traces.synthetic`)
+is streamed frame by frame into every retriever; then all sealed units (clusters / frames / tokens)
+live in host memory and a few decode steps run, each with the next question token's query (Tq = 1),
+so the selection drifts between steps while the topic stays. Every method has the same token budget
+per layer and the same device cache of ``ceil(budget × (1 + slack))`` slots per layer; sinks, the recent
+window and text stay on the device for everyone.
+
+- ``mosaic``: `ClusterIndex.select_clusters` → `ClusterResidency` (LRU/frequency, cross-layer prefetch)
+  → `TransferEngine` from a `HostKVStore` (one copy per missed cluster per layer).
+- ``mosaic-nopf``: the same without prefetch.
+- ``token``: oracle token top-k (`OracleTokenTopK`) with a token LRU; one copy per missed token per layer
+  (``runs`` = missed tokens coalesced into contiguous position runs: the fewest copies any DMA engine
+  could issue for the same misses). Executed as one batched gather per layer (its best case on CPU).
+- ``frame``: ReKV-style frame blocks (`FrameBlockRetriever`) with the same LRU residency as Mosaic,
+  one copy per missed frame per layer, no prefetch.
+
+Columns (per decode step, averaged over the steps after the first, cold one):
+``ops`` host→device copy operations (all layers), ``MB`` bytes moved, ``moved/missed`` bytes moved ÷
+bytes of the selected units that were not resident at the step's start (1.0 = nothing but the misses;
+prefetch of wrong clusters pushes it up), ``dev_MB`` device-resident KV of the sequence (always-attended
+tokens + the cache bound), ``hit`` share of selected units already resident (or prefetched) when layers
+>= 1 asked, ``ms`` wall time of select + residency + copies. ``dense_MB``: the whole history on device.
+
+    .venv/bin/python benchmarks/offload.py                # full run (~4 min on 2 CPU cores)
+    .venv/bin/python benchmarks/offload.py --quick        # smoke run (~10 s)
+    .venv/bin/python benchmarks/offload.py --out benchmarks/out/offload.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import asdict
+
+import torch
+
+from mosaic_sglang import ClusterIndex, MosaicConfig
+from mosaic_sglang.baselines import FrameBlockRetriever, OracleTokenTopK
+from mosaic_sglang.host_store import Extent, HostKVStore
+from mosaic_sglang.residency import ClusterResidency
+from mosaic_sglang.retrieval_base import always_attended_positions
+from mosaic_sglang.traces import SyntheticTraceSpec, synthetic_trace
+from mosaic_sglang.transfer_engine import TransferEngine
+
+FRAMES_PER_SCENE = 32
+"""A new shot every 32 frames (~30 s at 1 fps): the default trace has 8 scenes in 128 frames; long
+histories keep about the same shot length instead of 8 scenes spread over hours."""
+
+DTYPE = torch.float16
+"""The KV pool dtype of a bf16/fp16 model: byte counts are those of a real deployment."""
+
+
+def make_trace(tokens: int, seed: int):
+    """A synthetic trace of about ``tokens`` positions (default knobs except length and scene count)."""
+    base = SyntheticTraceSpec()
+    per_frame = base.tokens_per_frame + base.timestamp_tokens
+    frames = max(8, (tokens - base.prompt_tokens - base.question_tokens) // per_frame)
+    spec = SyntheticTraceSpec(seed=seed, num_frames=frames, num_scenes=max(8, frames // FRAMES_PER_SCENE))
+    return synthetic_trace(spec)
+
+
+def stream(trace, retrievers) -> float:
+    """Append the trace frame by frame to every retriever (ClusterIndex: + maintain per frame, then
+    until nothing is marked, so every cluster is sealed). Returns Mosaic's ingest ms per frame."""
+    keys = trace.keys.to(DTYPE)
+    index = retrievers[0]
+    spent = 0.0
+    chunks = trace.frame_chunks()
+    for a, b in chunks:
+        for r in retrievers:
+            t0 = time.perf_counter()
+            r.append(keys[:, a:b], trace.frame_ids[a:b])
+            if r is index:
+                r.maintain()
+                spent += time.perf_counter() - t0
+    while index.num_marked:
+        index.maintain()
+    return 1e3 * spent / len(chunks)
+
+
+def offload_clusters(index: ClusterIndex, trace, store: HostKVStore) -> list[Extent]:
+    """Put every cluster (members in ascending position order) into the host store; extent per id.
+    Reads the index's membership (``_assign``, shared group 0): there is no public members API yet."""
+    assign = index._assign[0, : index.num_tokens]
+    order = torch.argsort(assign, stable=True)
+    order = order[assign[order] >= 0]
+    sizes = torch.bincount(assign[order], minlength=index.num_clusters).tolist()
+    k, v = trace.keys.to(DTYPE), trace.values.to(DTYPE)
+    extents, lo = [], 0
+    for size in sizes:
+        pos = order[lo : lo + size]
+        extents.append(store.put(k[:, pos], v[:, pos]))
+        lo += size
+    return extents
+
+
+def offload_frames(trace, store: HostKVStore) -> tuple[list[Extent], torch.Tensor]:
+    """Every frame's visual tokens as one extent; also ``[N] int64`` frame of each position."""
+    k, v = trace.keys.to(DTYPE), trace.values.to(DTYPE)
+    fids = trace.frame_ids
+    visual = (fids >= 0).nonzero().flatten()
+    _, counts = torch.unique_consecutive(fids[visual], return_counts=True)
+    extents = []
+    for pos in torch.split(visual, counts.tolist()):
+        extents.append(store.put(k[:, pos], v[:, pos]))
+    return extents, fids
+
+
+class TokenLRU:
+    """Token-granular device cache (per layer, ``capacity`` slots), vectorised LRU over positions."""
+
+    def __init__(self, num_layers: int, num_tokens: int, capacity: int) -> None:
+        self.capacity = capacity
+        self.last = torch.full((num_layers, num_tokens), -1, dtype=torch.int64)  # -1: not resident
+        self.slot = torch.full((num_layers, num_tokens), -1, dtype=torch.int64)
+        self.free = [list(range(capacity)) for _ in range(num_layers)]
+
+    def access(self, layer: int, selected: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Returns ``(missed positions, their slots, hits)``; evicts least recently used tokens."""
+        last, slot, free = self.last[layer], self.slot[layer], self.free[layer]
+        resident = last >= 0
+        hit = resident[selected]
+        missed = selected[~hit]
+        need = missed.numel() - len(free)
+        if need > 0:
+            cand = resident.clone()
+            cand[selected] = False
+            victims = torch.where(cand, last, torch.iinfo(torch.int64).max).topk(need, largest=False).indices
+            assert bool(cand[victims].all()), "token LRU: selection larger than the cache"
+            free.extend(slot[victims].tolist())
+            last[victims], slot[victims] = -1, -1
+        got = torch.tensor(free[len(free) - missed.numel() :], dtype=torch.int64)
+        del free[len(free) - missed.numel() :]
+        slot[missed] = got
+        last[selected] = step
+        return missed, got, int(hit.sum())
+
+
+def _runs(positions: torch.Tensor) -> int:
+    """Contiguous runs in sorted ``positions``."""
+    if positions.numel() == 0:
+        return 0
+    return 1 + int((positions[1:] != positions[:-1] + 1).sum())
+
+
+def run_units(name, select_units, extents, store, cfg, queries, num_layers, *, prefetch):
+    """Mosaic or frame blocks: units with host extents through `ClusterResidency` + `TransferEngine`."""
+    cap = ClusterResidency.capacity_for(cfg.budget, cfg.residency_slack)
+    res = ClusterResidency(cap, num_layers=num_layers, bytes_per_token=store.bytes_per_token)
+    dk = torch.zeros(num_layers, cap, store.num_kv_heads, store.head_dim, dtype=DTYPE)
+    eng = TransferEngine(store, dk, torch.zeros_like(dk))
+    rows = []
+    for q in queries:
+        start_resident = [set(res.resident_clusters(l)) for l in range(num_layers)]
+        ops0, bytes0, hits0, sel0 = eng.stats.ops, eng.stats.bytes, res.stats.predicted_hits, res.stats.predicted_selected
+        t0 = time.perf_counter()
+        per_layer = select_units(q)  # list of [u] int64 unit ids per layer
+        res.begin_step()
+        eng.begin_step()
+        for layer in range(num_layers):
+            ids = per_layer[layer].tolist()
+            exts = [extents[u] for u in ids]
+            acc = res.access(layer, ids, exts)
+            eng.submit(acc.plan)
+            eng.wait(layer)
+            if prefetch and layer + 1 < num_layers:
+                eng.submit(res.prefetch(layer + 1, ids, exts))
+        ms = 1e3 * (time.perf_counter() - t0)
+        res.check_integrity()
+        missed = sum(extents[u].length for l in range(num_layers) for u in per_layer[l].tolist()
+                     if u not in start_resident[l]) * store.bytes_per_token
+        moved = eng.stats.bytes - bytes0
+        sel = res.stats.predicted_selected - sel0
+        rows.append(dict(ops=eng.stats.ops - ops0, bytes=moved, missed_bytes=missed, ms=ms,
+                         units=sum(p.numel() for p in per_layer),
+                         hit=(res.stats.predicted_hits - hits0) / sel if sel else float("nan"),
+                         peak_resident=max(res.resident_tokens(l) for l in range(num_layers))))
+    return name, rows, cap
+
+
+def run_tokens(oracle, trace, cfg, queries, num_layers, always_mask):
+    """Oracle token top-k with a token LRU; misses copied from the token-granular host tier."""
+    cap = ClusterResidency.capacity_for(cfg.budget, cfg.residency_slack)
+    n = trace.num_tokens
+    lru = TokenLRU(num_layers, n, cap)
+    k, v = trace.keys.to(DTYPE), trace.values.to(DTYPE)
+    dk = torch.zeros(num_layers, cap, k.shape[2], k.shape[3], dtype=DTYPE)
+    dv = torch.zeros_like(dk)
+    bpt = k.shape[2] * (k.shape[3] + v.shape[3]) * k.element_size()
+    rows = []
+    for step, q in enumerate(queries):
+        t0 = time.perf_counter()
+        sel = oracle.select(q)
+        ops = runs = hits = selected_late = 0
+        for layer in range(num_layers):
+            pos = sel.layer(layer)
+            pos = pos[~always_mask[pos]]
+            missed, slots, h = lru.access(layer, pos, step)
+            dk[layer].index_copy_(0, slots, k[layer, missed])  # batched gather: per-token copies fused
+            dv[layer].index_copy_(0, slots, v[layer, missed])
+            ops += missed.numel()
+            runs += _runs(missed)
+            if layer >= 1:
+                hits += h
+                selected_late += pos.numel()
+        ms = 1e3 * (time.perf_counter() - t0)
+        rows.append(dict(ops=ops, runs=runs, bytes=ops * bpt, missed_bytes=ops * bpt, ms=ms,
+                         units=int(sel.num_units.sum()), hit=hits / selected_late if selected_late else float("nan")))
+    return "token", rows, cap
+
+
+def bench_history(tokens: int, args) -> dict:
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    trace = make_trace(tokens, args.seed)
+    gen_s = time.perf_counter() - t0
+    num_layers, n, heads, dim = trace.keys.shape
+    cfg = MosaicConfig(budget=args.budget, residency_slack=args.slack)
+    index = ClusterIndex(cfg, num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
+    oracle = OracleTokenTopK(cfg, num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
+    frames = FrameBlockRetriever(cfg, num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
+    ingest_ms = stream(trace, [index, oracle, frames])
+    coarse = None
+    if args.coarse_join:
+        # Sensitivity: coarser clusters (split/join ratio 1.5 as in the defaults 0.3/0.2).
+        coarse_cfg = cfg.replace(join_threshold=args.coarse_join, split_threshold=1.5 * args.coarse_join)
+        coarse = ClusterIndex(coarse_cfg, num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
+        stream(trace, [coarse])
+
+    q_all = trace.queries  # [L, Tq, Hq, D]: decode step t uses question token t (Tq = 1)
+    steps = min(args.steps, q_all.shape[1])
+    queries = [q_all[:, t : t + 1] for t in range(q_all.shape[1] - steps, q_all.shape[1])]
+    always = always_attended_positions(trace.frame_ids.clone(), cfg)
+    always_mask = torch.zeros(n, dtype=torch.bool)
+    always_mask[always] = True
+
+    store = HostKVStore(n, num_layers=num_layers, num_kv_heads=heads, head_dim=dim, dtype=DTYPE)
+    bpt = store.bytes_per_token
+    extents = offload_clusters(index, trace, store)
+    store.check_integrity()
+
+    def units_of(idx):
+        def select(q):
+            choice = idx.select_clusters(q)
+            return [choice.cluster_ids[choice.indptr[l] : choice.indptr[l + 1]] for l in range(num_layers)]
+        return select
+
+    results = [run_units("mosaic", units_of(index), extents, store, cfg, queries, num_layers, prefetch=True),
+               run_units("mosaic-nopf", units_of(index), extents, store, cfg, queries, num_layers, prefetch=False)]
+    store.clear()
+    if coarse is not None:
+        coarse_extents = offload_clusters(coarse, trace, store)
+        results.append(run_units(f"mosaic-join{args.coarse_join:g}", units_of(coarse), coarse_extents, store, cfg,
+                                 queries, num_layers, prefetch=True))
+        store.clear()
+    frame_extents, fids = offload_frames(trace, store)
+
+    def frame_units(q):
+        sel = frames.select(q)
+        out = []
+        for l in range(num_layers):
+            pos = sel.layer(l)
+            f = fids[pos[~always_mask[pos]]]
+            out.append(torch.unique(f[f >= 0]))
+        return out
+
+    results.append(run_units("frame", frame_units, frame_extents, store, cfg, queries, num_layers, prefetch=False))
+    store.clear()
+    store.check_integrity()
+    results.append(run_tokens(oracle, trace, cfg, queries, num_layers, always_mask))
+
+    out = dict(tokens=n, frames=int(trace.frame_ids.max()) + 1, clusters=index.num_clusters,
+               coarse_clusters=coarse.num_clusters if coarse is not None else None,
+               mean_cluster=index.num_visual_tokens / max(1, index.num_clusters), ingest_ms_per_frame=ingest_ms,
+               trace_gen_s=gen_s, dense_bytes=n * num_layers * bpt, always_tokens=int(always.numel()), methods={})
+    for name, rows, cap in results:
+        warm = rows[1:] if len(rows) > 1 else rows
+        summary = {key: statistics.mean(r[key] for r in warm) for key in warm[0]}
+        summary["device_bytes"] = (int(always.numel()) + cap) * num_layers * bpt
+        summary["cold_ops"] = rows[0]["ops"]
+        out["methods"][name] = dict(summary=summary, steps=rows)
+    return out
+
+
+def print_table(res: dict) -> None:
+    mb = 1 / 2**20
+    print(f"\n### {res['tokens']} tokens ({res['frames']} frames, {res['clusters']} clusters, mean size "
+          f"{res['mean_cluster']:.1f}; dense {res['dense_bytes'] * mb:.1f} MB; ingest {res['ingest_ms_per_frame']:.1f} ms/frame)")
+    print("| method | units/step | ops/step | runs/step | MB/step | moved/missed | dev_MB | hit | ms/step |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, m in res["methods"].items():
+        s = m["summary"]
+        ratio = s["bytes"] / s["missed_bytes"] if s["missed_bytes"] else float("nan")
+        runs = f"{s['runs']:.0f}" if "runs" in s else "-"
+        print(f"| {name} | {s['units']:.0f} | {s['ops']:.1f} | {runs} | {s['bytes'] * mb:.2f} | {ratio:.2f} | "
+              f"{s['device_bytes'] * mb:.2f} | {s['hit']:.3f} | {s['ms']:.1f} |")
+    mos, tok = res["methods"]["mosaic"]["summary"], res["methods"]["token"]["summary"]
+    print(f"token ops / mosaic ops = {tok['ops'] / max(mos['ops'], 1e-9):.1f}x; "
+          f"dense / mosaic device KV = {res['dense_bytes'] / mos['device_bytes']:.1f}x")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: 4K and 8K tokens, 4 steps")
+    p.add_argument("--histories", type=int, nargs="*", default=None, help="history lengths in tokens")
+    p.add_argument("--budget", type=int, default=2048, help="tokens per layer beyond sinks/window/text")
+    p.add_argument("--slack", type=float, default=MosaicConfig().residency_slack)
+    p.add_argument("--steps", type=int, default=12, help="decode steps per history (<= 16 question tokens)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--coarse-join", type=float, default=0.3,
+                   help="also run Mosaic with this join_threshold (0 to skip): the cluster-size sensitivity")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: tiny ops thrash with 2 on 2 shared cores)")
+    p.add_argument("--out", default=None, help="write every number as JSON here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.histories is None:
+        args.histories = [4096, 8192] if args.quick else [16384, 32768, 65536, 131072, 262144]
+    if args.quick:
+        args.steps = min(args.steps, 4)
+        args.budget = min(args.budget, 512)
+    print(f"budget {args.budget} tokens/layer, slack {args.slack}, {args.steps} decode steps, seed {args.seed}, "
+          f"dtype {DTYPE}, threads {args.threads}")
+    all_results = []
+    for tokens in args.histories:
+        t0 = time.perf_counter()
+        res = bench_history(tokens, args)
+        print_table(res)
+        print(f"({time.perf_counter() - t0:.0f} s)")
+        all_results.append(res)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(args=vars(args), results=all_results), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""`TransferEngine`: executes `TransferPlan`s from the `HostKVStore` into a device cluster cache.
+
+Two paths behind one interface (`begin_step`, `submit`, `wait`):
+
+- **CPU** (both tiers are CPU tensors): every op is an indexed copy of one contiguous host extent into
+  its device slots, run synchronously; ops and bytes are counted exactly as on a GPU.
+- **CUDA** (device cache on a CUDA device, host store pinned): a side `torch.cuda.Stream`. Per op, one
+  ``non_blocking`` DMA of the contiguous host extent into a device staging buffer; then one
+  ``index_copy_`` per layer scatters the staged rows into their slots; an event is recorded per layer.
+  `wait(layer)` makes the *current* stream wait on that event (no host sync), so layer l+1's copies
+  overlap layer l's attention. `begin_step` makes the side stream wait for everything the current
+  stream has queued so far (last step's attention may still read slots this step overwrites).
+  Untested here (no GPU on the development box); guarded by ``torch.cuda.is_available()`` so
+  ``import mosaic_sglang`` never needs CUDA.
+
+Host extents must stay allocated until their copies finished (`synchronize` on CUDA): the owner frees
+host extents only after the step, and `HostKVStore.free` never runs inside a step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .host_store import HostKVStore
+from .residency import TransferPlan
+
+__all__ = ["TransferEngine", "TransferStats"]
+
+
+@dataclass
+class TransferStats:
+    """Counters since construction (or `reset_stats`)."""
+
+    ops: int = 0
+    """Contiguous host-extent copies (one per cluster per layer)."""
+    bytes: int = 0
+    """K+V bytes moved host→device."""
+    launches: int = 0
+    """Device-side scatter launches (CUDA: one per non-empty plan; CPU: equal to ``ops``)."""
+    plans: int = 0
+
+
+class TransferEngine:
+    """Host→device copier for one device cluster cache.
+
+    Args:
+        host: the `HostKVStore` (source rows).
+        device_k: ``[L, capacity, H, D]`` cluster-cache keys (same dtype as the store), CPU or CUDA.
+        device_v: ``[L, capacity, H, Dv]`` cluster-cache values.
+
+    Example:
+        >>> from mosaic_sglang.host_store import HostKVStore
+        >>> from mosaic_sglang.residency import ClusterResidency
+        >>> host = HostKVStore(8, num_layers=1, num_kv_heads=1, head_dim=2, dtype=torch.float32)
+        >>> e = host.put(torch.arange(6.).view(1, 3, 1, 2), torch.zeros(1, 3, 1, 2))
+        >>> res = ClusterResidency(4, num_layers=1, bytes_per_token=host.bytes_per_token)
+        >>> eng = TransferEngine(host, torch.zeros(1, 4, 1, 2), torch.zeros(1, 4, 1, 2))
+        >>> res.begin_step(); a = res.access(0, [5], [e]); eng.submit(a.plan); eng.wait(0)
+        >>> eng.device_k[0, a.slots, 0, 1].tolist()
+        [1.0, 3.0, 5.0]
+    """
+
+    def __init__(self, host: HostKVStore, device_k: torch.Tensor, device_v: torch.Tensor) -> None:
+        expected = (host.num_layers, device_k.shape[1] if device_k.dim() == 4 else -1, host.num_kv_heads, host.head_dim)
+        if device_k.dim() != 4 or tuple(device_k.shape) != expected or tuple(device_v.shape) != expected[:3] + (host.v_head_dim,):
+            raise ValueError(
+                f"TransferEngine: expected device_k [L={host.num_layers}, capacity, H={host.num_kv_heads}, "
+                f"D={host.head_dim}] and device_v [..., Dv={host.v_head_dim}], got {tuple(device_k.shape)}, {tuple(device_v.shape)}"
+            )
+        if device_k.dtype != host.dtype or device_v.dtype != host.dtype or device_k.device != device_v.device:
+            raise ValueError(
+                f"TransferEngine: expected device_k/device_v of dtype {host.dtype} on one device, got "
+                f"{device_k.dtype}/{device_v.dtype} on {device_k.device}/{device_v.device}"
+            )
+        self.host, self.device_k, self.device_v = host, device_k, device_v
+        self.stats = TransferStats()
+        self.is_cuda = device_k.is_cuda
+        if self.is_cuda:
+            if not torch.cuda.is_available():  # pragma: no cover - a CUDA tensor implies CUDA
+                raise RuntimeError("TransferEngine: device tensors are on CUDA but CUDA is unavailable")
+            if not host.k_buffer.is_pinned():
+                raise ValueError("TransferEngine: a CUDA cluster cache needs a pinned HostKVStore (pin_memory=True)")
+            self._stream = torch.cuda.Stream(device=device_k.device)
+            self._events = [torch.cuda.Event() for _ in range(host.num_layers)]
+            self._pending = [False] * host.num_layers
+            capacity = device_k.shape[1]
+            self._stage_k = torch.empty_like(device_k[0])  # [capacity, H, D]: a plan never exceeds the cache
+            self._stage_v = torch.empty_like(device_v[0])
+            assert self._stage_k.shape[0] == capacity
+
+    def reset_stats(self) -> None:
+        self.stats = TransferStats()
+
+    def begin_step(self) -> None:
+        """Order this step's copies after everything already queued on the current stream (CUDA);
+        no-op on CPU."""
+        if self.is_cuda:
+            self._stream.wait_stream(torch.cuda.current_stream(self.device_k.device))
+
+    def submit(self, plan: TransferPlan) -> None:
+        """Run (CPU) or enqueue (CUDA) one layer's copies.
+
+        Args:
+            plan: from `ClusterResidency.access` / `prefetch`; its slots index ``device_k[plan.layer]``.
+        """
+        self.stats.plans += 1
+        if plan.num_ops == 0:
+            return
+        self.stats.ops += plan.num_ops
+        self.stats.bytes += plan.num_bytes
+        if self.is_cuda:
+            self._submit_cuda(plan)
+        else:
+            self._submit_cpu(plan)
+
+    def wait(self, layer: int) -> None:
+        """Make the current stream wait for every copy submitted for ``layer`` (CUDA; CPU: no-op)."""
+        if self.is_cuda and self._pending[layer]:
+            torch.cuda.current_stream(self.device_k.device).wait_event(self._events[layer])
+            self._pending[layer] = False
+
+    def synchronize(self) -> None:
+        """Block the host until every submitted copy finished (CUDA; CPU: no-op)."""
+        if self.is_cuda:
+            self._stream.synchronize()
+
+    # -- paths ------------------------------------------------------------------------------------
+
+    def _submit_cpu(self, plan: TransferPlan) -> None:
+        layer, host = plan.layer, self.host
+        dk, dv = self.device_k[layer], self.device_v[layer]
+        indptr = plan.dst_indptr.tolist()
+        for i, (start, length) in enumerate(zip(plan.src_start.tolist(), plan.src_len.tolist())):
+            slots = plan.dst_slots[indptr[i] : indptr[i + 1]]
+            dk.index_copy_(0, slots, host.k_buffer[layer, start : start + length])
+            dv.index_copy_(0, slots, host.v_buffer[layer, start : start + length])
+        self.stats.launches += plan.num_ops
+
+    def _submit_cuda(self, plan: TransferPlan) -> None:  # pragma: no cover - needs a GPU
+        layer, host = plan.layer, self.host
+        device = self.device_k.device
+        with torch.cuda.stream(self._stream):
+            offset = 0
+            for start, length in zip(plan.src_start.tolist(), plan.src_len.tolist()):
+                self._stage_k[offset : offset + length].copy_(host.k_buffer[layer, start : start + length], non_blocking=True)
+                self._stage_v[offset : offset + length].copy_(host.v_buffer[layer, start : start + length], non_blocking=True)
+                offset += length
+            slots = plan.dst_slots.to(device, non_blocking=True)
+            self.device_k[layer].index_copy_(0, slots, self._stage_k[:offset])
+            self.device_v[layer].index_copy_(0, slots, self._stage_v[:offset])
+            self._events[layer].record(self._stream)
+        self._pending[layer] = True
+        self.stats.launches += 1
