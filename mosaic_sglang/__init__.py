@@ -17,6 +17,9 @@ __all__ = [
     "ClusterIndex",
     "Selection",
     "Retriever",
+    "HostKVStore",
+    "ClusterResidency",
+    "TransferEngine",
     "__version__",
 ]
 
@@ -26,6 +29,9 @@ _LAZY = {
     "ClusterIndex": "mosaic_sglang.cluster_index",
     "Selection": "mosaic_sglang.retrieval_base",
     "Retriever": "mosaic_sglang.retrieval_base",
+    "HostKVStore": "mosaic_sglang.host_store",
+    "ClusterResidency": "mosaic_sglang.residency",
+    "TransferEngine": "mosaic_sglang.transfer_engine",
 }
 
 
