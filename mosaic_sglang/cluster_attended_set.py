@@ -19,7 +19,8 @@ frame boundary), never in a decode step.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, NamedTuple, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
@@ -27,6 +28,7 @@ from .attended_set_policy import AttendedSetPolicy
 from .batched_selection import select_layer_batch
 from .cluster_index import ClusterIndex
 from .config import MosaicConfig
+from .integration.host_tier import HostTier, encode_host
 from .integration.request_layout import RequestLayout
 
 __all__ = ["ClusterAttendedSet", "SlotKeyReader"]
@@ -39,9 +41,11 @@ SlotKeyReader = Callable[[torch.Tensor], torch.Tensor]
 """``read(slots [M] int64) -> keys [num_layers, M, num_kv_heads, head_dim]`` from the KV pool."""
 
 
-class _VideoIndex(NamedTuple):
+@dataclass
+class _VideoIndex:
     index: ClusterIndex
-    slots: torch.Tensor  # [capacity] int64 slot of each indexed position (first index.num_tokens valid)
+    slots: torch.Tensor  # [capacity] int64 slot (or host encoding < 0) of each indexed position
+    first_visual: int  # position of the first visual token: its slot value is the anchor
 
 
 class ClusterAttendedSet(AttendedSetPolicy):
@@ -50,8 +54,9 @@ class ClusterAttendedSet(AttendedSetPolicy):
     name = "mosaic"
 
     def __init__(self, config: MosaicConfig, *, num_layers: int, num_kv_heads: int, head_dim: int,
-                 read_slot_keys: SlotKeyReader) -> None:
+                 read_slot_keys: SlotKeyReader, host: Optional[HostTier] = None) -> None:
         self.config = config
+        self.host = host
         self.shape = dict(num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim)
         self.read_slot_keys = read_slot_keys
         self.videos: Dict[int, _VideoIndex] = {}
@@ -82,6 +87,9 @@ class ClusterAttendedSet(AttendedSetPolicy):
                 visual_tokens=req.num_visual,
                 attended_tokens=0,
                 clusters=self.videos[anchor].index.num_clusters if anchor is not None else 0,
+                device_tokens=int((req.slots > 0).sum()),
+                host_tokens=int((req.slots < 0).sum()),
+                host_store_used=self.host.used_tokens if self.host is not None else 0,
             )
 
     def _attach(self, i: int, req: RequestLayout) -> Optional[int]:
@@ -102,7 +110,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
                 video.index.truncate(min(diverge, req.prefix_len))
         else:
             index = ClusterIndex(self.config, **self.shape, key_reader=self._key_reader_for(anchor))
-            self.videos[anchor] = _VideoIndex(index, torch.empty(0, dtype=torch.int64))
+            self.videos[anchor] = _VideoIndex(index, torch.empty(0, dtype=torch.int64), int(visual[0]))
         return anchor
 
     def _key_reader_for(self, anchor: int):
@@ -186,7 +194,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
                 continue
             positions = torch.arange(start, end)
             slots = req.slots[start:end]
-            self.videos[anchor] = video = _VideoIndex(index, _grow_to(video.slots, end))
+            video.slots = _grow_to(video.slots, end)
             video.slots[start:end] = slots
             keys = self.read_slot_keys(slots)
             index.append(keys, req.frame_ids[start:end])
@@ -205,6 +213,52 @@ class ClusterAttendedSet(AttendedSetPolicy):
         os.makedirs(self._dump_dir, exist_ok=True)
         torch.save(record, os.path.join(self._dump_dir, f"{os.getpid()}-{self._dump_count:06d}.pt"))
         self._dump_count += 1
+
+    # -- offload ----------------------------------------------------------------------------------------
+
+    def offload_prefix(self, path: torch.Tensor, node_id, offloader, read_kv) -> int:
+        """Move the clustered tokens of the video whose index matches ``path`` to the host tier.
+
+        Called by the radix cache when a request ends (its prefix is tree-owned and unlocked). Sinks stay
+        on the device; every other cluster member goes to host, one extent per cluster.
+
+        Args:
+            path: ``[P] int64`` tree values along the request's cached path (slots or host encodings).
+            node_id: the path's last tree node.
+            offloader: `PrefixOffloader` of the cache (tree values, ledger, live rows, allocator).
+            read_kv: ``slots [M] -> (k [L, M, H, D], v [L, M, H, Dv])`` from the device pool.
+
+        Returns:
+            Tokens moved to host.
+        """
+        if self.host is None:
+            return 0
+        moved = 0
+        for anchor, video in list(self.videos.items()):
+            n = video.index.num_tokens
+            if n == 0 or n > path.numel() or not torch.equal(video.slots[:n], path[:n]):
+                continue
+            indptr, members = video.index.cluster_members(0)
+            on_device = (path[members] > 0) & (members >= self.config.sink_tokens)
+            groups = [g[on_device[indptr[c] : indptr[c + 1]]] for c, g in enumerate(torch.split(members, (indptr[1:] - indptr[:-1]).tolist()))]
+            groups = [g for g in groups if g.numel()]
+            if not groups:
+                continue
+            host_rows = self.host.put_clusters(read_kv, [path[g] for g in groups])
+            if len(host_rows) < len(groups):  # host store full: the rest stays on the device
+                groups = groups[: len(host_rows)]
+                if not groups:
+                    continue
+            positions, rows = torch.cat(groups), torch.cat(host_rows)
+            order = torch.argsort(positions)
+            positions, rows = positions[order], rows[order]
+            offloader.offload(node_id, positions, rows)
+            video.slots[positions] = encode_host(rows)
+            new_anchor = int(video.slots[video.first_visual])
+            if new_anchor != anchor:
+                self.videos[new_anchor] = self.videos.pop(anchor)
+            moved += int(positions.numel())
+        return moved
 
     # -- lifetime ---------------------------------------------------------------------------------------
 

@@ -405,6 +405,22 @@ class ClusterIndex(Retriever):
         spread = table.sq_sum[layers, :num_c].float() / n[..., None] - centroid.square().sum(-1)
         return LayerSummaries(valid, centroid, spread, cost, False)
 
+    def cluster_members(self, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Members of every cluster of membership ``group``, CSR by cluster id.
+
+        Returns:
+            ``(indptr [C + 1] int64, positions [V] int64)``; cluster ``c`` owns
+            ``positions[indptr[c]:indptr[c + 1]]`` (ascending).
+        """
+        assign = self._assign[group, : self._n]
+        positions = (assign >= 0).nonzero().flatten()
+        ids = assign[positions]
+        order = torch.argsort(ids * (self._n + 1) + positions)
+        counts = torch.bincount(ids, minlength=self._num_clusters[group])
+        indptr = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=self.device)
+        indptr[1:] = torch.cumsum(counts, 0)
+        return indptr, positions[order]
+
     def positions_of(self, layer_id: int, chosen: torch.Tensor) -> torch.Tensor:
         """``[n] int64`` sorted positions: always-attended ∪ members of ``chosen [C] bool`` at ``layer_id``."""
         n = self._n

@@ -46,9 +46,8 @@ def test_resolve_config_merges_budget_flag_over_json():
         resolve_config(None, "{budget: 3}")
 
 
-def test_offline_only_options_are_refused_at_launch():
-    assert MosaicConfig.from_dict({"host_store_tokens": 4096, "prefetch": True}).host_store_tokens == 4096
-    with pytest.raises(MosaicConfigError, match="'host_store_tokens'.*expected 0, got 4096"):
-        resolve_config(None, '{"host_store_tokens": 4096}')
-    with pytest.raises(MosaicConfigError, match="'prefetch'"):
+def test_options_not_served_yet_are_refused_at_launch():
+    assert MosaicConfig.from_dict({"prefetch": True}).prefetch
+    assert resolve_config(None, '{"host_store_tokens": 4096}').host_store_tokens == 4096
+    with pytest.raises(MosaicConfigError, match="'prefetch'.*expected false, got true"):
         resolve_config(None, '{"prefetch": true}')

@@ -9,7 +9,8 @@ import pytest
 
 from engine_support import VIDEO_PROMPT, cpu_engine_kwargs, run_requests
 
-pytestmark = pytest.mark.engine
+# a scheduler that dies (e.g. SGLang's strict memory check) leaves the engine waiting: fail, don't hang
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
 
 LOGPROB_TOL = 1e-5
 FULL_BUDGET = 1 << 20  # far above any context here: the attended set is everything

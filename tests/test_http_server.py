@@ -10,7 +10,8 @@ import requests
 from mosaic_sglang.frontend.server import SGLangServer, cpu_server_args
 from mosaic_sglang.frontend.video_chat import VideoConversation
 
-pytestmark = pytest.mark.engine
+# a scheduler that dies (e.g. SGLang's strict memory check) leaves the engine waiting: fail, don't hang
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(480)]
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from sglang.srt.layers.radix_attention import AttentionType
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
 from ..kernels.attended_attention import attended_attention
+from .host_tier import decode_host
 from .request_layout import RequestLayout, frame_ids_from_mm_inputs
 from .runtime import get_runtime
 
@@ -46,9 +47,10 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         pool = self.token_to_kv_pool
         self.start_layer = getattr(pool, "start_layer", 0)
         self.last_layer = self.start_layer + pool.layer_num - 1
-        k0 = pool.get_key_buffer(self.start_layer)
+        k0, v0 = pool.get_key_buffer(self.start_layer), pool.get_value_buffer(self.start_layer)
         self.runtime.bind_model(
-            num_layers=pool.layer_num, num_kv_heads=k0.shape[1], head_dim=k0.shape[2], read_slot_keys=self.read_slot_keys
+            num_layers=pool.layer_num, num_kv_heads=k0.shape[1], head_dim=k0.shape[2], v_head_dim=v0.shape[-1],
+            dtype=k0.dtype, read_slot_keys=self.read_slot_keys, read_slot_kv=self.read_slot_kv,
         )
         self.layouts: List[RequestLayout] = []
         if self.use_sliding_window_kv_pool:
@@ -133,14 +135,21 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             kv_indptr.append(kv_indptr[-1] + positions.numel())
             q_positions.append(torch.arange(req.prefix_len, req.seq_len))
         device = q.device
+        slots = torch.cat(kv_slots)
+        k_buffer = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
+        v_buffer = self.token_to_kv_pool.get_value_buffer(layer.layer_id)
+        if bool((slots < 0).any()):
+            # host-resident entries (offloaded clusters): gather device and host rows into one scratch
+            k_buffer, v_buffer = self._gather_mixed(layer.layer_id - self.start_layer, slots, k_buffer, v_buffer)
+            slots = torch.arange(slots.numel())
         attended_attention(
             q,
             torch.tensor(q_indptr, dtype=torch.int64),
             torch.cat(q_positions).to(device),
-            self.token_to_kv_pool.get_key_buffer(layer.layer_id),
-            self.token_to_kv_pool.get_value_buffer(layer.layer_id),
+            k_buffer,
+            v_buffer,
             torch.tensor(kv_indptr, dtype=torch.int64),
-            torch.cat(kv_slots).to(device),
+            slots.to(device),
             torch.cat(kv_positions).to(device),
             scale=layer.scaling,
             out=out,
@@ -149,13 +158,45 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             policy.end_forward()
         return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
 
-    def read_slot_keys(self, slots: torch.Tensor) -> torch.Tensor:
-        """``[num_layers, M, num_kv_heads, head_dim]`` cached keys at pool ``slots [M] int64``."""
+    def _gather_mixed(self, layer: int, slots: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor):
+        """``([n, H, D], [n, H, Dv])`` K/V of ``slots [n]``: device slots from the pool, host encodings
+        (``< 0``) from the host tier (one copy per cluster extent, counted there)."""
+        host = slots < 0
+        device = k_buffer.device
+        k = k_buffer.new_empty((slots.numel(),) + tuple(k_buffer.shape[1:]))
+        v = v_buffer.new_empty((slots.numel(),) + tuple(v_buffer.shape[1:]))
+        on_device = slots[~host].to(device)
+        k[~host.to(device)] = k_buffer[on_device]
+        v[~host.to(device)] = v_buffer[on_device]
+        hk, hv = self.runtime.host.read(layer, decode_host(slots[host]), device)
+        k[host.to(device)] = hk.to(k.dtype)
+        v[host.to(device)] = hv.to(v.dtype)
+        return k, v
+
+    def read_slot_kv(self, slots: torch.Tensor):
+        """``([L, M, H, D], [L, M, H, Dv])`` cached K/V (CPU) at device ``slots [M] int64`` (all ``> 0``)."""
         pool = self.token_to_kv_pool
         slots = slots.to(pool.get_key_buffer(self.start_layer).device)
-        return torch.stack(
-            [pool.get_key_buffer(layer_id)[slots] for layer_id in range(self.start_layer, self.last_layer + 1)]
+        layers = range(self.start_layer, self.last_layer + 1)
+        k = torch.stack([pool.get_key_buffer(layer_id)[slots] for layer_id in layers]).cpu()
+        v = torch.stack([pool.get_value_buffer(layer_id)[slots] for layer_id in layers]).cpu()
+        return k, v
+
+    def read_slot_keys(self, slots: torch.Tensor) -> torch.Tensor:
+        """``[num_layers, M, num_kv_heads, head_dim]`` cached keys (CPU) at ``slots [M] int64``; host
+        encodings (``< 0``) are read from the host tier."""
+        pool = self.token_to_kv_pool
+        host = slots < 0
+        device_slots = slots[~host].to(pool.get_key_buffer(self.start_layer).device)
+        keys = torch.stack(
+            [pool.get_key_buffer(layer_id)[device_slots] for layer_id in range(self.start_layer, self.last_layer + 1)]
         ).cpu()
+        if not bool(host.any()):
+            return keys
+        out = keys.new_empty((keys.shape[0], slots.numel()) + tuple(keys.shape[2:]))
+        out[:, ~host] = keys
+        out[:, host] = self.runtime.host.read_keys(decode_host(slots[host])).to(out.dtype)
+        return out
 
 
 def _cpu_list(cpu_values, device_values) -> List[int]:

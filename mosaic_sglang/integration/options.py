@@ -56,14 +56,9 @@ def resolve_config(budget: Optional[Any] = None, config: Optional[Any] = None) -
 
 def _check_servable(config: MosaicConfig) -> None:
     """Options the offline tier has but the server does not honour yet are refused, not ignored."""
-    if config.host_store_tokens:
-        raise MosaicConfigError(
-            "mosaic config field 'host_store_tokens': the serving path keeps all KV on device for now "
-            f"(the host tier exists offline only: mosaic_sglang.host_store); expected 0, got {config.host_store_tokens}"
-        )
     if config.prefetch:
         raise MosaicConfigError(
-            "mosaic config field 'prefetch': needs the host tier, which the serving path does not use yet; "
+            "mosaic config field 'prefetch': cross-layer prefetch is not wired into the serving path yet; "
             "expected false, got true"
         )
 

@@ -12,24 +12,41 @@ from __future__ import annotations
 
 import torch
 
-from sglang.srt.mem_cache.unified_cache.cache_action import FreeComponentDeviceSlot
+from sglang.srt.mem_cache.unified_cache.cache_action import FreeComponentDeviceSlot, FreeDeviceKV
 from sglang.srt.mem_cache.unified_cache.components.base import ComponentType
 from sglang.srt.mem_cache.unified_cache.components.full import FullComponent
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
+from .host_tier import decode_host
+from .prefix_offload import PrefixOffloader
 from .runtime import get_runtime
 
 __all__ = ["MosaicRadixCache", "MosaicFullComponent", "create_mosaic_radix_cache"]
 
 
 class MosaicFullComponent(FullComponent):
-    """FULL tree component that reports freed device slots to the Mosaic policy before freeing them."""
+    """FULL tree component whose values may hold host encodings (``< 0``, see `prefix_offload`).
+
+    Only device entries count as reclaimable pool tokens; a freed value's device entries go to the
+    allocator and its host entries back to the host tier; the policy hears about both.
+    """
+
+    def reclaimable_value_len(self, node) -> int:
+        value = node.component_data[self.component_type].value
+        return 0 if value is None else int((value > 0).sum())
 
     def apply_component_action(self, action) -> None:
         if isinstance(action, FreeComponentDeviceSlot) and action.indices:
-            freed = torch.cat([idx.flatten().to(torch.int64) for idx in action.indices])
+            values = [idx.flatten().to(torch.int64) for idx in action.indices]
+            freed = torch.cat(values)
             if freed.numel():
-                get_runtime().policy.on_slots_freed(freed.cpu())
+                runtime = get_runtime()
+                runtime.policy.on_slots_freed(freed.cpu())
+                host = freed[freed < 0]
+                if host.numel() and runtime.host is not None:
+                    runtime.host.release(decode_host(host.cpu()))
+            if bool((freed < 0).any()):
+                action = FreeComponentDeviceSlot([v[v > 0] for v in values], component_type=action.component_type)
         super().apply_component_action(action)
 
 
@@ -38,11 +55,23 @@ class MosaicRadixCache(UnifiedRadixCache):
 
     def on_release(self, req, *, checkpointed: bool) -> None:
         super().on_release(req, checkpointed=checkpointed)
-        get_runtime().release(req.rid)
+        runtime = get_runtime()
+        runtime.release(req.rid)
+        if runtime.host is not None and req.last_node is not None:
+            path = self.path_device_indices(req.last_node).to("cpu", torch.int64)
+            runtime.policy.offload_prefix(path, req.last_node, PrefixOffloader(self), runtime.read_slot_kv)
+
+    def _apply_cache_action(self, action) -> None:
+        if isinstance(action, FreeDeviceKV):  # goes straight to the allocator: never a host encoding
+            assert all(bool((v > 0).all()) for v in action.indices), "host-encoded value reached FreeDeviceKV"
+        super()._apply_cache_action(action)
 
     def reset(self) -> None:
         super().reset()
-        get_runtime().policy.reset()
+        runtime = get_runtime()
+        runtime.policy.reset()
+        if runtime.host is not None:
+            runtime.host.clear()
 
 
 def create_mosaic_radix_cache(ctx):

@@ -33,15 +33,28 @@ class MosaicRuntime:
         self.config = config
         self.policy = policy or FullAttendedSet()
         self._finished_stats: "OrderedDict[str, dict]" = OrderedDict()
+        self.host = None
+        """`HostTier` when offload is on (``host_store_tokens > 0``), else None."""
+        self.read_slot_kv = None
         self.prompt_frame_ids: dict[str, torch.Tensor] = {}
         """Frame ids of each live request's prompt (``[prompt_len] int64``), kept for its decode steps."""
 
-    def bind_model(self, *, num_layers: int, num_kv_heads: int, head_dim: int, read_slot_keys) -> None:
-        """Called by the attention backend once the KV pool exists: installs the Mosaic cluster policy."""
+    def bind_model(self, *, num_layers: int, num_kv_heads: int, head_dim: int, v_head_dim: int, dtype,
+                   read_slot_keys, read_slot_kv) -> None:
+        """Called by the attention backend once the KV pool exists: installs the Mosaic cluster policy
+        and, with ``host_store_tokens > 0``, the host tier."""
         from ..cluster_attended_set import ClusterAttendedSet
+        from ..host_store import HostKVStore
+        from .host_tier import HostTier
 
+        if self.config.host_store_tokens:
+            store = HostKVStore(self.config.host_store_tokens, num_layers=num_layers, num_kv_heads=num_kv_heads,
+                                head_dim=head_dim, v_head_dim=v_head_dim, dtype=dtype)
+            self.host = HostTier(store)
+        self.read_slot_kv = read_slot_kv
         self.policy = ClusterAttendedSet(
-            self.config, num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim, read_slot_keys=read_slot_keys
+            self.config, num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
+            read_slot_keys=read_slot_keys, host=self.host,
         )
 
     def release(self, rid: str) -> None:

@@ -1,0 +1,77 @@
+"""Offload through a real sgl.Engine (tiny Qwen2.5-VL, CPU): after a question, the video's clustered
+tokens move to the host store and their device slots go back to SGLang's allocator; later questions
+on the same video still reuse the whole prefix, read their selected clusters from the host tier and
+answer exactly as without offload. SGLang's strict memory checks (busy and idle) and KV page invariant
+checks run throughout: a ledger or row mistake kills the scheduler and fails the test."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine_support import VIDEO_PROMPT, cpu_engine_kwargs, run_requests
+
+# a scheduler that dies (e.g. SGLang's strict memory check) leaves the engine waiting: fail, don't hang
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(480)]
+
+OPTIONS = {"sink_tokens": 4, "recent_window": 16, "max_cluster_size": 16}
+BUDGET = 48
+LOGPROB_TOL = 1e-5
+
+
+def _requests(video_dir):
+    a, b = str(video_dir / "a.mp4"), str(video_dir / "b.mp4")
+    q = lambda text, video: {"inputs": {"prompt": VIDEO_PROMPT.format(question=text), "video_data": [video]}, "max_new_tokens": 5}
+    return [q("what happens?", a), q("what color?", a), q("and then?", a), q("what happens?", b), q("what color?", b)]
+
+
+def _serve(model, video_dir, host_store_tokens):
+    import sglang as sgl
+
+    options = {**OPTIONS, "host_store_tokens": host_store_tokens}
+    engine = sgl.Engine(**cpu_engine_kwargs(model, enable_mosaic=True, mosaic_budget=BUDGET, mosaic_config=options))
+    try:
+        outputs = run_requests(engine, _requests(video_dir))
+        engine.flush_cache()
+        after_flush = run_requests(engine, _requests(video_dir)[:1])
+        return outputs, after_flush
+    finally:
+        engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_vl_model, video_dir):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY", "1")
+    mp.setenv("SGLANG_CHECK_KV_PAGE_INVARIANTS", "1")
+    try:
+        on_device = _serve(tiny_vl_model, video_dir, 0)
+        offloaded = _serve(tiny_vl_model, video_dir, 1 << 14)
+    finally:
+        mp.undo()
+    return on_device, offloaded
+
+
+def test_offload_gives_identical_answers(runs):
+    (plain, _), (offloaded, _) = runs
+    for p, o in zip(plain, offloaded):
+        assert o["output_ids"] == p["output_ids"]
+        assert max(abs(x - y) for x, y in zip(o["logprobs"], p["logprobs"])) <= LOGPROB_TOL
+        assert o["cached_tokens"] == p["cached_tokens"]
+
+
+def test_video_lives_on_host_and_device_keeps_only_sinks_text_and_new_tokens(runs):
+    (plain, _), (offloaded, _) = runs
+    for i in (1, 2, 4):  # later questions on a video whose earlier question was offloaded
+        (stats,) = offloaded[i]["mosaic"]
+        text = stats["context_tokens"] - stats["visual_tokens"]
+        assert stats["host_tokens"] >= stats["visual_tokens"] - OPTIONS["sink_tokens"] - 8
+        assert stats["device_tokens"] <= text + OPTIONS["sink_tokens"] + 8
+        assert plain[i]["mosaic"][0]["host_tokens"] == 0
+    assert offloaded[0]["mosaic"][0]["host_tokens"] == 0  # nothing offloaded before the first answer
+    assert offloaded[4]["mosaic"][0]["host_store_used"] >= 2 * offloaded[1]["mosaic"][0]["host_tokens"] - 16
+
+
+def test_flush_frees_the_host_store(runs):
+    _, (_, after_flush) = runs
+    (stats,) = after_flush[0]["mosaic"]
+    assert stats["host_store_used"] == 0 and stats["host_tokens"] == 0
