@@ -29,3 +29,7 @@ def test_hook_signatures_match_what_we_override():
     from sglang.srt.entrypoints.engine import Engine
 
     assert "server_args_class" in vars(Engine)
+    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+
+    pool = ReqToTokenPool(size=2, max_context_len=4, device="cpu", enable_memory_saver=False)
+    assert pool.free_slots == [1, 2]  # live rows = all rows but these (prefix_offload patches them)
