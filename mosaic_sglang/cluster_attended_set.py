@@ -82,12 +82,16 @@ class ClusterAttendedSet(AttendedSetPolicy):
             else:
                 self._decode_steps[req.rid] = 0
                 self._kept.pop(req.rid, None)
-            self._stats.setdefault(req.rid, {"policy": self.name}).update(
+            stats = self._stats.setdefault(req.rid, {"policy": self.name})
+            device_tokens = int((req.slots > 0).sum())
+            stats["max_device_tokens"] = max(stats.get("max_device_tokens", 0), device_tokens)
+            stats.update(
                 context_tokens=req.seq_len,
                 visual_tokens=req.num_visual,
+                frames=int(req.frame_ids.max()) + 1 if req.num_visual else 0,
                 attended_tokens=0,
                 clusters=self.videos[anchor].index.num_clusters if anchor is not None else 0,
-                device_tokens=int((req.slots > 0).sum()),
+                device_tokens=device_tokens,
                 host_tokens=int((req.slots < 0).sum()),
                 host_store_used=self.host.used_tokens if self.host is not None else 0,
             )
@@ -109,12 +113,11 @@ class ClusterAttendedSet(AttendedSetPolicy):
                 diverge = m if same else int((video.slots[:m] != slots[:m]).nonzero()[0])
                 video.index.truncate(min(diverge, req.prefix_len))
         else:
-            index = ClusterIndex(self.config, **self.shape, key_reader=self._key_reader_for(anchor))
-            self.videos[anchor] = _VideoIndex(index, torch.empty(0, dtype=torch.int64), int(visual[0]))
+            video = _VideoIndex(None, torch.empty(0, dtype=torch.int64), int(visual[0]))
+            # the reader follows the video object: its anchor key changes when its first token is offloaded
+            video.index = ClusterIndex(self.config, **self.shape, key_reader=lambda p: self.read_slot_keys(video.slots[p]))
+            self.videos[anchor] = video
         return anchor
-
-    def _key_reader_for(self, anchor: int):
-        return lambda positions: self.read_slot_keys(self.videos[anchor].slots[positions])
 
     # -- run --------------------------------------------------------------------------------------------
 
@@ -216,11 +219,13 @@ class ClusterAttendedSet(AttendedSetPolicy):
 
     # -- offload ----------------------------------------------------------------------------------------
 
-    def offload_prefix(self, path: torch.Tensor, node_id, offloader, read_kv) -> int:
+    def offload_prefix(self, path: torch.Tensor, node_id, offloader, read_kv, *, sealed_only: bool = False) -> int:
         """Move the clustered tokens of the video whose index matches ``path`` to the host tier.
 
-        Called by the radix cache when a request ends (its prefix is tree-owned and unlocked). Sinks stay
-        on the device; every other cluster member goes to host, one extent per cluster.
+        Called by the radix cache when a request ends (everything clustered moves) and after each extend
+        chunk is checkpointed into the tree (``sealed_only``: only clusters with no member in the last
+        ``active_frames`` frames, which can no longer receive tokens). Sinks stay on the device; one
+        extent per cluster.
 
         Args:
             path: ``[P] int64`` tree values along the request's cached path (slots or host encodings).
@@ -240,6 +245,8 @@ class ClusterAttendedSet(AttendedSetPolicy):
                 continue
             indptr, members = video.index.cluster_members(0)
             on_device = (path[members] > 0) & (members >= self.config.sink_tokens)
+            if sealed_only:
+                on_device &= self._sealed(video.index, indptr, members)
             groups = [g[on_device[indptr[c] : indptr[c + 1]]] for c, g in enumerate(torch.split(members, (indptr[1:] - indptr[:-1]).tolist()))]
             groups = [g for g in groups if g.numel()]
             if not groups:
@@ -259,6 +266,19 @@ class ClusterAttendedSet(AttendedSetPolicy):
                 self.videos[new_anchor] = self.videos.pop(anchor)
             moved += int(positions.numel())
         return moved
+
+    def _sealed(self, index: ClusterIndex, indptr: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+        """``[V] bool`` per member: its cluster's last member is before the last ``active_frames`` frames."""
+        frame_ids = index.frame_ids
+        visual = frame_ids[frame_ids >= 0]
+        if visual.numel() == 0 or members.numel() == 0:
+            return torch.zeros(members.numel(), dtype=torch.bool)
+        first_active = int(visual.max()) - self.config.active_frames + 1
+        cutoff = int((frame_ids >= first_active).nonzero()[0])  # first position of an active frame
+        sizes = indptr[1:] - indptr[:-1]
+        last_member = members[indptr[1:].clamp(min=1) - 1]  # ascending members: the last is the max
+        sealed_cluster = (sizes > 0) & (last_member < cutoff)
+        return torch.repeat_interleave(sealed_cluster, sizes)
 
     # -- lifetime ---------------------------------------------------------------------------------------
 

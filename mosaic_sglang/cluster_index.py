@@ -405,6 +405,11 @@ class ClusterIndex(Retriever):
         spread = table.sq_sum[layers, :num_c].float() / n[..., None] - centroid.square().sum(-1)
         return LayerSummaries(valid, centroid, spread, cost, False)
 
+    @property
+    def frame_ids(self) -> torch.Tensor:
+        """``[num_tokens] int64`` frame id of every appended position (``-1`` for text); a view."""
+        return self._frame_ids[: self._n]
+
     def cluster_members(self, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Members of every cluster of membership ``group``, CSR by cluster id.
 

@@ -75,3 +75,48 @@ def test_flush_frees_the_host_store(runs):
     _, (_, after_flush) = runs
     (stats,) = after_flush[0]["mosaic"]
     assert stats["host_store_used"] == 0 and stats["host_tokens"] == 0
+
+
+CHUNK = 128  # prefill chunk: a long video prompt arrives over many forwards (streaming-like growth)
+
+
+@pytest.fixture(scope="module")
+def streamed(tiny_vl_model, tmp_path_factory):
+    """One long video prefilled in 128-token chunks, with and without the host tier."""
+    import sglang as sgl
+
+    from mosaic_sglang.frontend.video import make_synthetic_video
+
+    video = make_synthetic_video(tmp_path_factory.mktemp("long") / "long.mp4", num_frames=48, size=112, num_scenes=4, seed=3)
+    request = [{"inputs": {"prompt": VIDEO_PROMPT.format(question="what happens?"), "video_data": [str(video)]}, "max_new_tokens": 4}]
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY", "1")
+    mp.setenv("SGLANG_CHECK_KV_PAGE_INVARIANTS", "1")
+    results = []
+    try:
+        for host_store_tokens in (0, 1 << 14):
+            options = {**OPTIONS, "host_store_tokens": host_store_tokens}
+            engine = sgl.Engine(**cpu_engine_kwargs(tiny_vl_model, enable_mosaic=True, mosaic_budget=BUDGET,
+                                                    mosaic_config=options, chunked_prefill_size=CHUNK))
+            try:
+                results.append(run_requests(engine, request)[0])
+            finally:
+                engine.shutdown()
+    finally:
+        mp.undo()
+    return results
+
+
+def test_streamed_prefill_keeps_device_tokens_bounded_while_host_grows(streamed):
+    plain, offloaded = streamed
+    assert offloaded["output_ids"] == plain["output_ids"]
+    assert max(abs(x - y) for x, y in zip(offloaded["logprobs"], plain["logprobs"])) <= LOGPROB_TOL
+    (stats,) = offloaded["mosaic"]
+    (plain_stats,) = plain["mosaic"]
+    assert stats["context_tokens"] >= 10 * CHUNK  # the context grew 10x over the chunks
+    per_frame = stats["visual_tokens"] // stats["frames"]
+    text = stats["context_tokens"] - stats["visual_tokens"]
+    bound = OPTIONS["sink_tokens"] + text + (4 + 1) * per_frame + CHUNK  # sinks, text, active frames, the chunk
+    assert stats["max_device_tokens"] <= bound, (stats, bound)
+    assert plain_stats["max_device_tokens"] > bound  # without the host tier the whole video stays on device
+    assert stats["host_tokens"] > stats["visual_tokens"] // 2

@@ -61,6 +61,14 @@ class MosaicRadixCache(UnifiedRadixCache):
             path = self.path_device_indices(req.last_node).to("cpu", torch.int64)
             runtime.policy.offload_prefix(path, req.last_node, PrefixOffloader(self), runtime.read_slot_kv)
 
+    def checkpoint(self, req, *, up_to: int, **kwargs) -> None:
+        super().checkpoint(req, up_to=up_to, **kwargs)
+        runtime = get_runtime()
+        if runtime.host is not None and req.last_node is not None and not req.finished():
+            # streaming: the chunk just inserted is tree-owned; sealed clusters leave the device now
+            path = self.path_device_indices(req.last_node).to("cpu", torch.int64)
+            runtime.policy.offload_prefix(path, req.last_node, PrefixOffloader(self), runtime.read_slot_kv, sealed_only=True)
+
     def _apply_cache_action(self, action) -> None:
         if isinstance(action, FreeDeviceKV):  # goes straight to the allocator: never a host encoding
             assert all(bool((v > 0).all()) for v in action.indices), "host-encoded value reached FreeDeviceKV"
