@@ -1,0 +1,100 @@
+"""Sessions with aborts against a real `sglang.launch_server --enable-mosaic` with the host tier on:
+requests aborted mid-prefill (long video, aborted by rid) and mid-decode (streaming client that hangs
+up), interleaved with completed conversations. SGLang's strict busy/idle memory checks and KV page
+invariant checks run in the server: a leaked or double-freed slot kills the scheduler. At the end,
+after a cache flush, the host store is empty again and the server still answers correctly."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+import requests
+
+from mosaic_sglang.frontend.server import SGLangServer, cpu_server_args
+from mosaic_sglang.frontend.video_chat import VideoConversation
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
+
+PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{q}<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_vl_model, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY", "1")
+    mp.setenv("SGLANG_CHECK_KV_PAGE_INVARIANTS", "1")
+    log = tmp_path_factory.mktemp("soak") / "server.log"
+    args = ["--enable-mosaic", "--mosaic-budget", "48", "--chunked-prefill-size", "128",
+            "--mosaic-config", '{"recent_window": 16, "max_cluster_size": 16, "host_store_tokens": 16384}',
+            *cpu_server_args()]
+    try:
+        with SGLangServer(tiny_vl_model, args, log_path=log) as srv:
+            yield srv
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    from mosaic_sglang.frontend.video import make_synthetic_video
+
+    return make_synthetic_video(tmp_path_factory.mktemp("v") / "long.mp4", num_frames=48, size=112, num_scenes=4, seed=5)
+
+
+def _payload(video, question, rid=None, stream=False, max_new_tokens=24):
+    body = {"text": PROMPT.format(q=question), "video_data": [str(video)], "stream": stream,
+            "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0}}
+    if rid:
+        body["rid"] = rid
+    return body
+
+
+def _abort_mid_prefill(server, video, rid) -> dict:
+    """Abort a long-video request by rid while it runs; returns its (aborted) response."""
+    result = {}
+
+    def send():
+        result["response"] = requests.post(server.url + "/generate", json=_payload(video, "what happens?", rid), timeout=300)
+
+    worker = threading.Thread(target=send)
+    worker.start()
+    time.sleep(1.5)  # the 1.7K-token prompt takes many 128-token chunks on CPU
+    requests.post(server.url + "/abort_request", json={"rid": rid}, timeout=30)
+    worker.join(timeout=300)
+    return result["response"].json()
+
+
+def _hang_up_mid_decode(server, video):
+    with requests.post(server.url + "/generate", json=_payload(video, "describe it", stream=True, max_new_tokens=64),
+                       stream=True, timeout=300) as response:
+        for i, _ in enumerate(response.iter_lines()):
+            if i >= 2:
+                break  # closing the connection aborts the request on the server
+
+
+def test_sessions_with_aborts_leave_no_leak(server, tiny_vl_model, long_video, video_dir):
+    rng = random.Random(0)
+    actions = ["prefill_abort", "decode_abort", "conversation"] * 2
+    rng.shuffle(actions)
+    for i, action in enumerate(actions):
+        if action == "prefill_abort":
+            aborted = _abort_mid_prefill(server, long_video, rid=f"soak-{i}")
+            meta = aborted.get("meta_info", aborted)
+            assert "abort" in str(meta.get("finish_reason", aborted)).lower(), aborted
+            assert meta.get("completion_tokens", 0) < 24  # stopped before finishing
+        elif action == "decode_abort":
+            _hang_up_mid_decode(server, video_dir / "a.mp4")
+        else:
+            chat = VideoConversation(server.url, tiny_vl_model, video_dir / "b.mp4")
+            chat.ask("what happens?", max_new_tokens=3)
+            second = chat.ask("and then?", max_new_tokens=3)
+            assert second.mosaic["host_tokens"] > 0  # the first turn's clusters went to host
+        assert server.alive() and requests.get(server.url + "/health", timeout=30).status_code == 200
+    assert requests.post(server.url + "/flush_cache", timeout=60).status_code == 200
+    chat = VideoConversation(server.url, tiny_vl_model, video_dir / "a.mp4")
+    turn = chat.ask("what happens?", max_new_tokens=3)
+    assert turn.mosaic["host_store_used"] == 0 and turn.cached_tokens == 0
+    assert server.alive()
