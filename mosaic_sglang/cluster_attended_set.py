@@ -19,7 +19,8 @@ frame boundary), never in a decode step.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
@@ -27,6 +28,7 @@ import torch
 from .attended_set_policy import AttendedSetPolicy
 from .batched_selection import select_layer_batch
 from .cluster_index import ClusterIndex
+from .residency import ClusterResidency
 from .config import MosaicConfig
 from .integration.host_tier import HostTier, encode_host
 from .integration.request_layout import RequestLayout
@@ -41,11 +43,15 @@ SlotKeyReader = Callable[[torch.Tensor], torch.Tensor]
 """``read(slots [M] int64) -> keys [num_layers, M, num_kv_heads, head_dim]`` from the KV pool."""
 
 
+_VIDEO_UIDS = itertools.count()
+
+
 @dataclass
 class _VideoIndex:
     index: ClusterIndex
     slots: torch.Tensor  # [capacity] int64 slot (or host encoding < 0) of each indexed position
     first_visual: int  # position of the first visual token: its slot value is the anchor
+    uid: int = field(default_factory=lambda: next(_VIDEO_UIDS))  # stable key (the anchor may change)
 
 
 class ClusterAttendedSet(AttendedSetPolicy):
@@ -76,6 +82,9 @@ class ClusterAttendedSet(AttendedSetPolicy):
     def begin_forward(self, requests: Sequence[RequestLayout], is_decode: bool) -> None:
         self._requests, self._is_decode = requests, is_decode
         self._anchors = [self._attach(i, req) for i, req in enumerate(requests)]
+        if self.host is not None:
+            for anchor in {a for a in self._anchors if a is not None}:
+                self.host.begin_step(self.videos[anchor].uid)
         for req, anchor in zip(requests, self._anchors):
             if is_decode:
                 self._decode_steps[req.rid] = self._decode_steps.get(req.rid, 0) + 1
@@ -94,6 +103,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
                 device_tokens=device_tokens,
                 host_tokens=int((req.slots < 0).sum()),
                 host_store_used=self.host.used_tokens if self.host is not None else 0,
+                cluster_cache_tokens=0,
             )
 
     def _attach(self, i: int, req: RequestLayout) -> Optional[int]:
@@ -135,6 +145,27 @@ class ClusterAttendedSet(AttendedSetPolicy):
                 self._kept.setdefault(req.rid, {})[layer_id] = (selected, index.num_tokens)
                 self._dump(self._anchors[i], req, layer_id, queries[i], selected)
         return {i: self._compose(layer_id, i) for i in queries}
+
+    def read_host(self, request_index: int, layer: int, host_rows: torch.Tensor, device):
+        """K/V of a request's host-resident rows at ``layer`` through its video's device cluster cache.
+
+        Bound per layer: ``ceil((budget + sink_tokens + recent_window) × (1 + residency_slack))`` tokens.
+        The index counts cluster members in *its* sinks and recent window (the tail of the video span) as
+        free, while a later question's window is its own tail, so a selection may carry up to
+        sinks + window tokens beyond the budget; whole clusters must fit.
+        """
+        anchor = self._anchors[request_index]
+        if anchor is None:
+            return self.host.read(layer, host_rows, device)
+        cfg = self.config
+        capacity = ClusterResidency.capacity_for(cfg.budget + cfg.always_attended, cfg.residency_slack)
+        capacity = min(self.host.store.capacity, capacity)
+        uid = self.videos[anchor].uid
+        kv = self.host.read_cached(uid, capacity, layer, host_rows, device)
+        stats = self._stats[self._requests[request_index].rid]
+        stats["cluster_cache_tokens"] = max(stats["cluster_cache_tokens"], self.host.resident_tokens(uid))
+        stats["cache_overflow_reads"] = self.host.overflow_reads
+        return kv
 
     def _needs_selection(self, layer_id: int, i: int) -> bool:
         req, anchor = self._requests[i], self._anchors[i]
@@ -299,6 +330,8 @@ class ClusterAttendedSet(AttendedSetPolicy):
                 continue
             cut = int(hit[0])
             if cut == 0 or anchor in freed:
+                if self.host is not None:
+                    self.host.drop_cache(video.uid)
                 del self.videos[anchor]
             else:
                 video.index.truncate(cut)

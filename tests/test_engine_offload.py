@@ -6,6 +6,8 @@ checks run throughout: a ledger or row mistake kills the scheduler and fails the
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from engine_support import VIDEO_PROMPT, cpu_engine_kwargs, run_requests
@@ -67,6 +69,9 @@ def test_video_lives_on_host_and_device_keeps_only_sinks_text_and_new_tokens(run
         assert stats["host_tokens"] >= stats["visual_tokens"] - OPTIONS["sink_tokens"] - 8
         assert stats["device_tokens"] <= text + OPTIONS["sink_tokens"] + 8
         assert plain[i]["mosaic"][0]["host_tokens"] == 0
+        bound = math.ceil((BUDGET + OPTIONS["sink_tokens"] + OPTIONS["recent_window"]) * 1.25)
+        assert 0 < stats["cluster_cache_tokens"] <= bound  # bounded device cluster cache
+        assert stats["cache_overflow_reads"] == 0
     assert offloaded[0]["mosaic"][0]["host_tokens"] == 0  # nothing offloaded before the first answer
     assert offloaded[4]["mosaic"][0]["host_store_used"] >= 2 * offloaded[1]["mosaic"][0]["host_tokens"] - 16
 

@@ -51,3 +51,29 @@ def test_full_store_offloads_what_fits_and_clear_empties():
     tier.clear()
     assert tier.used_tokens == 0
     tier.check_integrity()
+
+
+def test_cluster_cache_hits_misses_bound_and_no_stale_copies():
+    k, v = _pool()
+    tier = _tier(capacity=20)
+    read_kv = lambda s: (k[:, s], v[:, s])
+    a, b, c = tier.put_clusters(read_kv, [torch.tensor([1, 2, 3]), torch.tensor([10, 11]), torch.tensor([20, 21, 22, 23])])
+    tier.begin_step(7)
+    got_k, got_v = tier.read_cached(7, 6, 0, torch.cat([b, a[1:]]), "cpu")
+    assert torch.equal(got_k, k[0, torch.tensor([10, 11, 2, 3])]) and torch.equal(got_v, v[0, torch.tensor([10, 11, 2, 3])])
+    assert tier.copies == 2  # two clusters missed: one copy each
+    tier.begin_step(7)
+    tier.read_cached(7, 6, 0, a, "cpu")
+    assert tier.copies == 2  # hit: nothing moved
+    tier.begin_step(7)
+    got_k, _ = tier.read_cached(7, 6, 0, c, "cpu")  # 4 more tokens: evicts the least recently used cluster
+    assert torch.equal(got_k, k[0, torch.tensor([20, 21, 22, 23])]) and tier.resident_tokens(7) <= 6
+    # the tree frees cluster c; a new cluster reuses its host rows: the cache must not serve the old copy
+    tier.release(c)
+    (d,) = tier.put_clusters(read_kv, [torch.tensor([40, 41, 42, 43])])
+    tier.begin_step(7)
+    got_k, _ = tier.read_cached(7, 6, 0, d, "cpu")
+    assert torch.equal(got_k, k[0, torch.tensor([40, 41, 42, 43])])
+    # a selection larger than the cache falls back to a direct read
+    got_k, _ = tier.read_cached(7, 6, 1, torch.cat([a, b, d]), "cpu")
+    assert torch.equal(got_k, k[1, torch.tensor([1, 2, 3, 10, 11, 40, 41, 42, 43])])

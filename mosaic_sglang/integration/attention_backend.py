@@ -140,7 +140,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         v_buffer = self.token_to_kv_pool.get_value_buffer(layer.layer_id)
         if bool((slots < 0).any()):
             # host-resident entries (offloaded clusters): gather device and host rows into one scratch
-            k_buffer, v_buffer = self._gather_mixed(layer.layer_id - self.start_layer, slots, k_buffer, v_buffer)
+            k_buffer, v_buffer = self._gather_mixed(layer.layer_id - self.start_layer, slots, kv_indptr, k_buffer, v_buffer)
             slots = torch.arange(slots.numel())
         attended_attention(
             q,
@@ -158,9 +158,10 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             policy.end_forward()
         return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
 
-    def _gather_mixed(self, layer: int, slots: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor):
+    def _gather_mixed(self, layer: int, slots: torch.Tensor, kv_indptr: list, k_buffer: torch.Tensor, v_buffer: torch.Tensor):
         """``([n, H, D], [n, H, Dv])`` K/V of ``slots [n]``: device slots from the pool, host encodings
-        (``< 0``) from the host tier (one copy per cluster extent, counted there)."""
+        (``< 0``) through each request's device cluster cache (misses copied from the host tier, one op
+        per cluster extent, counted there)."""
         host = slots < 0
         device = k_buffer.device
         k = k_buffer.new_empty((slots.numel(),) + tuple(k_buffer.shape[1:]))
@@ -168,9 +169,15 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         on_device = slots[~host].to(device)
         k[~host.to(device)] = k_buffer[on_device]
         v[~host.to(device)] = v_buffer[on_device]
-        hk, hv = self.runtime.host.read(layer, decode_host(slots[host]), device)
-        k[host.to(device)] = hk.to(k.dtype)
-        v[host.to(device)] = hv.to(v.dtype)
+        for i in range(len(kv_indptr) - 1):
+            a, b = kv_indptr[i], kv_indptr[i + 1]
+            mask = host[a:b]
+            if not bool(mask.any()):
+                continue
+            hk, hv = self.runtime.policy.read_host(i, layer, decode_host(slots[a:b][mask]), device)
+            rows = (torch.arange(a, b)[mask]).to(device)
+            k[rows] = hk.to(k.dtype)
+            v[rows] = hv.to(v.dtype)
         return k, v
 
     def read_slot_kv(self, slots: torch.Tensor):

@@ -14,6 +14,8 @@ from typing import Callable, List, Tuple
 import torch
 
 from ..host_store import HostKVStore, HostStoreFullError
+from ..residency import ClusterResidency, ResidencyOverflowError
+from ..transfer_engine import TransferEngine
 
 __all__ = ["HostTier", "encode_host", "decode_host"]
 
@@ -38,11 +40,14 @@ class HostTier:
         self.store = store
         self._extent_of = torch.full((store.capacity,), -1, dtype=torch.int64)  # host row -> extent start
         self._live: dict[int, list] = {}  # extent start -> [Extent, live tokens]
+        self.overflow_reads = 0
+        """Reads whose clusters exceeded the device cluster cache (served directly from the host tier)."""
         self.full_events = 0
         """Offloads cut short because the store was full (the clusters stayed on the device)."""
         self.copies = 0
-        """Host → device copy operations issued by `read` (one per extent per layer)."""
+        """Host → device copy operations (one per missed cluster extent per layer)."""
         self.bytes_read = 0
+        self._caches: dict[int, tuple[ClusterResidency, TransferEngine]] = {}  # video key -> cluster cache
 
     @property
     def used_tokens(self) -> int:
@@ -79,12 +84,75 @@ class HostTier:
             entry[1] -= count
             assert entry[1] >= 0, f"extent {start} released more tokens than it holds"
             if entry[1] == 0:
+                for residency, _ in self._caches.values():
+                    residency.drop([start])  # a later extent may reuse these rows: never serve stale copies
                 self.store.free(entry[0])
                 self._extent_of[start : start + entry[0].length] = -1
                 del self._live[start]
 
+    # -- device cluster caches (one per video, bounded, LRU; see `ClusterResidency`) ------------------
+
+    def begin_step(self, key: int) -> None:
+        """A forward starts that reads video ``key``'s clusters (recency is counted in forwards)."""
+        cache = self._caches.get(key)
+        if cache is not None:
+            cache[0].begin_step()
+            cache[1].begin_step()
+
+    def read_cached(self, key: int, capacity: int, layer: int, host_rows: torch.Tensor, device):
+        """K/V of ``host_rows [n]`` at ``layer`` through video ``key``'s device cluster cache.
+
+        The clusters (extents) the rows belong to are made resident in the cache (hits stay; misses are
+        copied, one op per extent, evicting least recently used clusters of this video); the rows are then
+        gathered from the cache. A selection larger than the cache falls back to a direct read.
+
+        Returns:
+            ``([n, H, D], [n, H, Dv])`` on ``device``.
+        """
+        cache = self._caches.get(key)
+        if cache is None:
+            bytes_per_token = self.store.bytes_per_token
+            residency = ClusterResidency(capacity, num_layers=self.store.num_layers, bytes_per_token=bytes_per_token)
+            shape = (self.store.num_layers, capacity, self.store.num_kv_heads)
+            engine = TransferEngine(
+                self.store,
+                torch.zeros(shape + (self.store.head_dim,), dtype=self.store.dtype, device=device),
+                torch.zeros(shape + (self.store.v_head_dim,), dtype=self.store.dtype, device=device),
+            )
+            cache = self._caches[key] = (residency, engine)
+            residency.begin_step()
+        residency, engine = cache
+        starts = self._extent_of[host_rows]
+        clusters, which = torch.unique(starts, return_inverse=True)
+        extents = [self._live[int(c)][0] for c in clusters.tolist()]
+        try:
+            access = residency.access(layer, clusters.tolist(), extents)
+        except ResidencyOverflowError:
+            self.overflow_reads += 1
+            return self.read(layer, host_rows, device)
+        engine.submit(access.plan)
+        engine.wait(layer)
+        self.copies += access.plan.num_ops
+        self.bytes_read += access.plan.num_bytes
+        lengths = torch.tensor([e.length for e in extents], dtype=torch.int64)
+        first = torch.cumsum(lengths, 0) - lengths  # where each cluster's members start in access.slots
+        cache_slots = access.slots[first[which] + (host_rows - clusters[which])]
+        cache_slots = cache_slots.to(engine.device_k.device)
+        return engine.device_k[layer][cache_slots], engine.device_v[layer][cache_slots]
+
+    def resident_tokens(self, key: int) -> int:
+        """Tokens in video ``key``'s cluster cache, largest over layers (0 without a cache)."""
+        cache = self._caches.get(key)
+        if cache is None:
+            return 0
+        return max(cache[0].resident_tokens(layer) for layer in range(self.store.num_layers))
+
+    def drop_cache(self, key: int) -> None:
+        self._caches.pop(key, None)
+
     def clear(self) -> None:
         """Forget every extent (the radix cache was flushed: no tree value refers to host rows any more)."""
+        self._caches.clear()
         self.store.clear()
         self._extent_of.fill_(-1)
         self._live.clear()
