@@ -26,6 +26,7 @@ def server(tiny_vl_model, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY", "1")
     mp.setenv("SGLANG_CHECK_KV_PAGE_INVARIANTS", "1")
+    mp.setenv("MOSAIC_DEBUG", "1")  # host tier check_integrity after every offload and release
     log = tmp_path_factory.mktemp("soak") / "server.log"
     args = ["--enable-mosaic", "--mosaic-budget", "48", "--chunked-prefill-size", "128",
             "--mosaic-config", '{"recent_window": 16, "max_cluster_size": 16, "host_store_tokens": 16384}',

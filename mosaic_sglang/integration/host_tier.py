@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Callable, List, Tuple
 
+import os
+
 import torch
 
 from ..host_store import HostKVStore, HostStoreFullError
@@ -38,6 +40,8 @@ class HostTier:
 
     def __init__(self, store: HostKVStore) -> None:
         self.store = store
+        self.debug = os.environ.get("MOSAIC_DEBUG", "") == "1"
+        """``MOSAIC_DEBUG=1``: `check_integrity` after every change (tests, soak runs)."""
         self._extent_of = torch.full((store.capacity,), -1, dtype=torch.int64)  # host row -> extent start
         self._live: dict[int, list] = {}  # extent start -> [Extent, live tokens]
         self.overflow_reads = 0
@@ -71,6 +75,8 @@ class HostTier:
             self._extent_of[host] = extent.start
             self._live[extent.start] = [extent, extent.length]
             rows.append(host)
+        if self.debug:
+            self.check_integrity()
         return rows
 
     def release(self, host_rows: torch.Tensor) -> None:
@@ -89,6 +95,8 @@ class HostTier:
                 self.store.free(entry[0])
                 self._extent_of[start : start + entry[0].length] = -1
                 del self._live[start]
+        if self.debug:
+            self.check_integrity()
 
     # -- device cluster caches (one per video, bounded, LRU; see `ClusterResidency`) ------------------
 
@@ -171,7 +179,9 @@ class HostTier:
         return self.store.k_buffer[:, host_rows]
 
     def check_integrity(self) -> None:
+        """Store consistent; every used host row belongs to exactly one live extent and vice versa."""
         self.store.check_integrity()
-        live_tokens = sum(count for _, count in self._live.values())
-        assert live_tokens <= self.store.num_used, f"{live_tokens=} > used {self.store.num_used}"
-        assert all(0 < count <= e.length for e, count in self._live.values())
+        held = sum(e.length for e, _ in self._live.values())
+        assert held == self.store.num_used, f"extents hold {held} rows, store uses {self.store.num_used}"
+        assert int((self._extent_of >= 0).sum()) == held, "extent map out of step with the live extents"
+        assert all(0 < count <= e.length for e, count in self._live.values()), "extent live counts out of range"
