@@ -35,7 +35,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--video", default=None, help="video file (default: a synthetic mp4)")
     parser.add_argument("--mosaic-budget", type=int, default=256)
-    parser.add_argument("--mosaic-config", default='{"recent_window": 32, "sink_tokens": 4}')
+    parser.add_argument(
+        "--mosaic-config",
+        default='{"recent_window": 32, "sink_tokens": 4, "host_store_tokens": 65536}',
+        help="Mosaic options as JSON; host_store_tokens > 0 offloads sealed clusters to host memory",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=12)
     parser.add_argument("--questions", nargs="*", default=QUESTIONS)
     parser.add_argument("--log", default=None, help="server log file")
@@ -56,7 +60,10 @@ def main(argv=None) -> int:
     with SGLangServer(args.model_path, server_args, log_path=args.log or workdir / "server.log") as server:
         print(f"server: {server.url} up in {time.time() - started:.0f} s (mosaic budget {args.mosaic_budget})")
         chat = VideoConversation(server.url, args.model_path, video)
-        header = f"{'turn':>4} {'prompt':>7} {'cached':>7} {'context':>8} {'attended':>9} {'visual':>7} {'clusters':>8}"
+        header = (
+            f"{'turn':>4} {'prompt':>7} {'cached':>7} {'context':>8} {'attended':>9} {'visual':>7} {'clusters':>8}"
+            f" {'on_device':>9} {'on_host':>8} {'cluster_cache':>13}"
+        )
         rows = []
         for i, question in enumerate(args.questions, 1):
             turn = chat.ask(question, max_new_tokens=args.max_new_tokens)
@@ -65,8 +72,10 @@ def main(argv=None) -> int:
             rows.append(
                 f"{i:>4} {turn.prompt_tokens:>7} {turn.cached_tokens:>7} {m.get('context_tokens', '-'):>8} "
                 f"{m.get('attended_tokens', '-'):>9} {m.get('visual_tokens', '-'):>7} {m.get('clusters', '-'):>8}"
+                f" {m.get('device_tokens', '-'):>9} {m.get('host_tokens', '-'):>8} {m.get('cluster_cache_tokens', '-'):>13}"
             )
-        print("\nper-turn stats (tokens; attended = per layer, max over layers, last forward):")
+        print("\nper-turn stats (tokens; attended = per layer, max over layers, last forward;"
+              " on_device / on_host = the request's KV rows by tier when its last forward started):")
         print(header)
         print("\n".join(rows))
         print("\nmosaic stats of the last turn:", json.dumps(chat.turns[-1].mosaic, sort_keys=True))
