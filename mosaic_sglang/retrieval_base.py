@@ -15,7 +15,7 @@ import torch
 
 from .config import MosaicConfig
 
-__all__ = ["Selection", "Retriever", "always_attended_positions", "merge_positions_csr"]
+__all__ = ["Selection", "Retriever", "always_attended_positions"]
 
 
 class Selection(NamedTuple):
@@ -102,29 +102,3 @@ def always_attended_positions(
     if config.recent_window > 0:
         keep[max(0, n - config.recent_window) :] = True
     return keep.nonzero().flatten()
-
-
-def merge_positions_csr(
-    always: torch.Tensor, chosen_indptr: torch.Tensor, chosen_indices: torch.Tensor, num_positions: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Union of the always-attended positions with per-layer chosen positions, as CSR over layers.
-
-    Args:
-        always: ``[a] int64`` sorted positions attended at every layer.
-        chosen_indptr: ``[num_layers + 1] int64``.
-        chosen_indices: ``[nnz] int64`` positions (any order, duplicates allowed).
-        num_positions: total positions ``N`` (all indices are ``< N``).
-
-    Returns:
-        ``(indptr [num_layers + 1] int64, indices [nnz'] int64)``, sorted and unique per layer.
-    """
-    num_layers = chosen_indptr.numel() - 1
-    mask = torch.zeros(num_layers, num_positions, dtype=torch.bool, device=always.device)
-    mask[:, always] = True
-    counts = chosen_indptr[1:] - chosen_indptr[:-1]
-    layer_of = torch.repeat_interleave(torch.arange(num_layers, device=always.device), counts)
-    mask[layer_of, chosen_indices] = True
-    layer_ids, positions = mask.nonzero(as_tuple=True)  # row-major: sorted by layer, then position
-    indptr = torch.zeros(num_layers + 1, dtype=torch.int64, device=always.device)
-    indptr[1:] = torch.cumsum(torch.bincount(layer_ids, minlength=num_layers), 0)
-    return indptr, positions
