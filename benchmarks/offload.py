@@ -213,13 +213,21 @@ def run_tokens(oracle, trace, cfg, queries, num_layers, always_mask):
     return "token", rows, cap
 
 
-def bench_history(tokens: int, args) -> dict:
+def make_caption_trace(frames: int, seed: int):
+    """The real-model trace: SmolLM2-135M reading ``frames`` captions (~16 tokens each), then a question."""
+    from mosaic_sglang.traces.caption_stream import caption_stream_trace
+
+    return caption_stream_trace(frames, seed=seed).trace
+
+
+def bench_history(length: int, args) -> dict:
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    trace = make_trace(tokens, args.seed)
+    trace = make_caption_trace(length, args.seed) if args.trace == "captions" else make_trace(length, args.seed)
     gen_s = time.perf_counter() - t0
     num_layers, n, heads, dim = trace.keys.shape
-    cfg = MosaicConfig(budget=args.budget, residency_slack=args.slack)
+    budget = args.budget or max(64, int(0.1 * int((trace.frame_ids >= 0).sum())))
+    cfg = MosaicConfig(budget=budget, residency_slack=args.slack)
     index = ClusterIndex(cfg, num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
     oracle = OracleTokenTopK(cfg, num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
     frames = FrameBlockRetriever(cfg, num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
@@ -273,7 +281,7 @@ def bench_history(tokens: int, args) -> dict:
     store.check_integrity()
     results.append(run_tokens(oracle, trace, cfg, queries, num_layers, always_mask))
 
-    out = dict(tokens=n, frames=int(trace.frame_ids.max()) + 1, clusters=index.num_clusters,
+    out = dict(trace=args.trace, budget=budget, tokens=n, frames=int(trace.frame_ids.max()) + 1, clusters=index.num_clusters,
                coarse_clusters=coarse.num_clusters if coarse is not None else None,
                mean_cluster=index.num_visual_tokens / max(1, index.num_clusters), ingest_ms_per_frame=ingest_ms,
                trace_gen_s=gen_s, dense_bytes=n * num_layers * bpt, always_tokens=int(always.numel()), methods={})
@@ -288,7 +296,7 @@ def bench_history(tokens: int, args) -> dict:
 
 def print_table(res: dict) -> None:
     mb = 1 / 2**20
-    print(f"\n### {res['tokens']} tokens ({res['frames']} frames, {res['clusters']} clusters, mean size "
+    print(f"\n### {res['trace']}: {res['tokens']} tokens, budget {res['budget']} ({res['frames']} frames, {res['clusters']} clusters, mean size "
           f"{res['mean_cluster']:.1f}; dense {res['dense_bytes'] * mb:.1f} MB; ingest {res['ingest_ms_per_frame']:.1f} ms/frame)")
     print("| method | units/step | ops/step | runs/step | MB/step | moved/missed | dev_MB | hit | ms/step |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -306,8 +314,12 @@ def print_table(res: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 4K and 8K tokens, 4 steps")
-    p.add_argument("--histories", type=int, nargs="*", default=None, help="history lengths in tokens")
-    p.add_argument("--budget", type=int, default=2048, help="tokens per layer beyond sinks/window/text")
+    p.add_argument("--trace", choices=("synthetic", "captions"), default="synthetic",
+                   help="synthetic video-like KV, or real SmolLM2-135M KV over a caption stream")
+    p.add_argument("--histories", type=int, nargs="*", default=None,
+                   help="history lengths: tokens (synthetic) or captions (captions, ~16 tokens each)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="tokens per layer beyond sinks/window/text (default: 2048 synthetic, 10%% of the frames' tokens captions)")
     p.add_argument("--slack", type=float, default=MosaicConfig().residency_slack)
     p.add_argument("--steps", type=int, default=12, help="decode steps per history (<= 16 question tokens)")
     p.add_argument("--seed", type=int, default=0)
@@ -318,11 +330,15 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.histories is None:
-        args.histories = [4096, 8192] if args.quick else [16384, 32768, 65536, 131072, 262144]
+        if args.trace == "captions":
+            args.histories = [64, 128] if args.quick else [256, 512, 1024]
+        else:
+            args.histories = [4096, 8192] if args.quick else [16384, 32768, 65536, 131072, 262144]
+    if args.budget is None and args.trace == "synthetic":
+        args.budget = 512 if args.quick else 2048
     if args.quick:
         args.steps = min(args.steps, 4)
-        args.budget = min(args.budget, 512)
-    print(f"budget {args.budget} tokens/layer, slack {args.slack}, {args.steps} decode steps, seed {args.seed}, "
+    print(f"trace {args.trace}, budget {args.budget or '10%'} tokens/layer, slack {args.slack}, {args.steps} decode steps, seed {args.seed}, "
           f"dtype {DTYPE}, threads {args.threads}")
     all_results = []
     for tokens in args.histories:

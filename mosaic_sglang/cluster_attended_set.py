@@ -161,10 +161,15 @@ class ClusterAttendedSet(AttendedSetPolicy):
         capacity = ClusterResidency.capacity_for(cfg.budget + cfg.always_attended, cfg.residency_slack)
         capacity = min(self.host.store.capacity, capacity)
         uid = self.videos[anchor].uid
-        kv = self.host.read_cached(uid, capacity, layer, host_rows, device)
+        host = self.host
+        before = (host.copies, host.prefetch_copies, *_lookups(host.cache_stats(uid)))
+        kv = host.read_cached(uid, capacity, layer, host_rows, device, prefetch_next=cfg.prefetch)
+        after = (host.copies, host.prefetch_copies, *_lookups(host.cache_stats(uid)))
         stats = self._stats[self._requests[request_index].rid]
-        stats["cluster_cache_tokens"] = max(stats["cluster_cache_tokens"], self.host.resident_tokens(uid))
-        stats["cache_overflow_reads"] = self.host.overflow_reads
+        for name, b, a in zip(("host_copies", "prefetch_copies", "cache_lookups", "cache_hits"), before, after):
+            stats[name] = stats.get(name, 0) + a - b
+        stats["cluster_cache_tokens"] = max(stats["cluster_cache_tokens"], host.resident_tokens(uid))
+        stats["cache_overflow_reads"] = host.overflow_reads
         return kv
 
     def _needs_selection(self, layer_id: int, i: int) -> bool:
@@ -340,7 +345,15 @@ class ClusterAttendedSet(AttendedSetPolicy):
         self.videos.clear()
 
     def request_stats(self, rid: str) -> dict:
-        return dict(self._stats.get(rid, {}))
+        stats = dict(self._stats.get(rid, {}))
+        if stats.get("cache_lookups"):
+            stats["cache_hit_rate"] = round(stats["cache_hits"] / stats["cache_lookups"], 4)
+        return stats
+
+
+def _lookups(stats) -> tuple[int, int]:
+    """``(clusters asked for at layers >= 1, of those already resident or prefetched)`` of a cache."""
+    return (0, 0) if stats is None else (stats.predicted_selected, stats.predicted_hits)
 
 
 def _grow_to(slots: torch.Tensor, n: int) -> torch.Tensor:

@@ -46,8 +46,9 @@ def test_resolve_config_merges_budget_flag_over_json():
         resolve_config(None, "{budget: 3}")
 
 
-def test_options_not_served_yet_are_refused_at_launch():
+def test_offload_options_resolve():
     assert MosaicConfig.from_dict({"prefetch": True}).prefetch
-    assert resolve_config(None, '{"host_store_tokens": 4096}').host_store_tokens == 4096
-    with pytest.raises(MosaicConfigError, match="'prefetch'.*expected false, got true"):
-        resolve_config(None, '{"prefetch": true}')
+    cfg = resolve_config(None, '{"host_store_tokens": 4096, "prefetch": true, "residency_slack": 0.5}')
+    assert (cfg.host_store_tokens, cfg.prefetch, cfg.residency_slack) == (4096, True, 0.5)
+    with pytest.raises(MosaicConfigError, match="prefetch"):
+        resolve_config(None, '{"prefetch": 1}')

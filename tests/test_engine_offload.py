@@ -26,10 +26,10 @@ def _requests(video_dir):
     return [q("what happens?", a), q("what color?", a), q("and then?", a), q("what happens?", b), q("what color?", b)]
 
 
-def _serve(model, video_dir, host_store_tokens):
+def _serve(model, video_dir, host_store_tokens, prefetch=False):
     import sglang as sgl
 
-    options = {**OPTIONS, "host_store_tokens": host_store_tokens}
+    options = {**OPTIONS, "host_store_tokens": host_store_tokens, "prefetch": prefetch}
     engine = sgl.Engine(**cpu_engine_kwargs(model, enable_mosaic=True, mosaic_budget=BUDGET, mosaic_config=options))
     try:
         outputs = run_requests(engine, _requests(video_dir))
@@ -45,24 +45,38 @@ def runs(tiny_vl_model, video_dir):
     mp = pytest.MonkeyPatch()
     mp.setenv("SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY", "1")
     mp.setenv("SGLANG_CHECK_KV_PAGE_INVARIANTS", "1")
+    mp.setenv("MOSAIC_DEBUG", "1")  # host tier + cluster cache integrity after every change
     try:
         on_device = _serve(tiny_vl_model, video_dir, 0)
         offloaded = _serve(tiny_vl_model, video_dir, 1 << 14)
+        prefetched = _serve(tiny_vl_model, video_dir, 1 << 14, prefetch=True)
     finally:
         mp.undo()
-    return on_device, offloaded
+    return on_device, offloaded, prefetched
 
 
 def test_offload_gives_identical_answers(runs):
-    (plain, _), (offloaded, _) = runs
-    for p, o in zip(plain, offloaded):
-        assert o["output_ids"] == p["output_ids"]
-        assert max(abs(x - y) for x, y in zip(o["logprobs"], p["logprobs"])) <= LOGPROB_TOL
-        assert o["cached_tokens"] == p["cached_tokens"]
+    (plain, _), (offloaded, _), (prefetched, _) = runs
+    for p, o, f in zip(plain, offloaded, prefetched):
+        for out in (o, f):
+            assert out["output_ids"] == p["output_ids"]
+            assert max(abs(x - y) for x, y in zip(out["logprobs"], p["logprobs"])) <= LOGPROB_TOL
+            assert out["cached_tokens"] == p["cached_tokens"]
+
+
+def test_cross_layer_prefetch_copies_ahead_and_its_hits_are_counted(runs):
+    _, (offloaded, _), (prefetched, _) = runs
+    for i in (1, 2, 4):
+        (plain_stats,), (stats,) = offloaded[i]["mosaic"], prefetched[i]["mosaic"]
+        assert plain_stats["prefetch_copies"] == 0 and stats["prefetch_copies"] > 0
+        assert stats["cache_lookups"] == plain_stats["cache_lookups"] > 0  # same selections either way
+        assert stats["cache_hits"] >= stats["prefetch_copies"] // 4 > 0  # some prefetched clusters were used
+        bound = math.ceil((BUDGET + OPTIONS["sink_tokens"] + OPTIONS["recent_window"]) * 1.25)
+        assert 0 < stats["cluster_cache_tokens"] <= bound and stats["cache_overflow_reads"] == 0
 
 
 def test_video_lives_on_host_and_device_keeps_only_sinks_text_and_new_tokens(runs):
-    (plain, _), (offloaded, _) = runs
+    (plain, _), (offloaded, _), _ = runs
     for i in (1, 2, 4):  # later questions on a video whose earlier question was offloaded
         (stats,) = offloaded[i]["mosaic"]
         text = stats["context_tokens"] - stats["visual_tokens"]
@@ -77,9 +91,9 @@ def test_video_lives_on_host_and_device_keeps_only_sinks_text_and_new_tokens(run
 
 
 def test_flush_frees_the_host_store(runs):
-    _, (_, after_flush) = runs
-    (stats,) = after_flush[0]["mosaic"]
-    assert stats["host_store_used"] == 0 and stats["host_tokens"] == 0
+    for _, after_flush in runs[1:]:
+        (stats,) = after_flush[0]["mosaic"]
+        assert stats["host_store_used"] == 0 and stats["host_tokens"] == 0
 
 
 CHUNK = 128  # prefill chunk: a long video prompt arrives over many forwards (streaming-like growth)

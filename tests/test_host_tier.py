@@ -77,3 +77,24 @@ def test_cluster_cache_hits_misses_bound_and_no_stale_copies():
     # a selection larger than the cache falls back to a direct read
     got_k, _ = tier.read_cached(7, 6, 1, torch.cat([a, b, d]), "cpu")
     assert torch.equal(got_k, k[1, torch.tensor([1, 2, 3, 10, 11, 40, 41, 42, 43])])
+
+
+def test_prefetch_fills_the_next_layer_so_it_hits_and_serves_correct_rows():
+    k, v = _pool()
+    tier = _tier(capacity=20)
+    read_kv = lambda s: (k[:, s], v[:, s])
+    a, b = tier.put_clusters(read_kv, [torch.tensor([1, 2, 3]), torch.tensor([10, 11])])
+    tier.begin_step(3)
+    tier.read_cached(3, 8, 0, torch.cat([a, b]), "cpu", prefetch_next=True)
+    assert (tier.copies, tier.prefetch_copies) == (4, 2)  # 2 demand copies at layer 0, 2 prefetched into layer 1
+    stats = tier.cache_stats(3)
+    got_k, got_v = tier.read_cached(3, 8, 1, torch.cat([b, a[:1]]), "cpu", prefetch_next=True)  # last layer: no prefetch
+    assert torch.equal(got_k, k[1, torch.tensor([10, 11, 1])]) and torch.equal(got_v, v[1, torch.tensor([10, 11, 1])])
+    assert tier.copies == 4 and (stats.predicted_selected, stats.predicted_hits, stats.prefetch_used) == (2, 2, 2)
+    # without prefetch the next layer misses
+    plain = _tier(capacity=20)
+    a, b = plain.put_clusters(read_kv, [torch.tensor([1, 2, 3]), torch.tensor([10, 11])])
+    plain.begin_step(3)
+    plain.read_cached(3, 8, 0, torch.cat([a, b]), "cpu")
+    plain.read_cached(3, 8, 1, torch.cat([a, b]), "cpu")
+    assert plain.copies == 4 and plain.prefetch_copies == 0 and plain.cache_stats(3).predicted_hits == 0

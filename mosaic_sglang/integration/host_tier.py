@@ -49,8 +49,11 @@ class HostTier:
         self.full_events = 0
         """Offloads cut short because the store was full (the clusters stayed on the device)."""
         self.copies = 0
-        """Host → device copy operations (one per missed cluster extent per layer)."""
+        """Host → device copy operations (one per missed cluster extent per layer), prefetches included."""
         self.bytes_read = 0
+        self.prefetch_copies = 0
+        """Of ``copies``: cross-layer prefetches (layer l's clusters copied into layer l + 1's cache)."""
+        self.prefetch_bytes = 0
         self._caches: dict[int, tuple[ClusterResidency, TransferEngine]] = {}  # video key -> cluster cache
 
     @property
@@ -90,8 +93,9 @@ class HostTier:
             entry[1] -= count
             assert entry[1] >= 0, f"extent {start} released more tokens than it holds"
             if entry[1] == 0:
-                for residency, _ in self._caches.values():
+                for residency, engine in self._caches.values():
                     residency.drop([start])  # a later extent may reuse these rows: never serve stale copies
+                    engine.synchronize()  # CUDA: no queued copy may still read the rows being freed
                 self.store.free(entry[0])
                 self._extent_of[start : start + entry[0].length] = -1
                 del self._live[start]
@@ -107,12 +111,18 @@ class HostTier:
             cache[0].begin_step()
             cache[1].begin_step()
 
-    def read_cached(self, key: int, capacity: int, layer: int, host_rows: torch.Tensor, device):
+    def read_cached(self, key: int, capacity: int, layer: int, host_rows: torch.Tensor, device, *,
+                    prefetch_next: bool = False):
         """K/V of ``host_rows [n]`` at ``layer`` through video ``key``'s device cluster cache.
 
         The clusters (extents) the rows belong to are made resident in the cache (hits stay; misses are
         copied, one op per extent, evicting least recently used clusters of this video); the rows are then
         gathered from the cache. A selection larger than the cache falls back to a direct read.
+
+        With ``prefetch_next``, the same clusters are then queued for layer ``layer + 1``'s cache
+        (`ClusterResidency.prefetch`: free room and cold clusters only). On CUDA the copies run on the
+        engine's side stream while this layer's attention computes; layer ``layer + 1``'s `wait` orders
+        them. On CPU they run at once and are counted the same way.
 
         Returns:
             ``([n, H, D], [n, H, Dv])`` on ``device``.
@@ -146,7 +156,17 @@ class HostTier:
         first = torch.cumsum(lengths, 0) - lengths  # where each cluster's members start in access.slots
         cache_slots = access.slots[first[which] + (host_rows - clusters[which])]
         cache_slots = cache_slots.to(engine.device_k.device)
-        return engine.device_k[layer][cache_slots], engine.device_v[layer][cache_slots]
+        out = engine.device_k[layer][cache_slots], engine.device_v[layer][cache_slots]
+        if prefetch_next and layer + 1 < self.store.num_layers:
+            plan = residency.prefetch(layer + 1, clusters.tolist(), extents)
+            engine.submit(plan)
+            self.copies += plan.num_ops
+            self.bytes_read += plan.num_bytes
+            self.prefetch_copies += plan.num_ops
+            self.prefetch_bytes += plan.num_bytes
+        if self.debug:
+            residency.check_integrity()
+        return out
 
     def resident_tokens(self, key: int) -> int:
         """Tokens in video ``key``'s cluster cache, largest over layers (0 without a cache)."""
@@ -155,11 +175,20 @@ class HostTier:
             return 0
         return max(cache[0].resident_tokens(layer) for layer in range(self.store.num_layers))
 
+    def cache_stats(self, key: int):
+        """Video ``key``'s `ResidencyStats` (hits, misses, prefetch use), or None without a cache."""
+        cache = self._caches.get(key)
+        return None if cache is None else cache[0].stats
+
     def drop_cache(self, key: int) -> None:
-        self._caches.pop(key, None)
+        cache = self._caches.pop(key, None)
+        if cache is not None:
+            cache[1].synchronize()
 
     def clear(self) -> None:
         """Forget every extent (the radix cache was flushed: no tree value refers to host rows any more)."""
+        for _, engine in self._caches.values():
+            engine.synchronize()
         self._caches.clear()
         self.store.clear()
         self._extent_of.fill_(-1)
@@ -185,3 +214,5 @@ class HostTier:
         assert held == self.store.num_used, f"extents hold {held} rows, store uses {self.store.num_used}"
         assert int((self._extent_of >= 0).sum()) == held, "extent map out of step with the live extents"
         assert all(0 < count <= e.length for e, count in self._live.values()), "extent live counts out of range"
+        for residency, _ in self._caches.values():
+            residency.check_integrity()

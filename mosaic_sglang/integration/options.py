@@ -49,18 +49,7 @@ def resolve_config(budget: Optional[Any] = None, config: Optional[Any] = None) -
             except ValueError:
                 raise MosaicConfigError(f"--mosaic-budget: expected an integer >= 0, got {budget!r}") from None
         options["budget"] = budget
-    config = MosaicConfig.from_dict(options)
-    _check_servable(config)
-    return config
-
-
-def _check_servable(config: MosaicConfig) -> None:
-    """Options the offline tier has but the server does not honour yet are refused, not ignored."""
-    if config.prefetch:
-        raise MosaicConfigError(
-            "mosaic config field 'prefetch': cross-layer prefetch is not wired into the serving path yet; "
-            "expected false, got true"
-        )
+    return MosaicConfig.from_dict(options)
 
 
 def export_config(config: MosaicConfig) -> None:
