@@ -83,8 +83,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
         self._requests, self._is_decode = requests, is_decode
         self._anchors = [self._attach(i, req) for i, req in enumerate(requests)]
         if self.host is not None:
-            for anchor in {a for a in self._anchors if a is not None}:
-                self.host.begin_step(self.videos[anchor].uid)
+            self.host.begin_forward({self.videos[a].uid for a in self._anchors if a is not None})
         for req, anchor in zip(requests, self._anchors):
             if is_decode:
                 self._decode_steps[req.rid] = self._decode_steps.get(req.rid, 0) + 1

@@ -75,8 +75,13 @@ class MosaicConfig:
     residency_slack: float = 0.25
     """Device cluster cache per layer = ceil(budget × (1 + slack)) tokens; slack keeps recent clusters."""
     prefetch: bool = False
-    """Prefetch layer l+1's predicted clusters (= layer l's selection) while layer l computes. Off: on the
-    synthetic trace it moved 1.26-1.35x the missed bytes for no hit-rate gain (benchmarks/README.md)."""
+    """Prefetch layer l+1's predicted clusters (= layer l's selection) while layer l computes. Off by
+    default: on the synthetic and the SmolLM2 caption traces it moved ~1.3-1.6x the missed bytes for at
+    most a few points of hit rate (benchmarks/README.md)."""
+    cluster_cache_videos: int = 4
+    """Videos whose device cluster cache may exist at once. Each cache takes
+    ceil((budget + sinks + window) × (1 + slack)) slots of SGLang's KV pool while it exists (reported as
+    protected tokens); a new video takes the least recently used idle one's place."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -96,6 +101,7 @@ class MosaicConfig:
         _at_least(self, "reselect_every", 0)
         _at_least(self, "seed", 0)
         _at_least(self, "host_store_tokens", 0)
+        _at_least(self, "cluster_cache_videos", 1)
         if not self.residency_slack >= 0:
             raise MosaicConfigError(
                 f"mosaic config field 'residency_slack': expected a number >= 0, got {self.residency_slack!r}"

@@ -47,8 +47,12 @@ class TransferEngine:
 
     Args:
         host: the `HostKVStore` (source rows).
-        device_k: ``[L, capacity, H, D]`` cluster-cache keys (same dtype as the store), CPU or CUDA.
-        device_v: ``[L, capacity, H, Dv]`` cluster-cache values.
+        device_k: the cache's keys per layer: a ``[L, capacity, H, D]`` tensor, or a sequence of ``L``
+            per-layer ``[rows, H, D]`` buffers (e.g. SGLang's KV pool layers) addressed through
+            ``slot_map``. Same dtype as the store, CPU or CUDA.
+        device_v: the same for values (``Dv``).
+        slot_map: ``[capacity] int64`` buffer row of each cache slot (slot ``s`` of every layer lives in
+            row ``slot_map[s]`` of that layer's buffers); None: slot ``s`` is row ``s``.
 
     Example:
         >>> from mosaic_sglang.host_store import HostKVStore
@@ -58,37 +62,55 @@ class TransferEngine:
         >>> res = ClusterResidency(4, num_layers=1, bytes_per_token=host.bytes_per_token)
         >>> eng = TransferEngine(host, torch.zeros(1, 4, 1, 2), torch.zeros(1, 4, 1, 2))
         >>> res.begin_step(); a = res.access(0, [5], [e]); eng.submit(a.plan); eng.wait(0)
-        >>> eng.device_k[0, a.slots, 0, 1].tolist()
+        >>> eng.device_k[0][a.slots, 0, 1].tolist()
         [1.0, 3.0, 5.0]
     """
 
-    def __init__(self, host: HostKVStore, device_k: torch.Tensor, device_v: torch.Tensor) -> None:
-        expected = (host.num_layers, device_k.shape[1] if device_k.dim() == 4 else -1, host.num_kv_heads, host.head_dim)
-        if device_k.dim() != 4 or tuple(device_k.shape) != expected or tuple(device_v.shape) != expected[:3] + (host.v_head_dim,):
+    def __init__(self, host: HostKVStore, device_k, device_v, slot_map: torch.Tensor | None = None) -> None:
+        device_k, device_v = list(device_k), list(device_v)
+        shapes_ok = len(device_k) == len(device_v) == host.num_layers and all(
+            k.dim() == 3 and v.dim() == 3 and k.shape[1:] == (host.num_kv_heads, host.head_dim)
+            and v.shape[1:] == (host.num_kv_heads, host.v_head_dim) and k.shape[0] == v.shape[0]
+            for k, v in zip(device_k, device_v)
+        )
+        if not shapes_ok:
             raise ValueError(
-                f"TransferEngine: expected device_k [L={host.num_layers}, capacity, H={host.num_kv_heads}, "
-                f"D={host.head_dim}] and device_v [..., Dv={host.v_head_dim}], got {tuple(device_k.shape)}, {tuple(device_v.shape)}"
+                f"TransferEngine: expected device_k with L={host.num_layers} layers of [rows, H={host.num_kv_heads}, "
+                f"D={host.head_dim}] and device_v of [rows, H, Dv={host.v_head_dim}], got "
+                f"{[tuple(k.shape) for k in device_k]}, {[tuple(v.shape) for v in device_v]}"
             )
-        if device_k.dtype != host.dtype or device_v.dtype != host.dtype or device_k.device != device_v.device:
+        devices = {t.device for t in device_k + device_v}
+        if any(t.dtype != host.dtype for t in device_k + device_v) or len(devices) != 1:
             raise ValueError(
                 f"TransferEngine: expected device_k/device_v of dtype {host.dtype} on one device, got "
-                f"{device_k.dtype}/{device_v.dtype} on {device_k.device}/{device_v.device}"
+                f"{device_k[0].dtype}/{device_v[0].dtype} on {sorted(map(str, devices))}"
             )
+        rows = device_k[0].shape[0]
+        if slot_map is not None and (slot_map.dtype != torch.int64 or slot_map.dim() != 1
+                                     or bool(((slot_map < 0) | (slot_map >= rows)).any())):
+            raise ValueError(f"TransferEngine: slot_map: expected [capacity] int64 rows in [0, {rows}), got {slot_map!r}")
         self.host, self.device_k, self.device_v = host, device_k, device_v
+        self.capacity = rows if slot_map is None else slot_map.numel()
+        self.device = device_k[0].device
+        self._slot_map = None if slot_map is None else slot_map.to(self.device)
         self.stats = TransferStats()
-        self.is_cuda = device_k.is_cuda
+        self.is_cuda = self.device.type == "cuda"
         if self.is_cuda:
             if not torch.cuda.is_available():  # pragma: no cover - a CUDA tensor implies CUDA
                 raise RuntimeError("TransferEngine: device tensors are on CUDA but CUDA is unavailable")
             if not host.k_buffer.is_pinned():
                 raise ValueError("TransferEngine: a CUDA cluster cache needs a pinned HostKVStore (pin_memory=True)")
-            self._stream = torch.cuda.Stream(device=device_k.device)
+            self._stream = torch.cuda.Stream(device=self.device)
             self._events = [torch.cuda.Event() for _ in range(host.num_layers)]
             self._pending = [False] * host.num_layers
-            capacity = device_k.shape[1]
-            self._stage_k = torch.empty_like(device_k[0])  # [capacity, H, D]: a plan never exceeds the cache
-            self._stage_v = torch.empty_like(device_v[0])
-            assert self._stage_k.shape[0] == capacity
+            # [capacity, H, D]: a plan never exceeds the cache
+            self._stage_k = device_k[0].new_empty((self.capacity,) + tuple(device_k[0].shape[1:]))
+            self._stage_v = device_v[0].new_empty((self.capacity,) + tuple(device_v[0].shape[1:]))
+
+    def rows(self, slots: torch.Tensor) -> torch.Tensor:
+        """Buffer rows of cache ``slots [n] int64`` (on the cache's device)."""
+        slots = slots.to(self.device)
+        return slots if self._slot_map is None else self._slot_map[slots]
 
     def reset_stats(self) -> None:
         self.stats = TransferStats()
@@ -97,7 +119,7 @@ class TransferEngine:
         """Order this step's copies after everything already queued on the current stream (CUDA);
         no-op on CPU."""
         if self.is_cuda:
-            self._stream.wait_stream(torch.cuda.current_stream(self.device_k.device))
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
 
     def submit(self, plan: TransferPlan) -> None:
         """Run (CPU) or enqueue (CUDA) one layer's copies.
@@ -118,7 +140,7 @@ class TransferEngine:
     def wait(self, layer: int) -> None:
         """Make the current stream wait for every copy submitted for ``layer`` (CUDA; CPU: no-op)."""
         if self.is_cuda and self._pending[layer]:
-            torch.cuda.current_stream(self.device_k.device).wait_event(self._events[layer])
+            torch.cuda.current_stream(self.device).wait_event(self._events[layer])
             self._pending[layer] = False
 
     def synchronize(self) -> None:
@@ -132,22 +154,22 @@ class TransferEngine:
         layer, host = plan.layer, self.host
         dk, dv = self.device_k[layer], self.device_v[layer]
         indptr = plan.dst_indptr.tolist()
+        dst = self.rows(plan.dst_slots)
         for i, (start, length) in enumerate(zip(plan.src_start.tolist(), plan.src_len.tolist())):
-            slots = plan.dst_slots[indptr[i] : indptr[i + 1]]
+            slots = dst[indptr[i] : indptr[i + 1]]
             dk.index_copy_(0, slots, host.k_buffer[layer, start : start + length])
             dv.index_copy_(0, slots, host.v_buffer[layer, start : start + length])
         self.stats.launches += plan.num_ops
 
     def _submit_cuda(self, plan: TransferPlan) -> None:  # pragma: no cover - needs a GPU
         layer, host = plan.layer, self.host
-        device = self.device_k.device
         with torch.cuda.stream(self._stream):
             offset = 0
             for start, length in zip(plan.src_start.tolist(), plan.src_len.tolist()):
                 self._stage_k[offset : offset + length].copy_(host.k_buffer[layer, start : start + length], non_blocking=True)
                 self._stage_v[offset : offset + length].copy_(host.v_buffer[layer, start : start + length], non_blocking=True)
                 offset += length
-            slots = plan.dst_slots.to(device, non_blocking=True)
+            slots = self.rows(plan.dst_slots.to(self.device, non_blocking=True))
             self.device_k[layer].index_copy_(0, slots, self._stage_k[:offset])
             self.device_v[layer].index_copy_(0, slots, self._stage_v[:offset])
             self._events[layer].record(self._stream)

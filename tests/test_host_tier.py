@@ -58,20 +58,20 @@ def test_cluster_cache_hits_misses_bound_and_no_stale_copies():
     tier = _tier(capacity=20)
     read_kv = lambda s: (k[:, s], v[:, s])
     a, b, c = tier.put_clusters(read_kv, [torch.tensor([1, 2, 3]), torch.tensor([10, 11]), torch.tensor([20, 21, 22, 23])])
-    tier.begin_step(7)
+    tier.begin_forward([7])
     got_k, got_v = tier.read_cached(7, 6, 0, torch.cat([b, a[1:]]), "cpu")
     assert torch.equal(got_k, k[0, torch.tensor([10, 11, 2, 3])]) and torch.equal(got_v, v[0, torch.tensor([10, 11, 2, 3])])
     assert tier.copies == 2  # two clusters missed: one copy each
-    tier.begin_step(7)
+    tier.begin_forward([7])
     tier.read_cached(7, 6, 0, a, "cpu")
     assert tier.copies == 2  # hit: nothing moved
-    tier.begin_step(7)
+    tier.begin_forward([7])
     got_k, _ = tier.read_cached(7, 6, 0, c, "cpu")  # 4 more tokens: evicts the least recently used cluster
     assert torch.equal(got_k, k[0, torch.tensor([20, 21, 22, 23])]) and tier.resident_tokens(7) <= 6
     # the tree frees cluster c; a new cluster reuses its host rows: the cache must not serve the old copy
     tier.release(c)
     (d,) = tier.put_clusters(read_kv, [torch.tensor([40, 41, 42, 43])])
-    tier.begin_step(7)
+    tier.begin_forward([7])
     got_k, _ = tier.read_cached(7, 6, 0, d, "cpu")
     assert torch.equal(got_k, k[0, torch.tensor([40, 41, 42, 43])])
     # a selection larger than the cache falls back to a direct read
@@ -84,7 +84,7 @@ def test_prefetch_fills_the_next_layer_so_it_hits_and_serves_correct_rows():
     tier = _tier(capacity=20)
     read_kv = lambda s: (k[:, s], v[:, s])
     a, b = tier.put_clusters(read_kv, [torch.tensor([1, 2, 3]), torch.tensor([10, 11])])
-    tier.begin_step(3)
+    tier.begin_forward([3])
     tier.read_cached(3, 8, 0, torch.cat([a, b]), "cpu", prefetch_next=True)
     assert (tier.copies, tier.prefetch_copies) == (4, 2)  # 2 demand copies at layer 0, 2 prefetched into layer 1
     stats = tier.cache_stats(3)
@@ -94,7 +94,7 @@ def test_prefetch_fills_the_next_layer_so_it_hits_and_serves_correct_rows():
     # without prefetch the next layer misses
     plain = _tier(capacity=20)
     a, b = plain.put_clusters(read_kv, [torch.tensor([1, 2, 3]), torch.tensor([10, 11])])
-    plain.begin_step(3)
+    plain.begin_forward([3])
     plain.read_cached(3, 8, 0, torch.cat([a, b]), "cpu")
     plain.read_cached(3, 8, 1, torch.cat([a, b]), "cpu")
     assert plain.copies == 4 and plain.prefetch_copies == 0 and plain.cache_stats(3).predicted_hits == 0

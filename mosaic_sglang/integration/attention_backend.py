@@ -24,6 +24,7 @@ from sglang.srt.layers.radix_attention import AttentionType
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
 from ..kernels.attended_attention import attended_attention
+from .cluster_caches import DevicePool
 from .host_tier import decode_host
 from .request_layout import RequestLayout, frame_ids_from_mm_inputs
 from .runtime import get_runtime
@@ -48,9 +49,16 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         self.start_layer = getattr(pool, "start_layer", 0)
         self.last_layer = self.start_layer + pool.layer_num - 1
         k0, v0 = pool.get_key_buffer(self.start_layer), pool.get_value_buffer(self.start_layer)
+        allocator = model_runner.token_to_kv_pool_allocator
+        layers = range(self.start_layer, self.start_layer + pool.layer_num)
+        device_pool = DevicePool(
+            k_layers=[pool.get_key_buffer(layer_id) for layer_id in layers],
+            v_layers=[pool.get_value_buffer(layer_id) for layer_id in layers],
+            alloc=allocator.alloc, free=allocator.free, page_size=allocator.page_size,
+        )
         self.runtime.bind_model(
             num_layers=pool.layer_num, num_kv_heads=k0.shape[1], head_dim=k0.shape[2], v_head_dim=v0.shape[-1],
-            dtype=k0.dtype, read_slot_keys=self.read_slot_keys, read_slot_kv=self.read_slot_kv,
+            dtype=k0.dtype, read_slot_keys=self.read_slot_keys, read_slot_kv=self.read_slot_kv, device_pool=device_pool,
         )
         self.layouts: List[RequestLayout] = []
         if self.use_sliding_window_kv_pool:

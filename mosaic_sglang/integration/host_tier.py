@@ -9,15 +9,15 @@ values) to K/V for one layer; every read is counted.
 
 from __future__ import annotations
 
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import os
 
 import torch
 
 from ..host_store import HostKVStore, HostStoreFullError
-from ..residency import ClusterResidency, ResidencyOverflowError
-from ..transfer_engine import TransferEngine
+from ..residency import ResidencyOverflowError
+from .cluster_caches import ClusterCaches, DevicePool
 
 __all__ = ["HostTier", "encode_host", "decode_host"]
 
@@ -36,16 +36,24 @@ KVReader = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 
 
 class HostTier:
-    """Host store plus extent bookkeeping for the mosaic serving path."""
+    """Host store plus extent bookkeeping for the mosaic serving path.
 
-    def __init__(self, store: HostKVStore) -> None:
+    Args:
+        store: the host store.
+        max_cached_videos: device cluster caches that may exist at once (`ClusterCaches`).
+        pool: SGLang's KV pool to place those caches in; None: private buffers (offline, tests).
+    """
+
+    def __init__(self, store: HostKVStore, *, max_cached_videos: int = 4, pool: Optional[DevicePool] = None) -> None:
         self.store = store
         self.debug = os.environ.get("MOSAIC_DEBUG", "") == "1"
         """``MOSAIC_DEBUG=1``: `check_integrity` after every change (tests, soak runs)."""
+        self.caches = ClusterCaches(store, max_videos=max_cached_videos, pool=pool)
         self._extent_of = torch.full((store.capacity,), -1, dtype=torch.int64)  # host row -> extent start
         self._live: dict[int, list] = {}  # extent start -> [Extent, live tokens]
         self.overflow_reads = 0
-        """Reads whose clusters exceeded the device cluster cache (served directly from the host tier)."""
+        """Reads served straight from the host tier: the selection exceeded the cluster cache, or no
+        cache could be had (see `ClusterCaches.unavailable`)."""
         self.full_events = 0
         """Offloads cut short because the store was full (the clusters stayed on the device)."""
         self.copies = 0
@@ -54,7 +62,6 @@ class HostTier:
         self.prefetch_copies = 0
         """Of ``copies``: cross-layer prefetches (layer l's clusters copied into layer l + 1's cache)."""
         self.prefetch_bytes = 0
-        self._caches: dict[int, tuple[ClusterResidency, TransferEngine]] = {}  # video key -> cluster cache
 
     @property
     def used_tokens(self) -> int:
@@ -93,23 +100,18 @@ class HostTier:
             entry[1] -= count
             assert entry[1] >= 0, f"extent {start} released more tokens than it holds"
             if entry[1] == 0:
-                for residency, engine in self._caches.values():
-                    residency.drop([start])  # a later extent may reuse these rows: never serve stale copies
-                    engine.synchronize()  # CUDA: no queued copy may still read the rows being freed
+                self.caches.forget_extent(start)  # a later extent may reuse these rows: never serve stale copies
                 self.store.free(entry[0])
                 self._extent_of[start : start + entry[0].length] = -1
                 del self._live[start]
         if self.debug:
             self.check_integrity()
 
-    # -- device cluster caches (one per video, bounded, LRU; see `ClusterResidency`) ------------------
+    # -- device cluster caches (bounded per video, capped across videos; see `ClusterCaches`) ------
 
-    def begin_step(self, key: int) -> None:
-        """A forward starts that reads video ``key``'s clusters (recency is counted in forwards)."""
-        cache = self._caches.get(key)
-        if cache is not None:
-            cache[0].begin_step()
-            cache[1].begin_step()
+    def begin_forward(self, keys) -> None:
+        """A forward starts that reads videos ``keys``' clusters (recency is counted in forwards)."""
+        self.caches.begin_forward(list(keys))
 
     def read_cached(self, key: int, capacity: int, layer: int, host_rows: torch.Tensor, device, *,
                     prefetch_next: bool = False):
@@ -117,7 +119,8 @@ class HostTier:
 
         The clusters (extents) the rows belong to are made resident in the cache (hits stay; misses are
         copied, one op per extent, evicting least recently used clusters of this video); the rows are then
-        gathered from the cache. A selection larger than the cache falls back to a direct read.
+        gathered from the cache. A selection larger than the cache, or a video that gets no cache, is
+        read directly from the host tier (``overflow_reads``).
 
         With ``prefetch_next``, the same clusters are then queued for layer ``layer + 1``'s cache
         (`ClusterResidency.prefetch`: free room and cold clusters only). On CUDA the copies run on the
@@ -127,19 +130,11 @@ class HostTier:
         Returns:
             ``([n, H, D], [n, H, Dv])`` on ``device``.
         """
-        cache = self._caches.get(key)
+        cache = self.caches.get(key, capacity)
         if cache is None:
-            bytes_per_token = self.store.bytes_per_token
-            residency = ClusterResidency(capacity, num_layers=self.store.num_layers, bytes_per_token=bytes_per_token)
-            shape = (self.store.num_layers, capacity, self.store.num_kv_heads)
-            engine = TransferEngine(
-                self.store,
-                torch.zeros(shape + (self.store.head_dim,), dtype=self.store.dtype, device=device),
-                torch.zeros(shape + (self.store.v_head_dim,), dtype=self.store.dtype, device=device),
-            )
-            cache = self._caches[key] = (residency, engine)
-            residency.begin_step()
-        residency, engine = cache
+            self.overflow_reads += 1
+            return self.read(layer, host_rows, device)
+        residency, engine = cache.residency, cache.engine
         starts = self._extent_of[host_rows]
         clusters, which = torch.unique(starts, return_inverse=True)
         extents = [self._live[int(c)][0] for c in clusters.tolist()]
@@ -154,9 +149,8 @@ class HostTier:
         self.bytes_read += access.plan.num_bytes
         lengths = torch.tensor([e.length for e in extents], dtype=torch.int64)
         first = torch.cumsum(lengths, 0) - lengths  # where each cluster's members start in access.slots
-        cache_slots = access.slots[first[which] + (host_rows - clusters[which])]
-        cache_slots = cache_slots.to(engine.device_k.device)
-        out = engine.device_k[layer][cache_slots], engine.device_v[layer][cache_slots]
+        rows = engine.rows(access.slots[first[which] + (host_rows - clusters[which])])
+        out = engine.device_k[layer][rows].to(device), engine.device_v[layer][rows].to(device)
         if prefetch_next and layer + 1 < self.store.num_layers:
             plan = residency.prefetch(layer + 1, clusters.tolist(), extents)
             engine.submit(plan)
@@ -170,26 +164,19 @@ class HostTier:
 
     def resident_tokens(self, key: int) -> int:
         """Tokens in video ``key``'s cluster cache, largest over layers (0 without a cache)."""
-        cache = self._caches.get(key)
-        if cache is None:
-            return 0
-        return max(cache[0].resident_tokens(layer) for layer in range(self.store.num_layers))
+        return self.caches.resident_tokens(key)
 
     def cache_stats(self, key: int):
         """Video ``key``'s `ResidencyStats` (hits, misses, prefetch use), or None without a cache."""
-        cache = self._caches.get(key)
-        return None if cache is None else cache[0].stats
+        return self.caches.stats(key)
 
     def drop_cache(self, key: int) -> None:
-        cache = self._caches.pop(key, None)
-        if cache is not None:
-            cache[1].synchronize()
+        """Video ``key``'s prefix left the tree: its cluster cache (and pool block) goes."""
+        self.caches.drop(key)
 
     def clear(self) -> None:
-        """Forget every extent (the radix cache was flushed: no tree value refers to host rows any more)."""
-        for _, engine in self._caches.values():
-            engine.synchronize()
-        self._caches.clear()
+        """Forget every extent and cache (the radix cache was flushed: no tree value refers to host rows)."""
+        self.caches.clear()
         self.store.clear()
         self._extent_of.fill_(-1)
         self._live.clear()
@@ -208,11 +195,11 @@ class HostTier:
         return self.store.k_buffer[:, host_rows]
 
     def check_integrity(self) -> None:
-        """Store consistent; every used host row belongs to exactly one live extent and vice versa."""
+        """Store consistent; every used host row belongs to exactly one live extent and vice versa;
+        cluster caches consistent."""
         self.store.check_integrity()
         held = sum(e.length for e, _ in self._live.values())
         assert held == self.store.num_used, f"extents hold {held} rows, store uses {self.store.num_used}"
         assert int((self._extent_of >= 0).sum()) == held, "extent map out of step with the live extents"
         assert all(0 < count <= e.length for e, count in self._live.values()), "extent live counts out of range"
-        for residency, _ in self._caches.values():
-            residency.check_integrity()
+        self.caches.check_integrity()

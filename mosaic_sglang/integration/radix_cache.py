@@ -74,12 +74,26 @@ class MosaicRadixCache(UnifiedRadixCache):
             assert all(bool((v > 0).all()) for v in action.indices), "host-encoded value reached FreeDeviceKV"
         super()._apply_cache_action(action)
 
+    def protected_size(self) -> int:
+        """Locked tree tokens plus the pool slots held by Mosaic's device cluster caches (`ClusterCaches`):
+        both are allocated and not evictable, and SGLang's accounting (available + evictable + protected
+        = total) must see them."""
+        return super().protected_size() + _cache_held_tokens()
+
+    def full_protected_size(self) -> int:
+        return super().full_protected_size() + _cache_held_tokens()
+
     def reset(self) -> None:
         super().reset()
         runtime = get_runtime()
         runtime.policy.reset()
         if runtime.host is not None:
             runtime.host.clear()
+
+
+def _cache_held_tokens() -> int:
+    host = get_runtime().host
+    return 0 if host is None else host.caches.held_tokens
 
 
 def create_mosaic_radix_cache(ctx):

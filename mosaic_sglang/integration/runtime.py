@@ -40,17 +40,19 @@ class MosaicRuntime:
         """Frame ids of each live request's prompt (``[prompt_len] int64``), kept for its decode steps."""
 
     def bind_model(self, *, num_layers: int, num_kv_heads: int, head_dim: int, v_head_dim: int, dtype,
-                   read_slot_keys, read_slot_kv) -> None:
+                   read_slot_keys, read_slot_kv, device_pool=None) -> None:
         """Called by the attention backend once the KV pool exists: installs the Mosaic cluster policy
-        and, with ``host_store_tokens > 0``, the host tier."""
+        and, with ``host_store_tokens > 0``, the host tier (its device cluster caches allocated from
+        ``device_pool``, a `DevicePool` over SGLang's KV pool; pinned host memory when that is on CUDA)."""
         from ..cluster_attended_set import ClusterAttendedSet
         from ..host_store import HostKVStore
         from .host_tier import HostTier
 
         if self.config.host_store_tokens:
+            pin = device_pool is not None and device_pool.k_layers[0].is_cuda
             store = HostKVStore(self.config.host_store_tokens, num_layers=num_layers, num_kv_heads=num_kv_heads,
-                                head_dim=head_dim, v_head_dim=v_head_dim, dtype=dtype)
-            self.host = HostTier(store)
+                                head_dim=head_dim, v_head_dim=v_head_dim, dtype=dtype, pin_memory=pin)
+            self.host = HostTier(store, max_cached_videos=self.config.cluster_cache_videos, pool=device_pool)
         self.read_slot_kv = read_slot_kv
         self.policy = ClusterAttendedSet(
             self.config, num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
