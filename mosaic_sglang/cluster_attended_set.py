@@ -282,8 +282,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
             on_device = (path[members] > 0) & (members >= self.config.sink_tokens)
             if sealed_only:
                 on_device &= self._sealed(video.index, indptr, members)
-            groups = [g[on_device[indptr[c] : indptr[c + 1]]] for c, g in enumerate(torch.split(members, (indptr[1:] - indptr[:-1]).tolist()))]
-            groups = [g for g in groups if g.numel()]
+            groups = _groups_to_move(indptr, members, on_device)
             if not groups:
                 continue
             host_rows = self.host.put_clusters(read_kv, [path[g] for g in groups])
@@ -348,6 +347,25 @@ class ClusterAttendedSet(AttendedSetPolicy):
         if stats.get("cache_lookups"):
             stats["cache_hit_rate"] = round(stats["cache_hits"] / stats["cache_lookups"], 4)
         return stats
+
+
+def _groups_to_move(indptr: torch.Tensor, members: torch.Tensor, move: torch.Tensor) -> list[torch.Tensor]:
+    """Per cluster with at least one member to move, those members (ascending), clusters in id order.
+
+    Vectorised over all members; the Python work is per cluster *moved*, so a stream that offloads each
+    cluster once pays for each once, not at every chunk.
+
+    Args:
+        indptr: ``[C + 1] int64`` CSR of ``members`` by cluster.
+        members: ``[V] int64`` positions.
+        move: ``[V] bool`` which members move.
+    """
+    sizes = indptr[1:] - indptr[:-1]
+    cluster_of = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)[move]
+    if cluster_of.numel() == 0:
+        return []
+    counts = torch.bincount(cluster_of, minlength=sizes.numel())
+    return list(torch.split(members[move], counts[counts > 0].tolist()))
 
 
 def _lookups(stats) -> tuple[int, int]:

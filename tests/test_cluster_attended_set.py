@@ -137,3 +137,14 @@ def test_release_drops_request_state(pool):
     assert policy.request_stats("a")
     policy.release("a")
     assert policy.request_stats("a") == {} and "a" not in policy._kept
+
+
+def test_groups_to_move_keeps_cluster_order_and_drops_empty_clusters():
+    from mosaic_sglang.cluster_attended_set import _groups_to_move
+
+    indptr = torch.tensor([0, 3, 3, 5, 7])  # cluster 1 is empty
+    members = torch.tensor([1, 4, 9, 2, 3, 5, 6])
+    move = torch.tensor([True, False, True, False, False, True, True])
+    groups = _groups_to_move(indptr, members, move)
+    assert [g.tolist() for g in groups] == [[1, 9], [5, 6]]
+    assert _groups_to_move(indptr, members, torch.zeros(7, dtype=torch.bool)) == []
