@@ -17,7 +17,8 @@ window and text stay on the device for everyone.
   one copy per missed frame per layer, no prefetch.
 
 Columns (per decode step, averaged over the steps after the first, cold one):
-``ops`` host→device copy operations (all layers), ``MB`` bytes moved, ``moved/missed`` bytes moved ÷
+``ops`` host→device copy operations (all layers: one per missed unit), ``runs`` the contiguous host
+reads those ops form (units stored back to back merge; what a DMA engine issues), ``MB`` bytes moved, ``moved/missed`` bytes moved ÷
 bytes of the selected units that were not resident at the step's start (1.0 = nothing but the misses;
 prefetch of wrong clusters pushes it up), ``dev_MB`` device-resident KV of the sequence (always-attended
 tokens + the cache bound), ``hit`` share of selected units already resident (or prefetched) when layers
@@ -156,7 +157,8 @@ def run_units(name, select_units, extents, store, cfg, queries, num_layers, *, p
     rows = []
     for q in queries:
         start_resident = [set(res.resident_clusters(l)) for l in range(num_layers)]
-        ops0, bytes0, hits0, sel0 = eng.stats.ops, eng.stats.bytes, res.stats.predicted_hits, res.stats.predicted_selected
+        ops0, runs0, bytes0 = eng.stats.ops, eng.stats.runs, eng.stats.bytes
+        hits0, sel0 = res.stats.predicted_hits, res.stats.predicted_selected
         t0 = time.perf_counter()
         per_layer = select_units(q)  # list of [u] int64 unit ids per layer
         res.begin_step()
@@ -175,7 +177,7 @@ def run_units(name, select_units, extents, store, cfg, queries, num_layers, *, p
                      if u not in start_resident[l]) * store.bytes_per_token
         moved = eng.stats.bytes - bytes0
         sel = res.stats.predicted_selected - sel0
-        rows.append(dict(ops=eng.stats.ops - ops0, bytes=moved, missed_bytes=missed, ms=ms,
+        rows.append(dict(ops=eng.stats.ops - ops0, runs=eng.stats.runs - runs0, bytes=moved, missed_bytes=missed, ms=ms,
                          units=sum(p.numel() for p in per_layer),
                          hit=(res.stats.predicted_hits - hits0) / sel if sel else float("nan"),
                          peak_resident=max(res.resident_tokens(l) for l in range(num_layers))))

@@ -76,6 +76,8 @@ class ClusterAttendedSet(AttendedSetPolicy):
         self._dump_count = 0
         self._stats: Dict[str, dict] = {}
         self.maintenance_calls_in_decode = 0  # must stay 0: splits never run inside a decode step
+        self.offloaded_tokens = 0
+        """Tokens moved to the host tier since start (running total)."""
 
     # -- plan -------------------------------------------------------------------------------------------
 
@@ -161,9 +163,10 @@ class ClusterAttendedSet(AttendedSetPolicy):
         capacity = min(self.host.store.capacity, capacity)
         uid = self.videos[anchor].uid
         host = self.host
-        before = (host.copies, host.prefetch_copies, *_lookups(host.cache_stats(uid)))
+        counters = lambda: (host.copies, host.prefetch_copies, host.cache_lookups, host.cache_hits)  # noqa: E731
+        before = counters()
         kv = host.read_cached(uid, capacity, layer, host_rows, device, prefetch_next=cfg.prefetch)
-        after = (host.copies, host.prefetch_copies, *_lookups(host.cache_stats(uid)))
+        after = counters()
         stats = self._stats[self._requests[request_index].rid]
         for name, b, a in zip(("host_copies", "prefetch_copies", "cache_lookups", "cache_hits"), before, after):
             stats[name] = stats.get(name, 0) + a - b
@@ -299,6 +302,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
             if new_anchor != anchor:
                 self.videos[new_anchor] = self.videos.pop(anchor)
             moved += int(positions.numel())
+        self.offloaded_tokens += moved
         return moved
 
     def _sealed(self, index: ClusterIndex, indptr: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
@@ -366,11 +370,6 @@ def _groups_to_move(indptr: torch.Tensor, members: torch.Tensor, move: torch.Ten
         return []
     counts = torch.bincount(cluster_of, minlength=sizes.numel())
     return list(torch.split(members[move], counts[counts > 0].tolist()))
-
-
-def _lookups(stats) -> tuple[int, int]:
-    """``(clusters asked for at layers >= 1, of those already resident or prefetched)`` of a cache."""
-    return (0, 0) if stats is None else (stats.predicted_selected, stats.predicted_hits)
 
 
 def _grow_to(slots: torch.Tensor, n: int) -> torch.Tensor:

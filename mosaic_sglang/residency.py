@@ -51,8 +51,8 @@ class ResidencyOverflowError(ValueError):
 
 class TransferPlan(NamedTuple):
     """Host→device copies for one layer: op ``i`` copies host rows ``[src_start[i], +src_len[i])`` of
-    ``layer`` into device slots ``dst_slots[dst_indptr[i]:dst_indptr[i+1]]`` (one contiguous host read
-    per op; one op per missed cluster).
+    ``layer`` into device slots ``dst_slots[dst_indptr[i]:dst_indptr[i+1]]`` (one op per missed cluster,
+    ops in ascending host order; ops whose extents are adjacent merge into one contiguous read, `runs`).
 
     Attributes:
         layer: the layer (host and device).
@@ -77,6 +77,27 @@ class TransferPlan(NamedTuple):
     @property
     def num_ops(self) -> int:
         return self.cluster_ids.numel()
+
+    @property
+    def num_runs(self) -> int:
+        """Contiguous host ranges the ops form (ops are sorted by ``src_start``, so clusters stored
+        back to back merge into one read: the DMA count a copier needs)."""
+        if self.src_start.numel() == 0:
+            return 0
+        ends = self.src_start[:-1] + self.src_len[:-1]
+        return 1 + int((self.src_start[1:] != ends).sum())
+
+    def runs(self) -> list[tuple[int, int, int]]:
+        """``[(host start, tokens, first dst index)]`` per contiguous host range (see `num_runs`)."""
+        out: list[list[int]] = []
+        offset = 0
+        for start, length in zip(self.src_start.tolist(), self.src_len.tolist()):
+            if out and out[-1][0] + out[-1][1] == start:
+                out[-1][1] += length
+            else:
+                out.append([start, length, offset])
+            offset += length
+        return [tuple(r) for r in out]
 
     @property
     def num_tokens(self) -> int:
@@ -330,6 +351,7 @@ class ClusterResidency:
     def _plan(self, layer: int, fetch: list[tuple[int, Extent]], *, prefetch: bool) -> TransferPlan:
         """Give every cluster in ``fetch`` slots (room was made) and build the layer's plan."""
         free, entries = self._free[layer], self._entries[layer]
+        fetch = sorted(fetch, key=lambda item: item[1][0])  # host order: adjacent extents merge into runs
         starts, lens, indptr, slots = [], [], [0], []
         for cid, (start, length) in fetch:
             got = free[len(free) - length :][::-1]

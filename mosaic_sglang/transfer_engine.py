@@ -2,10 +2,11 @@
 
 Two paths behind one interface (`begin_step`, `submit`, `wait`):
 
-- **CPU** (both tiers are CPU tensors): every op is an indexed copy of one contiguous host extent into
-  its device slots, run synchronously; ops and bytes are counted exactly as on a GPU.
-- **CUDA** (device cache on a CUDA device, host store pinned): a side `torch.cuda.Stream`. Per op, one
-  ``non_blocking`` DMA of the contiguous host extent into a device staging buffer; then one
+- **CPU** (both tiers are CPU tensors): every run (adjacent clusters' extents, merged) is an indexed
+  copy of one contiguous host range into its device slots, run synchronously; ops, runs and bytes are
+  counted exactly as on a GPU.
+- **CUDA** (device cache on a CUDA device, host store pinned): a side `torch.cuda.Stream`. Per run, one
+  ``non_blocking`` DMA of the contiguous host range into a device staging buffer; then one
   ``index_copy_`` per layer scatters the staged rows into their slots; an event is recorded per layer.
   `wait(layer)` makes the *current* stream wait on that event (no host sync), so layer l+1's copies
   overlap layer l's attention. `begin_step` makes the side stream wait for everything the current
@@ -34,11 +35,13 @@ class TransferStats:
     """Counters since construction (or `reset_stats`)."""
 
     ops: int = 0
-    """Contiguous host-extent copies (one per cluster per layer)."""
+    """Cluster copies (one per missed cluster per layer)."""
+    runs: int = 0
+    """Contiguous host reads issued (adjacent clusters merged; `TransferPlan.num_runs`)."""
     bytes: int = 0
     """K+V bytes moved host→device."""
     launches: int = 0
-    """Device-side scatter launches (CUDA: one per non-empty plan; CPU: equal to ``ops``)."""
+    """Device-side scatter launches (CUDA: one per non-empty plan; CPU: one per run)."""
     plans: int = 0
 
 
@@ -131,6 +134,7 @@ class TransferEngine:
         if plan.num_ops == 0:
             return
         self.stats.ops += plan.num_ops
+        self.stats.runs += plan.num_runs
         self.stats.bytes += plan.num_bytes
         if self.is_cuda:
             self._submit_cuda(plan)
@@ -153,19 +157,19 @@ class TransferEngine:
     def _submit_cpu(self, plan: TransferPlan) -> None:
         layer, host = plan.layer, self.host
         dk, dv = self.device_k[layer], self.device_v[layer]
-        indptr = plan.dst_indptr.tolist()
         dst = self.rows(plan.dst_slots)
-        for i, (start, length) in enumerate(zip(plan.src_start.tolist(), plan.src_len.tolist())):
-            slots = dst[indptr[i] : indptr[i + 1]]
+        runs = plan.runs()
+        for start, length, first in runs:  # one contiguous host read per run of adjacent clusters
+            slots = dst[first : first + length]
             dk.index_copy_(0, slots, host.k_buffer[layer, start : start + length])
             dv.index_copy_(0, slots, host.v_buffer[layer, start : start + length])
-        self.stats.launches += plan.num_ops
+        self.stats.launches += len(runs)
 
     def _submit_cuda(self, plan: TransferPlan) -> None:  # pragma: no cover - needs a GPU
         layer, host = plan.layer, self.host
         with torch.cuda.stream(self._stream):
             offset = 0
-            for start, length in zip(plan.src_start.tolist(), plan.src_len.tolist()):
+            for start, length, _ in plan.runs():  # one DMA per run of adjacent clusters
                 self._stage_k[offset : offset + length].copy_(host.k_buffer[layer, start : start + length], non_blocking=True)
                 self._stage_v[offset : offset + length].copy_(host.v_buffer[layer, start : start + length], non_blocking=True)
                 offset += length

@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.engine, pytest.mark.timeout(480)]
 @pytest.fixture(scope="module")
 def server(tiny_vl_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
-    args = ["--enable-mosaic", "--mosaic-budget", "64", *cpu_server_args()]
+    args = ["--enable-mosaic", "--mosaic-budget", "64", "--mosaic-config", '{"host_store_tokens": 16384}',
+            "--enable-metrics", *cpu_server_args()]
     with SGLangServer(tiny_vl_model, args, log_path=log) as srv:
         yield srv
 
@@ -35,6 +36,35 @@ def test_multi_turn_video_conversation(server, tiny_vl_model, video_dir):
     # each turn re-sends the conversation: everything up to the previous answer comes from the cache
     assert second.cached_tokens >= first.prompt_tokens
     assert third.cached_tokens >= second.prompt_tokens
+    # the first answer's video went to the host tier; later turns read their clusters back from it
+    assert first.mosaic["host_tokens"] == 0 and second.mosaic["host_tokens"] > 100
+    assert second.mosaic["host_copies"] > 0 and third.mosaic["cache_lookups"] > 0
+
+
+def _metrics(server) -> dict:
+    text = requests.get(server.url + "/metrics", timeout=30).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("mosaic:"):
+            name, value = line.rsplit(" ", 1)
+            out[name.split("{")[0]] = float(value)
+    return out
+
+
+def test_prometheus_metrics_on_sglangs_endpoint(server, tiny_vl_model, video_dir):
+    from mosaic_sglang.integration.prometheus_metrics import METRIC_NAMES
+
+    before = _metrics(server)
+    assert set(METRIC_NAMES) <= set(before), sorted(set(METRIC_NAMES) - set(before))
+    chat = VideoConversation(server.url, tiny_vl_model, video_dir / "b.mp4")
+    chat.ask("what happens in the video?", max_new_tokens=2)
+    turn = chat.ask("and then?", max_new_tokens=2)
+    after = _metrics(server)
+    assert after["mosaic:forwards_total"] >= before["mosaic:forwards_total"] + 4  # 2 prefills + decodes
+    assert after["mosaic:offloaded_tokens_total"] > before["mosaic:offloaded_tokens_total"]
+    assert after["mosaic:host_copies_total"] - before["mosaic:host_copies_total"] >= turn.mosaic["host_copies"] > 0
+    assert after["mosaic:host_store_used_tokens"] > 0 and after["mosaic:indexed_videos"] >= 1
+    assert after["mosaic:cluster_cache_held_tokens"] > 0
 
 
 def _generate(server, video):

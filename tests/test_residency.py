@@ -56,9 +56,10 @@ def test_random_steps_respect_bound_and_never_evict_the_selection(seed, prefetch
             assert set(acc.hits.tolist()) == set(ids) & before and set(acc.misses.tolist()) == set(ids) - before
             # One op per missed cluster; bytes exactly the missed clusters' size.
             plan = acc.plan
-            assert plan.num_ops == len(acc.misses) and plan.cluster_ids.tolist() == acc.misses.tolist()
+            assert plan.num_ops == len(acc.misses) and sorted(plan.cluster_ids.tolist()) == sorted(acc.misses.tolist())
             assert plan.num_bytes == BPT * sum(clusters[c].length for c in acc.misses.tolist())
-            assert plan.src_start.tolist() == [clusters[c].start for c in acc.misses.tolist()]
+            assert plan.src_start.tolist() == [clusters[c].start for c in plan.cluster_ids.tolist()]
+            assert plan.src_start.tolist() == sorted(plan.src_start.tolist())  # host order
             assert acc.slots.numel() == sum(e.length for e in exts) == len(set(acc.slots.tolist()))
             for c in ids:  # slots point into the cluster's own slots, in host-extent order
                 assert len(res.slots_of(layer, c)) == clusters[c].length
@@ -167,3 +168,18 @@ def test_equal_recency_evicts_the_less_frequently_used():
     res.begin_step()
     acc = res.access(0, [2, 3], [e[2], e[3]])
     assert acc.evicted.tolist() == [1] and res.resident_clusters(0) == [0, 2, 3]
+
+
+def test_plan_is_in_host_order_and_adjacent_extents_merge_into_runs():
+    from mosaic_sglang.host_store import Extent
+
+    r = ClusterResidency(32, num_layers=1, bytes_per_token=2)
+    r.begin_step()
+    # clusters 5, 6, 7 back to back in the host store, 9 apart; asked in another order
+    a = r.access(0, [9, 7, 5, 6], [Extent(40, 2), Extent(13, 4), Extent(10, 1), Extent(11, 2)])
+    plan = a.plan
+    assert plan.src_start.tolist() == [10, 11, 13, 40] and plan.cluster_ids.tolist() == [5, 6, 7, 9]
+    assert (plan.num_ops, plan.num_runs) == (4, 2)
+    assert plan.runs() == [(10, 7, 0), (40, 2, 7)]
+    # the attention's slots still follow the asked order
+    assert a.slots.tolist() == r.slots_of(0, 9) + r.slots_of(0, 7) + r.slots_of(0, 5) + r.slots_of(0, 6)

@@ -164,6 +164,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         )
         if layer.layer_id == self.last_layer:
             policy.end_forward()
+            self.runtime.after_forward()
         return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
 
     def _gather_mixed(self, layer: int, slots: torch.Tensor, kv_indptr: list, k_buffer: torch.Tensor, v_buffer: torch.Tensor):

@@ -62,6 +62,10 @@ class HostTier:
         self.prefetch_copies = 0
         """Of ``copies``: cross-layer prefetches (layer l's clusters copied into layer l + 1's cache)."""
         self.prefetch_bytes = 0
+        self.cache_lookups = 0
+        """Clusters asked of a cluster cache at layers >= 1 (running total over every video's cache)."""
+        self.cache_hits = 0
+        """Of those, already resident (kept from earlier steps, or prefetched)."""
 
     @property
     def used_tokens(self) -> int:
@@ -138,11 +142,15 @@ class HostTier:
         starts = self._extent_of[host_rows]
         clusters, which = torch.unique(starts, return_inverse=True)
         extents = [self._live[int(c)][0] for c in clusters.tolist()]
+        stats = residency.stats
+        asked, hit = stats.predicted_selected, stats.predicted_hits
         try:
             access = residency.access(layer, clusters.tolist(), extents)
         except ResidencyOverflowError:
             self.overflow_reads += 1
             return self.read(layer, host_rows, device)
+        self.cache_lookups += stats.predicted_selected - asked
+        self.cache_hits += stats.predicted_hits - hit
         engine.submit(access.plan)
         engine.wait(layer)
         self.copies += access.plan.num_ops

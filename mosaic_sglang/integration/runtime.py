@@ -16,6 +16,7 @@ import torch
 from ..attended_set_policy import AttendedSetPolicy, FullAttendedSet
 from ..config import MosaicConfig
 from .options import config_from_env
+from .prometheus_metrics import MosaicMetrics
 
 __all__ = ["MosaicRuntime", "get_runtime", "reset_runtime"]
 
@@ -38,6 +39,8 @@ class MosaicRuntime:
         self.read_slot_kv = None
         self.prompt_frame_ids: dict[str, torch.Tensor] = {}
         """Frame ids of each live request's prompt (``[prompt_len] int64``), kept for its decode steps."""
+        self.metrics = MosaicMetrics()
+        self.forwards = 0
 
     def bind_model(self, *, num_layers: int, num_kv_heads: int, head_dim: int, v_head_dim: int, dtype,
                    read_slot_keys, read_slot_kv, device_pool=None) -> None:
@@ -68,6 +71,30 @@ class MosaicRuntime:
                 self._finished_stats.popitem(last=False)
         self.policy.release(rid)
         self.prompt_frame_ids.pop(rid, None)
+
+    def after_forward(self) -> None:
+        """The backend finished a forward (after the last layer and `end_forward`): publish metrics."""
+        self.forwards += 1
+        if self.metrics.enabled:
+            self.metrics.record(self.totals())
+
+    def totals(self) -> dict:
+        """Running totals and current sizes for `MosaicMetrics` (names as in its tables)."""
+        policy, host = self.policy, self.host
+        videos = getattr(policy, "videos", {})
+        out = {
+            "forwards": self.forwards,
+            "offloaded_tokens": getattr(policy, "offloaded_tokens", 0),
+            "indexed_videos": len(videos),
+            "clusters": sum(v.index.num_clusters for v in videos.values()),
+        }
+        if host is not None:
+            out.update(
+                host_copies=host.copies, host_copy_bytes=host.bytes_read, prefetch_copies=host.prefetch_copies,
+                cluster_cache_lookups=host.cache_lookups, cluster_cache_hits=host.cache_hits,
+                host_store_used_tokens=host.used_tokens, cluster_cache_held_tokens=host.caches.held_tokens,
+            )
+        return out
 
     def take_stats(self, rid: str, finished: bool) -> dict:
         """Stats for a response of ``rid``; a finished request's stats are handed out once."""
