@@ -34,6 +34,7 @@ HOOKED_SYMBOLS = (
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.checkpoint",
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.protected_size",
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.full_protected_size",
+    "sglang.srt.session.streaming_session.is_virtual_node",
     "sglang.srt.mem_cache.allocator.base.BaseTokenToKVPoolAllocator.alloc",
     "sglang.srt.mem_cache.allocator.base.BaseTokenToKVPoolAllocator.free",
     "sglang.srt.mem_cache.unified_cache.components.full.FullComponent.apply_component_action",

@@ -16,6 +16,7 @@ from sglang.srt.mem_cache.unified_cache.cache_action import FreeComponentDeviceS
 from sglang.srt.mem_cache.unified_cache.components.base import ComponentType
 from sglang.srt.mem_cache.unified_cache.components.full import FullComponent
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
+from sglang.srt.session.streaming_session import is_virtual_node
 
 from .host_tier import decode_host
 from .prefix_offload import PrefixOffloader
@@ -57,15 +58,15 @@ class MosaicRadixCache(UnifiedRadixCache):
         super().on_release(req, checkpointed=checkpointed)
         runtime = get_runtime()
         runtime.release(req.rid)
-        if runtime.host is not None and req.last_node is not None:
+        if runtime.host is not None and _tree_owned(req):
             path = self.path_device_indices(req.last_node).to("cpu", torch.int64)
             runtime.policy.offload_prefix(path, req.last_node, PrefixOffloader(self), runtime.read_slot_kv)
 
     def checkpoint(self, req, *, up_to: int, **kwargs) -> None:
         super().checkpoint(req, up_to=up_to, **kwargs)
         runtime = get_runtime()
-        if runtime.host is not None and req.last_node is not None and not req.finished():
-            # streaming: the chunk just inserted is tree-owned; sealed clusters leave the device now
+        if runtime.host is not None and _tree_owned(req) and not req.finished():
+            # chunked prefill: the chunk just inserted is tree-owned; sealed clusters leave the device now
             path = self.path_device_indices(req.last_node).to("cpu", torch.int64)
             runtime.policy.offload_prefix(path, req.last_node, PrefixOffloader(self), runtime.read_slot_kv, sealed_only=True)
 
@@ -89,6 +90,18 @@ class MosaicRadixCache(UnifiedRadixCache):
         runtime.policy.reset()
         if runtime.host is not None:
             runtime.host.clear()
+
+
+def _tree_owned(req) -> bool:
+    """Whether ``req``'s KV path is tree nodes that the offloader may rewrite.
+
+    A streaming session (``open_session(streaming=True)``) owns its KV in a session record outside the
+    tree (its ``last_node`` is a virtual node, its private tokens are counted as ``session_held`` from
+    the record's lengths, and the session frees them itself), so its tokens stay on the device: moving
+    them would need SGLang's session accounting to know about host rows. Mosaic's selection still
+    applies to every turn of the session.
+    """
+    return req.last_node is not None and not is_virtual_node(req.last_node)
 
 
 def _cache_held_tokens() -> int:
