@@ -6,7 +6,8 @@ live in SGLang's pool as usual) and this **cluster cache**: whole sealed cluster
 bytes itself (`TransferEngine` executes the plans).
 
 Capacity: **per layer**, ``ceil(budget × (1 + residency_slack))`` token slots in each layer's own slot
-space (a buffer ``[num_layers, capacity, H, D]`` owned by Mosaic). Per layer and not shared because
+space (served: a block of ``capacity`` slots of SGLang's KV pool, each slot used independently per
+layer, see `integration.cluster_caches`; offline: a ``[num_layers, capacity, H, D]`` buffer). Per layer because
 layers select different clusters (ids are shared, choices are not): a slot space shared across layers
 must hold the *union* of the layers' selections (up to L × budget), while per-layer caches hold exactly
 the budget plus the slack in every layer, and cross-layer prefetch is then just "fill layer l+1's
@@ -23,10 +24,11 @@ cluster does not count as "used" until the layer selects it, so wrong prefetches
 
 Prefetch hit rate: over layers >= 1, the fraction of selected clusters that were already resident
 (kept from earlier steps, or prefetched) when the layer asked — the share of its clusters that did not
-wait on a demand fetch. Layer 0 has no predecessor in the step and is excluded. Measured (`benchmarks/offload.py`, synthetic trace,
-16K-256K tokens): prefetch did not raise this rate over plain residency (0.14-0.78 either way) and moved
-1.26-1.35x the missed bytes, because the trace's layers select different clusters; hence
-``MosaicConfig.prefetch`` defaults to off until real-model traces show cross-layer agreement.
+wait on a demand fetch. Layer 0 has no predecessor in the step and is excluded. Measured
+(`benchmarks/offload.py`): on the synthetic trace (16K-256K tokens) prefetch did not raise this rate over
+plain residency (0.14-0.78 either way) and moved 1.26-1.35x the missed bytes; on real SmolLM2 KV
+(caption stream, 5K-21K tokens) it lowered the rate by 0.6-3.5 points and moved 1.7-2.2x. Layers select
+different clusters, so ``MosaicConfig.prefetch`` defaults to off.
 
 Per step: `begin_step()`, then for each layer ``l``: `access(l, ...)` (demand plan; execute and wait)
 and, if prefetching, `prefetch(l + 1, same ids)` (execute asynchronously).

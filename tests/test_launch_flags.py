@@ -35,6 +35,7 @@ def test_help_lists_mosaic_flags():
         (["--mosaic-config", '{"recent_window": -2}'], "'recent_window': expected an integer >= 0, got -2"),
         (["--mosaic-budget", "lots"], "--mosaic-budget: expected an integer >= 0, got 'lots'"),
         (["--mosaic-config", '{"score": "cosine"}'], "'score': expected one of"),
+        (["--mosaic-config", '{"host_store_tokens": 100}', "--tp-size", "2"], "offload needs tp_size == 1"),
     ],
 )
 def test_bad_options_fail_fast_before_any_process_starts(tiny_text_model, bad, message):
@@ -87,3 +88,17 @@ def test_engine_server_args_class_builds_plain_server_args(tiny_text_model):
     args = Engine.server_args_class(model_path=tiny_text_model, enable_mosaic=True)
     assert type(args) is ServerArgs
     assert args.attention_backend == "mosaic"
+
+
+def test_offload_is_refused_with_tensor_or_pipeline_parallelism():
+    from types import SimpleNamespace
+
+    from mosaic_sglang import MosaicConfig
+    from mosaic_sglang.integration.launch_flags import check_parallelism
+
+    offload = MosaicConfig(host_store_tokens=64)
+    check_parallelism(offload, SimpleNamespace(tp_size=1, pp_size=1))
+    check_parallelism(MosaicConfig(), SimpleNamespace(tp_size=4, pp_size=2))  # selection alone is per rank: fine
+    for ranks in ({"tp_size": 2, "pp_size": 1}, {"tp_size": 1, "pp_size": 2}):
+        with pytest.raises(MosaicConfigError, match="'host_store_tokens'.*expected 0 with"):
+            check_parallelism(offload, SimpleNamespace(**ranks))

@@ -26,6 +26,7 @@ __all__ = [
     "MosaicEngineArgs",
     "apply_mosaic_kwargs",
     "MOSAIC_KWARGS",
+    "check_parallelism",
 ]
 
 MOSAIC_KWARGS = ("enable_mosaic", "mosaic_budget", "mosaic_config")
@@ -102,7 +103,32 @@ def prepare_server_args_with_mosaic(original, argv: List[str]):
     if _flag_value(rest, "--attention-backend") == MOSAIC_BACKEND:
         rest += [f for f in _GRAPH_FLAGS if not _has_flag(rest, f)]
     export_config(config)
-    return original(rest)
+    server_args = original(rest)
+    try:
+        check_parallelism(config, server_args)
+    except MosaicConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return server_args
+
+
+def check_parallelism(config, server_args) -> None:
+    """Offload is per scheduler process: with tensor or pipeline parallelism every rank would cluster its
+    own heads/layers and offload different tokens, so the ranks' radix trees (which must stay identical)
+    would diverge. Refused at launch until rank-consistent offload exists.
+
+    Raises:
+        MosaicConfigError: ``host_store_tokens > 0`` with ``tp_size`` or ``pp_size`` > 1.
+    """
+    if not config.host_store_tokens:
+        return
+    for name in ("tp_size", "pp_size"):
+        value = getattr(server_args, name, 1) or 1
+        if value > 1:
+            raise MosaicConfigError(
+                f"mosaic config field 'host_store_tokens': offload needs {name} == 1 (each rank would offload "
+                f"different tokens), expected 0 with {name}={value}, got {config.host_store_tokens}"
+            )
 
 
 def apply_mosaic_kwargs(kwargs: dict) -> dict:
@@ -135,4 +161,8 @@ class MosaicEngineArgs:
     def __new__(cls, **kwargs):
         from sglang.srt.server_args import ServerArgs
 
-        return ServerArgs(**apply_mosaic_kwargs(kwargs))
+        from .options import config_from_env
+
+        server_args = ServerArgs(**apply_mosaic_kwargs(kwargs))
+        check_parallelism(config_from_env(), server_args)
+        return server_args
