@@ -13,12 +13,14 @@ from mosaic_sglang.frontend.video_chat import VideoConversation
 # a scheduler that dies (e.g. SGLang's strict memory check) leaves the engine waiting: fail, don't hang
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(480)]
 
+CONTEXT_LENGTH = 3072  # a 32 s clip (~4.6K video tokens) is over it
+
 
 @pytest.fixture(scope="module")
 def server(tiny_vl_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
     args = ["--enable-mosaic", "--mosaic-budget", "64", "--mosaic-config", '{"host_store_tokens": 16384}',
-            "--enable-metrics", *cpu_server_args()]
+            "--enable-metrics", "--context-length", str(CONTEXT_LENGTH), *cpu_server_args()]
     with SGLangServer(tiny_vl_model, args, log_path=log) as srv:
         yield srv
 
@@ -85,3 +87,17 @@ def test_bad_video_is_a_client_error_and_server_survives(server, tmp_path, video
     assert server.alive()
     assert _generate(server, video_dir / "b.mp4").status_code == 200
     assert requests.get(server.url + "/health", timeout=10).status_code == 200
+
+
+def test_oversized_video_is_a_client_error_and_leaks_nothing(server, tmp_path, video_dir):
+    from mosaic_sglang.frontend.video import make_synthetic_video
+
+    long_clip = make_synthetic_video(tmp_path / "long.mp4", num_frames=128, fps=4, size=112, num_scenes=4, seed=9)
+    before = _metrics(server)
+    response = _generate(server, long_clip)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    assert "context length" in response.text.lower() or "too long" in response.text.lower(), response.text[:300]
+    assert server.alive()
+    after = _metrics(server)
+    assert after["mosaic:host_store_used_tokens"] == before["mosaic:host_store_used_tokens"]  # nothing offloaded
+    assert _generate(server, video_dir / "b.mp4").status_code == 200
