@@ -26,10 +26,11 @@ def _requests(video_dir):
     return [q("what happens?", a), q("what color?", a), q("and then?", a), q("what happens?", b), q("what color?", b)]
 
 
-def _serve(model, video_dir, host_store_tokens, prefetch=False):
+def _serve(model, video_dir, host_store_tokens, prefetch=False, cached_videos=4):
     import sglang as sgl
 
-    options = {**OPTIONS, "host_store_tokens": host_store_tokens, "prefetch": prefetch}
+    options = {**OPTIONS, "host_store_tokens": host_store_tokens, "prefetch": prefetch,
+               "cluster_cache_videos": cached_videos}
     engine = sgl.Engine(**cpu_engine_kwargs(model, enable_mosaic=True, mosaic_budget=BUDGET, mosaic_config=options))
     try:
         outputs = run_requests(engine, _requests(video_dir))
@@ -49,7 +50,8 @@ def runs(tiny_vl_model, video_dir):
     try:
         on_device = _serve(tiny_vl_model, video_dir, 0)
         offloaded = _serve(tiny_vl_model, video_dir, 1 << 14)
-        prefetched = _serve(tiny_vl_model, video_dir, 1 << 14, prefetch=True)
+        # one cluster cache for two videos: video b's questions take over video a's pool block
+        prefetched = _serve(tiny_vl_model, video_dir, 1 << 14, prefetch=True, cached_videos=1)
     finally:
         mp.undo()
     return on_device, offloaded, prefetched
