@@ -71,7 +71,10 @@ class MosaicConfig:
     seed: int = 0
     """Seed for the deterministic parts (split initialisation)."""
     host_store_tokens: int = 0
-    """Host (CPU, pinned on CUDA) store capacity in tokens across all sequences; 0 disables offload."""
+    """Host (CPU, pinned on CUDA) store capacity in tokens across all sequences; 0 disables offload.
+    When it is full, clusters that do not fit simply stay on the device (counted as ``full_events``; no
+    error, no eviction of other sessions' host pages); host pages are freed when SGLang evicts the prefix
+    that owns them or on ``flush_cache``."""
     residency_slack: float = 0.25
     """Device cluster cache per layer = ceil(budget × (1 + slack)) tokens; slack keeps recent clusters."""
     prefetch: bool = False
