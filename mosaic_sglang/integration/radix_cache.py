@@ -70,6 +70,18 @@ class MosaicRadixCache(UnifiedRadixCache):
             path = self.path_device_indices(req.last_node).to("cpu", torch.int64)
             runtime.policy.offload_prefix(path, req.last_node, PrefixOffloader(self), runtime.read_slot_kv, sealed_only=True)
 
+    def free_kv_row(self, kv, ranges) -> None:
+        """Request-private row ranges going back to the allocator (an unfinished prompt of an aborted
+        request, a streaming session's turns at close, overallocation): the policy hears about them, so
+        an index over tokens that never reached the tree is cut or dropped now instead of lingering."""
+        row = self.req_to_token_pool.req_to_token[kv.req_pool_idx]
+        pieces = [row[start:end] for start, end in ranges if end > start]
+        super().free_kv_row(kv, ranges)
+        if pieces:
+            freed = torch.cat(pieces).to("cpu", torch.int64)
+            assert bool((freed > 0).all()), "a host-encoded row entry reached free_kv_row (only tree-owned tokens are offloaded)"
+            get_runtime().policy.on_slots_freed(freed)
+
     def _apply_cache_action(self, action) -> None:
         if isinstance(action, FreeDeviceKV):  # goes straight to the allocator: never a host encoding
             assert all(bool((v > 0).all()) for v in action.indices), "host-encoded value reached FreeDeviceKV"
