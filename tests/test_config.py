@@ -21,6 +21,9 @@ def test_defaults_are_valid_and_round_trip_json():
         ({"join_threshold": 2.0, "split_threshold": 1.0}, "split_threshold", ">= join_threshold", "1.0"),
         ({"score": "cosine"}, "score", "one of", "'cosine'"),
         ({"membership": "global"}, "membership", "one of", "'global'"),
+        ({"cluster_cache_videos": 0}, "cluster_cache_videos", "integer >= 1", "0"),
+        ({"residency_slack": -0.5}, "residency_slack", "number >= 0", "-0.5"),
+        ({"prefetch": "yes"}, "prefetch", "expected bool", "'yes'"),
     ],
 )
 def test_invalid_values_name_field_expected_and_got(options, field, expected, got):
