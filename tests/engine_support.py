@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 VIDEO_PROMPT = (
     "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
 )
@@ -42,3 +45,27 @@ def run_requests(engine, requests: list[dict]) -> list[dict]:
             }
         )
     return outputs
+
+
+STRICT_CHECK_ENV = {
+    "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY": "1",  # pool ledger checked while requests run
+    "SGLANG_CHECK_KV_PAGE_INVARIANTS": "1",  # no owner row points at a free page, no double free
+    "MOSAIC_DEBUG": "1",  # host tier + cluster caches check_integrity after every change
+}
+"""Environment for engines/servers started inside `strict_checks()`: a leaked or double-freed slot, a wrong
+ledger or a corrupt host tier kills the scheduler (SGLang's idle memory check is on by default)."""
+
+
+@contextlib.contextmanager
+def strict_checks():
+    """Set `STRICT_CHECK_ENV` for the processes started inside (children inherit it); restore after."""
+    saved = {k: os.environ.get(k) for k in STRICT_CHECK_ENV}
+    os.environ.update(STRICT_CHECK_ENV)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from engine_support import VIDEO_PROMPT, cpu_engine_kwargs, run_requests
+from engine_support import VIDEO_PROMPT, cpu_engine_kwargs, run_requests, strict_checks
 
 # a scheduler that dies (e.g. SGLang's strict memory check) leaves the engine waiting: fail, don't hang
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(480)]
@@ -43,17 +43,11 @@ def _serve(model, video_dir, host_store_tokens, prefetch=False, cached_videos=4)
 
 @pytest.fixture(scope="module")
 def runs(tiny_vl_model, video_dir):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY", "1")
-    mp.setenv("SGLANG_CHECK_KV_PAGE_INVARIANTS", "1")
-    mp.setenv("MOSAIC_DEBUG", "1")  # host tier + cluster cache integrity after every change
-    try:
+    with strict_checks():
         on_device = _serve(tiny_vl_model, video_dir, 0)
         offloaded = _serve(tiny_vl_model, video_dir, 1 << 14)
         # one cluster cache for two videos: video b's questions take over video a's pool block
         prefetched = _serve(tiny_vl_model, video_dir, 1 << 14, prefetch=True, cached_videos=1)
-    finally:
-        mp.undo()
     return on_device, offloaded, prefetched
 
 
@@ -110,11 +104,8 @@ def streamed(tiny_vl_model, tmp_path_factory):
 
     video = make_synthetic_video(tmp_path_factory.mktemp("long") / "long.mp4", num_frames=48, size=112, num_scenes=4, seed=3)
     request = [{"inputs": {"prompt": VIDEO_PROMPT.format(question="what happens?"), "video_data": [str(video)]}, "max_new_tokens": 4}]
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY", "1")
-    mp.setenv("SGLANG_CHECK_KV_PAGE_INVARIANTS", "1")
     results = []
-    try:
+    with strict_checks():
         for host_store_tokens in (0, 1 << 14):
             options = {**OPTIONS, "host_store_tokens": host_store_tokens}
             engine = sgl.Engine(**cpu_engine_kwargs(tiny_vl_model, enable_mosaic=True, mosaic_budget=BUDGET,
@@ -123,8 +114,6 @@ def streamed(tiny_vl_model, tmp_path_factory):
                 results.append(run_requests(engine, request)[0])
             finally:
                 engine.shutdown()
-    finally:
-        mp.undo()
     return results
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine_support import cpu_engine_kwargs, greedy
+from engine_support import cpu_engine_kwargs, greedy, strict_checks
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(480)]
 
@@ -48,17 +48,11 @@ def _run_session(model, video_dir, **engine_kwargs):
 
 @pytest.fixture(scope="module")
 def sessions(tiny_vl_model, video_dir):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY", "1")
-    mp.setenv("SGLANG_CHECK_KV_PAGE_INVARIANTS", "1")
-    mp.setenv("MOSAIC_DEBUG", "1")
-    try:
+    with strict_checks():
         dense = _run_session(tiny_vl_model, video_dir, attention_backend="torch_native")
         full = _run_session(tiny_vl_model, video_dir, enable_mosaic=True, mosaic_budget=1 << 20)
         sparse = _run_session(tiny_vl_model, video_dir, enable_mosaic=True, mosaic_budget=64,
                               mosaic_config={"host_store_tokens": 16384})
-    finally:
-        mp.undo()
     return dense, full, sparse
 
 

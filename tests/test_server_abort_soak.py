@@ -16,6 +16,8 @@ import requests
 from mosaic_sglang.frontend.server import SGLangServer, cpu_server_args
 from mosaic_sglang.frontend.video_chat import VideoConversation
 
+from engine_support import strict_checks
+
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
 
 PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{q}<|im_end|>\n<|im_start|>assistant\n"
@@ -23,19 +25,12 @@ PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{q}<|im_e
 
 @pytest.fixture(scope="module")
 def server(tiny_vl_model, tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY", "1")
-    mp.setenv("SGLANG_CHECK_KV_PAGE_INVARIANTS", "1")
-    mp.setenv("MOSAIC_DEBUG", "1")  # host tier check_integrity after every offload and release
     log = tmp_path_factory.mktemp("soak") / "server.log"
     args = ["--enable-mosaic", "--mosaic-budget", "48", "--chunked-prefill-size", "128",
             "--mosaic-config", '{"recent_window": 16, "max_cluster_size": 16, "host_store_tokens": 16384}',
             *cpu_server_args()]
-    try:
-        with SGLangServer(tiny_vl_model, args, log_path=log) as srv:
-            yield srv
-    finally:
-        mp.undo()
+    with strict_checks(), SGLangServer(tiny_vl_model, args, log_path=log) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
