@@ -62,14 +62,18 @@ def test_offload_gives_identical_answers(runs):
 
 def test_cross_layer_prefetch_copies_ahead_and_its_hits_are_counted(runs):
     _, (offloaded, _), (prefetched, _) = runs
+    saved = 0
     for i in (1, 2, 4):
         (plain_stats,), (stats,) = offloaded[i]["mosaic"], prefetched[i]["mosaic"]
         assert plain_stats["prefetch_copies"] == 0 and stats["prefetch_copies"] > 0
         assert stats["cache_lookups"] == plain_stats["cache_lookups"] > 0  # same selections either way
-        assert stats["cache_hits"] >= stats["prefetch_copies"] // 4 > 0  # some prefetched clusters were used
+        # prefetched clusters turn demand misses into hits (measured: 44 -> 51, 52 -> 52, 36 -> 41 hits)
+        demand = stats["host_copies"] - stats["prefetch_copies"]
+        assert stats["cache_hits"] >= plain_stats["cache_hits"] and demand <= plain_stats["host_copies"]
+        saved += plain_stats["host_copies"] - demand
         bound = math.ceil((BUDGET + OPTIONS["sink_tokens"] + OPTIONS["recent_window"]) * 1.25)
         assert 0 < stats["cluster_cache_tokens"] <= bound and stats["cache_overflow_reads"] == 0
-
+    assert saved > 0
 
 def test_video_lives_on_host_and_device_keeps_only_sinks_text_and_new_tokens(runs):
     (plain, _), (offloaded, _), _ = runs

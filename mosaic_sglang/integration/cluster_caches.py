@@ -134,11 +134,13 @@ class ClusterCaches:
             return 0
         return max(cache.residency.resident_tokens(layer) for layer in range(self.store.num_layers))
 
-    def forget_extent(self, start: int) -> None:
-        """The host extent at ``start`` is being freed: no cache may serve its old copy, and no queued
-        copy may still read it."""
+    def forget_extents(self, starts: Sequence[int]) -> None:
+        """The host extents at ``starts`` are being freed: no cache may serve their old copies, and no
+        queued copy may still read them (one wait per cache, CUDA; nothing to wait for on CPU)."""
+        if not starts:
+            return
         for cache in self._caches.values():
-            cache.residency.drop([start])
+            cache.residency.drop(starts)
             cache.engine.synchronize()
 
     def drop(self, key: int) -> None:

@@ -98,16 +98,19 @@ class HostTier:
         if host_rows.numel() == 0:
             return
         starts, counts = torch.unique(self._extent_of[host_rows], return_counts=True)
+        emptied = []
         for start, count in zip(starts.tolist(), counts.tolist()):
             assert start >= 0, "release of a host row that belongs to no extent"
             entry = self._live[start]
             entry[1] -= count
             assert entry[1] >= 0, f"extent {start} released more tokens than it holds"
             if entry[1] == 0:
-                self.caches.forget_extent(start)  # a later extent may reuse these rows: never serve stale copies
-                self.store.free(entry[0])
-                self._extent_of[start : start + entry[0].length] = -1
-                del self._live[start]
+                emptied.append(start)
+        self.caches.forget_extents(emptied)  # a later extent may reuse these rows: never serve stale copies
+        for start in emptied:
+            extent = self._live.pop(start)[0]
+            self.store.free(extent)
+            self._extent_of[start : start + extent.length] = -1
         if self.debug:
             self.check_integrity()
 

@@ -138,6 +138,11 @@ def apply_mosaic_kwargs(kwargs: dict) -> dict:
         MosaicConfigError: a bad ``mosaic_budget`` / ``mosaic_config``.
         ValueError: ``enable_mosaic`` together with another attention or radix-cache backend.
     """
+    return _consume_mosaic_kwargs(kwargs)[0]
+
+
+def _consume_mosaic_kwargs(kwargs: dict):
+    """`apply_mosaic_kwargs`, also returning the resolved `MosaicConfig`."""
     kwargs = dict(kwargs)
     enable = bool(kwargs.pop("enable_mosaic", False))
     config = resolve_config(kwargs.pop("mosaic_budget", None), kwargs.pop("mosaic_config", None))
@@ -151,7 +156,7 @@ def apply_mosaic_kwargs(kwargs: dict) -> dict:
         kwargs.setdefault("disable_decode_cuda_graph", True)
         kwargs.setdefault("disable_prefill_cuda_graph", True)
     export_config(config)
-    return kwargs
+    return kwargs, config
 
 
 class MosaicEngineArgs:
@@ -161,8 +166,7 @@ class MosaicEngineArgs:
     def __new__(cls, **kwargs):
         from sglang.srt.server_args import ServerArgs
 
-        from .options import config_from_env
-
-        server_args = ServerArgs(**apply_mosaic_kwargs(kwargs))
-        check_parallelism(config_from_env(), server_args)
+        kwargs, config = _consume_mosaic_kwargs(kwargs)
+        server_args = ServerArgs(**kwargs)
+        check_parallelism(config, server_args)
         return server_args
