@@ -40,12 +40,12 @@ from dataclasses import asdict
 import torch
 
 from mosaic_sglang import ClusterIndex, MosaicConfig
-from mosaic_sglang.baselines import FrameBlockRetriever, OracleTokenTopK
-from mosaic_sglang.host_store import Extent, HostKVStore
-from mosaic_sglang.residency import ClusterResidency
-from mosaic_sglang.retrieval_base import always_attended_positions
+from mosaic_sglang.retrieval.baselines import FrameBlockRetriever, OracleTokenTopK
+from mosaic_sglang.offload.host_store import Extent, HostKVStore
+from mosaic_sglang.offload.residency import ClusterResidency
+from mosaic_sglang.retrieval import always_attended_positions
 from mosaic_sglang.traces import SyntheticTraceSpec, synthetic_trace
-from mosaic_sglang.transfer_engine import TransferEngine
+from mosaic_sglang.offload.transfer import TransferEngine
 
 FRAMES_PER_SCENE = 32
 """A new shot every 32 frames (~30 s at 1 fps): the default trace has 8 scenes in 128 frames; long

@@ -35,10 +35,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mosaic_sglang.baselines import DenseRetriever, FrameBlockRetriever, OracleTokenTopK, QuestPageRetriever  # noqa: E402
+from mosaic_sglang.retrieval.baselines import DenseRetriever, FrameBlockRetriever, OracleTokenTopK, QuestPageRetriever  # noqa: E402
 from mosaic_sglang.config import MosaicConfig  # noqa: E402
-from mosaic_sglang.metrics import selection_quality  # noqa: E402
-from mosaic_sglang.retrieval_base import Retriever, always_attended_positions  # noqa: E402
+from mosaic_sglang.retrieval import selection_quality  # noqa: E402
+from mosaic_sglang.retrieval import Retriever, always_attended_positions  # noqa: E402
 from mosaic_sglang.traces import SyntheticTraceSpec, Trace, synthetic_trace  # noqa: E402
 
 BUDGETS = (0.02, 0.05, 0.10, 0.25)
@@ -58,7 +58,7 @@ Factory = Callable[[MosaicConfig, int, int, int], Retriever]
 
 def _cluster_index_factory() -> Factory:
     try:
-        from mosaic_sglang.cluster_index import ClusterIndex
+        from mosaic_sglang.clusters import ClusterIndex
     except ImportError as e:
         raise SystemExit(
             f"retrieval_quality: mosaic_sglang.cluster_index.ClusterIndex is not importable ({e}); "

@@ -1,5 +1,11 @@
 """mosaic-sglang: a cluster-driven KV cache for streaming long-video understanding in SGLang.
 
+The tree follows the data path: `config` (knobs, ``MOSAIC_*`` variables) → `clusters` (the index over
+a video's keys: assignment, splits, selection) → `retrieval` (the `Retriever` contract, budget rule,
+baselines, quality metrics) → `serving` (what the attention backend asks per forward) → `offload` (host
+tier and device cluster caches) → `integration` (the only package that touches SGLang); kernels in
+`mosaic_sglang.kernels`, clients in `mosaic_sglang.frontend`.
+
 The public surface is importable on a CPU-only machine without SGLang, Triton or FlashInfer:
 heavy modules load on first attribute access.
 """
@@ -26,12 +32,12 @@ __all__ = [
 _LAZY = {
     "MosaicConfig": "mosaic_sglang.config",
     "MosaicConfigError": "mosaic_sglang.config",
-    "ClusterIndex": "mosaic_sglang.cluster_index",
-    "Selection": "mosaic_sglang.retrieval_base",
-    "Retriever": "mosaic_sglang.retrieval_base",
-    "HostKVStore": "mosaic_sglang.host_store",
-    "ClusterResidency": "mosaic_sglang.residency",
-    "TransferEngine": "mosaic_sglang.transfer_engine",
+    "ClusterIndex": "mosaic_sglang.clusters",
+    "Selection": "mosaic_sglang.retrieval",
+    "Retriever": "mosaic_sglang.retrieval",
+    "HostKVStore": "mosaic_sglang.offload",
+    "ClusterResidency": "mosaic_sglang.offload",
+    "TransferEngine": "mosaic_sglang.offload",
 }
 
 

@@ -2,16 +2,20 @@
 
 Invalid values raise `MosaicConfigError` (a `ValueError`) naming the field, what was expected and what
 was given, so a bad `--mosaic-config` fails at launch, before any server process starts.
+
+Also here: `ENV_VARS`, the one typed registry of the ``MOSAIC_*`` environment variables the project
+reads (nothing else reads ``os.environ`` for a ``MOSAIC_`` name).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
-__all__ = ["MosaicConfig", "MosaicConfigError"]
+__all__ = ["MosaicConfig", "MosaicConfigError", "EnvVar", "ENV_VARS", "MOSAIC_CONFIG", "MOSAIC_DEBUG", "MOSAIC_DUMP_DIR"]
 
 
 class MosaicConfigError(ValueError):
@@ -49,7 +53,7 @@ class MosaicConfig:
     join_threshold: float = 0.2
     """A token joins a cluster only if the cluster's spread after the join stays under this multiple
     of the running key variance (relative, so it transfers across models). 0.2: best recall per
-    cluster count on the synthetic trace at 10 % budget (CLUSTERS.md); 1.0 degenerates to one
+    cluster count on the synthetic trace at 10 % budget (clusters/README.md); 1.0 degenerates to one
     cluster per frame."""
     split_threshold: float = 0.3
     """Clusters whose relative spread drifts past this are marked for deferred splitting."""
@@ -179,3 +183,55 @@ def _at_least(cfg: MosaicConfig, name: str, low: int) -> None:
     value = getattr(cfg, name)
     if value < low:
         raise MosaicConfigError(f"mosaic config field '{name}': expected an integer >= {low}, got {value!r}")
+
+
+# -- environment variables ---------------------------------------------------------------------------
+
+_ENV_KINDS = ("json", "flag", "path")
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One ``MOSAIC_*`` environment variable: its name, what it means and how its value reads.
+
+    Kinds: ``'json'`` (a JSON text, returned as given), ``'flag'`` (``'1'`` on, ``''``/``'0'``/unset off;
+    anything else is an error naming the variable), ``'path'`` (a directory; unset or empty → None).
+    """
+
+    name: str
+    kind: str
+    doc: str
+
+    def __post_init__(self) -> None:
+        assert self.name.startswith("MOSAIC_") and self.kind in _ENV_KINDS, f"{self.name=} {self.kind=}"
+
+    def raw(self) -> str:
+        return os.environ.get(self.name, "")
+
+    def read(self) -> Any:
+        """The typed value: ``str`` (json), ``bool`` (flag) or ``Optional[str]`` (path)."""
+        value = self.raw()
+        if self.kind == "flag":
+            if value not in ("", "0", "1"):
+                raise MosaicConfigError(f"environment variable {self.name}: expected '1' or '0', got {value!r}")
+            return value == "1"
+        if self.kind == "path":
+            return value or None
+        return value
+
+    def set(self, value: Optional[str]) -> None:
+        """Export for the processes started from now on (None removes it)."""
+        if value is None:
+            os.environ.pop(self.name, None)
+        else:
+            os.environ[self.name] = value
+
+
+MOSAIC_CONFIG = EnvVar("MOSAIC_CONFIG", "json", "The resolved `MosaicConfig` as JSON, exported by the launch "
+                       "hooks to SGLang's child processes (which cannot receive new ServerArgs fields).")
+MOSAIC_DEBUG = EnvVar("MOSAIC_DEBUG", "flag", "Run the host tier's and cluster caches' check_integrity after "
+                      "every change (tests, soak runs); expensive.")
+MOSAIC_DUMP_DIR = EnvVar("MOSAIC_DUMP_DIR", "path", "Save every served selection (queries, result) and index "
+                         "append (keys, frame ids) here with torch.save, so tests can replay them offline.")
+ENV_VARS = (MOSAIC_CONFIG, MOSAIC_DEBUG, MOSAIC_DUMP_DIR)
+"""Every ``MOSAIC_*`` variable the project reads."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from mosaic_sglang.retrieval_base import Selection
+from mosaic_sglang.retrieval import Selection
 
 
 def video_stream(

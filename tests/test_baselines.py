@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mosaic_sglang.baselines import DenseRetriever, FrameBlockRetriever, OracleTokenTopK, QuestPageRetriever
+from mosaic_sglang.retrieval.baselines import DenseRetriever, FrameBlockRetriever, OracleTokenTopK, QuestPageRetriever
 from mosaic_sglang.config import MosaicConfig
-from mosaic_sglang.metrics import selection_quality
-from mosaic_sglang.retrieval_base import always_attended_positions
+from mosaic_sglang.retrieval import selection_quality
+from mosaic_sglang.retrieval import always_attended_positions
 
 L, HKV, HQ, D = 3, 2, 4, 8
 ALL = [DenseRetriever, OracleTokenTopK, FrameBlockRetriever, QuestPageRetriever]
@@ -137,22 +137,32 @@ def test_frame_blocks_pick_frame_not_its_neighbour_page():
         assert torch.equal(pages.select(q).layer(0), page_want)
 
 
-def test_fill_budget_matches_cluster_scoring_rule():
-    # Same accounting as ClusterIndex: compare with its fill on random units (skipped if it is not there).
-    cluster_scoring = pytest.importorskip("mosaic_sglang.cluster_scoring")
-    from mosaic_sglang.baselines._common import fill_budget
+def test_unit_fill_is_the_greedy_prefix_walk():
+    # fill_units (baselines) is fill_budget (also ClusterIndex's) over unit costs: check it against a
+    # plain loop that walks units best-first, skips costless ones and stops at the first that does not fit.
+    from mosaic_sglang.retrieval.baselines.stream import fill_units
 
     g = torch.Generator().manual_seed(10)
     sizes = torch.randint(1, 9, (30,), generator=g)
     unit_of = torch.arange(30).repeat_interleave(sizes)
     candidate = torch.rand(unit_of.numel(), generator=g) > 0.2
+    candidate[unit_of == 7] = False  # one unit with no candidate: never chosen
     scores = torch.randn(4, 30, generator=g)
     cost = torch.bincount(unit_of[candidate], minlength=30)
     for budget in [0, 5, 40, 1000]:
-        chosen, n = fill_budget(scores, unit_of, candidate, budget)
-        theirs = cluster_scoring.fill_budget(scores, cost[None, :].expand(4, -1), budget)
-        assert torch.equal(n, theirs.sum(1))
-        assert torch.equal(chosen, candidate[None, :] & theirs[:, unit_of])
+        chosen, n = fill_units(scores, unit_of, candidate, budget)
+        for layer in range(4):
+            taken, used = set(), 0
+            for u in sorted(range(30), key=lambda u: -float(scores[layer, u])):
+                if cost[u] == 0:
+                    continue
+                if used + int(cost[u]) > budget:
+                    break
+                taken.add(u)
+                used += int(cost[u])
+            want = candidate & torch.tensor([int(u) in taken for u in unit_of])
+            assert torch.equal(chosen[layer], want), (budget, layer)
+            assert int(n[layer]) == len(taken) and 7 not in taken
 
 
 def test_quest_bound_picks_page_with_one_strong_channel():
@@ -203,7 +213,7 @@ def test_probability_oracle_is_mass_optimal():
 
 
 def test_oracle_chunking_matches(monkeypatch):
-    import mosaic_sglang.baselines.oracle_topk as oracle
+    import mosaic_sglang.retrieval.baselines.oracle_topk as oracle
 
     keys, fids, q = _stream(8)
     r = _make(OracleTokenTopK, budget=13)

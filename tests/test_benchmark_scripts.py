@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # whole benchmark scripts (minutes on 2 cores)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mosaic_sglang import MosaicConfig
-from mosaic_sglang.cluster_attended_set import ClusterAttendedSet
-from mosaic_sglang.integration.request_layout import RequestLayout
+from mosaic_sglang.serving import ClusterAttendedSet
+from mosaic_sglang.serving import RequestLayout
 
 L, H, D, HQ = 2, 2, 8, 4
 SLOTS = 400
@@ -72,8 +72,8 @@ def test_first_question_is_dense_then_indexed_and_second_question_selects(pool):
         assert (len(set(visual.tolist()) - always)) <= 16
         assert set(range(51, 58)) <= set(positions.tolist()) and {0, 1, 2} <= set(positions.tolist())
     stats = policy.request_stats("b")
-    assert stats["clusters"] == policy.videos[int(slots[3])].index.num_clusters > 1
-    assert stats["attended_tokens"] < stats["context_tokens"]
+    assert stats.clusters == policy.videos[int(slots[3])].index.num_clusters > 1
+    assert stats.attended_tokens == max(p.numel() for p in attended) < stats.context_tokens == 58
 
 
 def test_full_budget_attends_everything(pool):
@@ -86,27 +86,94 @@ def test_full_budget_attends_everything(pool):
     assert all(torch.equal(p, torch.arange(frames.numel())) for p in attended)
 
 
+def _count_selections(monkeypatch):
+    """Wrap the selection entry point the policy calls; returns the list of calls (one per layer scored)."""
+    import mosaic_sglang.serving.cluster_policy as cluster_policy
+
+    calls = []
+    real = cluster_policy.select_layer_batch
+
+    def counted(indexes, layer_id, queries):
+        calls.append(layer_id)
+        return real(indexes, layer_id, queries)
+
+    monkeypatch.setattr(cluster_policy, "select_layer_batch", counted)
+    return calls
+
+
+def _question_then_decode(policy, steps, calls=None):
+    """Index the video with request 'a', ask question 'b', then decode ``steps`` tokens of 'b'.
+
+    Returns ``(question attended per layer, [decode attended per layer] per step)``; ``calls`` (from
+    `_count_selections`) is cleared after the question, so it then holds the decode steps' selections."""
+    frames = _video_prompt()
+    slots = torch.arange(10, 10 + frames.numel())
+    _forward(policy, [_layout("a", slots, frames, 0, frames.numel())])
+    question = _forward(policy, [_layout("b", slots, frames, 51, frames.numel() - 51)])[0]
+    if calls is not None:
+        calls.clear()
+    frames_d = torch.cat([frames, torch.full((steps,), -1)])
+    slots_d = torch.cat([slots, torch.arange(390, 390 + steps)])
+    decoded = []
+    for step in range(steps):
+        n = frames.numel() + step + 1
+        decoded.append(_forward(policy, [_layout("b", slots_d, frames_d, n - 1, 1)], is_decode=True, seed=100 + step)[0])
+    return question, decoded
+
+
 def test_decode_never_runs_maintenance_and_keeps_the_question_selection(pool, monkeypatch):
     policy = _policy(pool, budget=16, join_threshold=0.05, split_threshold=0.05)
+    calls = _count_selections(monkeypatch)
     frames = _video_prompt()
     slots = torch.arange(10, 10 + frames.numel())
     _forward(policy, [_layout("a", slots, frames, 0, frames.numel())])
     index = next(iter(policy.videos.values())).index
-    question = _layout("b", slots, frames, 51, frames.numel() - 51)
-    selected = _forward(policy, [question])[0]
+    calls.clear()
+    selected = _forward(policy, [_layout("b", slots, frames, 51, frames.numel() - 51)])[0]
+    assert calls == list(range(L))  # the question selected at every layer (positive control of the counter)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("maintenance inside a decode step")
 
     monkeypatch.setattr(index, "maintain", forbidden)
-    monkeypatch.setattr(index, "select_layer", forbidden)  # reselect_every=0: keep the question's choice
     frames_d = torch.cat([frames, torch.tensor([-1, -1])])
     slots_d = torch.cat([slots, torch.tensor([390, 391])])
     for step in range(2):
         n = frames.numel() + step + 1
         (attended,) = _forward(policy, [_layout("b", slots_d, frames_d, n - 1, 1)], is_decode=True, seed=step)
-        for l in range(L):
-            assert set(selected[l].tolist()) <= set(attended[l].tolist())
+        for l in range(L):  # the kept selection plus the new token (and the window moving with it)
+            assert set(selected[l].tolist()) - set(range(n - 4, n)) <= set(attended[l].tolist())
+    assert calls == list(range(L)), "reselect_every=0: decode must keep the question's selection, not select again"
+
+
+def test_reselect_every_k_steps_selects_again_with_the_current_query(pool, monkeypatch):
+    policy = _policy(pool, budget=16, reselect_every=2)
+    calls = _count_selections(monkeypatch)
+    _, decoded = _question_then_decode(policy, steps=4, calls=calls)
+    assert calls == list(range(L)) * 2  # decode steps 1..4 select again at steps 2 and 4 (step % 2 == 0)
+    assert all(p.numel() <= 16 + 2 + 4 + 8 + 4 for step in decoded for p in step)  # budget, sinks, window, text, new tokens
+
+
+def test_dense_prefill_when_select_in_prefill_is_off(pool, monkeypatch):
+    policy = _policy(pool, budget=16, select_in_prefill=False)
+    calls = _count_selections(monkeypatch)
+    question, decoded = _question_then_decode(policy, steps=1, calls=calls)
+    assert all(torch.equal(p, torch.arange(56)) for p in question)  # prefill attends everything
+    # the first decode step has no kept selection: it selects with its own query, then attends sparsely
+    assert calls == list(range(L))
+    assert all(p.numel() <= 16 + 2 + 4 + 8 + 1 < 57 for p in decoded[0])  # budget, sinks, window, text, itself
+
+
+def test_per_layer_membership_selects_per_layer_through_the_policy(pool):
+    policy = _policy(pool, budget=16, membership="per_layer")
+    question, _ = _question_then_decode(policy, steps=1)
+    index = next(iter(policy.videos.values())).index
+    assert len(index.cluster_counts) == L and all(c > 1 for c in index.cluster_counts)
+    index.check_integrity()
+    always = {0, 1, 2} | set(range(51, 56))  # sinks + text before the video, the question (also the window)
+    for positions in question:
+        assert len(set(positions.tolist()) - always) <= 16
+    assert not torch.equal(question[0], question[1])  # each layer its own clusters and choice
 
 
 def test_eviction_and_divergence_cut_the_index(pool):
@@ -126,7 +193,7 @@ def test_eviction_and_divergence_cut_the_index(pool):
     assert torch.equal(policy.videos[anchor].slots[:51], slots_b[:51])
     policy.videos[anchor].index.check_integrity()
     policy.on_slots_freed(torch.tensor([anchor]))
-    assert policy.videos == {}
+    assert len(policy.videos) == 0
 
 
 def test_release_drops_request_state(pool):
@@ -134,13 +201,13 @@ def test_release_drops_request_state(pool):
     frames = _video_prompt()
     slots = torch.arange(10, 10 + frames.numel())
     _forward(policy, [_layout("a", slots, frames, 0, frames.numel())])
-    assert policy.request_stats("a")
+    assert policy.request_stats("a").context_tokens == frames.numel()
     policy.release("a")
-    assert policy.request_stats("a") == {} and "a" not in policy._kept
+    assert policy.request_stats("a") is None and "a" not in policy._kept
 
 
 def test_groups_to_move_keeps_cluster_order_and_drops_empty_clusters():
-    from mosaic_sglang.cluster_attended_set import _groups_to_move
+    from mosaic_sglang.offload.planner import groups_to_move as _groups_to_move
 
     indptr = torch.tensor([0, 3, 3, 5, 7])  # cluster 1 is empty
     members = torch.tensor([1, 4, 9, 2, 3, 5, 6])

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from mosaic_sglang.host_store import HostKVStore
-from mosaic_sglang.integration.cluster_caches import ClusterCaches, DevicePool
-from mosaic_sglang.integration.host_tier import HostTier
+from mosaic_sglang.offload.host_store import HostKVStore
+from mosaic_sglang.offload.cluster_caches import ClusterCaches, DevicePool
+from mosaic_sglang.offload.host_tier import HostTier
 
 L, H, D = 2, 2, 4
 
@@ -75,7 +75,7 @@ def test_pool_backed_reads_are_exact_and_leave_other_rows_alone():
     a, b = tier.put_clusters(lambda s: (k[:, s], v[:, s]), [torch.tensor([1, 2, 3]), torch.tensor([9, 10])])
     tier.begin_forward([5])
     for layer in range(L):
-        got_k, got_v = tier.read_cached(5, 8, layer, torch.cat([b, a]), "cpu", prefetch_next=True)
+        got_k, got_v, _ = tier.read_cached(5, 8, layer, torch.cat([b, a]), "cpu", prefetch_next=True)
         assert torch.equal(got_k, k[layer, torch.tensor([9, 10, 1, 2, 3])])
         assert torch.equal(got_v, v[layer, torch.tensor([9, 10, 1, 2, 3])])
     block = tier.caches._caches[5].block

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-import mosaic_sglang.cluster_index as cluster_index_module
+import mosaic_sglang.clusters.index as cluster_index_module
 from mosaic_sglang import ClusterIndex, MosaicConfig
 
 from cluster_trace import video_stream

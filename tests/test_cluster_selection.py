@@ -7,10 +7,11 @@ import pytest
 import torch
 from cluster_trace import mass_recall, object_queries, video_stream
 
-import mosaic_sglang.cluster_index as cluster_index_module
+import mosaic_sglang.clusters.index as cluster_index_module
 from mosaic_sglang import ClusterIndex, MosaicConfig
-from mosaic_sglang.cluster_scoring import fill_budget, score_clusters
-from mosaic_sglang.retrieval_base import always_attended_positions
+from mosaic_sglang.clusters import score_clusters
+from mosaic_sglang.retrieval import fill_budget
+from mosaic_sglang.retrieval import always_attended_positions
 
 L, H, HQ, D = 3, 2, 4, 12
 RULES = ("centroid", "centroid_radius", "size_weighted")
@@ -210,7 +211,7 @@ def test_score_rules_on_hand_made_clusters() -> None:
 
 
 def _same_for_all_layers(positions: torch.Tensor):
-    from mosaic_sglang.retrieval_base import Selection
+    from mosaic_sglang.retrieval import Selection
 
     n = positions.numel()
     return Selection(torch.arange(L + 1) * n, positions.repeat(L), torch.zeros(L, dtype=torch.int64))
@@ -230,7 +231,7 @@ def test_select_layer_matches_select(membership: str) -> None:
 
 
 def test_batched_selection_over_sequences_equals_per_sequence():
-    from mosaic_sglang.batched_selection import select_layer_batch
+    from mosaic_sglang.clusters import select_layer_batch
 
     g = torch.Generator().manual_seed(7)
     cfg = MosaicConfig(budget=40, sink_tokens=2, recent_window=8)

@@ -10,7 +10,7 @@ import torch
 
 from engine_support import VIDEO_PROMPT, cpu_engine_kwargs, run_requests
 from mosaic_sglang import ClusterIndex, MosaicConfig
-from mosaic_sglang.cluster_attended_set import DUMP_ENV
+from mosaic_sglang.config import MOSAIC_DUMP_DIR
 
 # a scheduler that dies (e.g. SGLang's strict memory check) leaves the engine waiting: fail, don't hang
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(480)]
@@ -26,7 +26,7 @@ def served(tiny_vl_model, video_dir, tmp_path_factory):
 
     dump = tmp_path_factory.mktemp("dump")
     mp = pytest.MonkeyPatch()
-    mp.setenv(DUMP_ENV, str(dump))
+    mp.setenv(MOSAIC_DUMP_DIR.name, str(dump))
     # chunked prefill: the video is prefilled (and indexed) in several forwards, later chunks attend
     # sinks + window + clusters selected by their own queries
     engine = sgl.Engine(

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from mosaic_sglang.host_store import Extent, HostKVStore, HostStoreFullError
+from mosaic_sglang.offload.host_store import Extent, HostKVStore, HostStoreFullError
 
 
 def _store(capacity=97, *, layers=3, heads=2, dim=5, v_dim=7, dtype=torch.float32):

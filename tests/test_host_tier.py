@@ -1,9 +1,9 @@
-"""HostTier: clusters into extents, piecemeal release by the tree, full store, reads counted."""
+"""HostTier: clusters into extents, piecemeal release by the tree, full store, what each read cost."""
 
 import torch
 
-from mosaic_sglang.host_store import HostKVStore
-from mosaic_sglang.integration.host_tier import HostTier, decode_host, encode_host
+from mosaic_sglang.offload.host_store import HostKVStore
+from mosaic_sglang.offload.host_tier import HostReadCounts, HostTier, decode_host, encode_host
 
 L, H, D = 2, 2, 4
 
@@ -25,9 +25,10 @@ def test_round_trip_and_encoding():
     assert [r.numel() for r in rows] == [3, 2]
     assert torch.equal(decode_host(encode_host(rows[0])), rows[0]) and bool((encode_host(rows[0]) < 0).all())
     for layer in range(L):
-        hk, hv = tier.read(layer, torch.cat(rows), "cpu")
+        hk, hv, counts = tier.read(layer, torch.cat(rows), "cpu")
         assert torch.equal(hk, k[layer, torch.cat(groups)]) and torch.equal(hv, v[layer, torch.cat(groups)])
-    assert tier.copies == 2 * L  # one copy per extent per layer
+        # one copy per extent; bytes = 5 tokens x (K + V) x H x D x 4 bytes
+        assert counts == HostReadCounts(copies=2, copy_bytes=5 * 2 * H * D * 4)
     assert torch.equal(tier.read_keys(rows[1]), k[:, groups[1]])
     tier.check_integrity()
 
@@ -47,7 +48,7 @@ def test_full_store_offloads_what_fits_and_clear_empties():
     k, v = _pool()
     tier = _tier(capacity=6)
     rows = tier.put_clusters(lambda s: (k[:, s], v[:, s]), [torch.arange(4), torch.arange(4, 8), torch.arange(8, 9)])
-    assert len(rows) == 1 and tier.full_events == 1 and tier.used_tokens == 4
+    assert len(rows) == 1 and tier.used_tokens == 4  # the second cluster did not fit: the rest stayed
     tier.clear()
     assert tier.used_tokens == 0
     tier.check_integrity()
@@ -59,24 +60,26 @@ def test_cluster_cache_hits_misses_bound_and_no_stale_copies():
     read_kv = lambda s: (k[:, s], v[:, s])
     a, b, c = tier.put_clusters(read_kv, [torch.tensor([1, 2, 3]), torch.tensor([10, 11]), torch.tensor([20, 21, 22, 23])])
     tier.begin_forward([7])
-    got_k, got_v = tier.read_cached(7, 6, 0, torch.cat([b, a[1:]]), "cpu")
+    got_k, got_v, counts = tier.read_cached(7, 6, 0, torch.cat([b, a[1:]]), "cpu")
     assert torch.equal(got_k, k[0, torch.tensor([10, 11, 2, 3])]) and torch.equal(got_v, v[0, torch.tensor([10, 11, 2, 3])])
-    assert tier.copies == 2  # two clusters missed: one copy each
+    assert counts.copies == 2 and counts.copy_bytes == 5 * 2 * H * D * 4  # two clusters missed: one copy each
+    assert counts.cache_lookups == 0  # layer 0 is not a lookup (no predecessor layer in the step)
     tier.begin_forward([7])
-    tier.read_cached(7, 6, 0, a, "cpu")
-    assert tier.copies == 2  # hit: nothing moved
+    assert tier.read_cached(7, 6, 0, a, "cpu").counts == HostReadCounts()  # hit: nothing moved
     tier.begin_forward([7])
-    got_k, _ = tier.read_cached(7, 6, 0, c, "cpu")  # 4 more tokens: evicts the least recently used cluster
+    got_k, _, counts = tier.read_cached(7, 6, 0, c, "cpu")  # 4 more tokens: evicts the least recently used cluster
+    assert counts.copies == 1
     assert torch.equal(got_k, k[0, torch.tensor([20, 21, 22, 23])]) and tier.resident_tokens(7) <= 6
     # the tree frees cluster c; a new cluster reuses its host rows: the cache must not serve the old copy
     tier.release(c)
     (d,) = tier.put_clusters(read_kv, [torch.tensor([40, 41, 42, 43])])
     tier.begin_forward([7])
-    got_k, _ = tier.read_cached(7, 6, 0, d, "cpu")
+    got_k, _, _ = tier.read_cached(7, 6, 0, d, "cpu")
     assert torch.equal(got_k, k[0, torch.tensor([40, 41, 42, 43])])
-    # a selection larger than the cache falls back to a direct read
-    got_k, _ = tier.read_cached(7, 6, 1, torch.cat([a, b, d]), "cpu")
+    # a selection larger than the cache falls back to a direct read (one copy per extent, counted as overflow)
+    got_k, _, counts = tier.read_cached(7, 6, 1, torch.cat([a, b, d]), "cpu")
     assert torch.equal(got_k, k[1, torch.tensor([1, 2, 3, 10, 11, 40, 41, 42, 43])])
+    assert (counts.copies, counts.overflow_reads, counts.cache_lookups) == (3, 1, 0)
 
 
 def test_prefetch_fills_the_next_layer_so_it_hits_and_serves_correct_rows():
@@ -85,16 +88,17 @@ def test_prefetch_fills_the_next_layer_so_it_hits_and_serves_correct_rows():
     read_kv = lambda s: (k[:, s], v[:, s])
     a, b = tier.put_clusters(read_kv, [torch.tensor([1, 2, 3]), torch.tensor([10, 11])])
     tier.begin_forward([3])
-    tier.read_cached(3, 8, 0, torch.cat([a, b]), "cpu", prefetch_next=True)
-    assert (tier.copies, tier.prefetch_copies) == (4, 2)  # 2 demand copies at layer 0, 2 prefetched into layer 1
+    first = tier.read_cached(3, 8, 0, torch.cat([a, b]), "cpu", prefetch_next=True).counts
+    assert (first.copies, first.prefetch_copies) == (4, 2)  # 2 demand copies at layer 0, 2 prefetched into layer 1
     stats = tier.cache_stats(3)
-    got_k, got_v = tier.read_cached(3, 8, 1, torch.cat([b, a[:1]]), "cpu", prefetch_next=True)  # last layer: no prefetch
+    got_k, got_v, second = tier.read_cached(3, 8, 1, torch.cat([b, a[:1]]), "cpu", prefetch_next=True)  # last layer
     assert torch.equal(got_k, k[1, torch.tensor([10, 11, 1])]) and torch.equal(got_v, v[1, torch.tensor([10, 11, 1])])
-    assert tier.copies == 4 and (stats.predicted_selected, stats.predicted_hits, stats.prefetch_used) == (2, 2, 2)
+    assert (second.copies, second.cache_lookups, second.cache_hits) == (0, 2, 2)  # both prefetched clusters hit
+    assert stats.prefetch_used == 2
     # without prefetch the next layer misses
     plain = _tier(capacity=20)
     a, b = plain.put_clusters(read_kv, [torch.tensor([1, 2, 3]), torch.tensor([10, 11])])
     plain.begin_forward([3])
-    plain.read_cached(3, 8, 0, torch.cat([a, b]), "cpu")
-    plain.read_cached(3, 8, 1, torch.cat([a, b]), "cpu")
-    assert plain.copies == 4 and plain.prefetch_copies == 0 and plain.cache_stats(3).predicted_hits == 0
+    assert plain.read_cached(3, 8, 0, torch.cat([a, b]), "cpu").counts.copies == 2
+    missed = plain.read_cached(3, 8, 1, torch.cat([a, b]), "cpu").counts
+    assert (missed.copies, missed.prefetch_copies, missed.cache_lookups, missed.cache_hits) == (2, 0, 2, 0)

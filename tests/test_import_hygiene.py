@@ -8,6 +8,7 @@ import sys
 import mosaic_sglang
 from mosaic_sglang import MosaicConfig, Selection, Retriever
 import mosaic_sglang.kernels, mosaic_sglang.frontend, mosaic_sglang.integration
+import mosaic_sglang.clusters, mosaic_sglang.retrieval, mosaic_sglang.serving, mosaic_sglang.offload
 MosaicConfig(budget=8)
 heavy = sorted(m for m in ("sglang", "flashinfer", "triton") if m in sys.modules)
 print("HEAVY", heavy)

@@ -11,7 +11,9 @@ import pytest
 
 from mosaic_sglang import MosaicConfigError
 from mosaic_sglang.integration.launch_flags import apply_mosaic_kwargs
-from mosaic_sglang.integration.options import ENV_CONFIG
+from mosaic_sglang.config import MOSAIC_CONFIG
+
+ENV_CONFIG = MOSAIC_CONFIG.name
 
 
 def _launch(args, timeout=240):
@@ -20,6 +22,7 @@ def _launch(args, timeout=240):
     )
 
 
+@pytest.mark.engine  # starts `sglang.launch_server` (imports all of SGLang)
 def test_help_lists_mosaic_flags():
     out = _launch(["--help"])
     assert out.returncode == 0, out.stderr[-2000:]
@@ -28,6 +31,7 @@ def test_help_lists_mosaic_flags():
     assert "mosaic" in out.stdout.split("--attention-backend", 1)[1][:2000]
 
 
+@pytest.mark.engine  # each case starts `sglang.launch_server`, which must stop before any scheduler starts
 @pytest.mark.parametrize(
     "bad, message",
     [

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from mosaic_sglang.metrics import selection_quality
-from mosaic_sglang.retrieval_base import Selection
+from mosaic_sglang.retrieval import selection_quality
+from mosaic_sglang.retrieval import Selection
 
 
 def _sel(per_layer: list[list[int]]) -> Selection:
@@ -113,7 +113,7 @@ def test_layer_chunking_does_not_change_results(monkeypatch):
     q, k, v = torch.randn(5, 3, 4, 8, generator=g), torch.randn(5, 30, 2, 8, generator=g), torch.randn(5, 30, 2, 8, generator=g)
     sel = _sel([list(range(0, 30, s + 2)) for s in range(5)])
     whole = selection_quality(q, k, v, sel)
-    import mosaic_sglang.metrics as metrics
+    import mosaic_sglang.retrieval.quality as metrics
 
     monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 1)  # one layer per chunk
     for a, b in zip(whole, selection_quality(q, k, v, sel)):

@@ -2,7 +2,7 @@
 
 import torch
 
-from mosaic_sglang.integration.request_layout import frame_ids_from_mm_inputs
+from mosaic_sglang.integration.frame_ids import frame_ids_from_mm_inputs
 
 
 def _item(modality, offsets, grid=None):

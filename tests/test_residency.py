@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from mosaic_sglang.host_store import Extent
-from mosaic_sglang.residency import ClusterResidency, ResidencyOverflowError
+from mosaic_sglang.offload.host_store import Extent
+from mosaic_sglang.offload.residency import ClusterResidency, ResidencyOverflowError
 
 BPT = 12  # bytes per token: any value; checks plan byte counts scale with it
 
@@ -171,7 +171,7 @@ def test_equal_recency_evicts_the_less_frequently_used():
 
 
 def test_plan_is_in_host_order_and_adjacent_extents_merge_into_runs():
-    from mosaic_sglang.host_store import Extent
+    from mosaic_sglang.offload.host_store import Extent
 
     r = ClusterResidency(32, num_layers=1, bytes_per_token=2)
     r.begin_step()

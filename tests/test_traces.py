@@ -7,10 +7,10 @@ import importlib.util
 import pytest
 import torch
 
-from mosaic_sglang.baselines import OracleTokenTopK
+from mosaic_sglang.retrieval.baselines import OracleTokenTopK
 from mosaic_sglang.config import MosaicConfig
-from mosaic_sglang.metrics import selection_quality
-from mosaic_sglang.retrieval_base import Selection
+from mosaic_sglang.retrieval import selection_quality
+from mosaic_sglang.retrieval import Selection
 from mosaic_sglang.traces import SyntheticTraceSpec, Trace, synthetic_trace
 
 SMALL = SyntheticTraceSpec(num_frames=32, num_scenes=4, num_layers=2)

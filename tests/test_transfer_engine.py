@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from mosaic_sglang.host_store import HostKVStore
-from mosaic_sglang.residency import ClusterResidency
-from mosaic_sglang.transfer_engine import TransferEngine
+from mosaic_sglang.offload.host_store import HostKVStore
+from mosaic_sglang.offload.residency import ClusterResidency
+from mosaic_sglang.offload.transfer import TransferEngine
 
 L, H, D, DV = 3, 2, 5, 7  # odd head dims on purpose
 
@@ -43,7 +43,10 @@ def _setup(device="cpu", capacity=41, dtype=torch.float32, seed=0, clusters=30, 
 
 
 def _run_steps(host, data, res, eng, rng, *, steps=25, budget=30, prefetch=True):
+    """Random selections through residency + engine; returns ``(asked, resident)``: clusters asked at
+    layers >= 1 and how many of them were resident beforehand (read from the residency, not its stats)."""
     ids_all = sorted(data)
+    asked = resident = 0
     for _ in range(steps):
         res.begin_step()
         eng.begin_step()
@@ -55,6 +58,9 @@ def _run_steps(host, data, res, eng, rng, *, steps=25, budget=30, prefetch=True)
                     used += data[cid][0].length
             exts = [data[c][0] for c in ids]
             before = eng.stats.ops, eng.stats.bytes
+            if layer >= 1:
+                asked += len(ids)
+                resident += sum(res.slots_of(layer, c) is not None for c in ids)
             acc = res.access(layer, ids, exts)
             eng.submit(acc.plan)
             assert eng.stats.ops - before[0] == len(acc.misses)
@@ -71,6 +77,7 @@ def _run_steps(host, data, res, eng, rng, *, steps=25, budget=30, prefetch=True)
             res.check_integrity()
         host.check_integrity()
     eng.synchronize()
+    return asked, resident
 
 
 @pytest.mark.parametrize("mapped", [False, True])
@@ -78,7 +85,7 @@ def _run_steps(host, data, res, eng, rng, *, steps=25, budget=30, prefetch=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cpu_round_trip_is_bitwise_and_counted(seed, dtype, mapped):
     host, data, res, eng, rng = _setup(dtype=dtype, seed=seed, mapped=mapped)
-    _run_steps(host, data, res, eng, rng)
+    asked, resident = _run_steps(host, data, res, eng, rng)
     if mapped:  # rows outside the slot map were never written
         outside = torch.ones(eng.device_k[0].shape[0], dtype=torch.bool)
         outside[eng.rows(torch.arange(eng.capacity))] = False
@@ -87,7 +94,9 @@ def test_cpu_round_trip_is_bitwise_and_counted(seed, dtype, mapped):
     assert eng.stats.ops == s.demand_ops + s.prefetch_ops
     assert 0 < eng.stats.runs == eng.stats.launches < eng.stats.ops  # neighbouring extents merged
     assert eng.stats.bytes == (s.demand_tokens + s.prefetch_tokens) * host.bytes_per_token
-    assert 0 < s.prefetch_hit_rate <= 1
+    # the hit rate is what was resident when asked (counted independently above), and prefetch helped
+    assert (s.predicted_selected, s.predicted_hits) == (asked, resident) and 0 < resident < asked
+    assert s.prefetch_hit_rate == resident / asked and s.prefetch_used > 0
 
 
 def test_empty_plan_moves_nothing_and_shape_checks():

@@ -23,10 +23,11 @@ from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBack
 from sglang.srt.layers.radix_attention import AttentionType
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
-from ..kernels.attended_attention import attended_attention
-from .cluster_caches import DevicePool
-from .host_tier import decode_host
-from .request_layout import RequestLayout, frame_ids_from_mm_inputs
+from mosaic_sglang.kernels import attended_attention
+
+from ..offload import DevicePool, decode_host
+from ..serving import RequestLayout
+from .frame_ids import frame_ids_from_mm_inputs
 from .runtime import get_runtime
 
 if TYPE_CHECKING:

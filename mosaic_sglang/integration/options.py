@@ -9,14 +9,12 @@ in the parent (failing before anything starts) and export the resolved config as
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Optional
 
-from ..config import MosaicConfig, MosaicConfigError
+from ..config import MOSAIC_CONFIG, MosaicConfig, MosaicConfigError
 
-__all__ = ["ENV_CONFIG", "resolve_config", "export_config", "config_from_env", "MOSAIC_BACKEND"]
+__all__ = ["resolve_config", "export_config", "config_from_env", "MOSAIC_BACKEND"]
 
-ENV_CONFIG = "MOSAIC_CONFIG"
 MOSAIC_BACKEND = "mosaic"
 
 
@@ -54,10 +52,10 @@ def resolve_config(budget: Optional[Any] = None, config: Optional[Any] = None) -
 
 def export_config(config: MosaicConfig) -> None:
     """Make ``config`` the one every process started from now on reads."""
-    os.environ[ENV_CONFIG] = config.to_json()
+    MOSAIC_CONFIG.set(config.to_json())
 
 
 def config_from_env() -> MosaicConfig:
     """The config exported by the launch hooks, or the defaults."""
-    text = os.environ.get(ENV_CONFIG, "")
+    text = MOSAIC_CONFIG.read()
     return MosaicConfig.from_json(text) if text else MosaicConfig()

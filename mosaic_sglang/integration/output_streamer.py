@@ -7,6 +7,7 @@ Uses SGLang's sanctioned route for extra response fields: the scheduler's
 
 from __future__ import annotations
 
+import dataclasses
 from typing import List
 
 from sglang.srt.managers.scheduler_components.output_streamer import SchedulerOutputStreamer
@@ -27,7 +28,7 @@ class MosaicOutputStreamer(SchedulerOutputStreamer):
         for req in reqs:
             finished = req.finished()
             stats = runtime.take_stats(req.rid, finished=finished)
-            values.append([stats] if (finished and stats) else [])
+            values.append([dataclasses.asdict(stats)] if (finished and stats is not None) else [])
         return {META_INFO_KEY: values}
 
 

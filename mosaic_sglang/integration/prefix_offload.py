@@ -19,7 +19,7 @@ import torch
 
 from sglang.srt.mem_cache.unified_cache.components.base import ComponentType
 
-from .host_tier import decode_host, encode_host
+from ..offload.host_tier import decode_host, encode_host
 
 __all__ = ["encode_host", "decode_host", "PrefixOffloader"]
 

@@ -18,7 +18,7 @@ from sglang.srt.mem_cache.unified_cache.components.full import FullComponent
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 from sglang.srt.session.streaming_session import is_virtual_node
 
-from .host_tier import decode_host
+from ..offload.host_tier import decode_host
 from .prefix_offload import PrefixOffloader
 from .runtime import get_runtime
 

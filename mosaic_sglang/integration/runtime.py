@@ -13,8 +13,8 @@ from typing import Optional
 
 import torch
 
-from ..attended_set_policy import AttendedSetPolicy, FullAttendedSet
 from ..config import MosaicConfig
+from ..serving import AttendedSetPolicy, FullAttendedSet, ProcessCounters, ProcessTotals, RequestStats
 from .options import config_from_env
 from .prometheus_metrics import MosaicMetrics
 
@@ -33,23 +33,23 @@ class MosaicRuntime:
     def __init__(self, config: MosaicConfig, policy: Optional[AttendedSetPolicy] = None) -> None:
         self.config = config
         self.policy = policy or FullAttendedSet()
-        self._finished_stats: "OrderedDict[str, dict]" = OrderedDict()
+        self._finished_stats: "OrderedDict[str, RequestStats]" = OrderedDict()
         self.host = None
         """`HostTier` when offload is on (``host_store_tokens > 0``), else None."""
         self.read_slot_kv = None
         self.prompt_frame_ids: dict[str, torch.Tensor] = {}
         """Frame ids of each live request's prompt (``[prompt_len] int64``), kept for its decode steps."""
         self.metrics = MosaicMetrics()
-        self.forwards = 0
+        self.counters = ProcessCounters()
+        """The process's running totals (the policy adds to them where events happen)."""
 
     def bind_model(self, *, num_layers: int, num_kv_heads: int, head_dim: int, v_head_dim: int, dtype,
                    read_slot_keys, read_slot_kv, device_pool=None) -> None:
         """Called by the attention backend once the KV pool exists: installs the Mosaic cluster policy
         and, with ``host_store_tokens > 0``, the host tier (its device cluster caches allocated from
         ``device_pool``, a `DevicePool` over SGLang's KV pool; pinned host memory when that is on CUDA)."""
-        from ..cluster_attended_set import ClusterAttendedSet
-        from ..host_store import HostKVStore
-        from .host_tier import HostTier
+        from ..offload import HostKVStore, HostTier
+        from ..serving import ClusterAttendedSet
 
         if self.config.host_store_tokens:
             pin = device_pool is not None and device_pool.k_layers[0].is_cuda
@@ -59,13 +59,13 @@ class MosaicRuntime:
         self.read_slot_kv = read_slot_kv
         self.policy = ClusterAttendedSet(
             self.config, num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
-            read_slot_keys=read_slot_keys, host=self.host,
+            read_slot_keys=read_slot_keys, host=self.host, counters=self.counters,
         )
 
     def release(self, rid: str) -> None:
         """A request finished or was aborted: keep its final stats for the response, drop its state."""
         stats = self.policy.request_stats(rid)
-        if stats:
+        if stats is not None:
             self._finished_stats[rid] = stats
             while len(self._finished_stats) > _FINISHED_STATS_CAP:
                 self._finished_stats.popitem(last=False)
@@ -74,32 +74,25 @@ class MosaicRuntime:
 
     def after_forward(self) -> None:
         """The backend finished a forward (after the last layer and `end_forward`): publish metrics."""
-        self.forwards += 1
+        self.counters.forwards += 1
         if self.metrics.enabled:
             self.metrics.record(self.totals())
 
-    def totals(self) -> dict:
-        """Running totals and current sizes for `MosaicMetrics` (names as in its tables)."""
-        policy, host = self.policy, self.host
-        videos = getattr(policy, "videos", {})
-        out = {
-            "forwards": self.forwards,
-            "offloaded_tokens": getattr(policy, "offloaded_tokens", 0),
-            "indexed_videos": len(videos),
-            "clusters": sum(v.index.num_clusters for v in videos.values()),
-        }
-        if host is not None:
-            out.update(
-                host_copies=host.copies, host_copy_bytes=host.bytes_read, prefetch_copies=host.prefetch_copies,
-                cluster_cache_lookups=host.cache_lookups, cluster_cache_hits=host.cache_hits,
-                host_store_used_tokens=host.used_tokens, cluster_cache_held_tokens=host.caches.held_tokens,
-            )
-        return out
+    def totals(self) -> ProcessTotals:
+        """Counters since start and current sizes, for `MosaicMetrics`."""
+        videos = getattr(self.policy, "videos", {})
+        host = self.host
+        return self.counters.snapshot(
+            host_store_used_tokens=host.used_tokens if host is not None else 0,
+            cluster_cache_held_tokens=host.caches.held_tokens if host is not None else 0,
+            indexed_videos=len(videos),
+            clusters=sum(v.index.num_clusters for v in videos.values()),
+        )
 
-    def take_stats(self, rid: str, finished: bool) -> dict:
-        """Stats for a response of ``rid``; a finished request's stats are handed out once."""
+    def take_stats(self, rid: str, finished: bool) -> Optional[RequestStats]:
+        """Stats for a response of ``rid`` (None if unknown); a finished request's stats are handed out once."""
         if rid in self._finished_stats:
-            return self._finished_stats.pop(rid) if finished else dict(self._finished_stats[rid])
+            return self._finished_stats.pop(rid) if finished else self._finished_stats[rid]
         return self.policy.request_stats(rid)
 
 

@@ -58,8 +58,8 @@ class TransferEngine:
             row ``slot_map[s]`` of that layer's buffers); None: slot ``s`` is row ``s``.
 
     Example:
-        >>> from mosaic_sglang.host_store import HostKVStore
-        >>> from mosaic_sglang.residency import ClusterResidency
+        >>> from mosaic_sglang.offload.host_store import HostKVStore
+        >>> from mosaic_sglang.offload.residency import ClusterResidency
         >>> host = HostKVStore(8, num_layers=1, num_kv_heads=1, head_dim=2, dtype=torch.float32)
         >>> e = host.put(torch.arange(6.).view(1, 3, 1, 2), torch.zeros(1, 3, 1, 2))
         >>> res = ClusterResidency(4, num_layers=1, bytes_per_token=host.bytes_per_token)

@@ -3,23 +3,24 @@
 A cluster's tokens occupy one contiguous extent (same rows in every layer), so bringing it back is one
 copy per layer. The radix tree may free an extent's tokens piecemeal (node eviction works on tree
 nodes, a cluster can span several); each extent keeps a live-token count and is returned to the store
-when the last of its tokens is released. `read` resolves host rows (decoded from negative tree/row
-values) to K/V for one layer; every read is counted.
+when the last of its tokens is released. `read` / `read_cached` resolve host rows (decoded from
+negative tree/row values) to K/V for one layer and say what the read cost (`HostReadCounts`); the
+caller adds that to its request's and the process's statistics (the tier keeps no counters).
 """
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
-
-import os
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 
-from ..host_store import HostKVStore, HostStoreFullError
-from ..residency import ResidencyOverflowError
+from ..config import MOSAIC_DEBUG
+
+from .host_store import HostKVStore, HostStoreFullError
+from .residency import ResidencyOverflowError
 from .cluster_caches import ClusterCaches, DevicePool
 
-__all__ = ["HostTier", "encode_host", "decode_host"]
+__all__ = ["HostTier", "HostRead", "HostReadCounts", "encode_host", "decode_host"]
 
 
 def encode_host(host_rows: torch.Tensor) -> torch.Tensor:
@@ -30,6 +31,35 @@ def encode_host(host_rows: torch.Tensor) -> torch.Tensor:
 def decode_host(values: torch.Tensor) -> torch.Tensor:
     """Tree/row values ``< 0`` → host-store rows."""
     return -values - 1
+
+class HostReadCounts(NamedTuple):
+    """What one host-tier read cost (all zero for a read that found everything resident).
+
+    Attributes:
+        copies: host → device copy operations (one per missed cluster extent per layer), prefetches included.
+        copy_bytes: K+V bytes of those copies.
+        prefetch_copies: of ``copies``, cross-layer prefetches (layer l's clusters into layer l + 1's cache).
+        cache_lookups: clusters asked of a cluster cache at a layer >= 1 (layer 0 has no predecessor).
+        cache_hits: of those, already resident (kept from earlier steps, or prefetched).
+        overflow_reads: 1 if the read bypassed the cluster cache (selection larger than the cache, or no
+            cache could be had), else 0.
+    """
+
+    copies: int = 0
+    copy_bytes: int = 0
+    prefetch_copies: int = 0
+    cache_lookups: int = 0
+    cache_hits: int = 0
+    overflow_reads: int = 0
+
+
+class HostRead(NamedTuple):
+    """K/V of some host rows at one layer (``k [n, H, D]``, ``v [n, H, Dv]`` on the asked device) and its cost."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    counts: HostReadCounts
+
 
 KVReader = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 """``read(slots [M] int64) -> (k [L, M, H, D], v [L, M, H, Dv])`` from the device pool."""
@@ -46,26 +76,11 @@ class HostTier:
 
     def __init__(self, store: HostKVStore, *, max_cached_videos: int = 4, pool: Optional[DevicePool] = None) -> None:
         self.store = store
-        self.debug = os.environ.get("MOSAIC_DEBUG", "") == "1"
+        self.debug = MOSAIC_DEBUG.read()
         """``MOSAIC_DEBUG=1``: `check_integrity` after every change (tests, soak runs)."""
         self.caches = ClusterCaches(store, max_videos=max_cached_videos, pool=pool)
         self._extent_of = torch.full((store.capacity,), -1, dtype=torch.int64)  # host row -> extent start
         self._live: dict[int, list] = {}  # extent start -> [Extent, live tokens]
-        self.overflow_reads = 0
-        """Reads served straight from the host tier: the selection exceeded the cluster cache, or no
-        cache could be had (see `ClusterCaches.unavailable`)."""
-        self.full_events = 0
-        """Offloads cut short because the store was full (the clusters stayed on the device)."""
-        self.copies = 0
-        """Host → device copy operations (one per missed cluster extent per layer), prefetches included."""
-        self.bytes_read = 0
-        self.prefetch_copies = 0
-        """Of ``copies``: cross-layer prefetches (layer l's clusters copied into layer l + 1's cache)."""
-        self.prefetch_bytes = 0
-        self.cache_lookups = 0
-        """Clusters asked of a cluster cache at layers >= 1 (running total over every video's cache)."""
-        self.cache_hits = 0
-        """Of those, already resident (kept from earlier steps, or prefetched)."""
 
     @property
     def used_tokens(self) -> int:
@@ -75,7 +90,8 @@ class HostTier:
         """Copy each group of device slots (one cluster) into its own extent; returns host rows per group.
 
         Stops at the first group that does not fit (`HostStoreFullError`): the returned list is then
-        shorter than ``slot_groups`` and the remaining clusters simply stay on the device.
+        shorter than ``slot_groups`` and the remaining clusters simply stay on the device (the caller
+        counts that as a full event).
         """
         rows = []
         for slots in slot_groups:
@@ -83,7 +99,6 @@ class HostTier:
             try:
                 extent = self.store.put(k, v)
             except HostStoreFullError:
-                self.full_events += 1
                 break
             host = torch.arange(extent.start, extent.start + extent.length, dtype=torch.int64)
             self._extent_of[host] = extent.start
@@ -135,43 +150,40 @@ class HostTier:
         them. On CPU they run at once and are counted the same way.
 
         Returns:
-            ``([n, H, D], [n, H, Dv])`` on ``device``.
+            `HostRead`: ``k [n, H, D]``, ``v [n, H, Dv]`` on ``device`` and the read's `HostReadCounts`.
         """
         cache = self.caches.get(key, capacity)
         if cache is None:
-            self.overflow_reads += 1
-            return self.read(layer, host_rows, device)
+            return self._overflow(layer, host_rows, device)
         residency, engine = cache.residency, cache.engine
         starts = self._extent_of[host_rows]
         clusters, which = torch.unique(starts, return_inverse=True)
-        extents = [self._live[int(c)][0] for c in clusters.tolist()]
-        stats = residency.stats
-        asked, hit = stats.predicted_selected, stats.predicted_hits
+        ids = clusters.tolist()
+        extents = [self._live[c][0] for c in ids]
         try:
-            access = residency.access(layer, clusters.tolist(), extents)
+            access = residency.access(layer, ids, extents)
         except ResidencyOverflowError:
-            self.overflow_reads += 1
-            return self.read(layer, host_rows, device)
-        self.cache_lookups += stats.predicted_selected - asked
-        self.cache_hits += stats.predicted_hits - hit
+            return self._overflow(layer, host_rows, device)
         engine.submit(access.plan)
         engine.wait(layer)
-        self.copies += access.plan.num_ops
-        self.bytes_read += access.plan.num_bytes
         lengths = torch.tensor([e.length for e in extents], dtype=torch.int64)
         first = torch.cumsum(lengths, 0) - lengths  # where each cluster's members start in access.slots
         rows = engine.rows(access.slots[first[which] + (host_rows - clusters[which])])
-        out = engine.device_k[layer][rows].to(device), engine.device_v[layer][rows].to(device)
+        k, v = engine.device_k[layer][rows].to(device), engine.device_v[layer][rows].to(device)
+        copies, copy_bytes, prefetched = access.plan.num_ops, access.plan.num_bytes, 0
         if prefetch_next and layer + 1 < self.store.num_layers:
-            plan = residency.prefetch(layer + 1, clusters.tolist(), extents)
+            plan = residency.prefetch(layer + 1, ids, extents)
             engine.submit(plan)
-            self.copies += plan.num_ops
-            self.bytes_read += plan.num_bytes
-            self.prefetch_copies += plan.num_ops
-            self.prefetch_bytes += plan.num_bytes
+            copies, copy_bytes, prefetched = copies + plan.num_ops, copy_bytes + plan.num_bytes, plan.num_ops
         if self.debug:
             residency.check_integrity()
-        return out
+        asked = len(ids) if layer >= 1 else 0  # the residency's prefetch hit-rate rule: layers >= 1
+        hits = int(access.hits.numel()) if layer >= 1 else 0
+        return HostRead(k, v, HostReadCounts(copies, copy_bytes, prefetched, asked, hits, 0))
+
+    def _overflow(self, layer: int, host_rows: torch.Tensor, device) -> HostRead:
+        k, v, counts = self.read(layer, host_rows, device)
+        return HostRead(k, v, counts._replace(overflow_reads=1))
 
     def resident_tokens(self, key: int) -> int:
         """Tokens in video ``key``'s cluster cache, largest over layers (0 without a cache)."""
@@ -192,14 +204,14 @@ class HostTier:
         self._extent_of.fill_(-1)
         self._live.clear()
 
-    def read(self, layer: int, host_rows: torch.Tensor, device) -> Tuple[torch.Tensor, torch.Tensor]:
-        """K/V of ``host_rows [n]`` at ``layer``: ``([n, H, D], [n, Hv, Dv])`` on ``device``."""
+    def read(self, layer: int, host_rows: torch.Tensor, device) -> HostRead:
+        """K/V of ``host_rows [n]`` at ``layer`` straight from the host store (no cluster cache): one copy
+        per extent touched."""
         starts = torch.unique(self._extent_of[host_rows])
-        self.copies += int(starts.numel())
         k = self.store.k_buffer[layer][host_rows].to(device, non_blocking=True)
         v = self.store.v_buffer[layer][host_rows].to(device, non_blocking=True)
-        self.bytes_read += k.numel() * k.element_size() + v.numel() * v.element_size()
-        return k, v
+        nbytes = k.numel() * k.element_size() + v.numel() * v.element_size()
+        return HostRead(k, v, HostReadCounts(copies=int(starts.numel()), copy_bytes=nbytes))
 
     def read_keys(self, host_rows: torch.Tensor) -> torch.Tensor:
         """``[L, n, H, D]`` keys of all layers (index maintenance)."""

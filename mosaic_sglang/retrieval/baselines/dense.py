@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..retrieval_base import Selection
-from ._common import BaselineRetriever
+from ..base import Selection
+from .stream import BaselineRetriever
 
 __all__ = ["DenseRetriever"]
 

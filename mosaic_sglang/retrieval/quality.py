@@ -21,7 +21,8 @@ from typing import NamedTuple
 
 import torch
 
-from .retrieval_base import Selection
+from .base import Selection
+from .gqa import group_queries
 
 __all__ = ["SelectionQuality", "selection_quality"]
 
@@ -135,7 +136,7 @@ def _layer_chunk(
     """``[3, l] float32`` (mass recall, top-k recall, output error) for a chunk of ``l`` layers."""
     l, tq, hq, d = q.shape
     hkv = k.shape[2]
-    qf = q.float().reshape(l, tq, hkv, group, d).permute(0, 2, 3, 1, 4)  # [l, Hkv, g, Tq, D]
+    qf = group_queries(q, hkv)  # [l, Hkv, g, Tq, D]
     kf = k.float().permute(0, 2, 1, 3)[:, :, None]  # [l, Hkv, 1, N, D]
     vf = v.float().permute(0, 2, 1, 3)[:, :, None]  # [l, Hkv, 1, N, Dv]
     logits = (qf @ kf.transpose(-1, -2)) * scale  # [l, Hkv, g, Tq, N]

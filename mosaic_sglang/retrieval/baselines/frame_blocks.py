@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..config import MosaicConfig
-from ..retrieval_base import Selection
-from ._common import BaselineRetriever, fill_budget, group_queries, reduce_scores
+from ...config import MosaicConfig
+from ..base import Selection
+from .stream import BaselineRetriever, fill_units, grouped_query_rows, reduce_scores
 
 __all__ = ["FrameBlockRetriever"]
 
@@ -15,7 +15,7 @@ class FrameBlockRetriever(BaselineRetriever):
     """Blocks = frames; each block is summarised per layer and KV head by the mean of its keys.
 
     Score of frame ``f`` at a layer: ``q · mean_k(f) / √D`` per (query head, query token), aggregated by
-    ``config.query_reduce``; frames are taken best-first until the budget is filled (rule in `_common`).
+    ``config.query_reduce``; frames are taken best-first until the budget is filled (rule in `mosaic_sglang.retrieval.budget`).
     Text tokens (``frame_id < 0``) belong to no frame. Summaries are running key sums, ``O(1)`` per token,
     so a frame split across two `append` calls is one block.
 
@@ -70,9 +70,9 @@ class FrameBlockRetriever(BaselineRetriever):
     def select(self, queries: torch.Tensor) -> Selection:
         self._check_queries(queries)
         always, candidate = self._always_and_candidates()
-        q = group_queries(queries, self.num_kv_heads)  # [L, Hkv, R, D]
+        q = grouped_query_rows(queries, self.num_kv_heads)  # [L, Hkv, R, D]
         # q · mean = (q · sum) / count: no per-select copy of the summaries.
         dots = (q @ self._sums.transpose(-1, -2)) / self._counts.clamp_min(1)  # [L, Hkv, R, F]
         scores = reduce_scores(dots * self.head_dim**-0.5, self.config.query_reduce)  # [L, F]
-        chosen, num_units = fill_budget(scores, self._unit_of(), candidate, self.config.budget)
+        chosen, num_units = fill_units(scores, self._unit_of(), candidate, self.config.budget)
         return self._selection(chosen, always, num_units)

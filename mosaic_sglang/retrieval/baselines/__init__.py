@@ -5,7 +5,7 @@
 - `FrameBlockRetriever`: frames with mean-key summaries (ReKV style).
 - `QuestPageRetriever`: 16-token pages with min/max key bounds (Quest style).
 
-Budget rule shared by all: see `mosaic_sglang/baselines/_common.py`.
+Budget rule shared by all (and by `ClusterIndex`): `mosaic_sglang.retrieval.budget.fill_budget`.
 """
 
 from .dense import DenseRetriever

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..config import MosaicConfig
-from ..retrieval_base import Selection
-from ._common import BaselineRetriever, group_queries, reduce_scores
+from ...config import MosaicConfig
+from ..base import Selection
+from .stream import BaselineRetriever, grouped_query_rows, reduce_scores
 
 __all__ = ["OracleTokenTopK"]
 
@@ -68,7 +68,7 @@ class OracleTokenTopK(BaselineRetriever):
         self._check_queries(queries)
         always, candidate = self._always_and_candidates()
         keys = self._keys()  # [L, Hkv, N, D]
-        q = group_queries(queries, self.num_kv_heads)  # [L, Hkv, R, D]
+        q = grouped_query_rows(queries, self.num_kv_heads)  # [L, Hkv, R, D]
         scale = self.head_dim**-0.5
         per_layer = max(1, q.shape[1] * q.shape[2] * self._n)
         step = max(1, _CHUNK_ELEMENTS // per_layer)

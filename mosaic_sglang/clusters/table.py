@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ClusterTable", "NO_POSITION"]
+__all__ = ["ClusterTable", "NO_POSITION", "grow"]
 
 NO_POSITION = torch.iinfo(torch.int64).max
 """`first_pos` of an empty row: neutral for the running ``amin``."""
@@ -55,11 +55,11 @@ class ClusterTable:
         if needed <= self.capacity:
             return
         capacity = max(needed, 2 * self.capacity, _MIN_CAPACITY)
-        self.key_sum = _grow(self.key_sum, 1, capacity, 0)
-        self.sq_sum = _grow(self.sq_sum, 1, capacity, 0)
-        self.size = _grow(self.size, 1, capacity, 0)
-        self.first_pos = _grow(self.first_pos, 1, capacity, NO_POSITION)
-        self.last_ord = _grow(self.last_ord, 1, capacity, -1)
+        self.key_sum = grow(self.key_sum, 1, capacity, 0)
+        self.sq_sum = grow(self.sq_sum, 1, capacity, 0)
+        self.size = grow(self.size, 1, capacity, 0)
+        self.first_pos = grow(self.first_pos, 1, capacity, NO_POSITION)
+        self.last_ord = grow(self.last_ord, 1, capacity, -1)
         self.capacity = capacity
 
     def clear(self, group: torch.Tensor, cluster: torch.Tensor) -> None:
@@ -122,7 +122,8 @@ class ClusterTable:
         return key_sum.float(), sq_sum.float(), size.float()
 
 
-def _grow(t: torch.Tensor, dim: int, capacity: int, fill: float | int) -> torch.Tensor:
+def grow(t: torch.Tensor, dim: int, capacity: int, fill: float | int) -> torch.Tensor:
+    """``t`` widened along ``dim`` to ``capacity`` (new entries ``fill``): the doubling arenas' growth step."""
     shape = list(t.shape)
     shape[dim] = capacity
     out = t.new_full(shape, fill)

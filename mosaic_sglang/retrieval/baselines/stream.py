@@ -1,22 +1,20 @@
-"""What every baseline shares: the stream bookkeeping, query/head aggregation and budget filling.
+"""What every baseline shares: the stream bookkeeping, query/head aggregation and unit budgeting.
 
-Budget rule (the same for every unit-based retriever and for `ClusterIndex`, so budgets compare like
-for like): candidates are the positions *not* in `always_attended_positions`; a unit (frame, page,
-token) costs its candidate tokens; units are walked in descending score order and taken while the
-cumulative cost fits the budget, stopping at the first unit that does not fit (a prefix of the ranking,
-as `mosaic_sglang.cluster_scoring.fill_budget`). So at most ``budget`` tokens are attended beyond the
-always-attended set, the unused remainder is below one unit's cost (coarse units waste more of it), and
-units with no candidates are never chosen.
+Candidates are the positions *not* in `always_attended_mask`; a unit (frame, page, token) costs its
+candidate tokens; the budget is filled by the one rule of `mosaic_sglang.retrieval.budget.fill_budget`
+(the same as `ClusterIndex`'s), so budgets compare like for like.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..config import MosaicConfig
-from ..retrieval_base import Retriever, Selection, always_attended_positions
+from ...config import MosaicConfig
+from ..base import Retriever, Selection, always_attended_mask
+from ..budget import fill_budget
+from ..gqa import group_queries
 
-__all__ = ["BaselineRetriever", "fill_budget", "reduce_scores", "group_queries"]
+__all__ = ["BaselineRetriever", "fill_units", "reduce_scores", "grouped_query_rows"]
 
 
 class BaselineRetriever(Retriever):
@@ -85,27 +83,17 @@ class BaselineRetriever(Retriever):
 
     def _always_and_candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(always [N] bool, candidate [N] bool)`` for the current stream."""
-        always = torch.zeros(self._n, dtype=torch.bool)
-        always[always_attended_positions(self.frame_ids.clone(), self.config)] = True
+        always = always_attended_mask(self.frame_ids, self.config)
         return always, ~always
 
     def _selection(self, chosen: torch.Tensor, always: torch.Tensor, num_units: torch.Tensor) -> Selection:
         """CSR `Selection` from ``chosen [L, N] bool`` ∪ ``always [N] bool``."""
-        mask = chosen | always[None, :]
-        layer_ids, positions = mask.nonzero(as_tuple=True)  # row-major: by layer, then position
-        indptr = torch.zeros(self.num_layers + 1, dtype=torch.int64)
-        indptr[1:] = torch.cumsum(torch.bincount(layer_ids, minlength=self.num_layers), 0)
-        return Selection(indptr, positions, num_units.to(torch.int64))
+        return Selection.from_mask(chosen | always[None, :], num_units)
 
 
-def group_queries(queries: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
-    """GQA view of the queries: ``[L, Tq, Hq, D]`` → ``[L, Hkv, (Hq/Hkv)·Tq, D]`` float32.
-
-    Query head ``h`` goes with KV head ``h // (Hq/Hkv)`` (HF `repeat_kv` order).
-    """
-    l, tq, hq, d = queries.shape
-    g = hq // num_kv_heads
-    return queries.float().reshape(l, tq, num_kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(l, num_kv_heads, g * tq, d)
+def grouped_query_rows(queries: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """``[L, Tq, Hq, D]`` → ``[L, Hkv, (Hq/Hkv)·Tq, D]`` float32: `group_queries` with (group, Tq) flattened."""
+    return group_queries(queries, num_kv_heads).flatten(2, 3)
 
 
 def reduce_scores(scores: torch.Tensor, how: str) -> torch.Tensor:
@@ -117,10 +105,10 @@ def reduce_scores(scores: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"reduce_scores: expected 'mean' or 'max', got {how!r}")
 
 
-def fill_budget(
+def fill_units(
     unit_scores: torch.Tensor, unit_of: torch.Tensor, candidate: torch.Tensor, budget: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fill the token budget with the best whole units, per layer (rule in the module docstring).
+    """Fill the token budget with the best whole units, per layer (`fill_budget` over unit costs).
 
     Args:
         unit_scores: ``[L, U] float`` score of each unit per layer (higher is better).
@@ -133,20 +121,15 @@ def fill_budget(
         per layer) and the number of units they come from.
 
     Example:
-        >>> chosen, n = fill_budget(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([0, 0, 0, 0, 1, 2, 2]),
-        ...                         torch.ones(7, dtype=torch.bool), 6)
+        >>> chosen, n = fill_units(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([0, 0, 0, 0, 1, 2, 2]),
+        ...                        torch.ones(7, dtype=torch.bool), 6)
         >>> chosen.nonzero()[:, 1].tolist(), n.tolist()
         ([0, 1, 2, 3, 5, 6], [2])
     """
-    num_units = unit_scores.shape[1]
+    num_layers, num_units = unit_scores.shape
     in_unit = candidate & (unit_of >= 0)
     unit_safe = unit_of.clamp_min(0)
     cost = torch.bincount(unit_safe[in_unit], minlength=num_units)  # [U]
-    scores = unit_scores.float().masked_fill(cost[None, :] == 0, float("-inf"))
-    order = scores.argsort(dim=1, descending=True, stable=True)  # [L, U]
-    takeable = torch.gather(scores, 1, order).isfinite()
-    cumulative = torch.cumsum(torch.where(takeable, cost[order], 0), 1)  # [L, U]
-    take_sorted = takeable & (cumulative <= budget)  # a prefix: cumsum is monotone
-    take = torch.zeros_like(take_sorted).scatter_(1, order, take_sorted)  # [L, U]
+    take = fill_budget(unit_scores.float(), cost[None, :].expand(num_layers, -1), budget)  # [L, U]
     chosen = in_unit[None, :] & take[:, unit_safe]
     return chosen, take.sum(1)

@@ -1,9 +1,10 @@
-"""Cluster scoring and budget filling: from cluster summaries and a query to the chosen clusters.
+"""Cluster scoring: from cluster summaries and a query to a priority per cluster.
 
 Pure tensor functions over a leading ``rows`` dimension. One row is one (sequence, layer): a single
 sequence passes its layers as rows; several sequences stack their layers (padding the cluster axis
-with ``cost = 0``), so scoring is one batched matmul and the budget fill one sort over all rows
-(a segmented top-k). The maths is in ``CLUSTERS.md``.
+with ``cost = 0``), so scoring is one batched matmul; the budget fill
+(`mosaic_sglang.retrieval.budget.fill_budget`) is then one sort over all rows (a segmented top-k).
+The maths is in ``README.md``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["LayerSummaries", "score_clusters", "fill_budget"]
+from ..retrieval.gqa import group_queries
+
+__all__ = ["LayerSummaries", "score_clusters"]
 
 _RULES = ("centroid", "centroid_radius", "size_weighted")
 _REDUCES = ("mean", "max")
@@ -79,8 +82,7 @@ def score_clusters(
         return centroids.new_zeros(rows, 0)
     scale = 1.0 / math.sqrt(head_dim)
     # [R, H, Tq*group, D]: the query vectors that read each KV head, one matmul for all rows and heads.
-    q = queries.float().reshape(rows, tq, num_kv_heads, group, head_dim).permute(0, 2, 1, 3, 4)
-    q = q.reshape(rows, num_kv_heads, tq * group, head_dim)
+    q = group_queries(queries, num_kv_heads).transpose(2, 3).reshape(rows, num_kv_heads, tq * group, head_dim)
     logits = torch.matmul(q, centroids.permute(0, 2, 3, 1)) * scale  # [R, H, Tq*group, C]
     if rule == "centroid_radius":
         radius = spreads.clamp(min=0).sqrt().permute(0, 2, 1).unsqueeze(2)  # [R, H, 1, C]
@@ -98,32 +100,3 @@ def score_clusters(
     if rule == "size_weighted":
         scores = scores / costs.clamp(min=1)
     return torch.where(valid, scores, neg_inf)
-
-
-def fill_budget(scores: torch.Tensor, costs: torch.Tensor, budget: int | torch.Tensor) -> torch.Tensor:
-    """Take clusters in descending score order while their cumulative cost fits the budget.
-
-    The walk stops at the first cluster that does not fit (a prefix of the ranking: one sort and one
-    cumsum, no loop over clusters); the unused remainder is below one cluster's cost.
-
-    Args:
-        scores: ``[R, C]`` float, ``-inf`` for clusters that must not be taken.
-        costs: ``[R, C]`` int64 tokens each cluster adds (``<= 0``: never taken).
-        budget: int, or ``[R] int64`` per row.
-
-    Returns:
-        ``[R, C]`` bool, chosen clusters; per row ``costs[chosen].sum() <= budget``.
-
-    Example:
-        >>> fill_budget(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([[4, 1, 2]]), 6)
-        tensor([[ True, False,  True]])
-    """
-    order = torch.argsort(scores, dim=1, descending=True, stable=True)  # [R, C]
-    sorted_scores = scores.gather(1, order)
-    sorted_costs = costs.gather(1, order)
-    takeable = torch.isfinite(sorted_scores) & (sorted_costs > 0)
-    cumulative = torch.cumsum(torch.where(takeable, sorted_costs, 0), dim=1)
-    limit = budget if isinstance(budget, int) else budget.to(costs.dtype)[:, None]
-    # Prefix only: once a cluster does not fit, later ones are not taken either (cumsum is monotone).
-    take = takeable & (cumulative <= limit)
-    return torch.zeros_like(take).scatter_(1, order, take)

@@ -3,7 +3,7 @@
 Every retriever sees the same stream: ``append(keys, frame_ids)`` as video/text tokens arrive, then
 ``select(queries)`` for the question. It returns a `Selection`: per layer, the sorted, unique token
 positions to attend. Always-attended tokens (sinks, recent window, text) are added by
-`always_attended_positions` for everyone, so budgets compare like for like.
+`always_attended_mask` for everyone (the serving policy included), so budgets compare like for like.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from typing import NamedTuple
 
 import torch
 
-from .config import MosaicConfig
+from ..config import MosaicConfig
+from ..csr import indptr_from_ids
 
-__all__ = ["Selection", "Retriever", "always_attended_positions"]
+__all__ = ["Selection", "Retriever", "always_attended_mask", "always_attended_positions"]
 
 
 class Selection(NamedTuple):
@@ -31,6 +32,12 @@ class Selection(NamedTuple):
     indptr: torch.Tensor
     indices: torch.Tensor
     num_units: torch.Tensor
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor, num_units: torch.Tensor) -> "Selection":
+        """From ``mask [num_layers, N] bool`` (attended positions per layer) and ``num_units [num_layers]``."""
+        layer_ids, positions = mask.nonzero(as_tuple=True)  # row-major: by layer, then position
+        return cls(indptr_from_ids(layer_ids, mask.shape[0]), positions, num_units.to(torch.int64))
 
     @property
     def num_layers(self) -> int:
@@ -83,22 +90,33 @@ class Retriever(ABC):
         """Tokens appended so far."""
 
 
-def always_attended_positions(
-    frame_ids: torch.Tensor, config: MosaicConfig
-) -> torch.Tensor:
-    """Positions every retriever attends regardless of the query.
+def always_attended_mask(frame_ids: torch.Tensor, config: MosaicConfig, *, seq_len: int | None = None) -> torch.Tensor:
+    """Positions every retriever attends regardless of the query: the one rule.
 
     Args:
-        frame_ids: ``[N] int64`` frame id per position so far, ``-1`` for text.
+        frame_ids: ``[N] int64`` frame id per position, ``-1`` for text.
         config: supplies ``sink_tokens`` and ``recent_window``.
+        seq_len: where the recent window ends (default ``N``). The serving policy describes a prefix of
+            a longer sequence (the indexed video span), whose window is the *sequence's* tail.
 
     Returns:
-        ``[n] int64`` sorted unique positions: the first ``sink_tokens``, the last ``recent_window``
-        and every text position.
+        ``[N] bool``: the first ``sink_tokens`` positions, positions ``>= seq_len - recent_window`` and
+        every text position.
+
+    Example:
+        >>> cfg = MosaicConfig(sink_tokens=1, recent_window=2)
+        >>> always_attended_mask(torch.tensor([-1, 0, 0, 0, 1, 1]), cfg).tolist()
+        [True, False, False, False, True, True]
     """
     n = frame_ids.numel()
+    seq_len = n if seq_len is None else seq_len
     keep = frame_ids < 0
     keep[: min(config.sink_tokens, n)] = True
     if config.recent_window > 0:
-        keep[max(0, n - config.recent_window) :] = True
-    return keep.nonzero().flatten()
+        keep[max(0, seq_len - config.recent_window) :] = True
+    return keep
+
+
+def always_attended_positions(frame_ids: torch.Tensor, config: MosaicConfig) -> torch.Tensor:
+    """``[n] int64`` sorted positions of `always_attended_mask` (sinks, recent window, text)."""
+    return always_attended_mask(frame_ids, config).nonzero().flatten()

@@ -7,7 +7,7 @@ bytes itself (`TransferEngine` executes the plans).
 
 Capacity: **per layer**, ``ceil(budget × (1 + residency_slack))`` token slots in each layer's own slot
 space (served: a block of ``capacity`` slots of SGLang's KV pool, each slot used independently per
-layer, see `integration.cluster_caches`; offline: a ``[num_layers, capacity, H, D]`` buffer). Per layer because
+layer, see `offload.cluster_caches`; offline: a ``[num_layers, capacity, H, D]`` buffer). Per layer because
 layers select different clusters (ids are shared, choices are not): a slot space shared across layers
 must hold the *union* of the layers' selections (up to L × budget), while per-layer caches hold exactly
 the budget plus the slack in every layer, and cross-layer prefetch is then just "fill layer l+1's
@@ -176,7 +176,7 @@ class ClusterResidency:
             plan byte counts.
 
     Example:
-        >>> from mosaic_sglang.host_store import Extent
+        >>> from mosaic_sglang.offload.host_store import Extent
         >>> r = ClusterResidency(8, num_layers=2, bytes_per_token=4)
         >>> r.begin_step()
         >>> a = r.access(0, [7], [Extent(100, 3)])

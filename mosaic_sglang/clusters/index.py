@@ -3,7 +3,8 @@
 Visual-token keys are grouped into clusters as they arrive (cohesion-aware assignment against the
 clusters active in the last few frames); over-spread clusters are only *marked* during `append` and
 split later by `maintain` (bounded work, off the decode path); `select` scores cluster summaries
-against the query and fills the token budget with whole clusters. The maths is in ``CLUSTERS.md``.
+against the query and fills the token budget with whole clusters (the read side is in ``select.py``,
+over the `IndexView` this index hands out). The maths is in ``README.md``.
 
 Example:
     >>> import torch
@@ -18,24 +19,29 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, Sequence
 
 import torch
 
-from .cluster_index_selection import ClusterChoice, ClusterSelection, describe as _describe
-from .cluster_split import two_means
-from .cluster_integrity import check_integrity, recompute_summaries
-from .cluster_table import ClusterTable
-from .config import MosaicConfig
-from .retrieval_base import Retriever
+from ..config import MosaicConfig
+from ..csr import indptr_from_ids
+from ..retrieval.base import Retriever, Selection
+from . import select as selection
+from .inputs import check_append, check_queries, describe
+from .integrity import check_integrity, recompute_summaries
+from .scoring import LayerSummaries
+from .select import ClusterChoice
+from .split import two_means
+from .table import ClusterTable, grow
+from .view import IndexView
 
-__all__ = ["ClusterIndex", "ClusterChoice"]
+__all__ = ["ClusterIndex", "ClusterChoice", "select_layer_batch"]
 
 ASSIGN_ROUNDS = 4
 """Rounds of join-then-seed per frame beyond ``ceil(n / max_cluster_size)`` (the rounds the size cap
 alone may need: a new cluster takes at most that many joiners per round); tokens still unplaced after
 the last round open singleton clusters. Each round places at least the first pending token of every
-group; see CLUSTERS.md for the measured share of singleton fallbacks."""
+group; see README.md for the measured share of singleton fallbacks."""
 
 _VAR_FLOOR = 1e-6
 """Relative floor on the running key variance (share of E|k|^2), so a constant stream cannot divide by 0."""
@@ -44,7 +50,7 @@ KeyReader = Callable[[torch.Tensor], torch.Tensor]
 """``positions [M] int64 -> keys [L, M, H, D]``: where the index reads keys it did not keep."""
 
 
-class ClusterIndex(ClusterSelection, Retriever):
+class ClusterIndex(Retriever):
     """Cluster index of one sequence's visual-token keys; implements `Retriever`.
 
     Keys for splitting and integrity checks: by default the index keeps a copy of every appended key
@@ -150,7 +156,7 @@ class ClusterIndex(ClusterSelection, Retriever):
         Raises:
             ValueError: wrong shape, dtype or decreasing frame ids.
         """
-        keys, frame_ids = self._check_append(keys, frame_ids)
+        keys, frame_ids = check_append(keys, frame_ids, self.num_layers, self.num_kv_heads, self.head_dim, self.device)
         t = keys.shape[1]
         if t == 0:
             return
@@ -310,6 +316,62 @@ class ClusterIndex(ClusterSelection, Retriever):
         self._marked[g, ids[g, a]] = True
         self._num_marked += g.numel()
 
+    # -- read side (select.py over `view`) ---------------------------------------------------------
+
+    def view(self) -> IndexView:
+        """The live state as an `IndexView` (references, no copies; valid until the next write)."""
+        n = self._n
+        return IndexView(
+            self.config, n, self._num_visual, self._frame_ids[:n], self._frame_ord[:n], self._assign[:, :n],
+            self._num_clusters, self._layers_of_group, self._group_of_layer, self._table, self._marked,
+            self._num_marked, self._active, self._key_sum, self._key_sq, self._read_keys, self.num_kv_heads,
+            self.head_dim,
+        )
+
+    @property
+    def frame_ids(self) -> torch.Tensor:
+        """``[num_tokens] int64`` frame id of every appended position (``-1`` for text); a view."""
+        return self._frame_ids[: self._n]
+
+    def select(self, queries: torch.Tensor) -> Selection:
+        """The attended set: always-attended positions ∪ the members of the chosen clusters.
+
+        Args:
+            queries: ``[L, Tq, Hq, D]`` float, ``Hq`` a multiple of ``num_kv_heads``.
+
+        Returns:
+            `Selection` (CSR over layers, sorted unique positions); ``num_units`` = clusters chosen per
+            layer. Per layer: attended <= ``budget`` + |always attended|; everything when
+            ``budget >= num_visual_tokens``. Never splits or re-assigns (pure read of the index).
+        """
+        layers = torch.arange(self.num_layers, device=self.device)
+        view = self.view()
+        (chosen,) = selection.choose_clusters([view], [layers], [check_queries(queries, self.num_layers, self.num_kv_heads, self.head_dim, self.device)])  # [L, C]
+        return Selection.from_mask(selection.attended_mask(view, layers, chosen), chosen.sum(1))
+
+    def select_layer(self, layer_id: int, queries: torch.Tensor) -> torch.Tensor:
+        """One layer of `select`: ``queries [Tq, Hq, D]`` → ``[n] int64`` sorted attended positions."""
+        if not isinstance(layer_id, int) or not 0 <= layer_id < self.num_layers:
+            raise ValueError(f"ClusterIndex.select_layer: layer_id: expected 0 <= id < {self.num_layers}, got {layer_id!r}")
+        if not isinstance(queries, torch.Tensor) or queries.dim() != 3:
+            raise ValueError(f"ClusterIndex.select_layer: queries: expected [Tq, Hq, D], got {describe(queries)}")
+        return select_layer_batch([self], layer_id, [queries])[0]
+
+    def select_clusters(self, queries: torch.Tensor) -> ClusterChoice:
+        """The chosen clusters per layer (what a transfer engine moves), as `ClusterChoice`."""
+        layers = torch.arange(self.num_layers, device=self.device)
+        (chosen,) = selection.choose_clusters([self.view()], [layers], [check_queries(queries, self.num_layers, self.num_kv_heads, self.head_dim, self.device)])
+        layer_ids, cluster_ids = chosen.nonzero(as_tuple=True)
+        return ClusterChoice(indptr_from_ids(layer_ids, self.num_layers), cluster_ids)
+
+    def layer_summaries(self, layers: torch.Tensor) -> LayerSummaries:
+        """What scoring needs for ``layers [R] int64`` (see `select.layer_summaries`)."""
+        return selection.layer_summaries(self.view(), layers)
+
+    def cluster_members(self, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(indptr [C + 1], positions [V])``: members of every cluster of ``group``, CSR by cluster id."""
+        return selection.cluster_members(self.view(), group)
+
     # -- deferred splitting ----------------------------------------------------------------------
 
     def maintain(self, max_splits: int | None = None) -> int:
@@ -370,9 +432,11 @@ class ClusterIndex(ClusterSelection, Retriever):
     # -- integrity and truncation ----------------------------------------------------------------
 
     def check_integrity(self) -> None:
-        """Verify the invariants (see `cluster_integrity.check_integrity`); raise ``AssertionError``
+        """Verify the invariants (see `integrity.check_integrity`); raise ``AssertionError``
         naming the first broken one. O(N): reads every key."""
-        check_integrity(self)
+        if not bool((self._assign[:, self._n :] == -1).all()):
+            raise AssertionError("ClusterIndex integrity: positions beyond num_tokens must be unassigned")
+        check_integrity(self.view())
 
     def truncate(self, num_tokens: int) -> None:
         """Drop positions ``>= num_tokens``; the survivors keep their clusters (ids compacted,
@@ -393,7 +457,7 @@ class ClusterIndex(ClusterSelection, Retriever):
         new_id = torch.cumsum(present, 1) - 1
         assign.copy_(torch.where(assign >= 0, new_id.gather(1, assign.clamp(min=0)), -1))
         self._num_clusters = present.sum(1).tolist()
-        self._table, _, self._key_sum, self._key_sq = recompute_summaries(self, cap, torch.float32)
+        self._table, _, self._key_sum, self._key_sq = recompute_summaries(self.view(), cap, torch.float32)
         self._key_sum, self._key_sq = self._key_sum.double(), self._key_sq.double()
         visual = (self._frame_ids[:num_tokens] >= 0).nonzero().flatten()
         self._num_visual = visual.numel()
@@ -455,16 +519,16 @@ class ClusterIndex(ClusterSelection, Retriever):
         cap = self._frame_ids.numel()
         if needed > cap or (self._keys is not None and self._keys.shape[1] < needed):
             cap = max(needed, 2 * cap, 256)  # 256: a frame or two, so short streams never reallocate
-            self._frame_ids = _grow(self._frame_ids, 0, cap, -1)
-            self._frame_ord = _grow(self._frame_ord, 0, cap, -1)
-            self._assign = _grow(self._assign, 1, cap, -1)
+            self._frame_ids = grow(self._frame_ids, 0, cap, -1)
+            self._frame_ord = grow(self._frame_ord, 0, cap, -1)
+            self._assign = grow(self._assign, 1, cap, -1)
             if self._keys is not None:
-                self._keys = _grow(self._keys, 1, cap, 0)
+                self._keys = grow(self._keys, 1, cap, 0)
 
     def _reserve_clusters(self, needed: int) -> None:
         self._table.reserve(needed)
         if self._marked.shape[1] < self._table.capacity:
-            self._marked = _grow(self._marked, 1, self._table.capacity, False)
+            self._marked = grow(self._marked, 1, self._table.capacity, False)
 
     def _read_keys(self, positions: torch.Tensor) -> torch.Tensor:
         """``[L, M, H, D]`` float32 keys at ``positions [M]``."""
@@ -478,28 +542,6 @@ class ClusterIndex(ClusterSelection, Retriever):
         assert tuple(keys.shape) == expected, f"key_reader returned {tuple(keys.shape)}, expected {expected}"
         return keys.to(self.device, torch.float32)
 
-    # -- input checks ----------------------------------------------------------------------------
-
-    def _check_append(self, keys, frame_ids) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = f"[num_layers={self.num_layers}, T, num_kv_heads={self.num_kv_heads}, head_dim={self.head_dim}]"
-        if not isinstance(keys, torch.Tensor) or not keys.is_floating_point() or keys.dim() != 4:
-            raise ValueError(f"ClusterIndex.append: keys: expected a float tensor {shape}, got {_describe(keys)}")
-        if (keys.shape[0], keys.shape[2], keys.shape[3]) != (self.num_layers, self.num_kv_heads, self.head_dim):
-            raise ValueError(f"ClusterIndex.append: keys: expected {shape}, got shape {tuple(keys.shape)}")
-        if (not isinstance(frame_ids, torch.Tensor) or frame_ids.dtype not in (torch.int64, torch.int32)
-                or frame_ids.dim() != 1 or frame_ids.numel() != keys.shape[1]):
-            raise ValueError(
-                f"ClusterIndex.append: frame_ids: expected an int64 tensor [T={keys.shape[1]}] "
-                f"(-1 for text), got {_describe(frame_ids)}"
-            )
-        frame_ids = frame_ids.to(self.device, torch.int64)
-        visual = frame_ids[frame_ids >= 0]
-        if bool((frame_ids < -1).any()) or bool((visual[1:] < visual[:-1]).any()):
-            raise ValueError(
-                "ClusterIndex.append: frame_ids: expected -1 (text) or non-decreasing frame ids >= 0, "
-                f"got {frame_ids.tolist()[:16]}..."
-            )
-        return keys.to(self.device), frame_ids
 
 def _rank_within(key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """``[P] int64`` rank of each element by ``value`` among elements with the same ``key``."""
@@ -512,9 +554,27 @@ def _rank_within(key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return rank
 
 
-def _grow(t: torch.Tensor, dim: int, capacity: int, fill) -> torch.Tensor:
-    shape = list(t.shape)
-    shape[dim] = capacity
-    out = t.new_full(shape, fill)
-    out.narrow(dim, 0, t.shape[dim]).copy_(t)
-    return out
+def select_layer_batch(
+    indexes: Sequence[ClusterIndex], layer_id: int, queries: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Attended positions of several sequences at one layer, scored in one batched call (a decode batch).
+
+    Args:
+        indexes: one `ClusterIndex` per sequence (same score rule; budgets may differ).
+        layer_id: the layer.
+        queries: per sequence ``[Tq_i, Hq, D]`` float queries of that layer.
+
+    Returns:
+        Per sequence ``[n_i] int64`` sorted positions (always attended ∪ chosen clusters' members);
+        a sequence's result does not depend on the others in the batch.
+    """
+    if len(indexes) != len(queries):
+        raise ValueError(f"select_layer_batch: expected one query tensor per index, got {len(queries)} for {len(indexes)}")
+    for i, q in enumerate(queries):
+        if not isinstance(q, torch.Tensor) or q.dim() != 3:
+            raise ValueError(f"select_layer_batch: queries[{i}]: expected [Tq, Hq, D], got {describe(q)}")
+    views = [index.view() for index in indexes]
+    layers = [torch.tensor([layer_id], device=index.device) for index in indexes]
+    checked = [check_queries(q[None], 1, index.num_kv_heads, index.head_dim, index.device) for index, q in zip(indexes, queries)]
+    chosen = selection.choose_clusters(views, layers, checked)
+    return [selection.attended_mask(v, l, c)[0].nonzero().flatten() for v, l, c in zip(views, layers, chosen)]

@@ -10,13 +10,15 @@ everything (dense, the exactness reference); `ClusterAttendedSet` (Mosaic) plugs
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
-from .integration.request_layout import RequestLayout
+from .request_layout import RequestLayout
+from .stats import RequestRecord, RequestStats
 
 __all__ = ["AttendedSetPolicy", "FullAttendedSet"]
+
 
 class AttendedSetPolicy(ABC):
     """Chooses the attended set; owns whatever per-sequence state that needs."""
@@ -58,9 +60,10 @@ class AttendedSetPolicy(ABC):
     def reset(self) -> None:
         """The cache was flushed: drop all state."""
 
-    def request_stats(self, rid: str) -> dict:
-        """JSON-able statistics of a request, reported in the response's ``meta_info['mosaic']``."""
-        return {}
+    def request_stats(self, rid: str) -> Optional[RequestStats]:
+        """The request's statistics (reported in the response's ``meta_info['mosaic']``), or None if the
+        policy has never seen it."""
+        return None
 
 
 class FullAttendedSet(AttendedSetPolicy):
@@ -70,23 +73,23 @@ class FullAttendedSet(AttendedSetPolicy):
 
     def __init__(self) -> None:
         self._requests: Sequence[RequestLayout] = ()
-        self._stats: dict[str, dict] = {}
+        self._records: dict[str, RequestRecord] = {}
 
     def begin_forward(self, requests: Sequence[RequestLayout], is_decode: bool) -> None:
         self._requests = requests
         for req in requests:
-            stats = self._stats.setdefault(req.rid, {"policy": self.name})
-            stats.update(
-                context_tokens=req.seq_len,
-                visual_tokens=req.num_visual,
-                attended_tokens=req.seq_len,
-            )
+            record = self._records.setdefault(req.rid, RequestRecord(self.name))
+            device_tokens = int((req.slots > 0).sum())
+            record.begin_forward(context_tokens=req.seq_len, visual_tokens=req.num_visual, frames=0, clusters=0,
+                                 device_tokens=device_tokens, host_tokens=0, host_store_used=0)
+            record.attended(req.seq_len)
 
     def attended_positions(self, layer_id: int, request_index: int, queries: torch.Tensor) -> torch.Tensor:
         return torch.arange(self._requests[request_index].seq_len)
 
     def release(self, rid: str) -> None:
-        self._stats.pop(rid, None)
+        self._records.pop(rid, None)
 
-    def request_stats(self, rid: str) -> dict:
-        return dict(self._stats.get(rid, {}))
+    def request_stats(self, rid: str) -> Optional[RequestStats]:
+        record = self._records.get(rid)
+        return None if record is None else record.snapshot()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..config import MosaicConfig
-from ..retrieval_base import Selection
-from ._common import BaselineRetriever, fill_budget, group_queries, reduce_scores
+from ...config import MosaicConfig
+from ..base import Selection
+from .stream import BaselineRetriever, fill_units, grouped_query_rows, reduce_scores
 
 __all__ = ["QuestPageRetriever", "QUEST_PAGE_SIZE"]
 
@@ -20,7 +20,7 @@ class QuestPageRetriever(BaselineRetriever):
     Each page keeps per layer, KV head and channel the min ``m`` and max ``M`` of its keys. Quest's upper
     bound of ``q·k`` over the page: ``Σ_d max(q_d m_d, q_d M_d) = relu(q)·M + min(q, 0)·m`` (two matmuls),
     scaled by ``1/√D`` and aggregated over heads and query tokens by ``config.query_reduce``. Pages are
-    taken best-first until the budget is filled; a page costs only its candidate tokens (rule in `_common`).
+    taken best-first until the budget is filled; a page costs only its candidate tokens (rule in `mosaic_sglang.retrieval.budget`).
 
     State: ``key_min, key_max [L, Hkv, P, D]`` in fp32 (score-ready layout: no copy per select). ``num_units`` = pages chosen.
 
@@ -69,9 +69,9 @@ class QuestPageRetriever(BaselineRetriever):
     def select(self, queries: torch.Tensor) -> Selection:
         self._check_queries(queries)
         always, candidate = self._always_and_candidates()
-        q = group_queries(queries, self.num_kv_heads)  # [L, Hkv, R, D]
+        q = grouped_query_rows(queries, self.num_kv_heads)  # [L, Hkv, R, D]
         upper = q.clamp_min(0) @ self._max.transpose(-1, -2) + q.clamp_max(0) @ self._min.transpose(-1, -2)  # [L, Hkv, R, P]
         scores = reduce_scores(upper * self.head_dim**-0.5, self.config.query_reduce)  # [L, P]
         unit_of = torch.arange(self._n) // self.page_size
-        chosen, num_units = fill_budget(scores, unit_of, candidate, self.config.budget)
+        chosen, num_units = fill_units(scores, unit_of, candidate, self.config.budget)
         return self._selection(chosen, always, num_units)

@@ -23,9 +23,9 @@ from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 import torch
 
-from ..host_store import HostKVStore
-from ..residency import ClusterResidency
-from ..transfer_engine import TransferEngine
+from .host_store import HostKVStore
+from .residency import ClusterResidency
+from .transfer import TransferEngine
 
 __all__ = ["DevicePool", "ClusterCaches", "VideoCache"]
 

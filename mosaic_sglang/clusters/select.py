@@ -1,0 +1,143 @@
+"""The read side of the cluster index: summaries → scores → budget fill → attended positions.
+
+Pure functions over `IndexView`s (what `ClusterIndex.view` returns), so the same code serves one
+sequence (its layers as rows), one layer of many sequences (a decode batch: one row per sequence) and
+anything in between. `choose_clusters` is the one selection path: rows that share a query length are
+stacked (cluster axis zero-padded with ``cost = 0``, never taken), scored with one `score_clusters`
+matmul and filled with one `fill_budget` sort. A sequence alone is scored without padding, so its
+result does not depend on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import NamedTuple, Sequence
+
+import torch
+
+from ..csr import indptr_from_counts
+from ..retrieval.base import always_attended_mask
+from ..retrieval.budget import fill_budget
+from .scoring import LayerSummaries, score_clusters
+from .view import IndexView
+
+__all__ = ["ClusterChoice", "layer_summaries", "choose_clusters", "attended_mask", "cluster_members"]
+
+
+class ClusterChoice(NamedTuple):
+    """Clusters chosen per layer, CSR over layers (what a transfer engine moves).
+
+    Attributes:
+        indptr: ``[num_layers + 1] int64``.
+        cluster_ids: ``[nnz] int64`` ids in the layer's membership group, ascending per layer.
+    """
+
+    indptr: torch.Tensor
+    cluster_ids: torch.Tensor
+
+
+def layer_summaries(view: IndexView, layers: torch.Tensor) -> LayerSummaries:
+    """What scoring needs for ``layers [R] int64`` of one index (``C`` = largest group's cluster count).
+
+    ``full`` (exact mode) when the budget covers every visual token: no scoring, every cluster.
+    """
+    device = view.device
+    group = view.group_of_layer[layers]  # [R]
+    num_c = max(view.num_clusters)
+    counts = torch.tensor(view.num_clusters, device=device)[group]
+    valid = torch.arange(num_c, device=device) < counts[:, None]  # [R, C]
+    full = num_c == 0 or view.config.budget >= view.num_visual
+    if full:
+        empty = torch.empty(0, device=device)
+        return LayerSummaries(valid, empty, empty, valid.long(), True)
+    table = view.table
+    size = table.size[group, :num_c]  # [R, C]
+    cost = (size - _covered_counts(view, num_c)[group]) * valid
+    n = size.clamp(min=1).float()
+    centroid = table.key_sum[layers, :num_c].float() / n[..., None, None]
+    spread = table.sq_sum[layers, :num_c].float() / n[..., None] - centroid.square().sum(-1)
+    return LayerSummaries(valid, centroid, spread, cost, False)
+
+
+def choose_clusters(
+    views: Sequence[IndexView], layers: Sequence[torch.Tensor], queries: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Chosen clusters of several (index, layers) items in as few batched calls as their shapes allow.
+
+    Args:
+        views: one `IndexView` per item (the same ``score``/``query_reduce`` rule; budgets may differ).
+        layers: per item ``[R_i] int64`` the layers to select for.
+        queries: per item ``[R_i, Tq_i, Hq, D]`` float queries of those layers (on the index's device).
+
+    Returns:
+        Per item ``[R_i, C_i] bool`` chosen clusters (``C_i`` = the item's largest group count); per row
+        the chosen clusters' cost (members not always attended) is at most the item's budget.
+    """
+    out: list[torch.Tensor | None] = [None] * len(views)
+    by_length = defaultdict(list)
+    for i, q in enumerate(queries):
+        by_length[q.shape[1]].append(i)
+    for items in by_length.values():
+        scored = []
+        for i in items:
+            summaries = layer_summaries(views[i], layers[i])
+            if summaries.full:
+                out[i] = summaries.valid
+            else:
+                scored.append((i, summaries))
+        if not scored:
+            continue
+        width = max(s.cost.shape[1] for _, s in scored)
+        cost = torch.cat([_pad(s.cost, width) for _, s in scored])  # [R, C]
+        centroid = torch.cat([_pad(s.centroid, width) for _, s in scored])  # [R, C, H, D]
+        spread = torch.cat([_pad(s.spread, width) for _, s in scored])  # [R, C, H]
+        q = torch.cat([queries[i] for i, _ in scored])  # [R, Tq, Hq, D]
+        config = views[scored[0][0]].config
+        scores = score_clusters(q, centroid, spread, cost, rule=config.score, reduce=config.query_reduce)
+        rows = torch.tensor([s.cost.shape[0] for _, s in scored])
+        budgets = torch.repeat_interleave(torch.tensor([views[i].config.budget for i, _ in scored]), rows)
+        chosen = fill_budget(scores, cost, budgets.to(cost.device))
+        for (i, s), part in zip(scored, torch.split(chosen, rows.tolist())):
+            out[i] = part[:, : s.cost.shape[1]]
+    return out
+
+
+def attended_mask(view: IndexView, layers: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """``[R, N] bool`` per row: always-attended positions ∪ members of ``chosen [R, C] bool`` at ``layers [R]``."""
+    assign = view.assign[view.group_of_layer[layers]]  # [R, N]
+    if chosen.shape[1] == 0:
+        mask = torch.zeros(assign.shape, dtype=torch.bool, device=view.device)
+    else:
+        mask = chosen.gather(1, assign.clamp(min=0)) & (assign >= 0)
+    return mask | always_attended_mask(view.frame_ids, view.config)[None, :]
+
+
+def cluster_members(view: IndexView, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Members of every cluster of membership ``group``, CSR by cluster id.
+
+    Returns:
+        ``(indptr [C + 1] int64, positions [V] int64)``; cluster ``c`` owns
+        ``positions[indptr[c]:indptr[c + 1]]`` (ascending).
+    """
+    assign = view.assign[group]
+    positions = (assign >= 0).nonzero().flatten()
+    ids = assign[positions]
+    order = torch.argsort(ids * (view.num_tokens + 1) + positions)
+    return indptr_from_counts(torch.bincount(ids, minlength=view.num_clusters[group])), positions[order]
+
+
+def _covered_counts(view: IndexView, num_c: int) -> torch.Tensor:
+    """``[G, C] int64`` members per cluster that are always attended anyway (sinks, the index's recent
+    window): choosing their cluster costs no budget for them."""
+    a = view.assign[:, always_attended_mask(view.frame_ids, view.config)]  # [G, S+W+text]; text is -1
+    counts = torch.zeros(a.shape[0], num_c + 1, dtype=torch.int64, device=view.device)
+    counts.scatter_add_(1, torch.where(a >= 0, a, num_c), torch.ones_like(a))
+    return counts[:, :num_c]
+
+
+def _pad(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero-pad the cluster dimension (dim 1) of ``x [R, C, ...]`` to ``width``."""
+    if x.shape[1] == width:
+        return x
+    pad = x.new_zeros((x.shape[0], width - x.shape[1]) + tuple(x.shape[2:]))
+    return torch.cat([x, pad], 1)

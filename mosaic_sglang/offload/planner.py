@@ -1,0 +1,71 @@
+"""Which clustered tokens of a cached video leave the device: the offload plan, one group per cluster.
+
+Called when a request ends (every clustered token moves) and after each prefill chunk is checkpointed
+into the radix tree (``sealed_only``: only clusters with no member in the last ``active_frames``
+frames, which can no longer receive tokens). Sinks and tokens already on the host stay where they are.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..clusters import ClusterIndex
+
+__all__ = ["clusters_to_offload", "groups_to_move", "sealed_members"]
+
+
+def clusters_to_offload(index: ClusterIndex, path: torch.Tensor, *, sink_tokens: int, active_frames: int,
+                        sealed_only: bool) -> list[torch.Tensor]:
+    """Per cluster with a member to move, those members' positions (ascending), clusters in id order.
+
+    Args:
+        index: the video's cluster index (shared membership: group 0).
+        path: ``[P] int64`` tree values of the request's cached path (device slots ``> 0``, host
+            encodings ``< 0``), ``P >= index.num_tokens``.
+        sink_tokens: positions below this never move (attention sinks stay on the device).
+        active_frames: with ``sealed_only``, clusters with a member in the last this many frames stay.
+        sealed_only: move sealed clusters only (mid-prefill), else every clustered token (request end).
+    """
+    indptr, members = index.cluster_members(0)
+    on_device = (path[members] > 0) & (members >= sink_tokens)
+    if sealed_only:
+        on_device &= sealed_members(index.frame_ids, indptr, members, active_frames)
+    return groups_to_move(indptr, members, on_device)
+
+
+def sealed_members(frame_ids: torch.Tensor, indptr: torch.Tensor, members: torch.Tensor, active_frames: int) -> torch.Tensor:
+    """``[V] bool`` per member: its cluster's last member is before the last ``active_frames`` frames.
+
+    Args:
+        frame_ids: ``[N] int64`` frame id per indexed position (``-1`` text).
+        indptr, members: CSR of member positions by cluster (`ClusterIndex.cluster_members`).
+        active_frames: frames that may still receive tokens.
+    """
+    visual = frame_ids[frame_ids >= 0]
+    if visual.numel() == 0 or members.numel() == 0:
+        return torch.zeros(members.numel(), dtype=torch.bool)
+    first_active = int(visual.max()) - active_frames + 1
+    cutoff = int((frame_ids >= first_active).nonzero()[0])  # first position of an active frame
+    sizes = indptr[1:] - indptr[:-1]
+    last_member = members[indptr[1:].clamp(min=1) - 1]  # ascending members: the last is the max
+    sealed_cluster = (sizes > 0) & (last_member < cutoff)
+    return torch.repeat_interleave(sealed_cluster, sizes)
+
+
+def groups_to_move(indptr: torch.Tensor, members: torch.Tensor, move: torch.Tensor) -> list[torch.Tensor]:
+    """Per cluster with at least one member to move, those members (ascending), clusters in id order.
+
+    Vectorised over all members; the Python work is per cluster *moved*, so a stream that offloads each
+    cluster once pays for each once, not at every chunk.
+
+    Args:
+        indptr: ``[C + 1] int64`` CSR of ``members`` by cluster.
+        members: ``[V] int64`` positions.
+        move: ``[V] bool`` which members move.
+    """
+    sizes = indptr[1:] - indptr[:-1]
+    cluster_of = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)[move]
+    if cluster_of.numel() == 0:
+        return []
+    counts = torch.bincount(cluster_of, minlength=sizes.numel())
+    return list(torch.split(members[move], counts[counts > 0].tolist()))

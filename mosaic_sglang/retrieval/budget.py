@@ -1,0 +1,40 @@
+"""The one budget rule, shared by `ClusterIndex` and every baseline so budgets compare like for like.
+
+Units (clusters, frames, pages, tokens) are walked in descending score order and taken while their
+cumulative cost fits the budget, stopping at the first unit that does not fit: a prefix of the ranking
+(one sort and one cumsum, no loop over units). So at most ``budget`` tokens are attended beyond the
+always-attended set, the unused remainder is below one unit's cost (coarse units waste more of it),
+and units that cost nothing (no candidate token, or padding) are never taken.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["fill_budget"]
+
+
+def fill_budget(scores: torch.Tensor, costs: torch.Tensor, budget: int | torch.Tensor) -> torch.Tensor:
+    """Take units in descending score order while their cumulative cost fits the budget (per row).
+
+    Args:
+        scores: ``[R, U]`` float, ``-inf`` for units that must not be taken.
+        costs: ``[R, U]`` int64 tokens each unit adds (``<= 0``: never taken).
+        budget: int, or ``[R] int64`` per row.
+
+    Returns:
+        ``[R, U]`` bool, chosen units; per row ``costs[chosen].sum() <= budget``.
+
+    Example:
+        >>> fill_budget(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([[4, 1, 2]]), 6)
+        tensor([[ True, False,  True]])
+    """
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)  # [R, U]
+    sorted_scores = scores.gather(1, order)
+    sorted_costs = costs.gather(1, order)
+    takeable = torch.isfinite(sorted_scores) & (sorted_costs > 0)
+    cumulative = torch.cumsum(torch.where(takeable, sorted_costs, 0), dim=1)
+    limit = budget if isinstance(budget, int) else budget.to(costs.dtype)[:, None]
+    # Prefix only: once a unit does not fit, later ones are not taken either (cumsum is monotone).
+    take = takeable & (cumulative <= limit)
+    return torch.zeros_like(take).scatter_(1, order, take)

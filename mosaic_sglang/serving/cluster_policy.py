@@ -1,0 +1,239 @@
+"""`ClusterAttendedSet`: the Mosaic retrieval policy that the ``mosaic`` attention backend serves.
+
+Its jobs, each in its own place: the per-video cluster indexes keyed by slot (`VideoRegistry`), the
+per-request selection cache and the attended-set composition (here), per-request and process
+statistics (`stats`), what leaves the device (`mosaic_sglang.offload.planner`), and the replay dump
+(`SelectionDump`).
+
+What a request attends at a layer:
+    always-attended (sinks, recent window, text) ∪ members of the clusters selected by its queries
+    ∪ every position the index does not cover (the forward's own tokens, text after the video, and
+    anything not indexed yet). Attending more than selected is never wrong, only less sparse.
+
+Tokens are indexed in `end_forward`, after the last layer, when the pool holds every layer's keys;
+deferred splits run there too (an extend boundary is a frame boundary), never in a decode step. In
+decode the question's selection is kept (``reselect_every = 0``) or renewed every k steps.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from ..clusters import select_layer_batch
+from ..config import MosaicConfig
+from ..offload.host_tier import HostTier, encode_host
+from ..offload.planner import clusters_to_offload
+from ..offload.residency import ClusterResidency
+from ..retrieval.base import always_attended_mask
+from .policy import AttendedSetPolicy
+from .request_layout import RequestLayout
+from .selection_dump import SelectionDump
+from .stats import ProcessCounters, RequestRecord, RequestStats
+from .videos import SlotKeyReader, VideoRegistry
+
+__all__ = ["ClusterAttendedSet"]
+
+
+class ClusterAttendedSet(AttendedSetPolicy):
+    """Cluster selection over per-video `ClusterIndex`es (see module docstring).
+
+    Args:
+        config: the knobs.
+        num_layers, num_kv_heads, head_dim: the KV pool's shape.
+        read_slot_keys: keys of pool slots (`SlotKeyReader`).
+        host: the host tier when offload is on.
+        counters: the process counters to add to (default: private ones).
+    """
+
+    name = "mosaic"
+
+    def __init__(self, config: MosaicConfig, *, num_layers: int, num_kv_heads: int, head_dim: int,
+                 read_slot_keys: SlotKeyReader, host: Optional[HostTier] = None,
+                 counters: Optional[ProcessCounters] = None) -> None:
+        self.config = config
+        self.host = host
+        self.counters = counters if counters is not None else ProcessCounters()
+        self.videos = VideoRegistry(config, num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                                    read_slot_keys=read_slot_keys)
+        self._requests: Sequence[RequestLayout] = ()
+        self._anchors: list[Optional[int]] = []
+        self._is_decode = False
+        self._decode_steps: Dict[str, int] = {}
+        self._kept: Dict[str, Dict[int, tuple[torch.Tensor, int]]] = {}  # rid -> layer -> (selected, index size then)
+        self._records: Dict[str, RequestRecord] = {}
+        self._dump = SelectionDump()
+
+    # -- plan -------------------------------------------------------------------------------------------
+
+    def begin_forward(self, requests: Sequence[RequestLayout], is_decode: bool) -> None:
+        self._requests, self._is_decode = requests, is_decode
+        self._anchors = [self.videos.attach(req) for req in requests]
+        if self.host is not None:
+            self.host.begin_forward({self.videos[a].uid for a in self._anchors if a is not None})
+        for req, anchor in zip(requests, self._anchors):
+            if is_decode:
+                self._decode_steps[req.rid] = self._decode_steps.get(req.rid, 0) + 1
+            else:
+                self._decode_steps[req.rid] = 0
+                self._kept.pop(req.rid, None)
+            record = self._records.setdefault(req.rid, RequestRecord(self.name))
+            record.begin_forward(
+                context_tokens=req.seq_len,
+                visual_tokens=req.num_visual,
+                frames=int(req.frame_ids.max()) + 1 if req.num_visual else 0,
+                clusters=self.videos[anchor].index.num_clusters if anchor is not None else 0,
+                device_tokens=int((req.slots > 0).sum()),
+                host_tokens=int((req.slots < 0).sum()),
+                host_store_used=self.host.used_tokens if self.host is not None else 0,
+            )
+
+    # -- run --------------------------------------------------------------------------------------------
+
+    def attended_positions(self, layer_id: int, request_index: int, queries: torch.Tensor) -> torch.Tensor:
+        return self.attended_positions_batch(layer_id, {request_index: queries})[request_index]
+
+    def attended_positions_batch(self, layer_id: int, queries: Dict[int, torch.Tensor]) -> Dict[int, torch.Tensor]:
+        """All requests of the forward at one layer; the selections due are scored in one batched call."""
+        due = [i for i in queries if self._needs_selection(layer_id, i)]
+        if due:
+            indexes = [self.videos[self._anchors[i]].index for i in due]
+            chosen = select_layer_batch(indexes, layer_id, [queries[i] for i in due])
+            for i, index, selected in zip(due, indexes, chosen):
+                req = self._requests[i]
+                self._kept.setdefault(req.rid, {})[layer_id] = (selected, index.num_tokens)
+                self._dump.select(req.rid, self._anchors[i], layer_id, queries[i], selected, index.num_tokens)
+        return {i: self._compose(layer_id, i) for i in queries}
+
+    def _needs_selection(self, layer_id: int, i: int) -> bool:
+        req, anchor = self._requests[i], self._anchors[i]
+        if self._dense(i):
+            return False
+        previous = self._kept.get(req.rid, {}).get(layer_id)
+        every = self.config.reselect_every
+        return (
+            not self._is_decode
+            or previous is None
+            or previous[1] < self.videos[anchor].index.num_tokens  # the index grew since (the prompt's own video)
+            or (every > 0 and self._decode_steps.get(req.rid, 0) % every == 0)
+        )
+
+    def _dense(self, i: int) -> bool:
+        req = self._requests[i]
+        prefill = not self._is_decode and req.extend_len > 1
+        return self._anchors[i] is None or (prefill and not self.config.select_in_prefill)
+
+    def _compose(self, layer_id: int, i: int) -> torch.Tensor:
+        """``[n] int64`` sorted: selected ∪ always-attended ∪ everything the index does not cover."""
+        req = self._requests[i]
+        record = self._records[req.rid]
+        if self._dense(i):
+            record.attended(req.seq_len)
+            return torch.arange(req.seq_len)
+        covered = min(self.videos[self._anchors[i]].index.num_tokens, req.seq_len)
+        selected = self._kept[req.rid][layer_id][0]
+        mask = torch.ones(req.seq_len, dtype=torch.bool)
+        mask[:covered] = always_attended_mask(req.frame_ids[:covered], self.config, seq_len=req.seq_len)
+        mask[selected[selected < covered]] = True
+        positions = mask.nonzero().flatten()
+        record.attended(positions.numel())
+        return positions
+
+    def read_host(self, request_index: int, layer: int, host_rows: torch.Tensor, device):
+        """``(k [n, H, D], v [n, H, Dv])`` of a request's host-resident rows at ``layer``, through its
+        video's device cluster cache; the read's cost goes to the request's and the process's stats.
+
+        Cache bound per layer: ``ceil((budget + sink_tokens + recent_window) × (1 + residency_slack))``
+        tokens. The index counts cluster members in *its* sinks and recent window (the tail of the video
+        span) as free, while a later question's window is its own tail, so a selection may carry up to
+        sinks + window tokens beyond the budget; whole clusters must fit.
+        """
+        anchor = self._anchors[request_index]
+        record = self._records[self._requests[request_index].rid]
+        if anchor is None:
+            read, cache_tokens = self.host.read(layer, host_rows, device), 0
+        else:
+            cfg = self.config
+            capacity = ClusterResidency.capacity_for(cfg.budget + cfg.always_attended, cfg.residency_slack)
+            uid = self.videos[anchor].uid
+            read = self.host.read_cached(uid, min(self.host.store.capacity, capacity), layer, host_rows, device,
+                                         prefetch_next=cfg.prefetch)
+            cache_tokens = self.host.resident_tokens(uid)
+        record.add_read(read.counts, cache_tokens)
+        self.counters.add_read(read.counts)
+        return read.k, read.v
+
+    def end_forward(self) -> None:
+        """Index the forward's new video-span tokens; run deferred splits (extend forwards only)."""
+        if self._is_decode:
+            return
+        for req, anchor in zip(self._requests, self._anchors):
+            if anchor is None:
+                continue
+            appended = self.videos.index_new_tokens(anchor, req)
+            if appended is not None:
+                self._dump.append(anchor, *appended)
+            self._records[req.rid].clusters = self.videos[anchor].index.num_clusters
+
+    # -- offload ----------------------------------------------------------------------------------------
+
+    def offload_prefix(self, path: torch.Tensor, node_id, offloader, read_kv, *, sealed_only: bool = False) -> int:
+        """Move the clustered tokens of the video whose index matches ``path`` to the host tier.
+
+        Called by the radix cache when a request ends (everything clustered moves) and after each extend
+        chunk is checkpointed into the tree (``sealed_only``, see `clusters_to_offload`). Sinks stay on
+        the device; one extent per cluster. A full host store leaves the remaining clusters on the device
+        (counted as a full event).
+
+        Args:
+            path: ``[P] int64`` tree values along the request's cached path (slots or host encodings).
+            node_id: the path's last tree node.
+            offloader: `PrefixOffloader` of the cache (tree values, ledger, live rows, allocator).
+            read_kv: ``slots [M] -> (k [L, M, H, D], v [L, M, H, Dv])`` from the device pool.
+
+        Returns:
+            Tokens moved to host.
+        """
+        if self.host is None:
+            return 0
+        moved = 0
+        for anchor, video in self.videos.matching(path):
+            groups = clusters_to_offload(video.index, path, sink_tokens=self.config.sink_tokens,
+                                         active_frames=self.config.active_frames, sealed_only=sealed_only)
+            if not groups:
+                continue
+            host_rows = self.host.put_clusters(read_kv, [path[g] for g in groups])
+            if len(host_rows) < len(groups):
+                self.counters.host_store_full_events += 1
+                groups = groups[: len(host_rows)]
+                if not groups:
+                    continue
+            positions, rows = torch.cat(groups), torch.cat(host_rows)
+            order = torch.argsort(positions)
+            positions, rows = positions[order], rows[order]
+            offloader.offload(node_id, positions, rows)
+            video.slots[positions] = encode_host(rows)
+            self.videos.rekey(anchor)
+            moved += int(positions.numel())
+        self.counters.offloaded_tokens += moved
+        return moved
+
+    # -- lifetime ---------------------------------------------------------------------------------------
+
+    def release(self, rid: str) -> None:
+        self._kept.pop(rid, None)
+        self._decode_steps.pop(rid, None)
+        self._records.pop(rid, None)
+
+    def on_slots_freed(self, slots: torch.Tensor) -> None:
+        for uid in self.videos.on_slots_freed(slots):
+            if self.host is not None:
+                self.host.drop_cache(uid)
+
+    def reset(self) -> None:
+        self.videos.clear()
+
+    def request_stats(self, rid: str) -> Optional[RequestStats]:
+        record = self._records.get(rid)
+        return None if record is None else record.snapshot()

@@ -1,0 +1,45 @@
+"""Debug/test channel: with ``MOSAIC_DUMP_DIR`` set, every served selection (queries, result) and every
+index append (keys, frame ids) is saved there with ``torch.save``, so a test can replay them against an
+offline `ClusterIndex` and check that the server selected what the index would."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from ..config import MOSAIC_DUMP_DIR
+
+__all__ = ["SelectionDump"]
+
+
+class SelectionDump:
+    """Writes one ``<pid>-<n>.pt`` record per event into ``directory`` (default: ``MOSAIC_DUMP_DIR``); off
+    when neither is set.
+
+    Records: ``{"event": "append", "anchor", "start", "keys", "frame_ids"}`` and ``{"event": "select",
+    "rid", "anchor", "layer", "queries", "selected", "index_tokens"}``.
+    """
+
+    def __init__(self, directory: Optional[str] = None) -> None:
+        self.directory = directory if directory is not None else MOSAIC_DUMP_DIR.read()
+        self._count = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.directory is not None
+
+    def append(self, anchor: int, start: int, keys: torch.Tensor, frame_ids: torch.Tensor) -> None:
+        if self.enabled:
+            self._save({"event": "append", "anchor": anchor, "start": start, "keys": keys, "frame_ids": frame_ids})
+
+    def select(self, rid: str, anchor: int, layer: int, queries: torch.Tensor, selected: torch.Tensor, index_tokens: int) -> None:
+        if self.enabled:
+            self._save({"event": "select", "rid": rid, "anchor": anchor, "layer": layer, "queries": queries.detach().cpu(),
+                        "selected": selected.cpu(), "index_tokens": index_tokens})
+
+    def _save(self, record: dict) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        torch.save(record, os.path.join(self.directory, f"{os.getpid()}-{self._count:06d}.pt"))
+        self._count += 1

@@ -1,0 +1,167 @@
+"""Typed statistics: one `RequestStats` per request (``meta_info['mosaic']``) and one `ProcessTotals`
+per scheduler process (what Prometheus publishes).
+
+Both are frozen snapshots of mutable accumulators (`RequestRecord`, `ProcessCounters`) that the
+serving policy updates where the events happen: a host-tier read adds its `HostReadCounts` to the
+request's record and to the process counters in the same call, so the two never need reconciling.
+`dataclasses.asdict` turns a snapshot into JSON at the edge (the output streamer, the metrics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..offload.host_tier import HostReadCounts
+
+__all__ = ["RequestStats", "RequestRecord", "ProcessTotals", "ProcessCounters", "COUNTER_FIELDS", "GAUGE_FIELDS"]
+
+
+@dataclass(frozen=True)
+class RequestStats:
+    """What Mosaic did for one request, as reported in its response (``meta_info['mosaic'][0]``).
+
+    "Latest forward" fields describe the request's last forward (its last decode step, or its last
+    prefill chunk); the others accumulate over the request's life.
+    """
+
+    policy: str
+    """Retrieval policy: ``'mosaic'`` (cluster selection) or ``'full'`` (dense)."""
+    context_tokens: int = 0
+    """Positions in the sequence at the latest forward (prompt + tokens generated so far)."""
+    visual_tokens: int = 0
+    """Visual (video/image) positions among them."""
+    frames: int = 0
+    """Frames (temporal groups) of the request's video."""
+    attended_tokens: int = 0
+    """Largest attended set over the layers of the latest forward (= context when dense)."""
+    clusters: int = 0
+    """Clusters in the request's video index (0 for text-only requests)."""
+    device_tokens: int = 0
+    """Positions whose KV is in device pool slots at the latest forward."""
+    max_device_tokens: int = 0
+    """Largest ``device_tokens`` over the request's forwards."""
+    host_tokens: int = 0
+    """Positions whose KV lives in the host store at the latest forward."""
+    host_store_used: int = 0
+    """Host store rows in use (all videos of the process) at the latest forward."""
+    cluster_cache_tokens: int = 0
+    """Largest device cluster cache occupancy (tokens, largest layer) of the video in the latest forward."""
+    host_copies: int = 0
+    """Host → device copy operations for this request (one per missed cluster per layer)."""
+    prefetch_copies: int = 0
+    """Of those, cross-layer prefetches."""
+    cache_lookups: int = 0
+    """Clusters asked of the cluster cache at layers >= 1."""
+    cache_hits: int = 0
+    """Of those, already resident."""
+    cache_hit_rate: Optional[float] = None
+    """``cache_hits / cache_lookups`` rounded to 4 places; None when nothing was looked up."""
+    cache_overflow_reads: int = 0
+    """Layer reads of this request that bypassed the cluster cache (selection larger than the cache,
+    or no cache could be had): read straight from the host store."""
+
+
+@dataclass
+class RequestRecord:
+    """The mutable accumulator behind one request's `RequestStats` (fields as there)."""
+
+    policy: str
+    context_tokens: int = 0
+    visual_tokens: int = 0
+    frames: int = 0
+    attended_tokens: int = 0
+    clusters: int = 0
+    device_tokens: int = 0
+    max_device_tokens: int = 0
+    host_tokens: int = 0
+    host_store_used: int = 0
+    cluster_cache_tokens: int = 0
+    host_copies: int = 0
+    prefetch_copies: int = 0
+    cache_lookups: int = 0
+    cache_hits: int = 0
+    cache_overflow_reads: int = 0
+
+    def begin_forward(self, *, context_tokens: int, visual_tokens: int, frames: int, clusters: int,
+                      device_tokens: int, host_tokens: int, host_store_used: int) -> None:
+        """A forward of the request starts: set its context, reset the latest-forward maxima."""
+        self.context_tokens, self.visual_tokens, self.frames, self.clusters = context_tokens, visual_tokens, frames, clusters
+        self.device_tokens, self.host_tokens, self.host_store_used = device_tokens, host_tokens, host_store_used
+        self.max_device_tokens = max(self.max_device_tokens, device_tokens)
+        self.attended_tokens = 0
+        self.cluster_cache_tokens = 0
+
+    def attended(self, num_positions: int) -> None:
+        self.attended_tokens = max(self.attended_tokens, num_positions)
+
+    def add_read(self, counts: HostReadCounts, cache_tokens: int) -> None:
+        """A host-tier read for this request (its cost, and the video's cache occupancy after it)."""
+        self.host_copies += counts.copies
+        self.prefetch_copies += counts.prefetch_copies
+        self.cache_lookups += counts.cache_lookups
+        self.cache_hits += counts.cache_hits
+        self.cache_overflow_reads += counts.overflow_reads
+        self.cluster_cache_tokens = max(self.cluster_cache_tokens, cache_tokens)
+
+    def snapshot(self) -> RequestStats:
+        rate = round(self.cache_hits / self.cache_lookups, 4) if self.cache_lookups else None
+        return RequestStats(**dataclasses.asdict(self), cache_hit_rate=rate)
+
+
+def _series(help_text: str):
+    return field(default=0, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class ProcessTotals:
+    """Running totals (counters, since the process started) and current sizes (gauges) of one scheduler
+    process: the ``mosaic:*`` Prometheus series, field by field (counters get ``_total``; each field's
+    ``metadata['help']`` is the series' help text)."""
+
+    forwards: int = _series("Forwards run by the mosaic attention backend (counter).")
+    offloaded_tokens: int = _series("Tokens moved from device slots to the host store (counter).")
+    host_copies: int = _series("Host → device copy operations (one per cluster per layer), prefetches included (counter).")
+    host_copy_bytes: int = _series("K+V bytes of those copies (counter).")
+    prefetch_copies: int = _series("Of ``host_copies``, cross-layer prefetches (counter).")
+    cluster_cache_lookups: int = _series("Clusters asked of a cluster cache at layers >= 1 (counter).")
+    cluster_cache_hits: int = _series("Of those, already resident (counter).")
+    cluster_cache_overflow_reads: int = _series("Layer reads that bypassed the cluster cache (counter).")
+    host_store_full_events: int = _series("Offloads cut short because the host store was full; those clusters stayed on the device (counter).")
+    host_store_used_tokens: int = _series("Host store rows in use (gauge).")
+    cluster_cache_held_tokens: int = _series("KV pool slots held by device cluster caches (gauge).")
+    indexed_videos: int = _series("Video prefixes with a cluster index (gauge).")
+    clusters: int = _series("Clusters over all indexed videos (gauge).")
+
+
+@dataclass
+class ProcessCounters:
+    """The mutable counters behind `ProcessTotals` (the counter fields there)."""
+
+    forwards: int = 0
+    offloaded_tokens: int = 0
+    host_copies: int = 0
+    host_copy_bytes: int = 0
+    prefetch_copies: int = 0
+    cluster_cache_lookups: int = 0
+    cluster_cache_hits: int = 0
+    cluster_cache_overflow_reads: int = 0
+    host_store_full_events: int = 0
+
+    def add_read(self, counts: HostReadCounts) -> None:
+        self.host_copies += counts.copies
+        self.host_copy_bytes += counts.copy_bytes
+        self.prefetch_copies += counts.prefetch_copies
+        self.cluster_cache_lookups += counts.cache_lookups
+        self.cluster_cache_hits += counts.cache_hits
+        self.cluster_cache_overflow_reads += counts.overflow_reads
+
+    def snapshot(self, **gauges: int) -> ProcessTotals:
+        return ProcessTotals(**dataclasses.asdict(self), **gauges)
+
+
+COUNTER_FIELDS = tuple(f.name for f in dataclasses.fields(ProcessCounters))
+"""The counter fields of `ProcessTotals`."""
+GAUGE_FIELDS = tuple(f.name for f in dataclasses.fields(ProcessTotals) if f.name not in COUNTER_FIELDS)
+"""The gauge fields of `ProcessTotals`."""
