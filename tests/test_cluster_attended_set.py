@@ -215,3 +215,41 @@ def test_groups_to_move_keeps_cluster_order_and_drops_empty_clusters():
     groups = _groups_to_move(indptr, members, move)
     assert [g.tolist() for g in groups] == [[1, 9], [5, 6]]
     assert _groups_to_move(indptr, members, torch.zeros(7, dtype=torch.bool)) == []
+
+
+def test_offload_moves_whole_clusters_and_counts_a_full_store(pool):
+    # A host store too small for the whole video: the clusters that fit move (one extent each, tree
+    # told through the offloader, slots re-encoded, the video re-keyed), the rest stay; one full event.
+    from mosaic_sglang.offload import HostKVStore, HostTier
+
+    class RecordingOffloader:
+        def __init__(self):
+            self.calls = []
+
+        def offload(self, node_id, positions, host_rows):
+            self.calls.append((node_id, positions.clone(), host_rows.clone()))
+
+    host = HostTier(HostKVStore(20, num_layers=L, num_kv_heads=H, head_dim=D, dtype=torch.float32))
+    cfg = MosaicConfig.from_dict({"sink_tokens": 2, "recent_window": 4, "max_cluster_size": 8, "budget": 16})
+    policy = ClusterAttendedSet(cfg, num_layers=L, num_kv_heads=H, head_dim=D, read_slot_keys=lambda s: pool[:, s], host=host)
+    frames = _video_prompt()
+    slots = torch.arange(10, 10 + frames.numel())
+    _forward(policy, [_layout("a", slots, frames, 0, frames.numel())])
+    (video,) = policy.videos.values()
+    indptr, members = video.index.cluster_members(0)
+    sizes = (indptr[1:] - indptr[:-1]).tolist()
+    offloader = RecordingOffloader()
+    read_kv = lambda s: (pool[:, s], pool[:, s])
+    moved = policy.offload_prefix(slots.clone(), "node", offloader, read_kv)
+    fit, used = 0, 0
+    for size in sizes:  # first-fit in cluster order until one does not fit
+        if used + size > 20:
+            break
+        fit, used = fit + 1, used + size
+    assert moved == used == host.used_tokens and 0 < moved < 48
+    ((node, positions, rows),) = offloader.calls
+    assert node == "node" and torch.equal(positions, members[: indptr[fit]].sort().values)
+    assert torch.equal(video.slots[positions], -(rows + 1))  # host encoding in the video's slot map
+    assert policy.counters.offloaded_tokens == moved and policy.counters.host_store_full_events == 1
+    assert int(slots[3]) not in policy.videos or video.slots[3] > 0  # re-keyed when the anchor moved
+    host.check_integrity()

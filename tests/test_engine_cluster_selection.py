@@ -79,7 +79,7 @@ def test_server_selections_equal_offline_cluster_index(served):
             index.append(keys, rec["frame_ids"])
             index.maintain()
             index.check_integrity()
-        else:
+        elif rec["event"] == "select":
             index = offline.get(rec["anchor"])
             if index is None:
                 assert rec["index_tokens"] == 0

@@ -80,14 +80,17 @@ def test_video_lives_on_host_and_device_keeps_only_sinks_text_and_new_tokens(run
     for i in (1, 2, 4):  # later questions on a video whose earlier question was offloaded
         (stats,) = offloaded[i]["mosaic"]
         text = stats["context_tokens"] - stats["visual_tokens"]
-        assert stats["host_tokens"] >= stats["visual_tokens"] - OPTIONS["sink_tokens"] - 8
-        assert stats["device_tokens"] <= text + OPTIONS["sink_tokens"] + 8
+        # every visual token was clustered and moved when the earlier question ended (the sinks are the
+        # prompt's first text tokens, so no visual token stays behind); text never leaves the device
+        assert stats["host_tokens"] == stats["visual_tokens"]
+        assert stats["device_tokens"] == text
         assert plain[i]["mosaic"][0]["host_tokens"] == 0
         bound = math.ceil((BUDGET + OPTIONS["sink_tokens"] + OPTIONS["recent_window"]) * 1.25)
         assert 0 < stats["cluster_cache_tokens"] <= bound  # bounded device cluster cache
         assert stats["cache_overflow_reads"] == 0
     assert offloaded[0]["mosaic"][0]["host_tokens"] == 0  # nothing offloaded before the first answer
-    assert offloaded[4]["mosaic"][0]["host_store_used"] >= 2 * offloaded[1]["mosaic"][0]["host_tokens"] - 16
+    # when video b's second question runs, the store holds both videos (same length by construction)
+    assert offloaded[4]["mosaic"][0]["host_store_used"] == 2 * offloaded[1]["mosaic"][0]["host_tokens"]
 
 
 def test_flush_frees_the_host_store(runs):

@@ -1,6 +1,7 @@
 """Sessions with aborts against a real `sglang.launch_server --enable-mosaic` with the host tier on:
-requests aborted mid-prefill (long video, aborted by rid) and mid-decode (streaming client that hangs
-up), interleaved with completed conversations. SGLang's strict busy/idle memory checks and KV page
+requests aborted mid-prefill (long video in 128-token chunks, aborted by rid as soon as the server is
+seen running its first chunk) and mid-decode (streaming client that hangs up after its first chunks),
+interleaved with completed conversations. SGLang's strict busy/idle memory checks and KV page
 invariant checks run in the server: a leaked or double-freed slot kills the scheduler. At the end,
 after a cache flush, the host store is empty again and the server still answers correctly."""
 
@@ -28,7 +29,7 @@ def server(tiny_vl_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("soak") / "server.log"
     args = ["--enable-mosaic", "--mosaic-budget", "48", "--chunked-prefill-size", "128",
             "--mosaic-config", '{"recent_window": 16, "max_cluster_size": 16, "host_store_tokens": 16384}',
-            *cpu_server_args()]
+            "--enable-metrics", *cpu_server_args()]
     with strict_checks(), SGLangServer(tiny_vl_model, args, log_path=log) as srv:
         yield srv
 
@@ -48,18 +49,31 @@ def _payload(video, question, rid=None, stream=False, max_new_tokens=24):
     return body
 
 
+def _forwards(server) -> float:
+    """``mosaic:forwards_total`` from the server's /metrics: forwards the mosaic backend has run."""
+    for line in requests.get(server.url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith("mosaic:forwards_total"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def _abort_mid_prefill(server, video, rid) -> dict:
-    """Abort a long-video request by rid while it runs; returns its (aborted) response."""
+    """Start a long-video request and abort it by rid once the server has run a forward for it (the
+    1.7K-token prompt needs ~14 chunked-prefill forwards of 128 tokens); returns its (aborted) response."""
     result = {}
+    before = _forwards(server)
 
     def send():
-        # 512 new tokens take ~50 s on CPU: the abort always lands (with 24 a cached prefix finished first)
+        # 512 new tokens: even if the prefill outran the abort, the request cannot finish before it lands
         body = _payload(video, "what happens?", rid, max_new_tokens=512)
         result["response"] = requests.post(server.url + "/generate", json=body, timeout=300)
 
     worker = threading.Thread(target=send)
     worker.start()
-    time.sleep(1.5)  # the 1.7K-token prompt takes many 128-token chunks on CPU
+    deadline = time.monotonic() + 120
+    while _forwards(server) <= before:  # the event: the scheduler ran this request's first chunk
+        assert worker.is_alive() and time.monotonic() < deadline, "the server never started the request"
+        time.sleep(0.05)
     requests.post(server.url + "/abort_request", json={"rid": rid}, timeout=30)
     worker.join(timeout=300)
     return result["response"].json()

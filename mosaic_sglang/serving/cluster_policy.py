@@ -64,11 +64,14 @@ class ClusterAttendedSet(AttendedSetPolicy):
         self._kept: Dict[str, Dict[int, tuple[torch.Tensor, int]]] = {}  # rid -> layer -> (selected, index size then)
         self._records: Dict[str, RequestRecord] = {}
         self._dump = SelectionDump()
+        self._forward = 0  # forwards planned so far (numbers the dump's records)
 
     # -- plan -------------------------------------------------------------------------------------------
 
     def begin_forward(self, requests: Sequence[RequestLayout], is_decode: bool) -> None:
         self._requests, self._is_decode = requests, is_decode
+        self._forward += 1
+        self._dump.forward(self._forward, [req.rid for req in requests], is_decode)
         self._anchors = [self.videos.attach(req) for req in requests]
         if self.host is not None:
             self.host.begin_forward({self.videos[a].uid for a in self._anchors if a is not None})
@@ -103,7 +106,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
             for i, index, selected in zip(due, indexes, chosen):
                 req = self._requests[i]
                 self._kept.setdefault(req.rid, {})[layer_id] = (selected, index.num_tokens)
-                self._dump.select(req.rid, self._anchors[i], layer_id, queries[i], selected, index.num_tokens)
+                self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, queries[i], selected, index.num_tokens)
         return {i: self._compose(layer_id, i) for i in queries}
 
     def _needs_selection(self, layer_id: int, i: int) -> bool:

@@ -18,7 +18,8 @@ class SelectionDump:
     """Writes one ``<pid>-<n>.pt`` record per event into ``directory`` (default: ``MOSAIC_DUMP_DIR``); off
     when neither is set.
 
-    Records: ``{"event": "append", "anchor", "start", "keys", "frame_ids"}`` and ``{"event": "select",
+    Records: ``{"event": "forward", "forward", "rids", "is_decode"}`` (which requests ran together),
+    ``{"event": "append", "anchor", "start", "keys", "frame_ids"}`` and ``{"event": "select", "forward",
     "rid", "anchor", "layer", "queries", "selected", "index_tokens"}``.
     """
 
@@ -30,13 +31,18 @@ class SelectionDump:
     def enabled(self) -> bool:
         return self.directory is not None
 
+    def forward(self, forward: int, rids: list, is_decode: bool) -> None:
+        if self.enabled:
+            self._save({"event": "forward", "forward": forward, "rids": list(rids), "is_decode": is_decode})
+
     def append(self, anchor: int, start: int, keys: torch.Tensor, frame_ids: torch.Tensor) -> None:
         if self.enabled:
             self._save({"event": "append", "anchor": anchor, "start": start, "keys": keys, "frame_ids": frame_ids})
 
-    def select(self, rid: str, anchor: int, layer: int, queries: torch.Tensor, selected: torch.Tensor, index_tokens: int) -> None:
+    def select(self, forward: int, rid: str, anchor: int, layer: int, queries: torch.Tensor, selected: torch.Tensor,
+               index_tokens: int) -> None:
         if self.enabled:
-            self._save({"event": "select", "rid": rid, "anchor": anchor, "layer": layer, "queries": queries.detach().cpu(),
+            self._save({"event": "select", "forward": forward, "rid": rid, "anchor": anchor, "layer": layer, "queries": queries.detach().cpu(),
                         "selected": selected.cpu(), "index_tokens": index_tokens})
 
     def _save(self, record: dict) -> None:
