@@ -253,3 +253,26 @@ def test_offload_moves_whole_clusters_and_counts_a_full_store(pool):
     assert policy.counters.offloaded_tokens == moved and policy.counters.host_store_full_events == 1
     assert int(slots[3]) not in policy.videos or video.slots[3] > 0  # re-keyed when the anchor moved
     host.check_integrity()
+
+
+def test_prefix_dedup_remaps_the_index_instead_of_losing_it(pool):
+    # Two requests in one batch share the text before the video; the tree keeps the first one's slots and
+    # re-points the second one's row (its own copies are freed). The second video's index must follow.
+    policy = _policy(pool, budget=16)
+    frames = _video_prompt()
+    slots = torch.arange(100, 100 + frames.numel())
+    _forward(policy, [_layout("b", slots, frames, 0, frames.numel())])
+    anchor = int(slots[3])
+    policy.on_slots_remapped(slots[:3].clone(), torch.tensor([1, 2, 3]))  # the shared text prefix
+    repointed = torch.cat([torch.tensor([1, 2, 3]), slots[3:]])
+    question = _layout("b2", repointed, frames, frames.numel() - 1, 1)
+    (attended,) = _forward(policy, [question], is_decode=True)
+    video = policy.videos[anchor]
+    assert video.index.num_tokens == 51 and torch.equal(video.slots[:3], torch.tensor([1, 2, 3]))
+    assert all(p.numel() < frames.numel() for p in attended)  # still selecting, not dense
+    # the same video prefilled twice: when the second copy is re-pointed onto the first, one index remains
+    other = torch.arange(200, 200 + frames.numel())
+    _forward(policy, [_layout("c", other, frames, 0, frames.numel())])
+    assert len(policy.videos) == 2
+    policy.on_slots_remapped(other[:51].clone(), repointed[:51].clone())
+    assert list(policy.videos) == [anchor]

@@ -32,6 +32,7 @@ HOOKED_SYMBOLS = (
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.on_release",
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.reset",
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.checkpoint",
+    "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.checkpoint_into_tree",
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.free_kv_row",
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.protected_size",
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.full_protected_size",

@@ -70,6 +70,19 @@ class MosaicRadixCache(UnifiedRadixCache):
             path = self.path_device_indices(req.last_node).to("cpu", torch.int64)
             runtime.policy.offload_prefix(path, req.last_node, PrefixOffloader(self), runtime.read_slot_kv, sealed_only=True)
 
+    def checkpoint_into_tree(self, req, *, up_to: int, **kwargs) -> None:
+        """Insert into the tree; where the insert deduplicated the request's new tokens against a prefix
+        already in the tree (another request of the same batch inserted it first), SGLang frees the
+        request's copies and re-points its row to the tree's slots: the policy hears which slots moved."""
+        row = self.req_to_token_pool.req_to_token[req.kv.req_pool_idx]
+        start = req.kv.cache_protected_len
+        before = row[start:up_to].to("cpu", torch.int64, copy=True)
+        super().checkpoint_into_tree(req, up_to=up_to, **kwargs)
+        after = row[start:up_to].to("cpu", torch.int64)
+        moved = before != after
+        if bool(moved.any()):
+            get_runtime().policy.on_slots_remapped(before[moved], after[moved])
+
     def free_kv_row(self, kv, ranges) -> None:
         """Request-private row ranges going back to the allocator (an unfinished prompt of an aborted
         request, a streaming session's turns at close, overallocation): the policy hears about them, so

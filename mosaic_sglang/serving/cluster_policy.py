@@ -234,6 +234,11 @@ class ClusterAttendedSet(AttendedSetPolicy):
             if self.host is not None:
                 self.host.drop_cache(uid)
 
+    def on_slots_remapped(self, old: torch.Tensor, new: torch.Tensor) -> None:
+        for uid in self.videos.remap(old, new):
+            if self.host is not None:
+                self.host.drop_cache(uid)
+
     def reset(self) -> None:
         self.videos.clear()
 

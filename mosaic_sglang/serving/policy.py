@@ -57,6 +57,10 @@ class AttendedSetPolicy(ABC):
     def on_slots_freed(self, slots: torch.Tensor) -> None:
         """SGLang freed these KV slots (tree eviction): drop state that refers to them."""
 
+    def on_slots_remapped(self, old: torch.Tensor, new: torch.Tensor) -> None:
+        """SGLang moved positions from slots ``old [M]`` to ``new [M]`` with the same KV (prefix dedup on
+        insert into the radix tree; ``old`` is freed): state that refers to ``old`` follows to ``new``."""
+
     def reset(self) -> None:
         """The cache was flushed: drop all state."""
 

@@ -134,6 +134,34 @@ class VideoRegistry(Mapping):
         if new_anchor != anchor:
             self._videos[new_anchor] = self._videos.pop(anchor)
 
+    def remap(self, old: torch.Tensor, new: torch.Tensor) -> list[int]:
+        """SGLang re-pointed positions from slots ``old [M]`` to ``new [M]`` holding the same KV (the radix
+        tree deduplicated a prefix another request had already inserted, and freed ``old``): indexed
+        positions follow. A video whose anchor lands on another video's anchor (the same video prefilled
+        twice in one batch) is dropped in favour of the one already there. Returns the dropped uids."""
+        if not self._videos or old.numel() == 0:
+            return []
+        order = torch.argsort(old)
+        old_sorted, new_sorted = old[order], new[order]
+        dropped = []
+        for anchor in list(self._videos):
+            video = self._videos[anchor]
+            view = video.slots[: video.index.num_tokens]
+            at = torch.searchsorted(old_sorted, view).clamp(max=old_sorted.numel() - 1)
+            hit = old_sorted[at] == view
+            if not bool(hit.any()):
+                continue
+            view[hit] = new_sorted[at[hit]]
+            new_anchor = int(video.slots[video.first_visual])
+            if new_anchor == anchor:
+                continue
+            del self._videos[anchor]
+            if new_anchor in self._videos:
+                dropped.append(video.uid)
+            else:
+                self._videos[new_anchor] = video
+        return dropped
+
     def on_slots_freed(self, slots: torch.Tensor) -> list[int]:
         """SGLang freed these slots: cut each index at its first freed position, drop the videos whose
         anchor (or first position) went. Returns the dropped videos' uids."""
