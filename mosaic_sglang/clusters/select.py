@@ -87,17 +87,22 @@ def choose_clusters(
                 scored.append((i, summaries))
         if not scored:
             continue
+        config = views[scored[0][0]].config
+        if len(scored) == 1:  # one sequence (its layers as rows): no stacking
+            i, s = scored[0]
+            scores = score_clusters(queries[i], s.centroid, s.spread, s.cost, rule=config.score, reduce=config.query_reduce)
+            out[i] = fill_budget(scores, s.cost, views[i].config.budget)
+            continue
         width = max(s.cost.shape[1] for _, s in scored)
         cost = torch.cat([_pad(s.cost, width) for _, s in scored])  # [R, C]
         centroid = torch.cat([_pad(s.centroid, width) for _, s in scored])  # [R, C, H, D]
         spread = torch.cat([_pad(s.spread, width) for _, s in scored])  # [R, C, H]
         q = torch.cat([queries[i] for i, _ in scored])  # [R, Tq, Hq, D]
-        config = views[scored[0][0]].config
         scores = score_clusters(q, centroid, spread, cost, rule=config.score, reduce=config.query_reduce)
-        rows = torch.tensor([s.cost.shape[0] for _, s in scored])
-        budgets = torch.repeat_interleave(torch.tensor([views[i].config.budget for i, _ in scored]), rows)
+        rows = [s.cost.shape[0] for _, s in scored]
+        budgets = torch.repeat_interleave(torch.tensor([views[i].config.budget for i, _ in scored]), torch.tensor(rows))
         chosen = fill_budget(scores, cost, budgets.to(cost.device))
-        for (i, s), part in zip(scored, torch.split(chosen, rows.tolist())):
+        for (i, s), part in zip(scored, torch.split(chosen, rows)):
             out[i] = part[:, : s.cost.shape[1]]
     return out
 
