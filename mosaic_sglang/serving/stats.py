@@ -63,27 +63,19 @@ class RequestStats:
     or no cache could be had): read straight from the host store."""
 
 
-@dataclass
-class RequestRecord:
-    """The mutable accumulator behind one request's `RequestStats` (fields as there)."""
+def _mutable_twin(frozen: type, name: str, base: type, *, keep) -> type:
+    """A mutable dataclass ``name`` with the fields of ``frozen`` that ``keep(field)`` accepts (same
+    names, types and defaults) and the methods of ``base``: one documented field list, not two."""
+    specs = []
+    for f in dataclasses.fields(frozen):
+        if keep(f):
+            specs.append((f.name, f.type) if f.default is dataclasses.MISSING else (f.name, f.type, field(default=f.default)))
+    twin = dataclasses.make_dataclass(name, specs, bases=(base,))
+    twin.__module__ = __name__
+    return twin
 
-    policy: str
-    context_tokens: int = 0
-    visual_tokens: int = 0
-    frames: int = 0
-    attended_tokens: int = 0
-    clusters: int = 0
-    device_tokens: int = 0
-    max_device_tokens: int = 0
-    host_tokens: int = 0
-    host_store_used: int = 0
-    cluster_cache_tokens: int = 0
-    host_copies: int = 0
-    prefetch_copies: int = 0
-    cache_lookups: int = 0
-    cache_hits: int = 0
-    cache_overflow_reads: int = 0
 
+class _RequestRecordMethods:
     def begin_forward(self, *, context_tokens: int, visual_tokens: int, frames: int, clusters: int,
                       device_tokens: int, host_tokens: int, host_store_used: int) -> None:
         """A forward of the request starts: set its context, reset the latest-forward maxima."""
@@ -110,8 +102,16 @@ class RequestRecord:
         return RequestStats(**dataclasses.asdict(self), cache_hit_rate=rate)
 
 
+RequestRecord = _mutable_twin(RequestStats, "RequestRecord", _RequestRecordMethods, keep=lambda f: f.name != "cache_hit_rate")
+RequestRecord.__doc__ = """The mutable accumulator behind one request's `RequestStats` (its fields but the derived
+``cache_hit_rate``); `snapshot` freezes it."""
+
+
 def _series(help_text: str):
-    return field(default=0, metadata={"help": help_text})
+    """A `ProcessTotals` field; its kind (counter or gauge) is the help text's last word in parentheses."""
+    kind = help_text.rsplit("(", 1)[-1].rstrip(").")
+    assert kind in ("counter", "gauge"), help_text
+    return field(default=0, metadata={"help": help_text, "kind": kind})
 
 
 @dataclass(frozen=True)
@@ -135,20 +135,7 @@ class ProcessTotals:
     clusters: int = _series("Clusters over all indexed videos (gauge).")
 
 
-@dataclass
-class ProcessCounters:
-    """The mutable counters behind `ProcessTotals` (the counter fields there)."""
-
-    forwards: int = 0
-    offloaded_tokens: int = 0
-    host_copies: int = 0
-    host_copy_bytes: int = 0
-    prefetch_copies: int = 0
-    cluster_cache_lookups: int = 0
-    cluster_cache_hits: int = 0
-    cluster_cache_overflow_reads: int = 0
-    host_store_full_events: int = 0
-
+class _ProcessCounterMethods:
     def add_read(self, counts: HostReadCounts) -> None:
         self.host_copies += counts.copies
         self.host_copy_bytes += counts.copy_bytes
@@ -161,7 +148,11 @@ class ProcessCounters:
         return ProcessTotals(**dataclasses.asdict(self), **gauges)
 
 
-COUNTER_FIELDS = tuple(f.name for f in dataclasses.fields(ProcessCounters))
+ProcessCounters = _mutable_twin(ProcessTotals, "ProcessCounters", _ProcessCounterMethods,
+                                keep=lambda f: f.metadata["kind"] == "counter")
+ProcessCounters.__doc__ = """The mutable counters behind `ProcessTotals` (its counter fields); `snapshot` adds the gauges."""
+
+COUNTER_FIELDS = tuple(f.name for f in dataclasses.fields(ProcessTotals) if f.metadata["kind"] == "counter")
 """The counter fields of `ProcessTotals`."""
-GAUGE_FIELDS = tuple(f.name for f in dataclasses.fields(ProcessTotals) if f.name not in COUNTER_FIELDS)
+GAUGE_FIELDS = tuple(f.name for f in dataclasses.fields(ProcessTotals) if f.metadata["kind"] == "gauge")
 """The gauge fields of `ProcessTotals`."""
