@@ -61,7 +61,7 @@ def _cluster_index_factory() -> Factory:
         from mosaic_sglang.clusters import ClusterIndex
     except ImportError as e:
         raise SystemExit(
-            f"retrieval_quality: mosaic_sglang.cluster_index.ClusterIndex is not importable ({e}); "
+            f"retrieval_quality: mosaic_sglang.clusters.ClusterIndex is not importable ({e}); "
             "the benchmark compares Mosaic against the baselines, so it needs it. "
             "Run with --baselines-only to measure the baselines alone."
         ) from e
@@ -72,7 +72,9 @@ def methods(baselines_only: bool) -> dict[str, Factory]:
     """Name → factory ``(config, num_layers, num_kv_heads, head_dim) -> Retriever``."""
     out: dict[str, Factory] = {}
     if not baselines_only:
-        out["mosaic"] = _cluster_index_factory()
+        out["mosaic"] = _cluster_index_factory()  # MosaicConfig's default fill: exact
+        whole = _cluster_index_factory()  # the whole-cluster fill, for the exact-vs-whole comparison
+        out["mosaic-whole"] = lambda c, l, h, d: whole(c.replace(fill="whole"), l, h, d)
     out["oracle-token"] = lambda c, l, h, d: OracleTokenTopK(c, num_layers=l, num_kv_heads=h, head_dim=d)
     # The mass-optimal set (mean softmax weight): an upper bound on mass recall at a given budget.
     out["oracle-mass*"] = lambda c, l, h, d: OracleTokenTopK(

@@ -23,6 +23,7 @@ class MosaicConfigError(ValueError):
 
 
 _CHOICES = {
+    "fill": ("exact", "whole"),
     "membership": ("shared", "per_layer"),
     "score": ("centroid", "centroid_radius", "size_weighted"),
     "query_reduce": ("mean", "max"),
@@ -65,6 +66,11 @@ class MosaicConfig:
     """'shared': one membership for all layers; 'per_layer': one per layer."""
     score: str = "size_weighted"
     """Cluster scoring rule: 'centroid', 'centroid_radius' or 'size_weighted'."""
+    fill: str = "exact"
+    """Budget fill: 'exact' takes whole clusters by rank and then truncates the boundary cluster (lowest
+    positions first), so every layer attends exactly min(budget, eligible) selected tokens (one attention
+    plan serves all layers); 'whole' stops at the first cluster that does not fit (measured in
+    benchmarks/README.md: exact never recalls less, it attends a superset)."""
     query_reduce: str = "mean"
     """How the query tokens and the GQA heads of a layer are aggregated into one cluster score."""
     reselect_every: int = 0

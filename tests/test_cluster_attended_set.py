@@ -69,7 +69,8 @@ def test_first_question_is_dense_then_indexed_and_second_question_selects(pool):
     for positions in attended:
         visual = positions[(positions >= 3) & (positions < 51)]
         always = set(range(2)) | set(range(58 - 4, 58))
-        assert (len(set(visual.tolist()) - always)) <= 16
+        assert len(set(visual.tolist()) - always) == 16  # exact fill: the budget, no more, no less
+        assert positions.numel() == 16 + 2 + 1 + 7  # every layer the same length: sinks, text, budget, question
         assert set(range(51, 58)) <= set(positions.tolist()) and {0, 1, 2} <= set(positions.tolist())
     stats = policy.request_stats("b")
     assert stats.clusters == policy.videos[int(slots[3])].index.num_clusters > 1
@@ -93,9 +94,9 @@ def _count_selections(monkeypatch):
     calls = []
     real = cluster_policy.select_layer_batch
 
-    def counted(indexes, layer_id, queries):
+    def counted(indexes, layer_id, queries, seq_lens=None):
         calls.append(layer_id)
-        return real(indexes, layer_id, queries)
+        return real(indexes, layer_id, queries, seq_lens)
 
     monkeypatch.setattr(cluster_policy, "select_layer_batch", counted)
     return calls
@@ -172,7 +173,7 @@ def test_per_layer_membership_selects_per_layer_through_the_policy(pool):
     index.check_integrity()
     always = {0, 1, 2} | set(range(51, 56))  # sinks + text before the video, the question (also the window)
     for positions in question:
-        assert len(set(positions.tolist()) - always) <= 16
+        assert len(set(positions.tolist()) - always) == 16
     assert not torch.equal(question[0], question[1])  # each layer its own clusters and choice
 
 

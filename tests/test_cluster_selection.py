@@ -51,9 +51,11 @@ def test_full_budget_attends_every_position(membership: str, rule: str) -> None:
 @pytest.mark.parametrize("membership", ["shared", "per_layer"])
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("budget", [0, 1, 17, 100, 400])
-def test_budget_accounting(membership: str, rule: str, budget: int) -> None:
-    index, keys, frame_ids, _ = indexed_stream(membership, score=rule, budget=budget, query_reduce="max")
+@pytest.mark.parametrize("fill", ["exact", "whole"])
+def test_budget_accounting(membership: str, rule: str, budget: int, fill: str) -> None:
+    index, keys, frame_ids, _ = indexed_stream(membership, score=rule, budget=budget, query_reduce="max", fill=fill)
     always = always_attended_positions(frame_ids, index.config)
+    eligible = int((frame_ids >= 0).sum()) - int((frame_ids[always] >= 0).sum())
     queries = torch.randn(L, 3, HQ, D, generator=torch.Generator().manual_seed(budget))
     sel = index.select(queries)
     choice = index.select_clusters(queries)
@@ -63,12 +65,23 @@ def test_budget_accounting(membership: str, rule: str, budget: int) -> None:
         assert torch.equal(got, got.unique())  # sorted, unique
         assert bool(torch.isin(always, got).all())  # always-attended are always in
         extra = got[~torch.isin(got, always)]
-        assert extra.numel() <= budget  # the invariant: attended <= budget + |always|
-        assert got.numel() <= budget + always.numel()
-        # The extra tokens are exactly the chosen clusters' members outside the always set.
+        if fill == "exact":  # every layer attends exactly min(budget, eligible) selected tokens
+            assert extra.numel() == min(budget, eligible)
+        else:
+            assert extra.numel() <= budget  # whole clusters only: attended <= budget + |always|
         group = 0 if membership == "shared" else layer
-        members = torch.isin(index._assign[group, : keys.shape[1]], choice.cluster_ids[choice.indptr[layer] : choice.indptr[layer + 1]])
-        assert torch.equal(extra, members.nonzero().flatten()[~torch.isin(members.nonzero().flatten(), always)])
+        assign = index._assign[group, : keys.shape[1]]
+        chosen = choice.cluster_ids[choice.indptr[layer] : choice.indptr[layer + 1]]
+        members = torch.isin(assign, chosen).nonzero().flatten()
+        members = members[~torch.isin(members, always)]
+        assert bool(torch.isin(extra, members).all())  # the extra tokens come from the chosen clusters
+        # all chosen clusters are whole, except (exact fill) one boundary cluster cut at its lowest positions
+        partial = [c for c in chosen.tolist() if not bool(torch.isin(members[assign[members] == c], extra).all())]
+        assert len(partial) <= (1 if fill == "exact" else 0)
+        for c in partial:
+            mine = members[assign[members] == c]
+            kept = mine[torch.isin(mine, extra)]
+            assert 0 < kept.numel() < mine.numel() and torch.equal(kept, mine[: kept.numel()])
 
 
 def test_clusters_inside_the_window_cost_nothing_and_are_not_chosen() -> None:

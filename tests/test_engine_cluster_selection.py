@@ -85,9 +85,9 @@ def test_server_selections_equal_offline_cluster_index(served):
                 assert rec["index_tokens"] == 0
                 continue
             assert index.num_tokens == rec["index_tokens"]
-            expected = index.select_layer(rec["layer"], rec["queries"])
+            expected = index.select_layer(rec["layer"], rec["queries"], seq_len=rec["seq_len"])
             assert torch.equal(expected, rec["selected"])
-            full = index.select(rec["queries"][None].expand(index.num_layers, -1, -1, -1))
+            full = index.select(rec["queries"][None].expand(index.num_layers, -1, -1, -1), seq_len=rec["seq_len"])
             assert torch.equal(full.layer(rec["layer"]), expected)
             selects += 1
     assert selects >= 2 * 2  # both questions, both layers, selected against a non-empty index

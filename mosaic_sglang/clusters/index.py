@@ -333,35 +333,41 @@ class ClusterIndex(Retriever):
         """``[num_tokens] int64`` frame id of every appended position (``-1`` for text); a view."""
         return self._frame_ids[: self._n]
 
-    def select(self, queries: torch.Tensor) -> Selection:
-        """The attended set: always-attended positions ∪ the members of the chosen clusters.
+    def select(self, queries: torch.Tensor, *, seq_len: int | None = None) -> Selection:
+        """The attended set: always-attended positions ∪ the taken members of the chosen clusters.
 
         Args:
             queries: ``[L, Tq, Hq, D]`` float, ``Hq`` a multiple of ``num_kv_heads``.
+            seq_len: end of the sequence the selection serves (where its recent window ends); default
+                the index's own end. Costs and members count only positions not always attended.
 
         Returns:
-            `Selection` (CSR over layers, sorted unique positions); ``num_units`` = clusters chosen per
-            layer. Per layer: attended <= ``budget`` + |always attended|; everything when
-            ``budget >= num_visual_tokens``. Never splits or re-assigns (pure read of the index).
+            `Selection` (CSR over layers, sorted unique positions); ``num_units`` = clusters used per
+            layer. Per layer: exactly ``min(budget, eligible)`` selected tokens beyond the always-attended
+            ones with ``fill='exact'`` (at most ``budget`` with ``'whole'``); everything when ``budget >=
+            num_visual_tokens``. Never splits or re-assigns (pure read of the index).
         """
         layers = torch.arange(self.num_layers, device=self.device)
         view = self.view()
-        (chosen,) = selection.choose_clusters([view], [layers], [check_queries(queries, self.num_layers, self.num_kv_heads, self.head_dim, self.device)])  # [L, C]
-        return Selection.from_mask(selection.attended_mask(view, layers, chosen), chosen.sum(1))
+        queries = check_queries(queries, self.num_layers, self.num_kv_heads, self.head_dim, self.device)
+        (take,) = selection.choose_clusters([view], [layers], [queries], [seq_len])  # [L, C]
+        return Selection.from_mask(selection.attended_mask(view, layers, take, seq_len), (take > 0).sum(1))
 
-    def select_layer(self, layer_id: int, queries: torch.Tensor) -> torch.Tensor:
+    def select_layer(self, layer_id: int, queries: torch.Tensor, *, seq_len: int | None = None) -> torch.Tensor:
         """One layer of `select`: ``queries [Tq, Hq, D]`` → ``[n] int64`` sorted attended positions."""
         if not isinstance(layer_id, int) or not 0 <= layer_id < self.num_layers:
             raise ValueError(f"ClusterIndex.select_layer: layer_id: expected 0 <= id < {self.num_layers}, got {layer_id!r}")
         if not isinstance(queries, torch.Tensor) or queries.dim() != 3:
             raise ValueError(f"ClusterIndex.select_layer: queries: expected [Tq, Hq, D], got {describe(queries)}")
-        return select_layer_batch([self], layer_id, [queries])[0]
+        return select_layer_batch([self], layer_id, [queries], [seq_len])[0]
 
-    def select_clusters(self, queries: torch.Tensor) -> ClusterChoice:
-        """The chosen clusters per layer (what a transfer engine moves), as `ClusterChoice`."""
+    def select_clusters(self, queries: torch.Tensor, *, seq_len: int | None = None) -> ClusterChoice:
+        """The clusters used per layer (what a transfer engine moves; the exact fill's boundary cluster
+        included), as `ClusterChoice`."""
         layers = torch.arange(self.num_layers, device=self.device)
-        (chosen,) = selection.choose_clusters([self.view()], [layers], [check_queries(queries, self.num_layers, self.num_kv_heads, self.head_dim, self.device)])
-        layer_ids, cluster_ids = chosen.nonzero(as_tuple=True)
+        queries = check_queries(queries, self.num_layers, self.num_kv_heads, self.head_dim, self.device)
+        (take,) = selection.choose_clusters([self.view()], [layers], [queries], [seq_len])
+        layer_ids, cluster_ids = (take > 0).nonzero(as_tuple=True)
         return ClusterChoice(indptr_from_ids(layer_ids, self.num_layers), cluster_ids)
 
     def layer_summaries(self, layers: torch.Tensor) -> LayerSummaries:
@@ -555,26 +561,29 @@ def _rank_within(key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
 
 
 def select_layer_batch(
-    indexes: Sequence[ClusterIndex], layer_id: int, queries: Sequence[torch.Tensor]
+    indexes: Sequence[ClusterIndex], layer_id: int, queries: Sequence[torch.Tensor],
+    seq_lens: Sequence[int | None] | None = None,
 ) -> list[torch.Tensor]:
     """Attended positions of several sequences at one layer, scored in one batched call (a decode batch).
 
     Args:
-        indexes: one `ClusterIndex` per sequence (same score rule; budgets may differ).
+        indexes: one `ClusterIndex` per sequence (same score and fill rule; budgets may differ).
         layer_id: the layer.
         queries: per sequence ``[Tq_i, Hq, D]`` float queries of that layer.
+        seq_lens: per sequence the end of the served sequence (default: each index's end).
 
     Returns:
-        Per sequence ``[n_i] int64`` sorted positions (always attended ∪ chosen clusters' members);
-        a sequence's result does not depend on the others in the batch.
+        Per sequence ``[n_i] int64`` sorted positions ``< index.num_tokens`` (always attended ∪ taken
+        members); a sequence's result does not depend on the others in the batch.
     """
     if len(indexes) != len(queries):
         raise ValueError(f"select_layer_batch: expected one query tensor per index, got {len(queries)} for {len(indexes)}")
     for i, q in enumerate(queries):
         if not isinstance(q, torch.Tensor) or q.dim() != 3:
             raise ValueError(f"select_layer_batch: queries[{i}]: expected [Tq, Hq, D], got {describe(q)}")
+    seq_lens = [None] * len(indexes) if seq_lens is None else list(seq_lens)
     views = [index.view() for index in indexes]
     layers = [torch.tensor([layer_id], device=index.device) for index in indexes]
     checked = [check_queries(q[None], 1, index.num_kv_heads, index.head_dim, index.device) for index, q in zip(indexes, queries)]
-    chosen = selection.choose_clusters(views, layers, checked)
-    return [selection.attended_mask(v, l, c)[0].nonzero().flatten() for v, l, c in zip(views, layers, chosen)]
+    takes = selection.choose_clusters(views, layers, checked, seq_lens)
+    return [selection.attended_mask(v, l, t, n)[0].nonzero().flatten() for v, l, t, n in zip(views, layers, takes, seq_lens)]

@@ -4,8 +4,14 @@ Pure functions over `IndexView`s (what `ClusterIndex.view` returns), so the same
 sequence (its layers as rows), one layer of many sequences (a decode batch: one row per sequence) and
 anything in between. `choose_clusters` is the one selection path: rows that share a query length are
 stacked (cluster axis zero-padded with ``cost = 0``, never taken), scored with one `score_clusters`
-matmul and filled with one `fill_budget` sort. A sequence alone is scored without padding, so its
-result does not depend on what else is in the batch.
+matmul and filled with one sort (`fill_budget_exact` or `fill_budget`, ``MosaicConfig.fill``). A
+sequence alone is scored without padding, so its result does not depend on what else is in the batch.
+
+The result is a token count per cluster (``take``): whole clusters give all their *eligible* members,
+the exact fill's boundary cluster its lowest eligible positions. Eligible = clustered and not always
+attended (`always_attended_mask` of the sequence being served, whose recent window ends at
+``seq_len``: the index's own end offline, the request's end when serving), so a selection never repeats
+an always-attended token and attends exactly ``min(budget, eligible)`` selected tokens per layer.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import torch
 
 from ..csr import indptr_from_counts
 from ..retrieval.base import always_attended_mask
-from ..retrieval.budget import fill_budget
+from ..retrieval.budget import fill_budget, fill_budget_exact
 from .scoring import LayerSummaries, score_clusters
 from .view import IndexView
 
@@ -36,8 +42,9 @@ class ClusterChoice(NamedTuple):
     cluster_ids: torch.Tensor
 
 
-def layer_summaries(view: IndexView, layers: torch.Tensor) -> LayerSummaries:
-    """What scoring needs for ``layers [R] int64`` of one index (``C`` = largest group's cluster count).
+def layer_summaries(view: IndexView, layers: torch.Tensor, seq_len: int | None = None) -> LayerSummaries:
+    """What scoring needs for ``layers [R] int64`` of one index (``C`` = largest group's cluster count);
+    costs count eligible members only (see module docstring; ``seq_len`` default: the index's end).
 
     ``full`` (exact mode) when the budget covers every visual token: no scoring, every cluster.
     """
@@ -47,12 +54,12 @@ def layer_summaries(view: IndexView, layers: torch.Tensor) -> LayerSummaries:
     counts = torch.tensor(view.num_clusters, device=device)[group]
     valid = torch.arange(num_c, device=device) < counts[:, None]  # [R, C]
     full = num_c == 0 or view.config.budget >= view.num_visual
-    if full:
-        empty = torch.empty(0, device=device)
-        return LayerSummaries(valid, empty, empty, valid.long(), True)
     table = view.table
     size = table.size[group, :num_c]  # [R, C]
-    cost = (size - _covered_counts(view, num_c)[group]) * valid
+    cost = (size - _covered_counts(view, num_c, seq_len)[group]) * valid
+    if full:
+        empty = torch.empty(0, device=device)
+        return LayerSummaries(valid, empty, empty, cost, True)
     n = size.clamp(min=1).float()
     centroid = table.key_sum[layers, :num_c].float() / n[..., None, None]
     spread = table.sq_sum[layers, :num_c].float() / n[..., None] - centroid.square().sum(-1)
@@ -60,19 +67,26 @@ def layer_summaries(view: IndexView, layers: torch.Tensor) -> LayerSummaries:
 
 
 def choose_clusters(
-    views: Sequence[IndexView], layers: Sequence[torch.Tensor], queries: Sequence[torch.Tensor]
+    views: Sequence[IndexView],
+    layers: Sequence[torch.Tensor],
+    queries: Sequence[torch.Tensor],
+    seq_lens: Sequence[int | None] | None = None,
 ) -> list[torch.Tensor]:
-    """Chosen clusters of several (index, layers) items in as few batched calls as their shapes allow.
+    """Tokens to take per cluster for several (index, layers) items, in as few batched calls as their
+    shapes allow.
 
     Args:
-        views: one `IndexView` per item (the same ``score``/``query_reduce`` rule; budgets may differ).
+        views: one `IndexView` per item (the same ``score``/``query_reduce``/``fill`` rule; budgets may differ).
         layers: per item ``[R_i] int64`` the layers to select for.
         queries: per item ``[R_i, Tq_i, Hq, D]`` float queries of those layers (on the index's device).
+        seq_lens: per item the end of the served sequence (its recent window); None: the index's end.
 
     Returns:
-        Per item ``[R_i, C_i] bool`` chosen clusters (``C_i`` = the item's largest group count); per row
-        the chosen clusters' cost (members not always attended) is at most the item's budget.
+        Per item ``[R_i, C_i] int64`` eligible members to take per cluster (``C_i`` = the item's largest
+        group count); per row the sum is ``min(budget, eligible)`` with the exact fill, at most the
+        budget with the whole fill, and everything eligible in exact mode (budget >= visual tokens).
     """
+    seq_lens = [None] * len(views) if seq_lens is None else seq_lens
     out: list[torch.Tensor | None] = [None] * len(views)
     by_length = defaultdict(list)
     for i, q in enumerate(queries):
@@ -80,18 +94,19 @@ def choose_clusters(
     for items in by_length.values():
         scored = []
         for i in items:
-            summaries = layer_summaries(views[i], layers[i])
+            summaries = layer_summaries(views[i], layers[i], seq_lens[i])
             if summaries.full:
-                out[i] = summaries.valid
+                out[i] = summaries.cost
             else:
                 scored.append((i, summaries))
         if not scored:
             continue
         config = views[scored[0][0]].config
+        fill = fill_budget_exact if config.fill == "exact" else _whole
         if len(scored) == 1:  # one sequence (its layers as rows): no stacking
             i, s = scored[0]
             scores = score_clusters(queries[i], s.centroid, s.spread, s.cost, rule=config.score, reduce=config.query_reduce)
-            out[i] = fill_budget(scores, s.cost, views[i].config.budget)
+            out[i] = fill(scores, s.cost, views[i].config.budget)
             continue
         width = max(s.cost.shape[1] for _, s in scored)
         cost = torch.cat([_pad(s.cost, width) for _, s in scored])  # [R, C]
@@ -101,20 +116,40 @@ def choose_clusters(
         scores = score_clusters(q, centroid, spread, cost, rule=config.score, reduce=config.query_reduce)
         rows = [s.cost.shape[0] for _, s in scored]
         budgets = torch.repeat_interleave(torch.tensor([views[i].config.budget for i, _ in scored]), torch.tensor(rows))
-        chosen = fill_budget(scores, cost, budgets.to(cost.device))
-        for (i, s), part in zip(scored, torch.split(chosen, rows)):
+        take = fill(scores, cost, budgets.to(cost.device))
+        for (i, s), part in zip(scored, torch.split(take, rows)):
             out[i] = part[:, : s.cost.shape[1]]
     return out
 
 
-def attended_mask(view: IndexView, layers: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """``[R, N] bool`` per row: always-attended positions ∪ members of ``chosen [R, C] bool`` at ``layers [R]``."""
+def attended_mask(view: IndexView, layers: torch.Tensor, take: torch.Tensor, seq_len: int | None = None) -> torch.Tensor:
+    """``[R, N] bool`` per row: always-attended positions ∪ the taken members at ``layers [R]``.
+
+    ``take [R, C] int64`` (from `choose_clusters`): a cluster with ``take >= cost`` gives every member;
+    the (at most one per row) cluster with ``0 < take < cost`` its ``take`` lowest eligible positions.
+    """
+    always = always_attended_mask(view.frame_ids, view.config, seq_len=seq_len)  # [N]
     assign = view.assign[view.group_of_layer[layers]]  # [R, N]
-    if chosen.shape[1] == 0:
-        mask = torch.zeros(assign.shape, dtype=torch.bool, device=view.device)
-    else:
-        mask = chosen.gather(1, assign.clamp(min=0)) & (assign >= 0)
-    return mask | always_attended_mask(view.frame_ids, view.config)[None, :]
+    num_c = take.shape[1]
+    if num_c == 0:
+        return always[None, :].expand(assign.shape[0], -1).clone()
+    safe = assign.clamp(min=0)
+    eligible = (assign >= 0) & ~always[None, :]
+    cost = torch.zeros_like(take).scatter_add_(1, safe, eligible.long())  # [R, C] eligible members
+    whole = (take > 0) & (take >= cost)
+    mask = whole.gather(1, safe) & (assign >= 0)
+    partial = (take > 0) & (take < cost)  # the exact fill's boundary cluster
+    if bool(partial.any()):
+        boundary = partial.long().argmax(1)  # [R] (rows without one are masked out by `count`)
+        count = (take.gather(1, boundary[:, None]) * partial.any(1, keepdim=True))  # [R, 1]
+        in_boundary = eligible & (assign == boundary[:, None])
+        mask |= in_boundary & (torch.cumsum(in_boundary, 1) <= count)
+    return mask | always[None, :]
+
+
+def _whole(scores: torch.Tensor, costs: torch.Tensor, budget) -> torch.Tensor:
+    """`fill_budget` as token counts: every eligible member of each chosen cluster."""
+    return fill_budget(scores, costs, budget) * costs
 
 
 def cluster_members(view: IndexView, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,10 +166,10 @@ def cluster_members(view: IndexView, group: int = 0) -> tuple[torch.Tensor, torc
     return indptr_from_counts(torch.bincount(ids, minlength=view.num_clusters[group])), positions[order]
 
 
-def _covered_counts(view: IndexView, num_c: int) -> torch.Tensor:
-    """``[G, C] int64`` members per cluster that are always attended anyway (sinks, the index's recent
-    window): choosing their cluster costs no budget for them."""
-    a = view.assign[:, always_attended_mask(view.frame_ids, view.config)]  # [G, S+W+text]; text is -1
+def _covered_counts(view: IndexView, num_c: int, seq_len: int | None = None) -> torch.Tensor:
+    """``[G, C] int64`` members per cluster that are always attended anyway (sinks, the recent window
+    of a sequence ending at ``seq_len``): choosing their cluster costs no budget for them."""
+    a = view.assign[:, always_attended_mask(view.frame_ids, view.config, seq_len=seq_len)]  # text is -1
     counts = torch.zeros(a.shape[0], num_c + 1, dtype=torch.int64, device=view.device)
     counts.scatter_add_(1, torch.where(a >= 0, a, num_c), torch.ones_like(a))
     return counts[:, :num_c]

@@ -9,7 +9,7 @@ output error).
 """
 
 from .base import Retriever, Selection, always_attended_mask, always_attended_positions
-from .budget import fill_budget
+from .budget import FILL_RULES, fill_budget, fill_budget_exact
 from .gqa import group_queries
 from .quality import SelectionQuality, selection_quality
 
@@ -19,6 +19,8 @@ __all__ = [
     "always_attended_mask",
     "always_attended_positions",
     "fill_budget",
+    "fill_budget_exact",
+    "FILL_RULES",
     "group_queries",
     "SelectionQuality",
     "selection_quality",

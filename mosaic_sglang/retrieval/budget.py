@@ -4,14 +4,20 @@ Units (clusters, frames, pages, tokens) are walked in descending score order and
 cumulative cost fits the budget, stopping at the first unit that does not fit: a prefix of the ranking
 (one sort and one cumsum, no loop over units). So at most ``budget`` tokens are attended beyond the
 always-attended set, the unused remainder is below one unit's cost (coarse units waste more of it),
-and units that cost nothing (no candidate token, or padding) are never taken.
+and units that cost nothing (no candidate token, or padding) are never taken. `fill_budget_exact` takes
+the same prefix and then fills the remainder from the boundary unit, so it uses the budget exactly.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["fill_budget"]
+__all__ = ["fill_budget", "fill_budget_exact", "FILL_RULES"]
+
+FILL_RULES = ("exact", "whole")
+"""``'exact'``: whole units by rank, then the boundary unit truncated, so exactly ``min(budget, total cost)``
+tokens are taken (every layer of a sequence then attends the same number of tokens: one attention plan
+serves all layers). ``'whole'``: whole units only, stopping at the first that does not fit."""
 
 
 def fill_budget(scores: torch.Tensor, costs: torch.Tensor, budget: int | torch.Tensor) -> torch.Tensor:
@@ -37,4 +43,33 @@ def fill_budget(scores: torch.Tensor, costs: torch.Tensor, budget: int | torch.T
     limit = budget if isinstance(budget, int) else budget.to(costs.dtype)[:, None]
     # Prefix only: once a unit does not fit, later ones are not taken either (cumsum is monotone).
     take = takeable & (cumulative <= limit)
+    return torch.zeros_like(take).scatter_(1, order, take)
+
+
+def fill_budget_exact(scores: torch.Tensor, costs: torch.Tensor, budget: int | torch.Tensor) -> torch.Tensor:
+    """Tokens to take from each unit: whole units in descending score order, then the first unit that
+    does not fit truncated to the remainder, so each row takes exactly ``min(budget, Σ takeable costs)``.
+
+    The whole units are `fill_budget`'s (the same prefix of the ranking); at most one unit per row is
+    partial. Which of its tokens are taken is the caller's rule (`ClusterIndex`: lowest positions first).
+
+    Args:
+        scores: ``[R, U]`` float, ``-inf`` for units that must not be taken.
+        costs: ``[R, U]`` int64 tokens each unit adds (``<= 0``: never taken).
+        budget: int, or ``[R] int64`` per row.
+
+    Returns:
+        ``[R, U]`` int64 in ``[0, costs]``: tokens taken per unit.
+
+    Example:
+        >>> fill_budget_exact(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([[4, 1, 3]]), 6)
+        tensor([[4, 0, 2]])
+    """
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)  # [R, U]
+    sorted_costs = costs.gather(1, order)
+    takeable = torch.isfinite(scores.gather(1, order)) & (sorted_costs > 0)
+    sorted_costs = torch.where(takeable, sorted_costs, 0)
+    before = torch.cumsum(sorted_costs, dim=1) - sorted_costs  # tokens taken by better units
+    limit = budget if isinstance(budget, int) else budget.to(costs.dtype)[:, None]
+    take = torch.minimum(sorted_costs, (limit - before).clamp(min=0))
     return torch.zeros_like(take).scatter_(1, order, take)

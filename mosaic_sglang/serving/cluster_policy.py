@@ -102,11 +102,13 @@ class ClusterAttendedSet(AttendedSetPolicy):
         due = [i for i in queries if self._needs_selection(layer_id, i)]
         if due:
             indexes = [self.videos[self._anchors[i]].index for i in due]
-            chosen = select_layer_batch(indexes, layer_id, [queries[i] for i in due])
+            seq_lens = [self._requests[i].seq_len for i in due]  # each request's own recent window
+            chosen = select_layer_batch(indexes, layer_id, [queries[i] for i in due], seq_lens)
             for i, index, selected in zip(due, indexes, chosen):
                 req = self._requests[i]
                 self._kept.setdefault(req.rid, {})[layer_id] = (selected, index.num_tokens)
-                self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, queries[i], selected, index.num_tokens)
+                self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, queries[i], selected,
+                                  index.num_tokens, req.seq_len)
         return {i: self._compose(layer_id, i) for i in queries}
 
     def _needs_selection(self, layer_id: int, i: int) -> bool:

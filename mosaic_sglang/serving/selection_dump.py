@@ -20,7 +20,7 @@ class SelectionDump:
 
     Records: ``{"event": "forward", "forward", "rids", "is_decode"}`` (which requests ran together),
     ``{"event": "append", "anchor", "start", "keys", "frame_ids"}`` and ``{"event": "select", "forward",
-    "rid", "anchor", "layer", "queries", "selected", "index_tokens"}``.
+    "rid", "anchor", "layer", "queries", "selected", "index_tokens", "seq_len"}``.
     """
 
     def __init__(self, directory: Optional[str] = None) -> None:
@@ -40,10 +40,11 @@ class SelectionDump:
             self._save({"event": "append", "anchor": anchor, "start": start, "keys": keys, "frame_ids": frame_ids})
 
     def select(self, forward: int, rid: str, anchor: int, layer: int, queries: torch.Tensor, selected: torch.Tensor,
-               index_tokens: int) -> None:
+               index_tokens: int, seq_len: int) -> None:
         if self.enabled:
-            self._save({"event": "select", "forward": forward, "rid": rid, "anchor": anchor, "layer": layer, "queries": queries.detach().cpu(),
-                        "selected": selected.cpu(), "index_tokens": index_tokens})
+            self._save({"event": "select", "forward": forward, "rid": rid, "anchor": anchor, "layer": layer,
+                        "queries": queries.detach().cpu(), "selected": selected.cpu(), "index_tokens": index_tokens,
+                        "seq_len": seq_len})
 
     def _save(self, record: dict) -> None:
         os.makedirs(self.directory, exist_ok=True)
