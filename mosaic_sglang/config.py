@@ -15,7 +15,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
-__all__ = ["MosaicConfig", "MosaicConfigError", "EnvVar", "ENV_VARS", "MOSAIC_CONFIG", "MOSAIC_DEBUG", "MOSAIC_DUMP_DIR"]
+__all__ = ["MosaicConfig", "MosaicConfigError", "EnvVar", "ENV_VARS", "MOSAIC_CONFIG", "MOSAIC_DEBUG", "MOSAIC_DUMP_DIR",
+           "MOSAIC_CHECK_NO_SYNC"]
 
 
 class MosaicConfigError(ValueError):
@@ -239,5 +240,7 @@ MOSAIC_DEBUG = EnvVar("MOSAIC_DEBUG", "flag", "Run the host tier's and cluster c
                       "every change (tests, soak runs); expensive.")
 MOSAIC_DUMP_DIR = EnvVar("MOSAIC_DUMP_DIR", "path", "Save every served selection (queries, result) and index "
                          "append (keys, frame ids) here with torch.save, so tests can replay them offline.")
-ENV_VARS = (MOSAIC_CONFIG, MOSAIC_DEBUG, MOSAIC_DUMP_DIR)
+MOSAIC_CHECK_NO_SYNC = EnvVar("MOSAIC_CHECK_NO_SYNC", "flag", "Run every decode layer that keeps its question's "
+                              "selection with host-synchronising tensor methods patched to raise (tests).")
+ENV_VARS = (MOSAIC_CONFIG, MOSAIC_DEBUG, MOSAIC_DUMP_DIR, MOSAIC_CHECK_NO_SYNC)
 """Every ``MOSAIC_*`` variable the project reads."""

@@ -41,9 +41,17 @@ def _video_prompt(num_frames=6, tokens_per_frame=8, text_before=3, text_after=5)
 
 
 def _forward(policy, layouts, is_decode=False, seed=0):
+    """Plan, run every layer with random queries, end; returns per request per layer the sorted positions."""
     g = torch.Generator().manual_seed(seed)
-    policy.begin_forward(layouts, is_decode)
-    out = [[policy.attended_positions(l, i, torch.randn(r.extend_len, HQ, D, generator=g)) for l in range(L)] for i, r in enumerate(layouts)]
+    plan = policy.plan(layouts, is_decode)
+    out = [[None] * L for _ in layouts]
+    for l in range(L):
+        kv = policy.layer_kv(plan, l, torch.randn(int(plan.q_indptr[-1]), HQ, D, generator=g))
+        for i in range(len(layouts)):
+            positions = kv.kv_positions[kv.kv_indptr[i] : kv.kv_indptr[i + 1]]
+            assert positions.unique().numel() == positions.numel(), "a position listed twice"
+            out[i][l] = positions.sort().values
+        assert bool((plan.kv_indptr == kv.kv_indptr).all())  # exact fill: one indptr for every layer
     policy.end_forward()
     return out
 

@@ -20,11 +20,15 @@ def attended_attention_reference(
     *,
     scale: float | None = None,
     out: torch.Tensor | None = None,
+    max_q: int | None = None,
+    max_kv: int | None = None,
 ) -> torch.Tensor:
     """Attention of sequence ``b``'s queries over the KV slots listed for ``b``, masked causally by position.
 
     A query at position ``p`` sees an attended entry at position ``s`` iff ``s <= p``. With the attended
     set equal to every position ``0..p`` this is exactly causal attention over the whole sequence.
+    One padded batch (``[B, max_q]`` queries × ``[B, max_kv]`` entries, padding masked): no loop over
+    sequences and, given ``max_q``/``max_kv``, no host synchronisation.
 
     Args:
         q: ``[total_q, num_qo_heads, head_dim]`` float (fp32/fp16/bf16).
@@ -37,6 +41,7 @@ def attended_attention_reference(
         kv_positions: ``[nnz] int64`` position of each listed slot in its sequence (any order).
         scale: softmax scale; default ``head_dim ** -0.5``.
         out: optional ``[total_q, num_qo_heads, v_head_dim]`` output buffer (q's dtype).
+        max_q, max_kv: the longest query segment / attended list (computed when not given: a host sync).
 
     Returns:
         ``[total_q, num_qo_heads, v_head_dim]`` in q's dtype. A query with no visible entry gets zeros.
@@ -54,32 +59,32 @@ def attended_attention_reference(
         raise ValueError(f"num_qo_heads ({num_qo_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
     if out is None:
         out = q.new_empty(q.shape[0], num_qo_heads, v_buffer.shape[-1])
-    q_bounds = q_indptr.tolist()
-    kv_bounds = kv_indptr.tolist()
-    for b in range(len(q_bounds) - 1):
-        q0, q1 = q_bounds[b], q_bounds[b + 1]
-        k0, k1 = kv_bounds[b], kv_bounds[b + 1]
-        if q1 == q0:
-            continue
-        if k1 == k0:
-            out[q0:q1] = 0
-            continue
-        slots = kv_slots[k0:k1]
-        keys = k_buffer[slots].to(q.dtype).transpose(0, 1)  # [Hkv, n, D]
-        values = v_buffer[slots].to(q.dtype).transpose(0, 1)  # [Hkv, n, Dv]
-        visible = kv_positions[k0:k1].unsqueeze(0) <= q_positions[q0:q1].unsqueeze(1)  # [Tq, n]
-        queries = q[q0:q1].transpose(0, 1)  # [Hq, Tq, D]
-        attn = scaled_dot_product_attention(
-            queries.unsqueeze(0),
-            keys.unsqueeze(0),
-            values.unsqueeze(0),
-            attn_mask=None if bool(visible.all()) else visible,
-            scale=scale,
-            enable_gqa=num_qo_heads != num_kv_heads,
-        )  # [1, Hq, Tq, Dv]
-        result = attn.squeeze(0).transpose(0, 1)
-        no_key = ~visible.any(dim=1)
-        if bool(no_key.any()):
-            result = result.masked_fill(no_key[:, None, None], 0)
-        out[q0:q1] = result
+    device = q.device
+    q_indptr, kv_indptr = q_indptr.to(device), kv_indptr.to(device)
+    q_lens, kv_lens = q_indptr[1:] - q_indptr[:-1], kv_indptr[1:] - kv_indptr[:-1]  # [B]
+    max_q = int(q_lens.max()) if max_q is None else max_q
+    max_kv = int(kv_lens.max()) if max_kv is None else max_kv
+    if q.shape[0] == 0:
+        return out
+    if max_kv == 0:
+        return out.zero_()
+    q_off = torch.arange(max_q, device=device)
+    kv_off = torch.arange(max_kv, device=device)
+    q_valid = q_off[None, :] < q_lens[:, None]  # [B, max_q]
+    kv_valid = kv_off[None, :] < kv_lens[:, None]  # [B, max_kv]
+    q_idx = (q_indptr[:-1, None] + q_off).clamp(max=q.shape[0] - 1)  # padding reads a real row, masked
+    kv_idx = (kv_indptr[:-1, None] + kv_off).clamp(max=max(kv_slots.numel() - 1, 0))
+    slots = kv_slots[kv_idx]  # [B, max_kv]
+    keys = k_buffer[slots].to(q.dtype).transpose(1, 2)  # [B, Hkv, max_kv, D]
+    values = v_buffer[slots].to(q.dtype).transpose(1, 2)  # [B, Hkv, max_kv, Dv]
+    queries = q[q_idx].transpose(1, 2)  # [B, Hq, max_q, D]
+    visible = kv_valid[:, None, :] & (kv_positions[kv_idx][:, None, :] <= q_positions[q_idx][:, :, None])  # [B, max_q, max_kv]
+    attn = scaled_dot_product_attention(
+        queries, keys, values, attn_mask=visible[:, None], scale=scale, enable_gqa=num_qo_heads != num_kv_heads,
+    ).transpose(1, 2)  # [B, max_q, Hq, Dv]; rows with nothing visible are NaN here
+    attn = torch.where(visible.any(-1)[..., None, None], attn, 0)
+    rows = torch.where(q_valid, q_idx, q.shape[0])  # padding rows go to a scratch row past the end
+    scratch = out.new_empty((q.shape[0] + 1,) + tuple(out.shape[1:]))
+    scratch.index_copy_(0, rows.flatten(), attn.reshape(-1, num_qo_heads, attn.shape[-1]).to(out.dtype))
+    out.copy_(scratch[:-1])
     return out

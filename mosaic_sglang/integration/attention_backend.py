@@ -7,9 +7,12 @@ returns (sinks ∪ recent window ∪ text ∪ selected clusters), computed by
 everything, the output equals the dense ``torch_native`` backend's.
 
 Per forward (FlashInfer's plan/run split): `init_forward_metadata` builds one `RequestLayout` per
-request and lets the policy plan; each layer's forward asks the policy for the attended positions,
-maps them to KV slots through the request's ``req_to_token`` row and runs attention; after the last
-layer the policy may index the new tokens (their K/V are then in the pool for every layer).
+request and asks the policy for a `ForwardPlan` (one ``kv_indptr`` for every layer, per-layer position
+lists); each layer's forward takes its list from the policy (`layer_kv`), maps positions to KV slots
+with one gather over the forward's concatenated ``req_to_token`` rows, and runs one attention call
+over the whole batch; after the last layer the policy may index the new tokens (their K/V are then in
+the pool for every layer). A decode step that keeps its question's selection does no host work and
+no host synchronisation inside a layer (checked with ``MOSAIC_CHECK_NO_SYNC=1``).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
 from mosaic_sglang.kernels import attended_attention
 
+from ..config import MOSAIC_CHECK_NO_SYNC
 from ..offload import DevicePool, decode_host
-from ..serving import RequestLayout
+from ..serving import ForwardPlan, RequestLayout
+from ..testing.host_sync import no_host_sync
 from .frame_ids import frame_ids_from_mm_inputs
 from .runtime import get_runtime
 
@@ -62,6 +67,8 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             dtype=k0.dtype, read_slot_keys=self.read_slot_keys, read_slot_kv=self.read_slot_kv, device_pool=device_pool,
         )
         self.layouts: List[RequestLayout] = []
+        self.plan: ForwardPlan | None = None
+        self._check_no_sync = MOSAIC_CHECK_NO_SYNC.read()
         if self.use_sliding_window_kv_pool:
             raise ValueError("mosaic attention backend: sliding-window KV pools are not supported")
 
@@ -96,7 +103,16 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
                 )
             )
         self.layouts = layouts
-        self.runtime.policy.begin_forward(layouts, is_decode)
+        plan = self.runtime.policy.plan(layouts, is_decode)
+        self.plan = plan
+        # Slot of every (request, position): the requests' rows concatenated; entry e of a layer's list
+        # reads slot_rows[row_base[e] + position]. Host-resident requests are resolved per layer.
+        device = req_to_token.device
+        self._slot_rows = torch.cat([req.slots for req in layouts]).to(device) if layouts else None
+        bases = torch.tensor([0] + [req.seq_len for req in layouts[:-1]], dtype=torch.int64).cumsum(0)
+        self._row_base = bases[plan.kv_request].to(device)
+        self._q_indptr, self._q_positions = plan.q_indptr.to(device), plan.q_positions.to(device)
+        self._host_requests = [i for i, req in enumerate(layouts) if bool((req.slots < 0).any())]
 
     def _frame_ids(self, rid: str, seq_len: int, mm_inputs) -> torch.Tensor:
         """Frame ids of a request's positions; computed at extend, reused (padded with text) in decode."""
@@ -123,68 +139,64 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
     def _forward(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool):
         if layer.sliding_window_size is not None and layer.sliding_window_size > -1:
             raise ValueError("mosaic attention backend: sliding-window layers are not supported")
+        if self._check_no_sync and forward_batch.forward_mode.is_decode() and not self.plan.select_due:
+            with no_host_sync():  # MOSAIC_CHECK_NO_SYNC=1: a kept-selection decode layer must not sync
+                return self._run_layer(q, k, v, layer, forward_batch, save_kv_cache)
+        return self._run_layer(q, k, v, layer, forward_batch, save_kv_cache)
+
+    def _run_layer(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool):
         if save_kv_cache and k is not None and v is not None:
             self.token_to_kv_pool.set_kv_buffer(
                 layer, KVWriteLoc(forward_batch.out_cache_loc, self.swa_out_cache_loc), k, v
             )
         q = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
         out = q.new_empty(q.shape[0], layer.tp_q_head_num, layer.v_head_dim)
-
-        policy = self.runtime.policy
-        q_indptr, q_positions, kv_indptr, kv_slots, kv_positions = [0], [], [0], [], []
-        per_request = {}
-        for i, req in enumerate(self.layouts):
-            per_request[i] = q[q_indptr[-1] : q_indptr[-1] + req.extend_len]
-            q_indptr.append(q_indptr[-1] + req.extend_len)
-        attended = policy.attended_positions_batch(layer.layer_id, per_request)
-        for i, req in enumerate(self.layouts):
-            positions = attended[i]
-            kv_positions.append(positions)
-            kv_slots.append(req.slots[positions])
-            kv_indptr.append(kv_indptr[-1] + positions.numel())
-            q_positions.append(torch.arange(req.prefix_len, req.seq_len))
+        local = layer.layer_id - self.start_layer
+        plan = self.plan
+        kv = self.runtime.policy.layer_kv(plan, local, q)
         device = q.device
-        slots = torch.cat(kv_slots)
+        kv_indptr, positions = kv.kv_indptr.to(device), kv.kv_positions.to(device)
+        row_base = self._row_base if not plan.padded else self._padded_row_base(kv.kv_indptr).to(device)
+        slots = self._slot_rows[row_base + positions]
         k_buffer = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
         v_buffer = self.token_to_kv_pool.get_value_buffer(layer.layer_id)
-        if bool((slots < 0).any()):
+        if self._host_requests:
             # host-resident entries (offloaded clusters): gather device and host rows into one scratch
-            k_buffer, v_buffer = self._gather_mixed(layer.layer_id - self.start_layer, slots, kv_indptr, k_buffer, v_buffer)
-            slots = torch.arange(slots.numel())
+            k_buffer, v_buffer = self._gather_mixed(local, slots, kv.kv_indptr, k_buffer, v_buffer)
+            slots = torch.arange(slots.numel(), device=device)
         attended_attention(
-            q,
-            torch.tensor(q_indptr, dtype=torch.int64),
-            torch.cat(q_positions).to(device),
-            k_buffer,
-            v_buffer,
-            torch.tensor(kv_indptr, dtype=torch.int64),
-            slots.to(device),
-            torch.cat(kv_positions).to(device),
-            scale=layer.scaling,
-            out=out,
+            q, self._q_indptr, self._q_positions, k_buffer, v_buffer, kv_indptr, slots, positions,
+            scale=layer.scaling, out=out, max_q=plan.max_q, max_kv=plan.max_kv,
         )
         if layer.layer_id == self.last_layer:
-            policy.end_forward()
+            self.runtime.policy.end_forward()
             self.runtime.after_forward()
         return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
 
-    def _gather_mixed(self, layer: int, slots: torch.Tensor, kv_indptr: list, k_buffer: torch.Tensor, v_buffer: torch.Tensor):
+    def _padded_row_base(self, kv_indptr: torch.Tensor) -> torch.Tensor:
+        """Per-entry row base for a layer whose lists were compacted (``fill='whole'``)."""
+        bases = torch.tensor([0] + [req.seq_len for req in self.layouts[:-1]], dtype=torch.int64).cumsum(0)
+        return torch.repeat_interleave(bases, kv_indptr[1:] - kv_indptr[:-1])
+
+    def _gather_mixed(self, layer: int, slots: torch.Tensor, kv_indptr: torch.Tensor, k_buffer: torch.Tensor,
+                      v_buffer: torch.Tensor):
         """``([n, H, D], [n, H, Dv])`` K/V of ``slots [n]``: device slots from the pool, host encodings
         (``< 0``) through each request's device cluster cache (misses copied from the host tier, one op
-        per cluster extent, counted there)."""
-        host = slots < 0
+        per cluster extent, counted there). Only requests with host-resident positions are visited."""
         device = k_buffer.device
+        host = slots < 0
         k = k_buffer.new_empty((slots.numel(),) + tuple(k_buffer.shape[1:]))
         v = v_buffer.new_empty((slots.numel(),) + tuple(v_buffer.shape[1:]))
-        on_device = slots[~host].to(device)
-        k[~host.to(device)] = k_buffer[on_device]
-        v[~host.to(device)] = v_buffer[on_device]
-        for i in range(len(kv_indptr) - 1):
-            a, b = kv_indptr[i], kv_indptr[i + 1]
-            mask = host[a:b]
+        k[~host] = k_buffer[slots[~host]]
+        v[~host] = v_buffer[slots[~host]]
+        host_values = slots.cpu()  # host rows are host-side bookkeeping (extent map, residency)
+        bounds = kv_indptr.tolist()
+        for i in self._host_requests:
+            a, b = bounds[i], bounds[i + 1]
+            mask = host_values[a:b] < 0
             if not bool(mask.any()):
                 continue
-            hk, hv = self.runtime.policy.read_host(i, layer, decode_host(slots[a:b][mask]), device)
+            hk, hv = self.runtime.policy.read_host(i, layer, decode_host(host_values[a:b][mask]), device)
             rows = (torch.arange(a, b)[mask]).to(device)
             k[rows] = hk.to(k.dtype)
             v[rows] = hv.to(v.dtype)

@@ -27,6 +27,7 @@ from ..offload.host_tier import HostTier, encode_host
 from ..offload.planner import clusters_to_offload
 from ..offload.residency import ClusterResidency
 from ..retrieval.base import always_attended_mask
+from .plan import ForwardPlan, LayerKV, build_plan
 from .policy import AttendedSetPolicy
 from .request_layout import RequestLayout
 from .selection_dump import SelectionDump
@@ -55,8 +56,10 @@ class ClusterAttendedSet(AttendedSetPolicy):
         self.config = config
         self.host = host
         self.counters = counters if counters is not None else ProcessCounters()
+        self.num_layers = num_layers
         self.videos = VideoRegistry(config, num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
                                     read_slot_keys=read_slot_keys)
+        self._always_masks: Dict[int, torch.Tensor] = {}  # request index -> [covered] bool, this forward
         self._requests: Sequence[RequestLayout] = ()
         self._anchors: list[Optional[int]] = []
         self._is_decode = False
@@ -68,59 +71,93 @@ class ClusterAttendedSet(AttendedSetPolicy):
 
     # -- plan -------------------------------------------------------------------------------------------
 
-    def begin_forward(self, requests: Sequence[RequestLayout], is_decode: bool) -> None:
+    def plan(self, requests: Sequence[RequestLayout], is_decode: bool) -> ForwardPlan:
         self._requests, self._is_decode = requests, is_decode
         self._forward += 1
         self._dump.forward(self._forward, [req.rid for req in requests], is_decode)
         self._anchors = [self.videos.attach(req) for req in requests]
         if self.host is not None:
             self.host.begin_forward({self.videos[a].uid for a in self._anchors if a is not None})
-        for req, anchor in zip(requests, self._anchors):
-            if is_decode:
-                self._decode_steps[req.rid] = self._decode_steps.get(req.rid, 0) + 1
-            else:
-                self._decode_steps[req.rid] = 0
-                self._kept.pop(req.rid, None)
-            record = self._records.setdefault(req.rid, RequestRecord(self.name))
-            record.begin_forward(
-                context_tokens=req.seq_len,
-                visual_tokens=req.num_visual,
-                frames=int(req.frame_ids.max()) + 1 if req.num_visual else 0,
-                clusters=self.videos[anchor].index.num_clusters if anchor is not None else 0,
-                device_tokens=int((req.slots > 0).sum()),
-                host_tokens=int((req.slots < 0).sum()),
-                host_store_used=self.host.used_tokens if self.host is not None else 0,
-            )
+        always, selected, counts = [], [], []
+        self._always_masks = {}
+        for i, req in enumerate(requests):
+            self._begin_request(req, self._anchors[i], is_decode)
+            a, s, f = self._plan_request(i, req)
+            always.append(a)
+            selected.append(s)
+            counts.append(f)
+        plan = build_plan(self.num_layers, [(r.prefix_len, r.seq_len) for r in requests], always, selected, counts,
+                          padded=self.config.fill == "whole")
+        for req, n in zip(requests, (plan.kv_indptr[1:] - plan.kv_indptr[:-1]).tolist()):
+            self._records[req.rid].attended(n)
+        return plan
+
+    def _begin_request(self, req: RequestLayout, anchor: Optional[int], is_decode: bool) -> None:
+        if is_decode:
+            self._decode_steps[req.rid] = self._decode_steps.get(req.rid, 0) + 1
+        else:
+            self._decode_steps[req.rid] = 0
+            self._kept.pop(req.rid, None)
+        self._records.setdefault(req.rid, RequestRecord(self.name)).begin_forward(
+            context_tokens=req.seq_len,
+            visual_tokens=req.num_visual,
+            frames=int(req.frame_ids.max()) + 1 if req.num_visual else 0,
+            clusters=self.videos[anchor].index.num_clusters if anchor is not None else 0,
+            device_tokens=int((req.slots > 0).sum()),
+            host_tokens=int((req.slots < 0).sum()),
+            host_store_used=self.host.used_tokens if self.host is not None else 0,
+        )
+
+    def _plan_request(self, i: int, req: RequestLayout):
+        """``(always [a] int64, kept selection per layer or None when due, f)`` of request ``i``.
+
+        Always part: sinks, text and the recent window among the indexed positions, plus everything the
+        index does not cover. Selected part: ``f = min(budget, eligible)`` indexed visual positions (the
+        kept selection's size when it is reused)."""
+        if self._dense(i):
+            return torch.arange(req.seq_len), [], 0
+        covered = min(self.videos[self._anchors[i]].index.num_tokens, req.seq_len)
+        mask = always_attended_mask(req.frame_ids[:covered], self.config, seq_len=req.seq_len)  # [covered]
+        self._always_masks[i] = mask
+        always = torch.cat([mask.nonzero().flatten(), torch.arange(covered, req.seq_len)])
+        if not self._needs_selection(i):
+            kept = [self._kept[req.rid][layer][0] for layer in range(self.num_layers)]
+            return always, kept, max(k.numel() for k in kept)
+        eligible = int(((req.frame_ids[:covered] >= 0) & ~mask).sum())
+        return always, None, min(self.config.budget, eligible)
 
     # -- run --------------------------------------------------------------------------------------------
 
-    def attended_positions(self, layer_id: int, request_index: int, queries: torch.Tensor) -> torch.Tensor:
-        return self.attended_positions_batch(layer_id, {request_index: queries})[request_index]
-
-    def attended_positions_batch(self, layer_id: int, queries: Dict[int, torch.Tensor]) -> Dict[int, torch.Tensor]:
-        """All requests of the forward at one layer; the selections due are scored in one batched call."""
-        due = [i for i in queries if self._needs_selection(layer_id, i)]
+    def layer_kv(self, plan: ForwardPlan, layer_id: int, queries: torch.Tensor) -> LayerKV:
+        """The plan's lists at ``layer_id``; the selections due at this forward are scored in one batched
+        call and written into the plan first (the only per-request work inside a layer)."""
+        due = plan.select_due
         if due:
             indexes = [self.videos[self._anchors[i]].index for i in due]
+            bounds = plan.q_indptr.tolist()
+            qs = [queries[bounds[i] : bounds[i + 1]] for i in due]
             seq_lens = [self._requests[i].seq_len for i in due]  # each request's own recent window
-            chosen = select_layer_batch(indexes, layer_id, [queries[i] for i in due], seq_lens)
-            for i, index, selected in zip(due, indexes, chosen):
+            attended = select_layer_batch(indexes, layer_id, qs, seq_lens)
+            for i, index, q, positions in zip(due, indexes, qs, attended):
                 req = self._requests[i]
+                selected = positions[~self._always_masks[i][positions]]  # the always part is in the plan
+                start, end = plan.selected_span(i)
+                assert selected.numel() <= end - start and (plan.padded or selected.numel() == end - start), (
+                    f"{req.rid} layer {layer_id}: selected {selected.numel()}, planned {end - start}")
+                plan.kv_positions[layer_id, start : start + selected.numel()] = selected
                 self._kept.setdefault(req.rid, {})[layer_id] = (selected, index.num_tokens)
-                self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, queries[i], selected,
+                self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, q, positions,
                                   index.num_tokens, req.seq_len)
-        return {i: self._compose(layer_id, i) for i in queries}
+        return plan.layer(layer_id)
 
-    def _needs_selection(self, layer_id: int, i: int) -> bool:
+    def _needs_selection(self, i: int) -> bool:
         req, anchor = self._requests[i], self._anchors[i]
-        if self._dense(i):
-            return False
-        previous = self._kept.get(req.rid, {}).get(layer_id)
+        previous = self._kept.get(req.rid)
         every = self.config.reselect_every
         return (
             not self._is_decode
             or previous is None
-            or previous[1] < self.videos[anchor].index.num_tokens  # the index grew since (the prompt's own video)
+            or previous[0][1] < self.videos[anchor].index.num_tokens  # the index grew since (the prompt's own video)
             or (every > 0 and self._decode_steps.get(req.rid, 0) % every == 0)
         )
 
@@ -128,22 +165,6 @@ class ClusterAttendedSet(AttendedSetPolicy):
         req = self._requests[i]
         prefill = not self._is_decode and req.extend_len > 1
         return self._anchors[i] is None or (prefill and not self.config.select_in_prefill)
-
-    def _compose(self, layer_id: int, i: int) -> torch.Tensor:
-        """``[n] int64`` sorted: selected ∪ always-attended ∪ everything the index does not cover."""
-        req = self._requests[i]
-        record = self._records[req.rid]
-        if self._dense(i):
-            record.attended(req.seq_len)
-            return torch.arange(req.seq_len)
-        covered = min(self.videos[self._anchors[i]].index.num_tokens, req.seq_len)
-        selected = self._kept[req.rid][layer_id][0]
-        mask = torch.ones(req.seq_len, dtype=torch.bool)
-        mask[:covered] = always_attended_mask(req.frame_ids[:covered], self.config, seq_len=req.seq_len)
-        mask[selected[selected < covered]] = True
-        positions = mask.nonzero().flatten()
-        record.attended(positions.numel())
-        return positions
 
     def read_host(self, request_index: int, layer: int, host_rows: torch.Tensor, device):
         """``(k [n, H, D], v [n, H, Dv])`` of a request's host-resident rows at ``layer``, through its

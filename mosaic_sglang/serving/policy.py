@@ -1,10 +1,13 @@
 """The interface between the attention backend and a retrieval policy: which positions each request
-attends at each layer of a forward.
+attends at each layer of a forward, as a plan and a per-layer run (FlashInfer's split).
 
-The backend calls, per forward: `begin_forward` once (host-side planning), `attended_positions` once per
-(layer, request) with that layer's queries, and `end_forward` once after the last layer, when every
-layer's K/V of the new tokens is in the pool (the place to index them). `FullAttendedSet` attends
-everything (dense, the exactness reference); `ClusterAttendedSet` (Mosaic) plugs in the same way.
+The backend calls, per forward: `plan` once on the host (every request's always-attended part, its
+number of selected tokens, and whatever selection is already known, as a `ForwardPlan`), `layer_kv`
+once per layer with that layer's queries (the policy writes the selections due at this forward; for a
+decode step that keeps its question's selection it is a view of the plan: no work, no host sync), and
+`end_forward` once after the last layer, when every layer's K/V of the new tokens is in the pool (the
+place to index them). `FullAttendedSet` attends everything (dense, the exactness reference);
+`ClusterAttendedSet` (Mosaic) plugs in the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .plan import ForwardPlan, LayerKV, build_plan
 from .request_layout import RequestLayout
 from .stats import RequestRecord, RequestStats
 
@@ -26,27 +30,27 @@ class AttendedSetPolicy(ABC):
     name: str = "abstract"
 
     @abstractmethod
-    def begin_forward(self, requests: Sequence[RequestLayout], is_decode: bool) -> None:
-        """Plan a forward over ``requests`` (host side, once per batch, before any layer runs)."""
+    def plan(self, requests: Sequence[RequestLayout], is_decode: bool) -> ForwardPlan:
+        """Plan a forward over ``requests`` (host side, once per batch, before any layer runs).
 
-    @abstractmethod
-    def attended_positions(self, layer_id: int, request_index: int, queries: torch.Tensor) -> torch.Tensor:
-        """Positions request ``request_index`` attends at ``layer_id``.
-
-        Args:
-            layer_id: model layer.
-            request_index: index into the ``requests`` given to `begin_forward`.
-            queries: ``[extend_len, num_qo_heads, head_dim]`` this layer's queries of the request.
-
-        Returns:
-            ``[n] int64`` sorted unique positions ``< seq_len``; must contain every position of the
-            forward's own tokens (``prefix_len .. seq_len-1``), so each query sees at least itself.
+        Every request's list must contain the forward's own tokens (``prefix_len .. seq_len-1``), so each
+        query sees at least itself, and no position twice.
         """
 
-    def attended_positions_batch(self, layer_id: int, queries: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """`attended_positions` for every request of the forward at once (``{request_index: queries}``);
-        policies override it to batch their scoring across requests."""
-        return {i: self.attended_positions(layer_id, i, q) for i, q in queries.items()}
+    @abstractmethod
+    def layer_kv(self, plan: ForwardPlan, layer_id: int, queries: torch.Tensor) -> LayerKV:
+        """Layer ``layer_id``'s lists.
+
+        Args:
+            plan: this forward's plan (from `plan`).
+            layer_id: model layer.
+            queries: ``[nq, num_qo_heads, head_dim]`` the layer's queries of every request
+                (``plan.q_indptr`` splits them).
+        """
+
+    def read_host(self, request_index: int, layer: int, host_rows: torch.Tensor, device):
+        """K/V of host-resident rows (policies that offload); see `ClusterAttendedSet.read_host`."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no KV on the host")
 
     def end_forward(self) -> None:
         """After the last layer: the new tokens' K/V are in the pool for every layer."""
@@ -76,20 +80,21 @@ class FullAttendedSet(AttendedSetPolicy):
     name = "full"
 
     def __init__(self) -> None:
-        self._requests: Sequence[RequestLayout] = ()
         self._records: dict[str, RequestRecord] = {}
 
-    def begin_forward(self, requests: Sequence[RequestLayout], is_decode: bool) -> None:
-        self._requests = requests
+    def plan(self, requests: Sequence[RequestLayout], is_decode: bool) -> ForwardPlan:
         for req in requests:
             record = self._records.setdefault(req.rid, RequestRecord(self.name))
             device_tokens = int((req.slots > 0).sum())
             record.begin_forward(context_tokens=req.seq_len, visual_tokens=req.num_visual, frames=0, clusters=0,
                                  device_tokens=device_tokens, host_tokens=0, host_store_used=0)
             record.attended(req.seq_len)
+        # one list serves every layer: the plan holds a single row
+        return build_plan(1, [(r.prefix_len, r.seq_len) for r in requests], [torch.arange(r.seq_len) for r in requests],
+                          [[]] * len(requests), [0] * len(requests))
 
-    def attended_positions(self, layer_id: int, request_index: int, queries: torch.Tensor) -> torch.Tensor:
-        return torch.arange(self._requests[request_index].seq_len)
+    def layer_kv(self, plan: ForwardPlan, layer_id: int, queries: torch.Tensor) -> LayerKV:
+        return plan.layer(0)
 
     def release(self, rid: str) -> None:
         self._records.pop(rid, None)
