@@ -285,3 +285,17 @@ def test_prefix_dedup_remaps_the_index_instead_of_losing_it(pool):
     assert len(policy.videos) == 2
     policy.on_slots_remapped(other[:51].clone(), repointed[:51].clone())
     assert list(policy.videos) == [anchor]
+
+
+def test_full_budget_decode_keeps_everything_while_the_window_moves(pool):
+    # The recent window overlaps the video span (few text tokens after it): positions that leave the
+    # window during decode must stay attended (at full budget every step attends the whole context).
+    policy = _policy(pool, budget=10_000, recent_window=12)
+    frames = _video_prompt(text_after=2)
+    slots = torch.arange(10, 10 + frames.numel() + 6)
+    n = frames.numel()
+    frames_d = torch.cat([frames, torch.full((6,), -1)])
+    _forward(policy, [_layout("a", slots, frames_d, 0, n)])
+    for step in range(6):
+        (attended,) = _forward(policy, [_layout("a", slots, frames_d, n + step, 1)], is_decode=True, seed=step)
+        assert all(torch.equal(p, torch.arange(n + step + 1)) for p in attended), step

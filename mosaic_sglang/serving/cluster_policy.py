@@ -60,6 +60,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
         self.videos = VideoRegistry(config, num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
                                     read_slot_keys=read_slot_keys)
         self._always_masks: Dict[int, torch.Tensor] = {}  # request index -> [covered] bool, this forward
+        self._kept_always: Dict[str, torch.Tensor] = {}  # rid -> the always mask its kept selection used
         self._requests: Sequence[RequestLayout] = ()
         self._anchors: list[Optional[int]] = []
         self._is_decode = False
@@ -98,6 +99,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
         else:
             self._decode_steps[req.rid] = 0
             self._kept.pop(req.rid, None)
+            self._kept_always.pop(req.rid, None)
         self._records.setdefault(req.rid, RequestRecord(self.name)).begin_forward(
             context_tokens=req.seq_len,
             visual_tokens=req.num_visual,
@@ -117,12 +119,16 @@ class ClusterAttendedSet(AttendedSetPolicy):
         if self._dense(i):
             return torch.arange(req.seq_len), [], 0
         covered = min(self.videos[self._anchors[i]].index.num_tokens, req.seq_len)
+        if not self._needs_selection(i):
+            # the kept selection keeps the always part it was chosen against: indexed positions that were
+            # in the recent window then stay attended while the window moves on (no token drops out)
+            mask = self._kept_always[req.rid]
+            always = torch.cat([mask.nonzero().flatten(), torch.arange(covered, req.seq_len)])
+            kept = [self._kept[req.rid][layer][0] for layer in range(self.num_layers)]
+            return always, kept, max(k.numel() for k in kept)
         mask = always_attended_mask(req.frame_ids[:covered], self.config, seq_len=req.seq_len)  # [covered]
         self._always_masks[i] = mask
         always = torch.cat([mask.nonzero().flatten(), torch.arange(covered, req.seq_len)])
-        if not self._needs_selection(i):
-            kept = [self._kept[req.rid][layer][0] for layer in range(self.num_layers)]
-            return always, kept, max(k.numel() for k in kept)
         eligible = int(((req.frame_ids[:covered] >= 0) & ~mask).sum())
         return always, None, min(self.config.budget, eligible)
 
@@ -146,6 +152,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
                     f"{req.rid} layer {layer_id}: selected {selected.numel()}, planned {end - start}")
                 plan.kv_positions[layer_id, start : start + selected.numel()] = selected
                 self._kept.setdefault(req.rid, {})[layer_id] = (selected, index.num_tokens)
+                self._kept_always[req.rid] = self._always_masks[i]
                 self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, q, positions,
                                   index.num_tokens, req.seq_len)
         return plan.layer(layer_id)
@@ -249,6 +256,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
 
     def release(self, rid: str) -> None:
         self._kept.pop(rid, None)
+        self._kept_always.pop(rid, None)
         self._decode_steps.pop(rid, None)
         self._records.pop(rid, None)
 
