@@ -51,7 +51,7 @@ def _forward(policy, layouts, is_decode=False, seed=0):
             positions = kv.kv_positions[kv.kv_indptr[i] : kv.kv_indptr[i + 1]]
             assert positions.unique().numel() == positions.numel(), "a position listed twice"
             out[i][l] = positions.sort().values
-        assert bool((plan.kv_indptr == kv.kv_indptr).all())  # exact fill: one indptr for every layer
+        assert plan.padded or bool((plan.kv_indptr == kv.kv_indptr).all())  # exact fill: one indptr for all layers
     policy.end_forward()
     return out
 
@@ -299,3 +299,18 @@ def test_full_budget_decode_keeps_everything_while_the_window_moves(pool):
     for step in range(6):
         (attended,) = _forward(policy, [_layout("a", slots, frames_d, n + step, 1)], is_decode=True, seed=step)
         assert all(torch.equal(p, torch.arange(n + step + 1)) for p in attended), step
+
+
+def test_whole_fill_serves_whole_clusters_within_the_budget(pool):
+    # fill='whole': lists may be shorter than the planned size (padding dropped per layer), never longer
+    policy = _policy(pool, budget=16, fill="whole")
+    question, decoded = _question_then_decode(policy, steps=2)
+    video = next(iter(policy.videos.values()))
+    always = {0, 1, 2} | set(range(51, 56))
+    for positions in question + decoded[-1]:
+        extra = set(positions.tolist()) - always - set(range(56, 58))
+        assert 0 < len(extra) <= 16
+        assign = video.index._assign[0]
+        for c in {int(assign[p]) for p in extra}:  # every chosen cluster is attended whole
+            members = set((assign == c).nonzero().flatten().tolist())
+            assert members <= set(positions.tolist()), c

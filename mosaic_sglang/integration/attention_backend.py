@@ -29,6 +29,7 @@ from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 from mosaic_sglang.kernels import attended_attention
 
 from ..config import MOSAIC_CHECK_NO_SYNC
+from ..csr import indptr_from_counts
 from ..offload import DevicePool, decode_host
 from ..serving import ForwardPlan, RequestLayout
 from ..testing.host_sync import no_host_sync
@@ -109,8 +110,8 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         # reads slot_rows[row_base[e] + position]. Host-resident requests are resolved per layer.
         device = req_to_token.device
         self._slot_rows = torch.cat([req.slots for req in layouts]).to(device) if layouts else None
-        bases = torch.tensor([0] + [req.seq_len for req in layouts[:-1]], dtype=torch.int64).cumsum(0)
-        self._row_base = bases[plan.kv_request].to(device)
+        self._row_starts = indptr_from_counts(torch.tensor([req.seq_len for req in layouts], dtype=torch.int64))[:-1]
+        self._row_base = self._row_starts[plan.kv_request].to(device)
         self._q_indptr, self._q_positions = plan.q_indptr.to(device), plan.q_positions.to(device)
         self._host_requests = [i for i, req in enumerate(layouts) if bool((req.slots < 0).any())]
 
@@ -175,8 +176,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
 
     def _padded_row_base(self, kv_indptr: torch.Tensor) -> torch.Tensor:
         """Per-entry row base for a layer whose lists were compacted (``fill='whole'``)."""
-        bases = torch.tensor([0] + [req.seq_len for req in self.layouts[:-1]], dtype=torch.int64).cumsum(0)
-        return torch.repeat_interleave(bases, kv_indptr[1:] - kv_indptr[:-1])
+        return torch.repeat_interleave(self._row_starts, kv_indptr[1:] - kv_indptr[:-1])
 
     def _gather_mixed(self, layer: int, slots: torch.Tensor, kv_indptr: torch.Tensor, k_buffer: torch.Tensor,
                       v_buffer: torch.Tensor):
