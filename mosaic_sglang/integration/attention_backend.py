@@ -113,6 +113,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         self._row_starts = indptr_from_counts(torch.tensor([req.seq_len for req in layouts], dtype=torch.int64))[:-1]
         self._row_base = self._row_starts[plan.kv_request].to(device)
         self._q_indptr, self._q_positions = plan.q_indptr.to(device), plan.q_positions.to(device)
+        self._kv_indptr = plan.kv_indptr.to(device)  # every layer's, unless the plan is padded
         self._host_requests = [i for i, req in enumerate(layouts) if bool((req.slots < 0).any())]
 
     def _frame_ids(self, rid: str, seq_len: int, mm_inputs) -> torch.Tensor:
@@ -156,8 +157,11 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         plan = self.plan
         kv = self.runtime.policy.layer_kv(plan, local, q)
         device = q.device
-        kv_indptr, positions = kv.kv_indptr.to(device), kv.kv_positions.to(device)
-        row_base = self._row_base if not plan.padded else self._padded_row_base(kv.kv_indptr).to(device)
+        positions = kv.kv_positions.to(device)
+        if plan.padded:  # fill='whole': this layer's compacted lists
+            kv_indptr, row_base = kv.kv_indptr.to(device), self._padded_row_base(kv.kv_indptr).to(device)
+        else:
+            kv_indptr, row_base = self._kv_indptr, self._row_base
         slots = self._slot_rows[row_base + positions]
         k_buffer = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
         v_buffer = self.token_to_kv_pool.get_value_buffer(layer.layer_id)

@@ -119,18 +119,20 @@ class ClusterAttendedSet(AttendedSetPolicy):
         if self._dense(i):
             return torch.arange(req.seq_len), [], 0
         covered = min(self.videos[self._anchors[i]].index.num_tokens, req.seq_len)
-        if not self._needs_selection(i):
-            # the kept selection keeps the always part it was chosen against: indexed positions that were
-            # in the recent window then stay attended while the window moves on (no token drops out)
+        due = self._needs_selection(i)
+        if due:
+            mask = always_attended_mask(req.frame_ids[:covered], self.config, seq_len=req.seq_len)  # [covered]
+            self._always_masks[i] = self._kept_always[req.rid] = mask
+        else:
+            # a kept selection keeps the always part it was chosen against: indexed positions that were in
+            # the recent window then stay attended while the window moves on (no token drops out)
             mask = self._kept_always[req.rid]
-            always = torch.cat([mask.nonzero().flatten(), torch.arange(covered, req.seq_len)])
-            kept = [self._kept[req.rid][layer][0] for layer in range(self.num_layers)]
-            return always, kept, max(k.numel() for k in kept)
-        mask = always_attended_mask(req.frame_ids[:covered], self.config, seq_len=req.seq_len)  # [covered]
-        self._always_masks[i] = mask
         always = torch.cat([mask.nonzero().flatten(), torch.arange(covered, req.seq_len)])
-        eligible = int(((req.frame_ids[:covered] >= 0) & ~mask).sum())
-        return always, None, min(self.config.budget, eligible)
+        if due:
+            eligible = int(((req.frame_ids[:covered] >= 0) & ~mask).sum())
+            return always, None, min(self.config.budget, eligible)
+        kept = [self._kept[req.rid][layer][0] for layer in range(self.num_layers)]
+        return always, kept, max(k.numel() for k in kept)
 
     # -- run --------------------------------------------------------------------------------------------
 
@@ -152,7 +154,6 @@ class ClusterAttendedSet(AttendedSetPolicy):
                     f"{req.rid} layer {layer_id}: selected {selected.numel()}, planned {end - start}")
                 plan.kv_positions[layer_id, start : start + selected.numel()] = selected
                 self._kept.setdefault(req.rid, {})[layer_id] = (selected, index.num_tokens)
-                self._kept_always[req.rid] = self._always_masks[i]
                 self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, q, positions,
                                   index.num_tokens, req.seq_len)
         return plan.layer(layer_id)
@@ -178,9 +179,9 @@ class ClusterAttendedSet(AttendedSetPolicy):
         video's device cluster cache; the read's cost goes to the request's and the process's stats.
 
         Cache bound per layer: ``ceil((budget + sink_tokens + recent_window) × (1 + residency_slack))``
-        tokens. The index counts cluster members in *its* sinks and recent window (the tail of the video
-        span) as free, while a later question's window is its own tail, so a selection may carry up to
-        sinks + window tokens beyond the budget; whole clusters must fit.
+        tokens. The selected members are at most the budget, but the cache holds whole clusters (one
+        extent each): the exact fill's boundary cluster and the members that are always attended (an
+        offloaded window) come along, so the bound leaves room for sinks + window beyond the budget.
         """
         anchor = self._anchors[request_index]
         record = self._records[self._requests[request_index].rid]

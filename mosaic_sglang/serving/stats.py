@@ -107,10 +107,9 @@ RequestRecord.__doc__ = """The mutable accumulator behind one request's `Request
 ``cache_hit_rate``); `snapshot` freezes it."""
 
 
-def _series(help_text: str):
-    """A `ProcessTotals` field; its kind (counter or gauge) is the help text's last word in parentheses."""
-    kind = help_text.rsplit("(", 1)[-1].rstrip(").")
-    assert kind in ("counter", "gauge"), help_text
+def _series(kind: str, help_text: str):
+    """A `ProcessTotals` field: a Prometheus ``'counter'`` or ``'gauge'`` with its help text."""
+    assert kind in ("counter", "gauge"), kind
     return field(default=0, metadata={"help": help_text, "kind": kind})
 
 
@@ -120,19 +119,19 @@ class ProcessTotals:
     process: the ``mosaic:*`` Prometheus series, field by field (counters get ``_total``; each field's
     ``metadata['help']`` is the series' help text)."""
 
-    forwards: int = _series("Forwards run by the mosaic attention backend (counter).")
-    offloaded_tokens: int = _series("Tokens moved from device slots to the host store (counter).")
-    host_copies: int = _series("Host → device copy operations (one per cluster per layer), prefetches included (counter).")
-    host_copy_bytes: int = _series("K+V bytes of those copies (counter).")
-    prefetch_copies: int = _series("Of ``host_copies``, cross-layer prefetches (counter).")
-    cluster_cache_lookups: int = _series("Clusters asked of a cluster cache at layers >= 1 (counter).")
-    cluster_cache_hits: int = _series("Of those, already resident (counter).")
-    cluster_cache_overflow_reads: int = _series("Layer reads that bypassed the cluster cache (counter).")
-    host_store_full_events: int = _series("Offloads cut short because the host store was full; those clusters stayed on the device (counter).")
-    host_store_used_tokens: int = _series("Host store rows in use (gauge).")
-    cluster_cache_held_tokens: int = _series("KV pool slots held by device cluster caches (gauge).")
-    indexed_videos: int = _series("Video prefixes with a cluster index (gauge).")
-    clusters: int = _series("Clusters over all indexed videos (gauge).")
+    forwards: int = _series("counter", "Forwards run by the mosaic attention backend.")
+    offloaded_tokens: int = _series("counter", "Tokens moved from device slots to the host store.")
+    host_copies: int = _series("counter", "Host → device copy operations (one per cluster per layer), prefetches included.")
+    host_copy_bytes: int = _series("counter", "K+V bytes of those copies.")
+    prefetch_copies: int = _series("counter", "Of ``host_copies``, cross-layer prefetches.")
+    cluster_cache_lookups: int = _series("counter", "Clusters asked of a cluster cache at layers >= 1.")
+    cluster_cache_hits: int = _series("counter", "Of those, already resident.")
+    cluster_cache_overflow_reads: int = _series("counter", "Layer reads that bypassed the cluster cache.")
+    host_store_full_events: int = _series("counter", "Offloads cut short because the host store was full; those clusters stayed on the device.")
+    host_store_used_tokens: int = _series("gauge", "Host store rows in use.")
+    cluster_cache_held_tokens: int = _series("gauge", "KV pool slots held by device cluster caches.")
+    indexed_videos: int = _series("gauge", "Video prefixes with a cluster index.")
+    clusters: int = _series("gauge", "Clusters over all indexed videos.")
 
 
 class _ProcessCounterMethods:
