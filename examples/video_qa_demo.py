@@ -54,7 +54,10 @@ def main(argv=None) -> int:
     info = probe_video(video)
     print(f"video: {video} ({info.num_frames} frames, {info.width}x{info.height}, {info.duration_s:.1f} s)")
 
-    server_args = ["--enable-mosaic", "--mosaic-budget", str(args.mosaic_budget), "--mosaic-config", args.mosaic_config]
+    options = json.loads(args.mosaic_config)
+    # the server opens no local path unless its operator allows the folder: allow the clip's own
+    options.setdefault("allowed_media_dirs", [str(video.resolve().parent)])
+    server_args = ["--enable-mosaic", "--mosaic-budget", str(args.mosaic_budget), "--mosaic-config", json.dumps(options)]
     server_args += cpu_server_args() if args.device == "cpu" else []
     started = time.time()
     with SGLangServer(args.model_path, server_args, log_path=args.log or workdir / "server.log") as server:

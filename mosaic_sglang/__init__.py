@@ -3,7 +3,7 @@
 The tree follows the data path: `config` (knobs, ``MOSAIC_*`` variables) → `clusters` (the index over
 a video's keys: assignment, splits, selection) → `retrieval` (the `Retriever` contract, budget rule,
 baselines, quality metrics) → `serving` (what the attention backend asks per forward) → `offload` (host
-tier and device cluster caches) → `integration` (the only package that touches SGLang); kernels in
+tier and device cluster caches) → `media` (what a server may open, fetch and decode) → `integration` (the only package that touches SGLang); kernels in
 `mosaic_sglang.kernels`, clients in `mosaic_sglang.frontend`.
 
 The public surface is importable on a CPU-only machine without SGLang, Triton or FlashInfer:

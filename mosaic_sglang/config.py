@@ -97,10 +97,26 @@ class MosaicConfig:
     ceil((budget + sinks + window) × (1 + slack)) slots of SGLang's KV pool while it exists (reported as
     protected tokens); a new video takes the least recently used idle one's place."""
 
+    allowed_media_dirs: Optional[tuple] = None
+    """Directories a request's local video paths (and ``file://`` URLs) may point into, compared after
+    resolving symlinks and ``..``. Unset: the HTTP server allows no local path (its clients are remote),
+    ``sgl.Engine`` allows any (its caller runs code in the process); ``[]``: none anywhere."""
+    media_max_bytes: int = 2 << 30
+    """Largest video item (file, data URL or download) in bytes: 2 GiB, about an hour of 1080p H.264."""
+    media_max_frames: int = 1_000_000
+    """Most frames a video may declare (about 9 h at 30 fps; SGLang samples far fewer)."""
+    media_max_seconds: float = 4 * 3600.0
+    """Longest video duration in seconds (4 h)."""
+    media_max_side: int = 4096
+    """Largest frame width or height in pixels (4K UHD is 3840)."""
+
     def __post_init__(self) -> None:
+        _normalize_dirs(self)
         for f in fields(self):
             value = getattr(self, f.name)
             expected = _type_name(f.type)
+            if expected == "Optional[tuple]":
+                continue  # checked by _normalize_dirs
             ok = isinstance(value, bool) if expected == "bool" else _is_instance(value, expected)
             if not ok:
                 raise MosaicConfigError(
@@ -116,6 +132,12 @@ class MosaicConfig:
         _at_least(self, "seed", 0)
         _at_least(self, "host_store_tokens", 0)
         _at_least(self, "cluster_cache_videos", 1)
+        for name in ("media_max_bytes", "media_max_frames", "media_max_side"):
+            _at_least(self, name, 1)
+        if not self.media_max_seconds > 0:
+            raise MosaicConfigError(
+                f"mosaic config field 'media_max_seconds': expected a number > 0, got {self.media_max_seconds!r}"
+            )
         if not self.residency_slack >= 0:
             raise MosaicConfigError(
                 f"mosaic config field 'residency_slack': expected a number >= 0, got {self.residency_slack!r}"
@@ -170,6 +192,18 @@ class MosaicConfig:
     def always_attended(self) -> int:
         """Sinks + recent window: the part of the attended set that does not depend on the query."""
         return self.sink_tokens + self.recent_window
+
+
+def _normalize_dirs(cfg: "MosaicConfig") -> None:
+    dirs = cfg.allowed_media_dirs
+    if dirs is None:
+        return
+    if isinstance(dirs, (list, tuple)) and all(isinstance(d, str) and d for d in dirs):
+        object.__setattr__(cfg, "allowed_media_dirs", tuple(dirs))
+        return
+    raise MosaicConfigError(
+        f"mosaic config field 'allowed_media_dirs': expected a list of directory paths or null, got {dirs!r}"
+    )
 
 
 def _type_name(annotation: Any) -> str:

@@ -38,9 +38,12 @@ def test_unknown_keys_are_rejected_with_the_known_list():
         MosaicConfig.from_dict({"bugdet": 3})
 
 
-def test_resolve_config_merges_budget_flag_over_json():
-    cfg = resolve_config("128", '{"budget": 5, "recent_window": 16}')
+def test_resolve_config_merges_budget_flag_and_json():
+    cfg = resolve_config("128", '{"recent_window": 16}')
     assert (cfg.budget, cfg.recent_window) == (128, 16)
+    assert resolve_config("128", '{"budget": 128}').budget == 128  # the same value twice is no conflict
+    with pytest.raises(MosaicConfigError, match=r"budget given twice: --mosaic-budget 128 and --mosaic-config budget 5"):
+        resolve_config("128", '{"budget": 5, "recent_window": 16}')
     with pytest.raises(MosaicConfigError, match="--mosaic-budget: expected an integer >= 0, got 'x'"):
         resolve_config("x", None)
     with pytest.raises(MosaicConfigError, match="expected a JSON object"):

@@ -4,6 +4,8 @@ healthy (SGLang's strict idle memory check would kill the scheduler on a leaked 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import requests
 
@@ -22,7 +24,9 @@ SINKS, WINDOW = MosaicConfig().sink_tokens, MosaicConfig().recent_window  # the 
 @pytest.fixture(scope="module")
 def server(tiny_vl_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
-    args = ["--enable-mosaic", "--mosaic-budget", str(BUDGET), "--mosaic-config", '{"host_store_tokens": 16384}',
+    options = {"host_store_tokens": 16384, "allowed_media_dirs": [str(tmp_path_factory.getbasetemp())]}
+    args = ["--enable-mosaic", "--mosaic-budget", str(BUDGET), "--mosaic-config", json.dumps(options),
+            "--allowed-media-domains", "127.0.0.1",  # the loopback media server of test_allowed_url_is_served
             "--enable-metrics", "--context-length", str(CONTEXT_LENGTH), *cpu_server_args()]
     with SGLangServer(tiny_vl_model, args, log_path=log) as srv:
         yield srv
@@ -109,3 +113,16 @@ def test_oversized_video_is_a_client_error_and_leaks_nothing(server, tmp_path, v
     after = _metrics(server)
     assert after["mosaic:host_store_used_tokens"] == before["mosaic:host_store_used_tokens"]  # nothing offloaded
     assert _generate(server, video_dir / "b.mp4").status_code == 200
+
+
+def test_allowed_url_is_served_and_private_paths_are_not(server, video_dir):
+    """This server lists 127.0.0.1 in SGLang's --allowed-media-domains: the loopback media server is
+    fetched once; the corpus server of test_media_guard_http (no list) refuses the same URL with 0 hits."""
+    from loopback_media import LoopbackMediaServer
+
+    with LoopbackMediaServer(video_dir) as media:
+        response = _generate(server, f"{media.url}/b.mp4")
+        assert response.status_code == 200, response.text[:300]
+        assert media.hits["/b.mp4"] == 1
+    refused = _generate(server, "/etc/hostname")  # outside allowed_media_dirs
+    assert refused.status_code == 400 and "media refused [local-path]" in refused.text

@@ -40,6 +40,8 @@ def test_help_lists_mosaic_flags():
         (["--mosaic-budget", "lots"], "--mosaic-budget: expected an integer >= 0, got 'lots'"),
         (["--mosaic-config", '{"score": "cosine"}'], "'score': expected one of"),
         (["--mosaic-config", '{"host_store_tokens": 100}', "--tp-size", "2"], "offload needs tp_size == 1"),
+        (["--mosaic-budget", "5", "--mosaic-config", '{"budget": 6}'], "budget given twice"),
+        (["--mosaic-config", '{"allowed_media_dirs": "/data"}'], "'allowed_media_dirs': expected a list"),
     ],
 )
 def test_bad_options_fail_fast_before_any_process_starts(tiny_text_model, bad, message):
@@ -47,6 +49,13 @@ def test_bad_options_fail_fast_before_any_process_starts(tiny_text_model, bad, m
     assert out.returncode == 2, out.stderr[-2000:]
     assert message in out.stderr
     assert "scheduler" not in out.stderr.lower() and "uvicorn" not in out.stderr.lower()
+
+
+@pytest.mark.engine
+def test_mosaic_options_without_enable_mosaic_stop_the_launch(tiny_text_model):
+    out = _launch(["--model-path", tiny_text_model, "--mosaic-budget", "64", "--port", "1"])
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "--mosaic-budget given without --enable-mosaic" in out.stderr
 
 
 def test_prepare_server_args_selects_mosaic_backends(tiny_text_model, monkeypatch):
@@ -64,6 +73,7 @@ def test_prepare_server_args_selects_mosaic_backends(tiny_text_model, monkeypatc
     assert args.disable_decode_cuda_graph and args.disable_prefill_cuda_graph
     exported = json.loads(os.environ[ENV_CONFIG])
     assert exported["budget"] == 7 and exported["recent_window"] == 9
+    assert exported["allowed_media_dirs"] == []  # the HTTP server's default: no local media path
 
 
 def test_engine_kwargs_are_consumed_and_validated(monkeypatch):
@@ -81,6 +91,13 @@ def test_engine_kwargs_are_consumed_and_validated(monkeypatch):
         apply_mosaic_kwargs({"enable_mosaic": True, "mosaic_config": {"sink_tokens": -1}})
     with pytest.raises(ValueError, match="attention_backend='mosaic' or unset, got 'triton'"):
         apply_mosaic_kwargs({"enable_mosaic": True, "attention_backend": "triton"})
+    assert json.loads(os.environ[ENV_CONFIG])["allowed_media_dirs"] is None  # Engine: the caller's own paths
+    with pytest.raises(MosaicConfigError, match="mosaic_budget given without enable_mosaic=True"):
+        apply_mosaic_kwargs({"model_path": "m", "mosaic_budget": 5})
+    with pytest.raises(MosaicConfigError, match="budget given twice"):
+        apply_mosaic_kwargs({"enable_mosaic": True, "mosaic_budget": 5, "mosaic_config": {"budget": 4}})
+    assert "attention_backend" not in apply_mosaic_kwargs({"model_path": "m"})  # plain SGLang untouched
+    apply_mosaic_kwargs({"attention_backend": "mosaic", "mosaic_budget": 5})  # the backend flag enables it too
 
 
 def test_engine_server_args_class_builds_plain_server_args(tiny_text_model):

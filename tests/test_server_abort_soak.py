@@ -7,6 +7,8 @@ after a cache flush, the host store is empty again and the server still answers 
 
 from __future__ import annotations
 
+import json
+
 import random
 import threading
 import time
@@ -28,7 +30,8 @@ PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{q}<|im_e
 def server(tiny_vl_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("soak") / "server.log"
     args = ["--enable-mosaic", "--mosaic-budget", "48", "--chunked-prefill-size", "128",
-            "--mosaic-config", '{"recent_window": 16, "max_cluster_size": 16, "host_store_tokens": 16384}',
+            "--mosaic-config", json.dumps({"recent_window": 16, "max_cluster_size": 16, "host_store_tokens": 16384,
+                                           "allowed_media_dirs": [str(tmp_path_factory.getbasetemp())]}),
             "--enable-metrics", *cpu_server_args()]
     with strict_checks(), SGLangServer(tiny_vl_model, args, log_path=log) as srv:
         yield srv

@@ -18,7 +18,7 @@ import sys
 from typing import Any, List, Optional
 
 from ..config import MosaicConfigError
-from .options import MOSAIC_BACKEND, export_config, resolve_config
+from .options import MOSAIC_BACKEND, export_config, resolve_config, with_media_default
 
 __all__ = [
     "add_mosaic_cli_args",
@@ -88,7 +88,9 @@ def prepare_server_args_with_mosaic(original, argv: List[str]):
         return original(argv)
     mosaic, rest = _split_argv(list(argv))
     try:
-        config = resolve_config(mosaic.mosaic_budget, mosaic.mosaic_config)
+        config = with_media_default(resolve_config(mosaic.mosaic_budget, mosaic.mosaic_config), server=True)
+        _check_enabled(mosaic.enable_mosaic or _flag_value(rest, "--attention-backend") == MOSAIC_BACKEND,
+                       budget=mosaic.mosaic_budget, config=mosaic.mosaic_config, style="flag")
     except MosaicConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -110,6 +112,18 @@ def prepare_server_args_with_mosaic(original, argv: List[str]):
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     return server_args
+
+
+def _check_enabled(enabled: bool, *, budget, config, style: str) -> None:
+    """Mosaic options without Mosaic would be ignored silently: refuse them."""
+    if enabled:
+        return
+    given = [name for name, value in (("budget", budget), ("config", config)) if value is not None]
+    if given:
+        names = [f"--mosaic-{n}" if style == "flag" else f"mosaic_{n}" for n in given]
+        enable = "--enable-mosaic" if style == "flag" else "enable_mosaic=True"
+        raise MosaicConfigError(f"{', '.join(names)} given without {enable}: expected {enable} with them, got "
+                                "Mosaic options for a server that does not run Mosaic")
 
 
 def check_parallelism(config, server_args) -> None:
@@ -145,7 +159,10 @@ def _consume_mosaic_kwargs(kwargs: dict):
     """`apply_mosaic_kwargs`, also returning the resolved `MosaicConfig`."""
     kwargs = dict(kwargs)
     enable = bool(kwargs.pop("enable_mosaic", False))
-    config = resolve_config(kwargs.pop("mosaic_budget", None), kwargs.pop("mosaic_config", None))
+    budget, options = kwargs.pop("mosaic_budget", None), kwargs.pop("mosaic_config", None)
+    config = with_media_default(resolve_config(budget, options), server=False)
+    _check_enabled(enable or kwargs.get("attention_backend") == MOSAIC_BACKEND, budget=budget, config=options,
+                   style="kwarg")
     if enable:
         for key in ("attention_backend", "radix_cache_backend"):
             chosen = kwargs.get(key)

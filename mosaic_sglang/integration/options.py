@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from ..config import MOSAIC_CONFIG, MosaicConfig, MosaicConfigError
 
-__all__ = ["resolve_config", "export_config", "config_from_env", "MOSAIC_BACKEND"]
+__all__ = ["resolve_config", "with_media_default", "export_config", "config_from_env", "MOSAIC_BACKEND"]
 
 MOSAIC_BACKEND = "mosaic"
 
@@ -23,7 +23,7 @@ def resolve_config(budget: Optional[Any] = None, config: Optional[Any] = None) -
 
     Raises:
         MosaicConfigError: unknown key, wrong type or out-of-range value (the message names the key,
-            what was expected and what was given).
+            what was expected and what was given), or a budget given by both with different values.
     """
     if config is None or config == "":
         options: dict = {}
@@ -46,8 +46,21 @@ def resolve_config(budget: Optional[Any] = None, config: Optional[Any] = None) -
                 budget = int(budget)
             except ValueError:
                 raise MosaicConfigError(f"--mosaic-budget: expected an integer >= 0, got {budget!r}") from None
+        if "budget" in options and options["budget"] != budget:
+            raise MosaicConfigError(
+                f"budget given twice: --mosaic-budget {budget!r} and --mosaic-config budget {options['budget']!r}; "
+                "expected one value (drop one of them), got two different ones"
+            )
         options["budget"] = budget
     return MosaicConfig.from_dict(options)
+
+
+def with_media_default(config: MosaicConfig, *, server: bool) -> MosaicConfig:
+    """``allowed_media_dirs`` resolved for how Mosaic was launched: unset means no local path for the
+    HTTP server (remote clients) and any local path for ``sgl.Engine`` (the caller's own process)."""
+    if config.allowed_media_dirs is None and server:
+        return config.replace(allowed_media_dirs=())
+    return config
 
 
 def export_config(config: MosaicConfig) -> None:

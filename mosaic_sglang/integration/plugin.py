@@ -54,6 +54,11 @@ HOOKED_SYMBOLS = (
     "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer.build_additional_customized_info",
     "sglang.srt.entrypoints.engine.Engine.server_args_class",
     "sglang.srt.plugins.hook_registry.HookRegistry.register",
+    "sglang.srt.server_args.ServerArgs.allowed_media_domains",
+    "sglang.srt.managers.tokenizer_manager.TokenizerManager.__init__",
+    "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_mm_limits",
+    "sglang.srt.utils.common._assert_media_url_allowed",
+    "sglang.srt.utils.video_decoder.VideoDecoderWrapper.__init__",
 )
 
 _STREAMER_TARGET = "sglang.srt.managers.scheduler.Scheduler.get_output_streamer_class"
@@ -69,6 +74,7 @@ def register() -> None:
     from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
 
     from .launch_flags import MosaicEngineArgs, add_mosaic_cli_args, prepare_server_args_with_mosaic
+    from .media_guard import register_media_guard
     from .options import MOSAIC_BACKEND
     from .output_streamer import output_streamer_class_hook
     from .radix_cache import create_mosaic_radix_cache
@@ -86,6 +92,7 @@ def register() -> None:
         "sglang.srt.server_args.prepare_server_args", prepare_server_args_with_mosaic, HookType.AROUND
     )
     HookRegistry.register(_STREAMER_TARGET, output_streamer_class_hook, HookType.AROUND)
+    register_media_guard(HookRegistry, HookType)
     # A documented class attribute meant for this (not a HookRegistry REPLACE: that would also rebind
     # every module's `ServerArgs` name to the replacement).
     Engine.server_args_class = MosaicEngineArgs

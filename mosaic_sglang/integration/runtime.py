@@ -61,6 +61,11 @@ class MosaicRuntime:
             self.config, num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
             read_slot_keys=read_slot_keys, host=self.host, counters=self.counters,
         )
+        logger.info("mosaic runtime: policy=%s layers=%d kv_heads=%d offload=%s", self.policy.name, num_layers,
+                    num_kv_heads, "host store %d tokens" % self.config.host_store_tokens if self.host else "off")
+        if self.config.budget == 0:
+            logger.info("mosaic budget 0: every layer attends only the sinks, the recent window and the text "
+                        "tokens; no video token is selected from the clusters")
 
     def release(self, rid: str) -> None:
         """A request finished or was aborted: keep its final stats for the response, drop its state."""
@@ -105,7 +110,7 @@ def get_runtime() -> MosaicRuntime:
     if _RUNTIME is None:
         config = config_from_env()
         _RUNTIME = MosaicRuntime(config)
-        logger.info("mosaic runtime: policy=%s config=%s", _RUNTIME.policy.name, config.to_json())
+        logger.info("mosaic config: %s", config.to_json())
     return _RUNTIME
 
 

@@ -3,4 +3,4 @@ offline from ``transformers`` configs (`tiny_models.build_tiny_model`), so the t
 benchmarks run SGLang end to end on any machine without downloading weights.
 """
 
-__all__ = ["tiny_models"]
+__all__ = ["tiny_models", "bad_media", "host_sync"]
