@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mosaic-demo-"))
     video = Path(args.video) if args.video else make_synthetic_video(workdir / "clip.mp4", num_frames=32, size=112, num_scenes=2)
     info = probe_video(video)
-    print(f"video: {video} ({info.num_frames} frames, {info.width}x{info.height}, {info.duration_s:.1f} s)")
+    print(f"video file: {video} ({info.num_frames} frames, {info.width}x{info.height}, {info.duration_s:.1f} s)")
 
     options = json.loads(args.mosaic_config)
     # the server opens no local path unless its operator allows the folder: allow the clip's own
@@ -71,6 +71,10 @@ def main(argv=None) -> int:
         for i, question in enumerate(args.questions, 1):
             turn = chat.ask(question, max_new_tokens=args.max_new_tokens)
             m = turn.mosaic
+            if i == 1:
+                groups, per_group = m.get("frames", 0), _temporal_patch_size(args.model_path)
+                print(f"frames sent to the model: {groups * per_group} (SGLang's sampling of the file; "
+                      f"{groups} temporal groups of {per_group}, {m.get('visual_tokens', 0)} video tokens)")
             print(f"\nQ{i}: {question}\nA{i}: {turn.answer!r}")
             rows.append(
                 f"{i:>4} {turn.prompt_tokens:>7} {turn.cached_tokens:>7} {m.get('context_tokens', '-'):>8} "
@@ -84,6 +88,14 @@ def main(argv=None) -> int:
         print("\nmosaic stats of the last turn:", json.dumps(chat.turns[-1].mosaic, sort_keys=True))
     print("server shut down cleanly")
     return 0
+
+
+def _temporal_patch_size(model_path: str) -> int:
+    """Frames per temporal group of the model's vision tower (Qwen2.5-VL / Qwen3-VL: 2)."""
+    from transformers import AutoConfig
+
+    vision = getattr(AutoConfig.from_pretrained(model_path), "vision_config", None)
+    return int(getattr(vision, "temporal_patch_size", 1) or 1)
 
 
 if __name__ == "__main__":

