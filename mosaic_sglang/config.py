@@ -271,7 +271,8 @@ class EnvVar:
 MOSAIC_CONFIG = EnvVar("MOSAIC_CONFIG", "json", "The resolved `MosaicConfig` as JSON, exported by the launch "
                        "hooks to SGLang's child processes (which cannot receive new ServerArgs fields).")
 MOSAIC_DEBUG = EnvVar("MOSAIC_DEBUG", "flag", "Run the host tier's and cluster caches' check_integrity after "
-                      "every change (tests, soak runs); expensive.")
+                      "every change and verify a checksum of every offloaded cluster on every read (tests, soak runs); "
+                      "expensive.")
 MOSAIC_DUMP_DIR = EnvVar("MOSAIC_DUMP_DIR", "path", "Save every served selection (queries, result) and index "
                          "append (keys, frame ids) here with torch.save, so tests can replay them offline.")
 MOSAIC_CHECK_NO_SYNC = EnvVar("MOSAIC_CHECK_NO_SYNC", "flag", "Run every decode layer that keeps its question's "

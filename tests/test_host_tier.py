@@ -102,3 +102,37 @@ def test_prefetch_fills_the_next_layer_so_it_hits_and_serves_correct_rows():
     assert plain.read_cached(3, 8, 0, torch.cat([a, b]), "cpu").counts.copies == 2
     missed = plain.read_cached(3, 8, 1, torch.cat([a, b]), "cpu").counts
     assert (missed.copies, missed.prefetch_copies, missed.cache_lookups, missed.cache_hits) == (2, 0, 2, 0)
+
+
+def _debug_tier(monkeypatch, capacity=20):
+    monkeypatch.setenv("MOSAIC_DEBUG", "1")
+    return _tier(capacity)
+
+
+def test_debug_checksums_catch_corrupt_host_rows_and_cache_slots(monkeypatch):
+    import pytest
+
+    from mosaic_sglang.offload.checksums import OffloadCorruptionError
+
+    k, v = _pool()
+    tier = _debug_tier(monkeypatch)
+    a, b = tier.put_clusters(lambda s: (k[:, s], v[:, s]), [torch.tensor([1, 2, 3]), torch.tensor([10, 11])])
+    assert len(tier.checksums) == 2
+    tier.begin_forward([5])
+    tier.read_cached(5, 8, 0, torch.cat([a, b]), "cpu")  # clean load-back: verified, no error
+    tier.read(1, a, "cpu")
+    # a host row overwritten behind the tier's back: the next copy into the cache (layer 1) is refused
+    tier.store.v_buffer[1, int(b[0])] += 1.0
+    with pytest.raises(OffloadCorruptionError, match=f"host row {int(b[0])}, layer 1"):
+        tier.read_cached(5, 8, 1, b, "cpu")
+    with pytest.raises(OffloadCorruptionError, match="from the host store"):
+        tier.read(1, b, "cpu")
+    # a corrupt device cache slot is caught on a hit too (nothing copied, still verified)
+    cache = tier.caches.get(5, 8)
+    rows = cache.engine.rows(torch.tensor(cache.residency.slots_of(0, int(a[0]))))
+    cache.engine.device_k[0][rows[0]] += 1.0
+    with pytest.raises(OffloadCorruptionError, match="device cluster cache"):
+        tier.read_cached(5, 8, 0, a, "cpu")
+    tier.release(torch.cat([a, b]))
+    assert len(tier.checksums) == 0
+    tier.check_integrity()

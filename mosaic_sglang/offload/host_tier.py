@@ -15,6 +15,7 @@ from typing import Callable, List, NamedTuple, Optional, Tuple
 import torch
 
 from ..config import MOSAIC_DEBUG
+from .checksums import ExtentChecksums
 
 from .host_store import HostKVStore, HostStoreFullError
 from .residency import ResidencyOverflowError
@@ -81,6 +82,8 @@ class HostTier:
         self.caches = ClusterCaches(store, max_videos=max_cached_videos, pool=pool)
         self._extent_of = torch.full((store.capacity,), -1, dtype=torch.int64)  # host row -> extent start
         self._live: dict[int, list] = {}  # extent start -> [Extent, live tokens]
+        self.checksums = ExtentChecksums() if self.debug else None
+        """Debug only: digests of every live extent, verified on every read (`checksums.py`)."""
 
     @property
     def used_tokens(self) -> int:
@@ -103,6 +106,8 @@ class HostTier:
             host = torch.arange(extent.start, extent.start + extent.length, dtype=torch.int64)
             self._extent_of[host] = extent.start
             self._live[extent.start] = [extent, extent.length]
+            if self.checksums is not None:
+                self.checksums.record(extent.start, k.to(self.store.k_buffer.dtype), v.to(self.store.v_buffer.dtype))
             rows.append(host)
         if self.debug:
             self.check_integrity()
@@ -124,6 +129,8 @@ class HostTier:
         self.caches.forget_extents(emptied)  # a later extent may reuse these rows: never serve stale copies
         for start in emptied:
             extent = self._live.pop(start)[0]
+            if self.checksums is not None:
+                self.checksums.forget(start)
             self.store.free(extent)
             self._extent_of[start : start + extent.length] = -1
         if self.debug:
@@ -177,9 +184,17 @@ class HostTier:
             copies, copy_bytes, prefetched = copies + plan.num_ops, copy_bytes + plan.num_bytes, plan.num_ops
         if self.debug:
             residency.check_integrity()
+            self._verify_cached(engine, layer, extents, access.slots, lengths)
         asked = len(ids) if layer >= 1 else 0  # the residency's prefetch hit-rate rule: layers >= 1
         hits = int(access.hits.numel()) if layer >= 1 else 0
         return HostRead(k, v, HostReadCounts(copies, copy_bytes, prefetched, asked, hits, 0))
+
+    def _verify_cached(self, engine, layer: int, extents, slots: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Debug: every cluster this read touched, as it sits in the device cache, matches its checksum."""
+        for extent, members in zip(extents, torch.split(slots, lengths.tolist())):
+            rows = engine.rows(members)
+            self.checksums.verify(extent.start, layer, engine.device_k[layer][rows], engine.device_v[layer][rows],
+                                  where="the device cluster cache")
 
     def _overflow(self, layer: int, host_rows: torch.Tensor, device) -> HostRead:
         k, v, counts = self.read(layer, host_rows, device)
@@ -203,11 +218,17 @@ class HostTier:
         self.store.clear()
         self._extent_of.fill_(-1)
         self._live.clear()
+        if self.checksums is not None:
+            self.checksums.clear()
 
     def read(self, layer: int, host_rows: torch.Tensor, device) -> HostRead:
         """K/V of ``host_rows [n]`` at ``layer`` straight from the host store (no cluster cache): one copy
         per extent touched."""
         starts = torch.unique(self._extent_of[host_rows])
+        if self.checksums is not None:
+            for start in starts.tolist():
+                self.checksums.verify(start, layer, *self.store.extent_view(self._live[start][0], layer),
+                                      where="the host store")
         k = self.store.k_buffer[layer][host_rows].to(device, non_blocking=True)
         v = self.store.v_buffer[layer][host_rows].to(device, non_blocking=True)
         nbytes = k.numel() * k.element_size() + v.numel() * v.element_size()
@@ -225,4 +246,6 @@ class HostTier:
         assert held == self.store.num_used, f"extents hold {held} rows, store uses {self.store.num_used}"
         assert int((self._extent_of >= 0).sum()) == held, "extent map out of step with the live extents"
         assert all(0 < count <= e.length for e, count in self._live.values()), "extent live counts out of range"
+        if self.checksums is not None:
+            assert len(self.checksums) == len(self._live), "a live extent without a checksum (or a stale one)"
         self.caches.check_integrity()
