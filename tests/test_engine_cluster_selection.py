@@ -47,11 +47,11 @@ def served(tiny_vl_model, video_dir, tmp_path_factory):
         engine.shutdown()
         mp.undo()
     records = [torch.load(p, weights_only=False) for p in sorted(dump.glob("*.pt"))]
-    return outputs, records
+    return outputs, records, dump
 
 
 def test_answers_and_attended_budget(served):
-    outputs, _ = served
+    outputs, _, _ = served
     cfg = MosaicConfig.from_dict({**OPTIONS, "budget": BUDGET})
     for out in outputs:
         assert len(out["output_ids"]) == 4
@@ -65,7 +65,7 @@ def test_answers_and_attended_budget(served):
 
 
 def test_server_selections_equal_offline_cluster_index(served):
-    _, records = served
+    _, records, _ = served
     cfg = MosaicConfig.from_dict({**OPTIONS, "budget": BUDGET})
     offline: dict[int, ClusterIndex] = {}
     selects = 0
@@ -95,3 +95,23 @@ def test_server_selections_equal_offline_cluster_index(served):
     assert len(appends) >= 2  # the first request's video was indexed chunk by chunk
     prefill_selects = [r for r in records if r["event"] == "select" and r["queries"].shape[0] > 1 and r["index_tokens"] > 0]
     assert prefill_selects  # a later chunk selected clusters from the earlier chunks' index
+
+
+def test_inspect_plots_the_served_dump(served, tmp_path):
+    """``python -m mosaic_sglang.inspect`` on the server's dump writes a real picture."""
+    import subprocess
+    import sys
+
+    import matplotlib.image
+
+    _, _, dump = served
+    out = tmp_path / "inspect.png"
+    run = subprocess.run([sys.executable, "-m", "mosaic_sglang.inspect", str(dump), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "2 question(s)" in run.stdout and "clusters" in run.stdout, run.stdout
+    assert out.stat().st_size > 20_000
+    pixels = matplotlib.image.imread(out)  # [H, W, 4] float in [0, 1]
+    height, width = pixels.shape[:2]
+    assert width == 1100 and height >= 900, pixels.shape  # 11 in x 100 dpi; 2 questions + 2 panels
+    assert pixels[..., :3].std() > 0.1 and len({tuple(p) for p in pixels[::7, ::7, :3].reshape(-1, 3).tolist()}) > 50

@@ -68,6 +68,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
         self._kept: Dict[str, Dict[int, tuple[torch.Tensor, int]]] = {}  # rid -> layer -> (selected, index size then)
         self._records: Dict[str, RequestRecord] = {}
         self._dump = SelectionDump()
+        self._dump.config(config.to_json())
         self._forward = 0  # forwards planned so far (numbers the dump's records)
 
     # -- plan -------------------------------------------------------------------------------------------
@@ -155,7 +156,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
                 plan.kv_positions[layer_id, start : start + selected.numel()] = selected
                 self._kept.setdefault(req.rid, {})[layer_id] = (selected, index.num_tokens)
                 self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, q, positions,
-                                  index.num_tokens, req.seq_len)
+                                  index.num_tokens, req.seq_len, video=self.videos[self._anchors[i]].uid)
         return plan.layer(layer_id)
 
     def _needs_selection(self, i: int) -> bool:
@@ -207,7 +208,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
                 continue
             appended = self.videos.index_new_tokens(anchor, req)
             if appended is not None:
-                self._dump.append(anchor, *appended)
+                self._dump.append(anchor, *appended, video=self.videos[anchor].uid)
             self._records[req.rid].clusters = self.videos[anchor].index.num_clusters
 
     # -- offload ----------------------------------------------------------------------------------------
@@ -247,6 +248,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
             order = torch.argsort(positions)
             positions, rows = positions[order], rows[order]
             offloader.offload(node_id, positions, rows)
+            self._dump.offload(self._forward, video.uid, positions)
             video.slots[positions] = encode_host(rows)
             self.videos.rekey(anchor)
             moved += int(positions.numel())

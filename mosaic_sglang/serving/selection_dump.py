@@ -18,9 +18,13 @@ class SelectionDump:
     """Writes one ``<pid>-<n>.pt`` record per event into ``directory`` (default: ``MOSAIC_DUMP_DIR``); off
     when neither is set.
 
-    Records: ``{"event": "forward", "forward", "rids", "is_decode"}`` (which requests ran together),
-    ``{"event": "append", "anchor", "start", "keys", "frame_ids"}`` and ``{"event": "select", "forward",
-    "rid", "anchor", "layer", "queries", "selected", "index_tokens", "seq_len"}``.
+    Records: ``{"event": "config", "config"}`` (the policy's `MosaicConfig` as JSON, first),
+    ``{"event": "forward", "forward", "rids", "is_decode"}`` (which requests ran together),
+    ``{"event": "append", "anchor", "video", "start", "keys", "frame_ids"}``, ``{"event": "select",
+    "forward", "rid", "anchor", "video", "layer", "queries", "selected", "index_tokens", "seq_len"}`` and
+    ``{"event": "offload", "forward", "video", "positions"}`` (positions whose KV went to the host tier).
+    ``anchor`` is the video's key at that moment (it changes when its first token is offloaded);
+    ``video`` is its stable uid. `mosaic_sglang.inspect` plots a dump.
     """
 
     def __init__(self, directory: Optional[str] = None) -> None:
@@ -31,18 +35,28 @@ class SelectionDump:
     def enabled(self) -> bool:
         return self.directory is not None
 
+    def config(self, config_json: str) -> None:
+        if self.enabled:
+            self._save({"event": "config", "config": config_json})
+
+    def offload(self, forward: int, video: int, positions: torch.Tensor) -> None:
+        if self.enabled:
+            self._save({"event": "offload", "forward": forward, "video": video, "positions": positions.cpu()})
+
     def forward(self, forward: int, rids: list, is_decode: bool) -> None:
         if self.enabled:
             self._save({"event": "forward", "forward": forward, "rids": list(rids), "is_decode": is_decode})
 
-    def append(self, anchor: int, start: int, keys: torch.Tensor, frame_ids: torch.Tensor) -> None:
+    def append(self, anchor: int, start: int, keys: torch.Tensor, frame_ids: torch.Tensor, *, video: int) -> None:
         if self.enabled:
-            self._save({"event": "append", "anchor": anchor, "start": start, "keys": keys, "frame_ids": frame_ids})
+            self._save({"event": "append", "anchor": anchor, "video": video, "start": start, "keys": keys,
+                        "frame_ids": frame_ids})
 
     def select(self, forward: int, rid: str, anchor: int, layer: int, queries: torch.Tensor, selected: torch.Tensor,
-               index_tokens: int, seq_len: int) -> None:
+               index_tokens: int, seq_len: int, *, video: int) -> None:
         if self.enabled:
-            self._save({"event": "select", "forward": forward, "rid": rid, "anchor": anchor, "layer": layer,
+            self._save({"event": "select", "forward": forward, "rid": rid, "anchor": anchor, "video": video,
+                        "layer": layer,
                         "queries": queries.detach().cpu(), "selected": selected.cpu(), "index_tokens": index_tokens,
                         "seq_len": seq_len})
 
