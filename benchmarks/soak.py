@@ -7,7 +7,9 @@ asks a streamed question every ``--question-every`` chunks, and starts a new ses
 ``--chunks-per-session`` chunks (so the live working set is bounded and any growth is a leak).
 
 Printed per minute: requests, chunk-ingest p50, decode step p50 / p99 (the gap between streamed tokens,
-as a client sees it) and the RSS of the server's whole process tree. The run stops by itself after
+as a client sees it), the RSS of the server's whole process tree and of its scheduler, and Mosaic's
+gauges (indexed videos, clusters, host-store tokens, live requests: a leak of indexes, host pages or
+per-request state shows there). The run stops by itself after
 ``--minutes`` or ``--max-requests``; it exits 1 if the last minute's p50 step latency or RSS is more
 than ``--drift`` (20 %) above the first full minute's (p99 is printed, not judged: on a shared 2-core box
 it moves with the OS, not with the server), or if any request failed.
@@ -112,15 +114,28 @@ def session_worker(url: str, clips: list[str], args, log: Log, stop: threading.E
             _post(url + "/close_session", {"session_id": sid})
 
 
-def tree_rss_mb(pid: int) -> float:
+def tree_rss_mb(pid: int) -> tuple[float, float]:
+    """RSS of the server's whole process tree and of its largest process (the scheduler), in MiB."""
     proc = psutil.Process(pid)
-    total = 0
+    sizes = []
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            sizes.append(p.memory_info().rss)
         except psutil.NoSuchProcess:
             pass
-    return total / 2**20
+    return sum(sizes) / 2**20, max(sizes, default=0) / 2**20
+
+
+GAUGES = ("mosaic:indexed_videos", "mosaic:clusters", "mosaic:host_store_used_tokens", "mosaic:live_requests")
+
+
+def mosaic_gauges(url: str) -> dict:
+    out = {}
+    for line in requests.get(url + "/metrics", timeout=30).text.splitlines():
+        name = line.split("{")[0].split(" ")[0]
+        if name in GAUGES:
+            out[name] = float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def minute_table(log: Log, rss: list[tuple[float, float]], start: float, minutes: int) -> list[dict]:
@@ -129,8 +144,12 @@ def minute_table(log: Log, rss: list[tuple[float, float]], start: float, minutes
         lo, hi = start + 60 * m, start + 60 * (m + 1)
         pick = lambda kind: np.array([v for t, k, v in log.events if k == kind and lo <= t < hi])
         steps, chunks = pick("step"), pick("chunk")
-        mem = [mb for t, mb in rss if lo <= t < hi]
+        mem = [mb for t, mb, _, _ in rss if lo <= t < hi]
+        top = [mb for t, _, mb, _ in rss if lo <= t < hi]
+        gauges = [g for t, _, _, g in rss if lo <= t < hi]
         rows.append({
+            "scheduler_rss_mb": float(np.median(top)) if top else float("nan"),
+            **{k.split(":")[1]: gauges[-1].get(k, float("nan")) if gauges else float("nan") for k in GAUGES},
             "minute": m + 1, "requests": int(pick("request").sum()),
             "chunk_p50_ms": float(np.percentile(chunks, 50) * 1e3) if chunks.size else float("nan"),
             "step_p50_ms": float(np.percentile(steps, 50) * 1e3) if steps.size else float("nan"),
@@ -150,6 +169,8 @@ def parse_args(argv=None):
     p.add_argument("--question-every", type=int, default=2)
     p.add_argument("--answer-tokens", type=int, default=16)
     p.add_argument("--budget", type=int, default=64)
+    p.add_argument("--backend", choices=["mosaic", "dense"], default="mosaic",
+                   help="dense: SGLang's torch_native backend under the same load (A/B for a drift)")
     p.add_argument("--drift", type=float, default=0.20)
     p.add_argument("--out", default=None, help="write the table as JSON here")
     return p.parse_args(argv)
@@ -164,8 +185,11 @@ def run(args, workdir: Path) -> tuple[list[dict], list[str]]:
     clips = [str(make_synthetic_video(workdir / f"chunk{i}.mp4", num_frames=8, size=112, num_scenes=1, seed=i))
              for i in range(4)]
     options = {"host_store_tokens": 1 << 16, "recent_window": 32, "allowed_media_dirs": [str(workdir)]}
-    server_args = ["--enable-mosaic", "--mosaic-budget", str(args.budget), "--mosaic-config", json.dumps(options),
-                   "--enable-streaming-session", *cpu_server_args(max_total_tokens=32768)]
+    if args.backend == "mosaic":
+        server_args = ["--enable-mosaic", "--mosaic-budget", str(args.budget), "--mosaic-config", json.dumps(options)]
+    else:  # the same load on SGLang's dense CPU backend: is a drift ours or SGLang's?
+        server_args = ["--attention-backend", "torch_native"]
+    server_args += ["--enable-streaming-session", "--enable-metrics", *cpu_server_args(max_total_tokens=32768)]
     log, stop, rss = Log(), threading.Event(), []
     with SGLangServer(model, server_args, log_path=workdir / "server.log") as server:
         workers = [threading.Thread(target=session_worker, args=(server.url, clips, args, log, stop, s), daemon=True)
@@ -175,7 +199,7 @@ def run(args, workdir: Path) -> tuple[list[dict], list[str]]:
             w.start()
         deadline = start + 60 * args.minutes
         while time.monotonic() < deadline and not log.failures and server.alive():
-            rss.append((time.monotonic(), tree_rss_mb(server.process.pid)))
+            rss.append((time.monotonic(), *tree_rss_mb(server.process.pid), mosaic_gauges(server.url)))
             if sum(1 for _, k, _ in log.events if k == "request") >= args.max_requests:
                 break
             time.sleep(2.0)
@@ -192,13 +216,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mosaic-soak-") as tmp:
         rows, failures = run(args, Path(tmp))
-    print(f"soak: {args.sessions} streaming sessions, {args.chunks_per_session} chunks each, a question every "
-          f"{args.question_every} chunks, budget {args.budget}, host tier on")
-    print("| minute | requests | chunk p50 ms | step p50 ms | step p99 ms | server RSS MB |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"soak ({args.backend}): {args.sessions} streaming sessions, {args.chunks_per_session} chunks each, a "
+          f"question every {args.question_every} chunks" + (f", budget {args.budget}, host tier on"
+                                                             if args.backend == "mosaic" else ""))
+    print("| minute | requests | chunk p50 ms | step p50 ms | step p99 ms | server RSS MB | scheduler RSS MB "
+          "| indexed videos | clusters | host store tokens | live requests |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['minute']} | {r['requests']} | {r['chunk_p50_ms']:.0f} | {r['step_p50_ms']:.1f} | "
-              f"{r['step_p99_ms']:.1f} | {r['rss_mb']:.0f} |")
+              f"{r['step_p99_ms']:.1f} | {r['rss_mb']:.0f} | {r['scheduler_rss_mb']:.0f} | "
+              f"{r['indexed_videos']:.0f} | {r['clusters']:.0f} | {r['host_store_used_tokens']:.0f} | "
+              f"{r['live_requests']:.0f} |")
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": rows, "failures": failures}, indent=1))
     first, last = rows[1] if len(rows) > 2 else rows[0], rows[-1]  # minute 1 includes warm-up

@@ -162,3 +162,14 @@ def test_abort_of_a_streaming_chunk_then_the_session_goes_on(server, clips):
     _healthy(server)
     assert _session_run(server, [clips["short"], clips["short"]]) == clean_new  # a new session afterwards
     _healthy(server)
+    # every finished turn released its per-request state (a streaming session keeps the turn's KV row and
+    # SGLang skips on_release for it; that leaked before): only the probe itself is live in its forward
+    assert _post(server, "/generate", _body("hello", tokens=1)).status_code == 200
+    assert _gauge(server, "mosaic:live_requests") == 1
+
+
+def _gauge(server, name: str) -> float:
+    for line in requests.get(server.url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not on /metrics")

@@ -34,6 +34,7 @@ HOOKED_SYMBOLS = (
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.checkpoint",
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.checkpoint_into_tree",
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.free_kv_row",
+    "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.claim_kv_row",
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.protected_size",
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.full_protected_size",
     "sglang.srt.session.streaming_session.is_virtual_node",

@@ -62,6 +62,15 @@ class MosaicRadixCache(UnifiedRadixCache):
             path = self.path_device_indices(req.last_node).to("cpu", torch.int64)
             runtime.policy.offload_prefix(path, req.last_node, PrefixOffloader(self), runtime.read_slot_kv)
 
+    def claim_kv_row(self, req) -> bool:
+        """A streaming session keeping the finished turn's KV row skips `on_release` (SGLang returns
+        early): the turn's per-request state is released here instead (it leaked before: ~13 MB/min of
+        kept selections and masks in a soak of streaming sessions)."""
+        claimed = super().claim_kv_row(req)
+        if claimed:
+            get_runtime().release(req.rid)
+        return claimed
+
     def checkpoint(self, req, *, up_to: int, **kwargs) -> None:
         super().checkpoint(req, up_to=up_to, **kwargs)
         runtime = get_runtime()

@@ -92,6 +92,7 @@ class MosaicRuntime:
             cluster_cache_held_tokens=host.caches.held_tokens if host is not None else 0,
             indexed_videos=len(videos),
             clusters=sum(v.index.num_clusters for v in videos.values()),
+            live_requests=self.policy.num_live_requests,
         )
 
     def take_stats(self, rid: str, finished: bool) -> Optional[RequestStats]:

@@ -55,6 +55,11 @@ class AttendedSetPolicy(ABC):
     def end_forward(self) -> None:
         """After the last layer: the new tokens' K/V are in the pool for every layer."""
 
+    @property
+    def num_live_requests(self) -> int:
+        """Requests whose per-request state the policy holds (the ``live_requests`` gauge)."""
+        return len(getattr(self, "_records", ()))
+
     def release(self, rid: str) -> None:
         """The request finished or was aborted: drop its per-request state."""
 

@@ -132,6 +132,7 @@ class ProcessTotals:
     cluster_cache_held_tokens: int = _series("gauge", "KV pool slots held by device cluster caches.")
     indexed_videos: int = _series("gauge", "Video prefixes with a cluster index.")
     clusters: int = _series("gauge", "Clusters over all indexed videos.")
+    live_requests: int = _series("gauge", "Requests whose per-request state (kept selections, stats) the process holds.")
 
 
 class _ProcessCounterMethods:
