@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=12)
     parser.add_argument("--questions", nargs="*", default=QUESTIONS)
     parser.add_argument("--log", default=None, help="server log file")
+    parser.add_argument("--chunked-prefill-size", type=int, default=None,
+                        help="prefill the video in chunks of this many tokens (as a stream arrives)")
     args = parser.parse_args(argv)
 
     if args.model_path is None:
@@ -59,6 +61,8 @@ def main(argv=None) -> int:
     options.setdefault("allowed_media_dirs", [str(video.resolve().parent)])
     server_args = ["--enable-mosaic", "--mosaic-budget", str(args.mosaic_budget), "--mosaic-config", json.dumps(options)]
     server_args += cpu_server_args() if args.device == "cpu" else []
+    if args.chunked_prefill_size:
+        server_args += ["--chunked-prefill-size", str(args.chunked_prefill_size)]
     started = time.time()
     with SGLangServer(args.model_path, server_args, log_path=args.log or workdir / "server.log") as server:
         print(f"server: {server.url} up in {time.time() - started:.0f} s (mosaic budget {args.mosaic_budget})")
