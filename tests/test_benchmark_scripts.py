@@ -32,3 +32,9 @@ def test_offload_benchmark_smoke(tmp_path):
 def test_retrieval_quality_benchmark_smoke(tmp_path):
     stdout = _run("retrieval_quality.py", "--quick", "--skip-real", "--out", str(tmp_path / "q.json"), timeout=600)
     assert "mosaic" in stdout and (tmp_path / "q.json").stat().st_size > 0
+
+
+@pytest.mark.timeout(600)
+def test_soak_smoke():
+    stdout = _run("soak.py", "--minutes", "0.5", "--sessions", "2", "--chunks-per-session", "2", timeout=600)
+    assert "| 1 |" in stdout and "live requests" in stdout and "flat:" in stdout, stdout[-2000:]
