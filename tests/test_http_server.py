@@ -126,3 +126,15 @@ def test_allowed_url_is_served_and_private_paths_are_not(server, video_dir):
         assert media.hits["/b.mp4"] == 1
     refused = _generate(server, "/etc/hostname")  # outside allowed_media_dirs
     assert refused.status_code == 400 and "media refused [local-path]" in refused.text
+
+
+def test_openai_chat_reports_the_cached_video_prefix(server, video_dir):
+    """--enable-mosaic turns on --enable-cache-report: a second OpenAI chat turn on the same video shows
+    the cached prefix in usage (it read 0 without it)."""
+    messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": str(video_dir / "a.mp4")}},
+                                             {"type": "text", "text": "what happens?"}]}]
+    body = {"model": "m", "messages": messages, "max_tokens": 2, "temperature": 0}
+    first = requests.post(server.url + "/v1/chat/completions", json=body, timeout=300).json()
+    second = requests.post(server.url + "/v1/chat/completions", json=body, timeout=300).json()
+    cached = (second["usage"].get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    assert cached >= first["usage"]["prompt_tokens"] // 2, second["usage"]

@@ -71,6 +71,7 @@ def test_prepare_server_args_selects_mosaic_backends(tiny_text_model, monkeypatc
     assert args.attention_backend == "mosaic"
     assert args.radix_cache_backend == "mosaic"
     assert args.disable_decode_cuda_graph and args.disable_prefill_cuda_graph
+    assert args.enable_cache_report  # OpenAI usage reports the cached video prefix
     exported = json.loads(os.environ[ENV_CONFIG])
     assert exported["budget"] == 7 and exported["recent_window"] == 9
     assert exported["allowed_media_dirs"] == []  # the HTTP server's default: no local media path
@@ -85,6 +86,7 @@ def test_engine_kwargs_are_consumed_and_validated(monkeypatch):
         "radix_cache_backend": "mosaic",
         "disable_decode_cuda_graph": True,
         "disable_prefill_cuda_graph": True,
+        "enable_cache_report": True,
     }
     assert json.loads(os.environ[ENV_CONFIG])["budget"] == 5
     with pytest.raises(MosaicConfigError, match="'sink_tokens'"):

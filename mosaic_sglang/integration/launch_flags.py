@@ -6,7 +6,8 @@ Three hooks, installed by `mosaic_sglang.integration.plugin.register`:
 * `prepare_server_args_with_mosaic` (AROUND ``prepare_server_args``): strips the mosaic flags from
   argv, validates them (a bad value exits with status 2 and a message naming the key, what was expected
   and what was given, before any process starts), exports the config to the children and, with
-  ``--enable-mosaic``, selects the mosaic attention and radix-cache backends.
+  ``--enable-mosaic``, selects the mosaic attention and radix-cache backends (and turns on
+  ``--enable-cache-report``, so OpenAI-API usage reports the cached prefix).
 * `MosaicEngineArgs` (``Engine.server_args_class``): the same options as keyword arguments of
   ``sgl.Engine(enable_mosaic=True, mosaic_budget=..., mosaic_config=...)``.
 """
@@ -32,6 +33,9 @@ __all__ = [
 MOSAIC_KWARGS = ("enable_mosaic", "mosaic_budget", "mosaic_config")
 _BACKEND_FLAGS = ("--attention-backend", "--radix-cache-backend")
 _GRAPH_FLAGS = ("--disable-decode-cuda-graph", "--disable-prefill-cuda-graph")
+_CACHE_REPORT_FLAG = "--enable-cache-report"
+"""On with Mosaic: OpenAI-API responses then carry ``usage.prompt_tokens_details.cached_tokens`` (without
+it a follow-up question on a cached video reports 0 cached tokens)."""
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,6 +108,8 @@ def prepare_server_args_with_mosaic(original, argv: List[str]):
                 raise SystemExit(2)
     if _flag_value(rest, "--attention-backend") == MOSAIC_BACKEND:
         rest += [f for f in _GRAPH_FLAGS if not _has_flag(rest, f)]
+        if not _has_flag(rest, _CACHE_REPORT_FLAG):
+            rest.append(_CACHE_REPORT_FLAG)  # follow-up turns show what the prefix cache served
     export_config(config)
     server_args = original(rest)
     try:
@@ -172,6 +178,7 @@ def _consume_mosaic_kwargs(kwargs: dict):
     if kwargs.get("attention_backend") == MOSAIC_BACKEND:
         kwargs.setdefault("disable_decode_cuda_graph", True)
         kwargs.setdefault("disable_prefill_cuda_graph", True)
+        kwargs.setdefault("enable_cache_report", True)
     export_config(config)
     return kwargs, config
 
