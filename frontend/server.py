@@ -107,3 +107,45 @@ class SGLangServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m mosaic_sglang.frontend.server``: a Mosaic server on this machine's CPU, one command.
+
+    Defaults: the embedded tiny Qwen2.5-VL (built offline on first use; random weights), 127.0.0.1:30000,
+    ``--enable-mosaic`` with the host tier, a 16K-token KV pool (SGLang's CPU default reserves far more),
+    and local videos allowed from the current directory (``--allowed-media-dir`` to change). Anything after
+    ``--`` goes to ``sglang.launch_server`` unchanged.
+    """
+    import argparse
+    import json
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(prog="python -m mosaic_sglang.frontend.server", description=main.__doc__.split("\n")[0])
+    parser.add_argument("--model-path", default=None, help="default: the embedded tiny Qwen2.5-VL")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=30000)
+    parser.add_argument("--mosaic-budget", type=int, default=256)
+    parser.add_argument("--allowed-media-dir", action="append", default=None,
+                        help="directory local videos may come from (repeatable; default: the current directory)")
+    parser.add_argument("--max-total-tokens", type=int, default=16384, help="KV pool size in tokens")
+    args = parser.parse_args(argv)
+    model = args.model_path
+    if model is None:
+        from mosaic_sglang.testing.tiny_models import build_tiny_model
+
+        model = str(build_tiny_model("qwen2_5_vl"))
+    dirs = [str(Path(d).resolve()) for d in (args.allowed_media_dir or [os.getcwd()])]
+    options = {"host_store_tokens": 65536, "allowed_media_dirs": dirs}
+    command = [sys.executable, "-m", "sglang.launch_server", "--model-path", model, "--host", args.host,
+               "--port", str(args.port), "--enable-mosaic", "--mosaic-budget", str(args.mosaic_budget),
+               "--mosaic-config", json.dumps(options), *cpu_server_args(max_total_tokens=args.max_total_tokens), *extra]
+    print("starting:", " ".join(command[1:]), flush=True)
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
