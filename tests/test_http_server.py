@@ -138,3 +138,27 @@ def test_openai_chat_reports_the_cached_video_prefix(server, video_dir):
     second = requests.post(server.url + "/v1/chat/completions", json=body, timeout=300).json()
     cached = (second["usage"].get("prompt_tokens_details") or {}).get("cached_tokens", 0)
     assert cached >= first["usage"]["prompt_tokens"] // 2, second["usage"]
+
+
+def test_openai_clients_get_mosaic_stats_streaming_or_not(server, video_dir):
+    """Mosaic's per-request stats reach an OpenAI client: ``metadata.mosaic`` of the response, and of the
+    final usage chunk when streaming (``stream_options.include_usage``)."""
+    import json as _json
+
+    messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": str(video_dir / "b.mp4")}},
+                                             {"type": "text", "text": "and now?"}]}]
+    body = {"model": "m", "messages": messages, "max_tokens": 3, "temperature": 0}
+    plain = requests.post(server.url + "/v1/chat/completions", json=body, timeout=300).json()
+    (stats,) = plain["metadata"]["mosaic"]
+    assert stats["policy"] == "mosaic" and stats["visual_tokens"] > 100
+    assert stats["context_tokens"] == plain["usage"]["prompt_tokens"] + plain["usage"]["completion_tokens"] - 1
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    chunks = []
+    with requests.post(server.url + "/v1/chat/completions", json=streamed, stream=True, timeout=300) as response:
+        for line in response.iter_lines():
+            if line.startswith(b"data: {"):
+                chunks.append(_json.loads(line[6:]))
+    usage_chunk = chunks[-1]
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == 3
+    (stream_stats,) = usage_chunk["metadata"]["mosaic"]
+    assert stream_stats["visual_tokens"] == stats["visual_tokens"] and stream_stats["attended_tokens"] > 0

@@ -33,3 +33,14 @@ def test_hook_signatures_match_what_we_override():
 
     pool = ReqToTokenPool(size=2, max_context_len=4, device="cpu", enable_memory_saver=False)
     assert pool.free_slots == [1, 2]  # live rows = all rows but these (prefix_offload patches them)
+
+
+def test_openai_fields_we_fill_exist():
+    import inspect
+
+    from sglang.srt.entrypoints.openai.protocol import ChatCompletionResponse
+    from sglang.srt.entrypoints.openai.serving_chat import OpenAIServingChat
+
+    assert "metadata" in ChatCompletionResponse.model_fields  # openai_stats puts metadata["mosaic"] there
+    assert list(inspect.signature(OpenAIServingChat._build_chat_response).parameters) == ["self", "request", "ret", "created"]
+    assert inspect.isasyncgenfunction(OpenAIServingChat._generate_chat_stream)

@@ -60,6 +60,9 @@ HOOKED_SYMBOLS = (
     "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_mm_limits",
     "sglang.srt.utils.common._assert_media_url_allowed",
     "sglang.srt.utils.video_decoder.VideoDecoderWrapper.__init__",
+    "sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat._build_chat_response",
+    "sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat._generate_chat_stream",
+    "sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request",
 )
 
 _STREAMER_TARGET = "sglang.srt.managers.scheduler.Scheduler.get_output_streamer_class"
@@ -76,6 +79,7 @@ def register() -> None:
 
     from .launch_flags import MosaicEngineArgs, add_mosaic_cli_args, prepare_server_args_with_mosaic
     from .media_guard import register_media_guard
+    from .openai_stats import register_openai_stats
     from .options import MOSAIC_BACKEND
     from .output_streamer import output_streamer_class_hook
     from .radix_cache import create_mosaic_radix_cache
@@ -94,6 +98,7 @@ def register() -> None:
     )
     HookRegistry.register(_STREAMER_TARGET, output_streamer_class_hook, HookType.AROUND)
     register_media_guard(HookRegistry, HookType)
+    register_openai_stats(HookRegistry, HookType)
     # A documented class attribute meant for this (not a HookRegistry REPLACE: that would also rebind
     # every module's `ServerArgs` name to the replacement).
     Engine.server_args_class = MosaicEngineArgs
