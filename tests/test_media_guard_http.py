@@ -64,7 +64,9 @@ def test_bad_media_is_refused_by_rule(server, corpus, case):
     root, media = corpus
     item = case.item.format(dir=root, media_url=media.url,
                             media_url_localhost=media.url.replace("127.0.0.1", "localhost"))
-    _assert_refused(_generate(server, item), case.rule)
+    if item.startswith("json:"):
+        item = json.loads(item[len("json:"):])
+    _assert_refused(_generate(server, [item]), case.rule)
     assert media.total_hits == 0, dict(media.hits)  # refused before any fetch (playlists included)
 
 
@@ -83,6 +85,9 @@ def test_prompt_and_api_level_refusals(server, corpus):
             {"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "what happens?"}]}]}
         response = requests.post(server.url + "/v1/chat/completions", json=chat, timeout=300)
         assert response.status_code == 400 and "media refused" in response.text, response.text[:300]
+    image = {"text": "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>hi<|im_end|>\n",
+             "image_data": ["/etc/hostname"], "sampling_params": {"max_new_tokens": 1}}
+    _assert_refused(requests.post(server.url + "/generate", json=image, timeout=300), "local-path")
     unknown = _generate(server, ok, session_params={"id": "no-such-session"})
     assert 400 <= unknown.status_code < 500, unknown.text[:300]
     assert media.total_hits == 0

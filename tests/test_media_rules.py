@@ -146,3 +146,49 @@ def test_media_config_fields_are_validated():
         with pytest.raises(MosaicConfigError, match=field):
             MosaicConfig.from_dict(options)
     assert MediaPolicy.from_config(cfg).allowed_dirs == (os.path.realpath("/data"),)
+
+
+def test_item_types_follow_sglangs_own_reading(tmp_path):
+    import numpy as np
+
+    from mosaic_sglang.media import check_side_media
+
+    policy = MediaPolicy(allowed_dirs=(str(tmp_path),))
+    # a nested list of strings would reach Hugging Face's processor, which fetches/opens them itself
+    for item in (["http://169.254.169.254/latest"], ["/etc/hostname"], [b"x"], {"url": "/etc/hostname"}, 3):
+        _refusal("item-type", classify_video_item, item, "v", policy)
+    frames = [np.zeros((4, 4, 3), np.uint8)] * 2
+    assert classify_video_item(frames, "v", policy).kind == "frames"
+    assert classify_video_item(np.zeros((2, 4, 4, 3), np.uint8), "v", policy).kind == "frames"
+    assert classify_video_item({"format": "processor_output", "x": 1}, "v", policy).kind == "preprocessed"
+    # schemes are read as SGLang reads them: case-sensitive prefixes; HTTP:// would be taken for a path
+    _refusal("scheme", classify_video_item, "HTTP://8.8.8.8/etc/passwd", "v", policy, resolve=NO_DNS)
+    _refusal("scheme", classify_video_item, "File:///etc/passwd", "v", policy)
+    # a path spelled in base64's alphabet is handed to SGLang as a data: URL (never looked up as a file),
+    # so an existing and a missing file give the same answer
+    existing, missing = "/" * 82 + "etc/passwd", "/" * 82 + "etc/nosuch"
+    assert len(existing) % 4 == 0 and os.path.isfile("/etc/passwd")
+    for item in (existing, missing):
+        source = classify_video_item(item, "v", policy)
+        assert source.kind == "data" and source.item == "data:video/mp4;base64," + item
+    # image_data / audio_data strings get the path, scheme and address rules too
+    _refusal("local-path", check_side_media, ["/etc/hostname"], "image_data", policy)
+    _refusal("local-path", check_side_media, [["file:///etc/hostname"]], "image_data", policy)
+    _refusal("address", check_side_media, "http://127.0.0.1:1/x.png", "image_data", policy, resolve=NO_DNS)
+    _refusal("scheme", check_side_media, ["ftp://x/a.wav"], "audio_data", policy)
+    check_side_media(["data:image/png;base64,AAAA", None], "image_data", policy)
+
+
+def test_downloaded_bytes_are_held_to_the_byte_limit(clip):
+    _refusal("max-bytes", probe_container, clip.read_bytes(), "v", MediaPolicy(max_bytes=100))
+
+
+def test_encoder_language_disaggregation_is_refused_with_mosaic():
+    from types import SimpleNamespace
+
+    from mosaic_sglang.integration.launch_flags import check_unsupported
+
+    for name in ("language_only", "encoder_only"):
+        with pytest.raises(MosaicConfigError, match=name):
+            check_unsupported(SimpleNamespace(attention_backend="mosaic", **{name: True}))
+        check_unsupported(SimpleNamespace(attention_backend="triton", **{name: True}))  # not ours

@@ -43,4 +43,4 @@ def test_openai_fields_we_fill_exist():
 
     assert "metadata" in ChatCompletionResponse.model_fields  # openai_stats puts metadata["mosaic"] there
     assert list(inspect.signature(OpenAIServingChat._build_chat_response).parameters) == ["self", "request", "ret", "created"]
-    assert inspect.isasyncgenfunction(OpenAIServingChat._generate_chat_stream)
+    assert inspect.isasyncgenfunction(inspect.unwrap(OpenAIServingChat._generate_chat_stream))  # hooks wrap it

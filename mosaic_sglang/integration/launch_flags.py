@@ -28,6 +28,7 @@ __all__ = [
     "apply_mosaic_kwargs",
     "MOSAIC_KWARGS",
     "check_parallelism",
+    "check_unsupported",
 ]
 
 MOSAIC_KWARGS = ("enable_mosaic", "mosaic_budget", "mosaic_config")
@@ -114,6 +115,7 @@ def prepare_server_args_with_mosaic(original, argv: List[str]):
     server_args = original(rest)
     try:
         check_parallelism(config, server_args)
+        check_unsupported(server_args)
     except MosaicConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -130,6 +132,22 @@ def _check_enabled(enabled: bool, *, budget, config, style: str) -> None:
         enable = "--enable-mosaic" if style == "flag" else "enable_mosaic=True"
         raise MosaicConfigError(f"{', '.join(names)} given without {enable}: expected {enable} with them, got "
                                 "Mosaic options for a server that does not run Mosaic")
+
+
+def check_unsupported(server_args) -> None:
+    """Configurations Mosaic cannot serve correctly are refused at launch, not served wrong.
+
+    Raises:
+        MosaicConfigError: encode/language disaggregation (the encoder loads media in a process without
+            Mosaic's media guard, before the tokenizer checks run).
+    """
+    if getattr(server_args, "attention_backend", None) != MOSAIC_BACKEND:
+        return
+    for name in ("language_only", "encoder_only"):
+        if getattr(server_args, name, False):
+            raise MosaicConfigError(f"--enable-mosaic with --{name.replace('_', '-')}: expected no encoder/language "
+                                    "disaggregation (its encoder would load media outside Mosaic's media guard), "
+                                    f"got {name}=True")
 
 
 def check_parallelism(config, server_args) -> None:
@@ -193,4 +211,5 @@ class MosaicEngineArgs:
         kwargs, config = _consume_mosaic_kwargs(kwargs)
         server_args = ServerArgs(**kwargs)
         check_parallelism(config, server_args)
+        check_unsupported(server_args)
         return server_args

@@ -20,7 +20,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from ..media import MediaPolicy, MediaRefused, check_request_media, probe_container, url_refusal
+from ..config import MOSAIC_CONFIG, MosaicConfig
+from ..media import (MediaPolicy, MediaRefused, check_request_media, check_side_media, local_path_refused,
+                     probe_container, url_refusal)
 from .options import MOSAIC_BACKEND, config_from_env
 
 __all__ = ["register_media_guard", "active_policy", "activate", "MEDIA_GUARD_TARGETS"]
@@ -60,7 +62,14 @@ def _on_validate_mm_limits(original, self, obj, *args, **kwargs):
     if policy is not None and getattr(obj, "video_data", None) is not None:
         token, token_id = _video_placeholder(self)
         prompt = obj.text if obj.text is not None else obj.input_ids
-        check_request_media(obj.video_data, policy, prompt=prompt, placeholder=token, placeholder_id=token_id)
+        sources = check_request_media(obj.video_data, policy, prompt=prompt, placeholder=token,
+                                      placeholder_id=token_id)
+        # hand SGLang the canonical items (raw base64 as a data: URL: never looked up as a path)
+        items = [source.item for source in sources]
+        obj.video_data = items if isinstance(obj.video_data, list) else items[0]
+    if policy is not None:
+        for kind in ("image_data", "audio_data"):
+            check_side_media(getattr(obj, kind, None), kind, policy)
     return original(self, obj, *args, **kwargs)
 
 
@@ -96,8 +105,9 @@ def _on_tokenizer_manager(result, self, *args, **kwargs):
     server_args = self.server_args
     if getattr(server_args, "attention_backend", None) != MOSAIC_BACKEND:
         return None
-    policy = MediaPolicy.from_config(config_from_env(),
-                                     allowed_hosts=getattr(server_args, "allowed_media_domains", None) or ())
+    # fail closed: a Mosaic tokenizer started without the launch hooks (no exported config) opens no path
+    config = config_from_env() if MOSAIC_CONFIG.read() else MosaicConfig(allowed_media_dirs=())
+    policy = MediaPolicy.from_config(config, allowed_hosts=getattr(server_args, "allowed_media_domains", None) or ())
     activate(policy)
     if getattr(self, "mm_processor", None) is not None:
         _guard_processor(self.mm_processor)
@@ -123,7 +133,7 @@ def _before_decoder(self, source, *args, **kwargs):
     if policy is None:
         return None
     if isinstance(source, str) and not policy.path_allowed(source):
-        raise MediaRefused("local-path", "video", "the decoder was given a path outside allowed_media_dirs")
+        raise local_path_refused("video")
     if isinstance(source, (str, bytes, bytearray)):
         probe_container(source, "video", policy)
     return None

@@ -7,11 +7,11 @@ container within the limits), `guard` (the request-level checks), `refusal` (the
 """
 
 from .addresses import address_refusal, host_refusal, url_refusal
-from .guard import check_request_media, count_placeholders
+from .guard import check_request_media, check_side_media, count_placeholders
 from .policy import MediaPolicy
 from .probe import ContainerInfo, probe_container, sniff_container
 from .refusal import RULES, MediaRefused
-from .sources import MediaSource, classify_video_item
+from .sources import MediaSource, classify_video_item, local_path_refused
 
 __all__ = [
     "MediaPolicy",
@@ -20,6 +20,8 @@ __all__ = [
     "MediaSource",
     "classify_video_item",
     "check_request_media",
+    "check_side_media",
+    "local_path_refused",
     "count_placeholders",
     "address_refusal",
     "host_refusal",

@@ -12,9 +12,9 @@ from typing import Any, Optional, Sequence, Union
 from .addresses import Resolver, resolve_host
 from .policy import MediaPolicy
 from .refusal import MediaRefused
-from .sources import MediaSource, classify_video_item
+from .sources import MediaSource, check_side_item, classify_video_item
 
-__all__ = ["check_request_media", "count_placeholders"]
+__all__ = ["check_request_media", "check_side_media", "count_placeholders"]
 
 
 def count_placeholders(prompt: Union[str, Sequence[int], None], *, token: Optional[str],
@@ -47,3 +47,13 @@ def check_request_media(video_data: Any, policy: MediaPolicy, *, prompt=None, pl
             f"{len(items)} video(s) but {found} video placeholder(s) {placeholder!r} in the prompt; each video "
             "needs one (chat templates insert it; a raw /generate prompt must carry it)")
     return sources
+
+
+def check_side_media(data: Any, kind: str, policy: MediaPolicy, *, resolve: Resolver = resolve_host) -> None:
+    """Path, scheme and address rules for every string item of ``image_data`` / ``audio_data``."""
+    if data is None:
+        return
+    for i, item in enumerate(data if isinstance(data, list) else [data]):
+        for j, sub in enumerate(item if isinstance(item, list) else [item]):
+            check_side_item(sub, f"{kind}[{i}]" + (f"[{j}]" if isinstance(item, list) else ""), policy,
+                            resolve=resolve)

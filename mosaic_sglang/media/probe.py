@@ -93,6 +93,8 @@ def probe_container(source: Union[str, bytes], label: str, policy: MediaPolicy) 
     """
     import av
 
+    if isinstance(source, (bytes, bytearray)) and len(source) > policy.max_bytes:  # downloads land here
+        raise MediaRefused("max-bytes", label, f"{len(source)} bytes, over media_max_bytes={policy.max_bytes}")
     try:
         head = _read_head(source)
     except OSError:

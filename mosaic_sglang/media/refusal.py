@@ -11,7 +11,8 @@ from __future__ import annotations
 __all__ = ["MediaRefused", "RULES"]
 
 RULES = {
-    "scheme": "only local paths, file://, http(s):// and data: URLs are media sources",
+    "scheme": "only local paths, file://, http(s):// and data: URLs are media sources (lowercase schemes)",
+    "item-type": "an item is a string, bytes, decoded frames, or SGLang's processor-output dict",
     "local-path": "local paths only under allowed_media_dirs",
     "not-found": "an allowed local path that is not a file",
     "address": "http(s) hosts that resolve to loopback, private, link-local or metadata addresses",

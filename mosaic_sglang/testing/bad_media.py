@@ -29,7 +29,8 @@ CORPUS_LIMITS = {"media_max_bytes": 4 << 20, "media_max_frames": 200}
 class BadMedia(NamedTuple):
     name: str
     item: str
-    """The ``video_data`` item; ``{dir}`` is the corpus folder, ``{media_url}`` the loopback server."""
+    """The ``video_data`` item; ``{dir}`` is the corpus folder, ``{media_url}`` the loopback server; a
+    ``json:`` prefix means the item is the JSON value that follows (lists, dicts)."""
     rule: str
 
 
@@ -153,6 +154,11 @@ def _cases() -> list[BadMedia]:
         BadMedia("data-empty", "data:video/mp4;base64,", "data-url"),
         BadMedia("data-text-payload", "data:video/mp4;base64," + text_b64, "container"),
         BadMedia("raw-base64-text", text_b64, "container"),
+        BadMedia("base64-spelled-path", "/" * 82 + "etc/passwd", "container"),
+        BadMedia("uppercase-scheme", "HTTP://127.0.0.1:9/ok.mp4", "scheme"),
+        BadMedia("nested-list-of-urls", 'json:["{media_url}/ok.mp4"]', "item-type"),
+        BadMedia("nested-list-of-paths", 'json:["/etc/hostname"]', "item-type"),
+        BadMedia("dict-item", 'json:{{"url": "/etc/hostname"}}', "item-type"),
     ]
 
 
