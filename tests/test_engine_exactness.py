@@ -12,7 +12,11 @@ from engine_support import VIDEO_PROMPT, cpu_engine_kwargs, run_requests
 # a scheduler that dies (e.g. SGLang's strict memory check) leaves the engine waiting: fail, don't hang
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
 
-LOGPROB_TOL = 1e-5
+LOGPROB_TOL = 4e-5
+"""fp32 logprobs of two attention implementations (SGLang's torch_native SDPA vs Mosaic's batched reference)
+differ by summation order only: up to 1.12e-5 measured on 2026-12-02 after the unpinned video stack (PyAV's
+bundled encoder writes the synthetic clips) moved; 4e-5 leaves room for that and still fails a wrong attended
+set, which moves logprobs by orders of magnitude more (tokens are compared exactly as well)."""
 FULL_BUDGET = 1 << 20  # far above any context here: the attended set is everything
 
 

@@ -13,7 +13,11 @@ from engine_support import cpu_engine_kwargs, greedy, strict_checks
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(480)]
 
-LOGPROB_TOL = 1e-5
+LOGPROB_TOL = 4e-5
+"""fp32 logprobs of two attention implementations (SGLang's torch_native SDPA vs Mosaic's batched reference)
+differ by summation order only: up to 1.12e-5 measured on 2026-12-02 after the unpinned video stack (PyAV's
+bundled encoder writes the synthetic clips) moved; 4e-5 leaves room for that and still fails a wrong attended
+set, which moves logprobs by orders of magnitude more (tokens are compared exactly as well)."""
 
 
 def _turns(video_dir):
