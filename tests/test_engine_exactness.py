@@ -14,9 +14,9 @@ pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
 
 LOGPROB_TOL = 4e-5
 """fp32 logprobs of two attention implementations (SGLang's torch_native SDPA vs Mosaic's batched reference)
-differ by summation order only: up to 1.12e-5 measured on 2026-12-02 after the unpinned video stack (PyAV's
-bundled encoder writes the synthetic clips) moved; 4e-5 leaves room for that and still fails a wrong attended
-set, which moves logprobs by orders of magnitude more (tokens are compared exactly as well)."""
+differ by summation order only: 1.12e-5 measured on a fresh install on 2026-12-02, the same with the code of
+an earlier green commit (an unpinned dependency moved, not the code); 4e-5 leaves room for that and still fails
+a wrong attended set, which moves logprobs far more (tokens are compared exactly as well)."""
 FULL_BUDGET = 1 << 20  # far above any context here: the attended set is everything
 
 
