@@ -38,3 +38,16 @@ def test_retrieval_quality_benchmark_smoke(tmp_path):
 def test_soak_smoke():
     stdout = _run("soak.py", "--minutes", "0.5", "--sessions", "2", "--chunks-per-session", "2", timeout=600)
     assert "| 1 |" in stdout and "live requests" in stdout and "flat:" in stdout, stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_soak_drift_rule_judges_p50_p99_and_rss_against_minute_2():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from soak import judge
+
+    row = lambda m, p50, p99, rss: {"minute": m, "step_p50_ms": p50, "step_p99_ms": p99, "rss_mb": rss}
+    flat = [row(1, 99.0, 99.0, 1.0), row(2, 5.0, 40.0, 100.0), row(3, 5.9, 47.0, 119.0)]
+    assert judge(flat, 0.2)[0] == 2 and judge(flat, 0.2)[2] == []  # minute 1 (warm-up) is not the reference
+    grown = [row(1, 5.0, 40.0, 100.0), row(2, 5.0, 40.0, 100.0), row(3, 6.1, 49.0, 121.0)]
+    assert judge(grown, 0.2)[2] == ["step_p50_ms", "step_p99_ms", "rss_mb"]
+    assert judge([row(1, 5.0, 40.0, float("nan"))], 0.2)[2] == ["rss_mb"]

@@ -111,9 +111,6 @@ def _on_tokenizer_manager(result, self, *args, **kwargs):
     activate(policy)
     if getattr(self, "mm_processor", None) is not None:
         _guard_processor(self.mm_processor)
-    from .openai_stats import watch_outputs
-
-    watch_outputs(self)  # Mosaic's stats for OpenAI-API clients (openai_stats.py)
     logger.info("mosaic media guard: local paths %s; hosts %s", "anywhere" if policy.allowed_dirs is None else
                 (list(policy.allowed_dirs) or "refused"), list(policy.allowed_hosts) or "public addresses only")
     return None

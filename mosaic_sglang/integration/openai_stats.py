@@ -8,9 +8,9 @@ unless ``return_meta_info`` is set, and never sends it when streaming. With Mosa
   under ``metadata["mosaic"]``.
 
 Hooks (registered by `plugin.register`, active only where the tokenizer serves Mosaic):
-AFTER ``OpenAIServingChat._build_chat_response`` and AROUND ``OpenAIServingChat._generate_chat_stream``;
-`watch_outputs` wraps the Mosaic tokenizer's ``generate_request`` to remember each finished request's
-stats by rid for the stream's last chunk (bounded).
+AFTER ``OpenAIServingChat._build_chat_response``, AROUND ``OpenAIServingChat._generate_chat_stream``, and
+AFTER ``TokenizerManager.__init__``, where `watch_outputs` wraps the Mosaic tokenizer's
+``generate_request`` to remember each finished request's stats by rid for the stream's last chunk (bounded).
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ import json
 from collections import OrderedDict
 from typing import Any
 
+from .options import MOSAIC_BACKEND
 from .output_streamer import META_INFO_KEY
 
 __all__ = ["register_openai_stats", "watch_outputs", "OPENAI_STATS_TARGETS"]
 
 _CHAT = "sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat"
-OPENAI_STATS_TARGETS = (f"{_CHAT}._build_chat_response", f"{_CHAT}._generate_chat_stream")
+OPENAI_STATS_TARGETS = (f"{_CHAT}._build_chat_response", f"{_CHAT}._generate_chat_stream",
+                        "sglang.srt.managers.tokenizer_manager.TokenizerManager.__init__")
 _CAP = 4096  # finished requests whose stats wait for their stream's usage chunk
 _FINISHED: "OrderedDict[str, list]" = OrderedDict()
 _ACTIVE = False
@@ -52,6 +54,12 @@ def watch_outputs(tokenizer_manager) -> None:
 
     tokenizer_manager.generate_request = generate_request
     _ACTIVE = True
+
+
+def _on_tokenizer_manager(result, self, *args, **kwargs):
+    if getattr(self.server_args, "attention_backend", None) == MOSAIC_BACKEND:
+        watch_outputs(self)
+    return None
 
 
 def _on_chat_response(result, self, request, ret, created, *args, **kwargs):
@@ -86,6 +94,7 @@ def _around_chat_stream(original, self, *args, **kwargs):
 
 
 def register_openai_stats(hook_registry: Any, hook_type: Any) -> None:
-    response, stream = OPENAI_STATS_TARGETS
+    response, stream, tokenizer = OPENAI_STATS_TARGETS
+    hook_registry.register(tokenizer, _on_tokenizer_manager, hook_type.AFTER)
     hook_registry.register(response, _on_chat_response, hook_type.AFTER)
     hook_registry.register(stream, _around_chat_stream, hook_type.AROUND)

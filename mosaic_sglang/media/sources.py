@@ -62,6 +62,10 @@ def _non_string_kind(item: Any, label: str) -> str:
                                            f"{type(item).__name__}")
 
 
+def _looks_base64(item: str) -> bool:
+    return len(item) >= _MIN_BASE64_CHARS and len(item) % 4 == 0 and _BASE64.fullmatch(item) is not None
+
+
 def _check_size(num_bytes: int, label: str, policy: MediaPolicy) -> None:
     if num_bytes > policy.max_bytes:
         raise MediaRefused("max-bytes", label, f"{num_bytes} bytes, over media_max_bytes={policy.max_bytes}")
@@ -135,7 +139,7 @@ def classify_video_item(item: Any, label: str, policy: MediaPolicy, *, resolve: 
     if match:  # any other scheme, including HTTP:// in capitals (SGLang would take it for a path)
         raise MediaRefused("scheme", label, f"scheme {match.group(1)!r} is not a media source (use a path, "
                                             "file://, lowercase http(s):// or data:)")
-    if len(item) >= _MIN_BASE64_CHARS and len(item) % 4 == 0 and _BASE64.fullmatch(item):
+    if _looks_base64(item):
         _check_size(len(item) * 3 // 4, label, policy)
         return MediaSource("data", num_bytes=len(item) * 3 // 4, item="data:video/mp4;base64," + item)
     return _local_path(item, label, policy, (item, unquote(urlsplit(item).path)))._replace(item=original)
@@ -143,25 +147,14 @@ def classify_video_item(item: Any, label: str, policy: MediaPolicy, *, resolve: 
 
 def check_side_item(item: Any, label: str, policy: MediaPolicy, *, resolve: Resolver = resolve_host) -> None:
     """The path, scheme and address rules for an ``image_data`` / ``audio_data`` string item (their
-    decoders are SGLang's own; no container rule). Non-strings pass (SGLang validates them)."""
+    decoders are SGLang's own; no container rule). Non-strings and data: URLs pass (SGLang validates them);
+    base64 passes unless it names an existing file (SGLang looks strings up as paths first)."""
     if hasattr(item, "url") and not isinstance(item, (str, bytes)):
         item = item.url
     if not isinstance(item, str) or item.startswith("data:"):
         return
-    if item.startswith(("http://", "https://")):
-        reason = url_refusal(item, allowed_hosts=policy.allowed_hosts, resolve=resolve)
-        if reason is not None:
-            raise MediaRefused("address", label, f"{reason}; list the host in --allowed-media-domains to allow it")
+    if _looks_base64(item):
+        if os.path.isfile(item):
+            _local_path(item, label, policy, (item,))
         return
-    if item.startswith("file://"):
-        path = unquote(urlsplit(item).path)
-        if not policy.path_allowed(path):
-            raise local_path_refused(label)
-        return
-    if _SCHEME.match(item):
-        raise MediaRefused("scheme", label, f"scheme {_SCHEME.match(item).group(1)!r} is not a media source")
-    looks_base64 = len(item) >= _MIN_BASE64_CHARS and len(item) % 4 == 0 and _BASE64.fullmatch(item)
-    if looks_base64 and not os.path.isfile(item):
-        return
-    if not (policy.path_allowed(item) and policy.path_allowed(unquote(urlsplit(item).path))):
-        raise local_path_refused(label)
+    classify_video_item(item, label, policy, resolve=resolve)
