@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
 __all__ = ["MosaicConfig", "MosaicConfigError", "EnvVar", "ENV_VARS", "MOSAIC_CONFIG", "MOSAIC_DEBUG", "MOSAIC_DUMP_DIR",
-           "MOSAIC_CHECK_NO_SYNC"]
+           "MOSAIC_CHECK_NO_SYNC", "MOSAIC_FORWARD_LOG_DIR"]
 
 
 class MosaicConfigError(ValueError):
@@ -277,5 +277,8 @@ MOSAIC_DUMP_DIR = EnvVar("MOSAIC_DUMP_DIR", "path", "Save every served selection
                          "append (keys, frame ids) here with torch.save, so tests can replay them offline.")
 MOSAIC_CHECK_NO_SYNC = EnvVar("MOSAIC_CHECK_NO_SYNC", "flag", "Run every decode layer that keeps its question's "
                               "selection with host-synchronising tensor methods patched to raise (tests).")
-ENV_VARS = (MOSAIC_CONFIG, MOSAIC_DEBUG, MOSAIC_DUMP_DIR, MOSAIC_CHECK_NO_SYNC)
+MOSAIC_FORWARD_LOG_DIR = EnvVar("MOSAIC_FORWARD_LOG_DIR", "path", "Time every model forward of the scheduler "
+                                "(dense or Mosaic) and append one JSON line per forward to "
+                                "forward-<pid>.jsonl here (benchmarks/decode_step.py).")
+ENV_VARS = (MOSAIC_CONFIG, MOSAIC_DEBUG, MOSAIC_DUMP_DIR, MOSAIC_CHECK_NO_SYNC, MOSAIC_FORWARD_LOG_DIR)
 """Every ``MOSAIC_*`` variable the project reads."""

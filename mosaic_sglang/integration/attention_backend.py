@@ -18,6 +18,7 @@ no host synchronisation inside a layer (checked with ``MOSAIC_CHECK_NO_SYNC=1``)
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, List
 
 import torch
@@ -69,6 +70,9 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         )
         self.layouts: List[RequestLayout] = []
         self.plan: ForwardPlan | None = None
+        self.forward_timings = {"plan_s": 0.0, "select_s": 0.0, "index_s": 0.0}
+        """Host seconds of this forward spent planning, selecting (inside layers) and indexing new tokens
+        after the last layer (read by `forward_timer` with ``MOSAIC_FORWARD_LOG_DIR`` set)."""
         self._check_no_sync = MOSAIC_CHECK_NO_SYNC.read()
         if self.use_sliding_window_kv_pool:
             raise ValueError("mosaic attention backend: sliding-window KV pools are not supported")
@@ -76,6 +80,11 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
     # -- plan (once per forward) ---------------------------------------------------------------------
 
     def init_forward_metadata(self, forward_batch: "ForwardBatch") -> None:
+        start = time.perf_counter()
+        self._plan_forward(forward_batch)
+        self.forward_timings = {"plan_s": time.perf_counter() - start, "select_s": 0.0, "index_s": 0.0}
+
+    def _plan_forward(self, forward_batch: "ForwardBatch") -> None:
         super().init_forward_metadata(forward_batch)
         mode = forward_batch.forward_mode
         if mode.is_idle():
@@ -155,7 +164,9 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         out = q.new_empty(q.shape[0], layer.tp_q_head_num, layer.v_head_dim)
         local = layer.layer_id - self.start_layer
         plan = self.plan
+        start = time.perf_counter()
         kv = self.runtime.policy.layer_kv(plan, local, q)
+        self.forward_timings["select_s"] += time.perf_counter() - start
         device = q.device
         positions = kv.kv_positions.to(device)
         if plan.padded:  # fill='whole': this layer's compacted lists
@@ -174,7 +185,9 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             scale=layer.scaling, out=out, max_q=plan.max_q, max_kv=plan.max_kv,
         )
         if layer.layer_id == self.last_layer:
+            start = time.perf_counter()
             self.runtime.policy.end_forward()
+            self.forward_timings["index_s"] = time.perf_counter() - start
             self.runtime.after_forward()
         return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
 

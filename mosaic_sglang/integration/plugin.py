@@ -63,6 +63,8 @@ HOOKED_SYMBOLS = (
     "sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat._build_chat_response",
     "sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat._generate_chat_stream",
     "sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request",
+    "sglang.srt.model_executor.model_runner.ModelRunner.forward",
+    "sglang.srt.layers.attention.vision.VisionSdpaAttention.forward",
 )
 
 _STREAMER_TARGET = "sglang.srt.managers.scheduler.Scheduler.get_output_streamer_class"
@@ -78,6 +80,8 @@ def register() -> None:
     from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
 
     from .launch_flags import MosaicEngineArgs, add_mosaic_cli_args, prepare_server_args_with_mosaic
+    from .cpu_compat.vision_attention import register_vision_attention
+    from .forward_timer import register_forward_timer
     from .media_guard import register_media_guard
     from .openai_stats import register_openai_stats
     from .options import MOSAIC_BACKEND
@@ -99,6 +103,8 @@ def register() -> None:
     HookRegistry.register(_STREAMER_TARGET, output_streamer_class_hook, HookType.AROUND)
     register_media_guard(HookRegistry, HookType)
     register_openai_stats(HookRegistry, HookType)
+    register_forward_timer(HookRegistry, HookType)  # only with MOSAIC_FORWARD_LOG_DIR set
+    register_vision_attention(HookRegistry, HookType)  # only without CUDA
     # A documented class attribute meant for this (not a HookRegistry REPLACE: that would also rebind
     # every module's `ServerArgs` name to the replacement).
     Engine.server_args_class = MosaicEngineArgs

@@ -7,6 +7,10 @@ load (``--model-path``). Building all models takes about 10 s and is cached by a
 Models:
     ``qwen2_5_vl``: Qwen2.5-VL architecture (vision tower + 2-layer text model), video-capable.
     ``qwen2``: text-only Qwen2 with the same tokenizer.
+    ``qwen2_5_vl_longctx``: the VL model with Qwen2.5-VL-7B's attention shapes (28 query / 4 KV heads ×
+        128 dims, GQA 7, mrope 16/24/24, hidden 3584) with a 512-wide MLP, 2 layers and
+        128K positions, so attention over a long context, not the MLP, dominates a decode step
+        (`benchmarks/decode_step.py`). Built only when asked for (``__main__`` builds the first two).
 
 Example:
     >>> path = build_tiny_model("qwen2_5_vl")          # doctest: +SKIP
@@ -23,7 +27,7 @@ from pathlib import Path
 
 __all__ = ["TINY_MODELS", "build_tiny_model", "default_cache_dir"]
 
-TINY_MODELS = ("qwen2_5_vl", "qwen2")
+TINY_MODELS = ("qwen2_5_vl", "qwen2", "qwen2_5_vl_longctx")
 
 # Special tokens take ids 0..7, in this order (Qwen's names, so SGLang's Qwen-VL processor finds them).
 _SPECIAL = [
@@ -82,6 +86,12 @@ _TEXT = dict(
 )
 _ROPE = {"rope_type": "default", "rope_theta": 1e4}
 _MROPE = {**_ROPE, "mrope_section": [2, 3, 3]}  # sums to head_dim / 2 = 8
+# Per-model changes to the text tower and its mrope (keys of _TEXT, plus "mrope_section").
+_TEXT_OVERRIDES = {
+    "qwen2_5_vl_longctx": dict(hidden_size=3584, intermediate_size=512, num_attention_heads=28,
+                               num_key_value_heads=4, head_dim=128, max_position_embeddings=131072,
+                               mrope_section=[16, 24, 24]),  # sums to head_dim / 2 = 64
+}
 
 
 def default_cache_dir() -> Path:
@@ -92,7 +102,8 @@ def default_cache_dir() -> Path:
 def _fingerprint(name: str) -> str:
     import transformers
 
-    blob = json.dumps([name, _TEXT, _MROPE, _CORPUS, _CHAT_TEMPLATE, transformers.__version__, 3])
+    extra = [_TEXT_OVERRIDES[name]] if name in _TEXT_OVERRIDES else []  # existing models keep their folders
+    blob = json.dumps([name, _TEXT, _MROPE, _CORPUS, _CHAT_TEMPLATE, transformers.__version__, 3, *extra])
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -116,7 +127,11 @@ def build_tiny_model(name: str = "qwen2_5_vl", cache_dir: Path | None = None, se
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _build(name, tmp, seed)
+    try:
+        _build(name, tmp, seed)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     (tmp / ".complete").write_text("ok\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -159,14 +174,16 @@ def _build(name: str, out: Path, seed: int) -> None:
 
     from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
+    text = {**_TEXT, **_TEXT_OVERRIDES.get(name, {})}
+    mrope = {**_MROPE, "mrope_section": text.pop("mrope_section", _MROPE["mrope_section"])}
     config = Qwen2_5_VLConfig(
-        text_config={**_TEXT, "rope_parameters": _MROPE},
+        text_config={**text, "rope_parameters": mrope},
         vision_config=dict(
             depth=2,
             hidden_size=32,
             intermediate_size=64,
             num_heads=2,
-            out_hidden_size=64,
+            out_hidden_size=text["hidden_size"],
             patch_size=14,
             window_size=56,
             fullatt_block_indexes=[1],
@@ -190,5 +207,5 @@ def _build(name: str, out: Path, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    for model_name in TINY_MODELS:
+    for model_name in TINY_MODELS[:2]:
         print(build_tiny_model(model_name))
