@@ -19,7 +19,8 @@ Measured per context and engine, with the prompt cached (a warm-up question pref
 - ``fwd ms``: median model forward per decode step, timed inside the scheduler around
   ``ModelRunner.forward`` (``MOSAIC_FORWARD_LOG_DIR``; SGLang's CPU scheduler overhead is not in it);
 - ``plan %``: share of Mosaic's forward spent planning and selecting on the host (``plan_s + select_s``);
-- ``e2e ms/tok``: end-to-end time per output token seen by the caller, ``(t(1 + N tokens) − t(1 token)) / N``;
+- ``e2e ms/tok``: end-to-end time per output token seen by the caller of a streamed request, from its first
+  token to its last (scheduler, detokenizer and streaming included);
 - ``ratio``: Mosaic ÷ dense at the same context, forward and end to end.
 
     .venv/bin/python benchmarks/decode_step.py                   # 8K / 32K / 64K (~15-20 min on 2 cores)
@@ -73,27 +74,29 @@ class ForwardLog:
 
 
 def measure(engine, log: ForwardLog, request: dict, steps: int) -> dict:
-    """Warm-up (prefill into the tree), then 1-token and (1 + steps)-token runs over the cached prompt."""
-    greedy = lambda n: {"max_new_tokens": n, "temperature": 0.0, "ignore_eos": True}  # noqa: E731
+    """A warm-up question prefills the prompt into the tree; a second one streams ``1 + steps`` tokens over
+    the cached prompt: its decode forwards are read from the log, and the caller's time per output token
+    is the time from the first streamed token to the last over ``steps`` (prompt processing — video
+    decoding on the tokenizer side — is before the first token, so it is not in it)."""
+    greedy = {"max_new_tokens": 1 + steps, "temperature": 0.0, "ignore_eos": True}
     t0 = time.perf_counter()
-    first = engine.generate(**request, sampling_params=greedy(1))
+    first = engine.generate(**request, sampling_params={**greedy, "max_new_tokens": 1})
     prefill_s = time.perf_counter() - t0
     log.new()
-    t0 = time.perf_counter()
-    engine.generate(**request, sampling_params=greedy(1))
-    one = time.perf_counter() - t0
-    log.new()
-    t0 = time.perf_counter()
-    out = engine.generate(**request, sampling_params=greedy(1 + steps))
-    many = time.perf_counter() - t0
+    stamps, last = [], None
+    for chunk in engine.generate(**request, sampling_params=greedy, stream=True):
+        stamps.append(time.perf_counter())
+        last = chunk
     decode = [r for r in log.new() if r["mode"] == "decode"]
     assert len(decode) == steps, f"expected {steps} decode forwards, logged {len(decode)}"
+    tokens = int(last["meta_info"]["completion_tokens"])
+    assert tokens == 1 + steps and len(stamps) >= 2, (tokens, len(stamps))
     fwd = statistics.median(r["seconds"] for r in decode)
     host = statistics.median((r.get("plan_s", 0.0) + r.get("select_s", 0.0)) / r["seconds"] for r in decode)
-    stats = (out["meta_info"].get("mosaic") or [None])[-1] or {}
+    stats = (last["meta_info"].get("mosaic") or [None])[-1] or {}
     return dict(context=int(first["meta_info"]["prompt_tokens"]), prefill_s=prefill_s, fwd=fwd, host_share=host,
-                e2e=(many - one) / steps, attended=stats.get("attended_tokens"), host_tokens=stats.get("host_tokens"),
-                copies=stats.get("host_copies"))
+                e2e=(stamps[-1] - stamps[0]) / (tokens - 1), attended=stats.get("attended_tokens"),
+                host_tokens=stats.get("host_tokens"), copies=stats.get("host_copies"))
 
 
 def run_mode(model: str, mode: str, contexts: list[int], lengths: dict, args, workdir: Path) -> dict:

@@ -51,3 +51,13 @@ def test_soak_drift_rule_judges_p50_p99_and_rss_against_minute_2():
     grown = [row(1, 5.0, 40.0, 100.0), row(2, 5.0, 40.0, 100.0), row(3, 6.1, 49.0, 121.0)]
     assert judge(grown, 0.2)[2] == ["step_p50_ms", "step_p99_ms", "rss_mb"]
     assert judge([row(1, 5.0, 40.0, float("nan"))], 0.2)[2] == ["rss_mb"]
+
+
+def test_decode_step_benchmark_smoke():
+    stdout = _run("decode_step.py", "--quick", "--contexts", "2048", "--steps", "2", "--modes", "mosaic", "dense",
+                  timeout=600)
+    rows = [line.split("|")[1:-1] for line in stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    table = {cells[1].strip(): cells for cells in rows[1:]}
+    assert set(table) == {"mosaic", "dense"}, stdout
+    assert table["mosaic"][0] == table["dense"][0]  # the same context length
+    assert float(table["mosaic"][2]) > 0 and float(table["dense"][2]) > 0 and float(table["mosaic"][5]) > 0
