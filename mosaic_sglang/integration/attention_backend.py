@@ -9,8 +9,9 @@ everything, the output equals the dense ``torch_native`` backend's.
 Per forward (FlashInfer's plan/run split): `init_forward_metadata` builds one `RequestLayout` per
 request and asks the policy for a `ForwardPlan` (one ``kv_indptr`` for every layer, per-layer position
 lists); each layer's forward takes its list from the policy (`layer_kv`), maps positions to KV slots
-with one gather over the forward's concatenated ``req_to_token`` rows, and runs one attention call
-over the whole batch; after the last layer the policy may index the new tokens (their K/V are then in
+with one device gather from SGLang's ``req_to_token`` rows, and runs one attention call over the whole
+batch; the host copies of the rows that planning reads are extended by one slot per decode step
+(`RequestRows`), not copied whole; after the last layer the policy may index the new tokens (their K/V are then in
 the pool for every layer). A decode step that keeps its question's selection does no host work and
 no host synchronisation inside a layer (checked with ``MOSAIC_CHECK_NO_SYNC=1``).
 """
@@ -30,7 +31,6 @@ from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 from mosaic_sglang.kernels import attended_attention
 
 from ..config import MOSAIC_CHECK_NO_SYNC
-from ..csr import indptr_from_counts
 from ..offload import DevicePool, decode_host
 from ..serving import ForwardPlan, RequestLayout
 from ..testing.host_sync import no_host_sync
@@ -72,7 +72,8 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         self.plan: ForwardPlan | None = None
         self.forward_timings = {"plan_s": 0.0, "select_s": 0.0, "index_s": 0.0}
         """Host seconds of this forward spent planning, selecting (inside layers) and indexing new tokens
-        after the last layer (read by `forward_timer` with ``MOSAIC_FORWARD_LOG_DIR`` set)."""
+        after the last layer, and the requests whose ``req_to_token`` row was copied whole (0 in a decode
+        step of known requests); read by `forward_timer` with ``MOSAIC_FORWARD_LOG_DIR`` set."""
         self._check_no_sync = MOSAIC_CHECK_NO_SYNC.read()
         if self.use_sliding_window_kv_pool:
             raise ValueError("mosaic attention backend: sliding-window KV pools are not supported")
@@ -80,9 +81,10 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
     # -- plan (once per forward) ---------------------------------------------------------------------
 
     def init_forward_metadata(self, forward_batch: "ForwardBatch") -> None:
-        start = time.perf_counter()
+        start, reads = time.perf_counter(), self.runtime.rows.reads
         self._plan_forward(forward_batch)
-        self.forward_timings = {"plan_s": time.perf_counter() - start, "select_s": 0.0, "index_s": 0.0}
+        self.forward_timings = {"plan_s": time.perf_counter() - start, "select_s": 0.0, "index_s": 0.0,
+                                "rows_read": self.runtime.rows.reads - reads}
 
     def _plan_forward(self, forward_batch: "ForwardBatch") -> None:
         super().init_forward_metadata(forward_batch)
@@ -100,30 +102,29 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             prefix_lens = _cpu_list(forward_batch.extend_prefix_lens_cpu, forward_batch.extend_prefix_lens)
         mm_inputs = forward_batch.mm_inputs or [None] * len(rows)
         req_to_token = self.req_to_token_pool.req_to_token
+        # decode: each request's host copy grows by the slot SGLang just allocated (one [B] read, not a row each)
+        one_each = is_decode and forward_batch.out_cache_loc.numel() == len(rows)
+        new_slots = forward_batch.out_cache_loc.tolist() if one_each else [None] * len(rows)
         layouts = []
         for i, (rid, row, seq_len, prefix_len) in enumerate(zip(rids, rows, seq_lens, prefix_lens)):
-            layouts.append(
-                RequestLayout(
-                    rid=rid,
-                    row=row,
-                    prefix_len=prefix_len,
-                    extend_len=seq_len - prefix_len,
-                    frame_ids=self._frame_ids(rid, seq_len, None if is_decode else mm_inputs[i]),
-                    slots=req_to_token[row, :seq_len].to("cpu", torch.int64),
-                )
+            slots, frame_ids = self.runtime.rows.get(
+                rid, row, seq_len, new_slot=new_slots[i],
+                read_row=lambda: req_to_token[row, :seq_len].to("cpu", torch.int64),
+                read_frame_ids=lambda: self._frame_ids(rid, seq_len, None if is_decode else mm_inputs[i]),
             )
+            layouts.append(RequestLayout(rid=rid, row=row, prefix_len=prefix_len, extend_len=seq_len - prefix_len,
+                                         frame_ids=frame_ids, slots=slots))
         self.layouts = layouts
         plan = self.runtime.policy.plan(layouts, is_decode)
         self.plan = plan
-        # Slot of every (request, position): the requests' rows concatenated; entry e of a layer's list
-        # reads slot_rows[row_base[e] + position]. Host-resident requests are resolved per layer.
+        # Slot of every list entry, gathered on the device from SGLang's rows at each layer:
+        # req_to_token[entry_rows[e], position[e]]. Host-resident requests are resolved per layer.
         device = req_to_token.device
-        self._slot_rows = torch.cat([req.slots for req in layouts]).to(device) if layouts else None
-        self._row_starts = indptr_from_counts(torch.tensor([req.seq_len for req in layouts], dtype=torch.int64))[:-1]
-        self._row_base = self._row_starts[plan.kv_request].to(device)
+        self._rows = torch.tensor(rows, dtype=torch.int64)
+        self._entry_rows = self._rows[plan.kv_request].to(device)
         self._q_indptr, self._q_positions = plan.q_indptr.to(device), plan.q_positions.to(device)
         self._kv_indptr = plan.kv_indptr.to(device)  # every layer's, unless the plan is padded
-        self._host_requests = [i for i, req in enumerate(layouts) if bool((req.slots < 0).any())]
+        self._host_requests = [i for i, req in enumerate(layouts) if self.runtime.rows.has_host(req.rid)]
 
     def _frame_ids(self, rid: str, seq_len: int, mm_inputs) -> torch.Tensor:
         """Frame ids of a request's positions; computed at extend, reused (padded with text) in decode."""
@@ -170,10 +171,11 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         device = q.device
         positions = kv.kv_positions.to(device)
         if plan.padded:  # fill='whole': this layer's compacted lists
-            kv_indptr, row_base = kv.kv_indptr.to(device), self._padded_row_base(kv.kv_indptr).to(device)
+            kv_indptr = kv.kv_indptr.to(device)
+            entry_rows = torch.repeat_interleave(self._rows, kv.kv_indptr[1:] - kv.kv_indptr[:-1]).to(device)
         else:
-            kv_indptr, row_base = self._kv_indptr, self._row_base
-        slots = self._slot_rows[row_base + positions]
+            kv_indptr, entry_rows = self._kv_indptr, self._entry_rows
+        slots = self.req_to_token_pool.req_to_token[entry_rows, positions].to(torch.int64)
         k_buffer = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
         v_buffer = self.token_to_kv_pool.get_value_buffer(layer.layer_id)
         if self._host_requests:
@@ -190,10 +192,6 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             self.forward_timings["index_s"] = time.perf_counter() - start
             self.runtime.after_forward()
         return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
-
-    def _padded_row_base(self, kv_indptr: torch.Tensor) -> torch.Tensor:
-        """Per-entry row base for a layer whose lists were compacted (``fill='whole'``)."""
-        return torch.repeat_interleave(self._row_starts, kv_indptr[1:] - kv_indptr[:-1])
 
     def _gather_mixed(self, layer: int, slots: torch.Tensor, kv_indptr: torch.Tensor, k_buffer: torch.Tensor,
                       v_buffer: torch.Tensor):

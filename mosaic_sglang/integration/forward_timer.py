@@ -5,13 +5,14 @@ forward appends one JSON line to ``forward-<pid>.jsonl`` in that directory:
 
     {"mode": "decode" | "extend" | ..., "batch": B, "tokens": new tokens, "seq_len_max": ...,
      "backend": attention backend class, "seconds": forward wall time,
-     "plan_s": ..., "select_s": ..., "index_s": ...}
+     "plan_s": ..., "select_s": ..., "index_s": ..., "rows_read": ...}
 
 ``seconds`` spans `ModelRunner.forward` (attention metadata, every layer, logits), so the scheduler's
 own CPU work between forwards is not in it; on CUDA the device is synchronised before both clock
 reads (a measurement mode: it costs the overlap it measures). ``plan_s`` / ``select_s`` / ``index_s``
 are the host time the Mosaic backend spent planning the forward, selecting clusters inside layers and
-indexing new tokens after the last layer (absent for other backends). Off by default; nothing is
+indexing new tokens after the last layer, and ``rows_read`` the requests whose ``req_to_token`` row it
+copied whole (absent for other backends). Off by default; nothing is
 wrapped then.
 """
 

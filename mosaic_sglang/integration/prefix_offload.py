@@ -20,6 +20,7 @@ import torch
 from sglang.srt.mem_cache.unified_cache.components.base import ComponentType
 
 from ..offload.host_tier import decode_host, encode_host
+from .runtime import get_runtime
 
 __all__ = ["encode_host", "decode_host", "PrefixOffloader"]
 
@@ -92,6 +93,7 @@ class PrefixOffloader:
         current = rtt[rows[:, None], pos[None, :]]  # [R, n]
         hit = current == slots.to(rtt.device, rtt.dtype)[None, :]
         if bool(hit.any()):
+            get_runtime().rows.invalidate()  # host copies of those rows are stale now
             r, c = hit.nonzero(as_tuple=True)
             rtt[rows[r], pos[c]] = encoded.to(rtt.device, rtt.dtype)[c]
 

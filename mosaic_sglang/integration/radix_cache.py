@@ -90,7 +90,9 @@ class MosaicRadixCache(UnifiedRadixCache):
         after = row[start:up_to].to("cpu", torch.int64)
         moved = before != after
         if bool(moved.any()):
-            get_runtime().policy.on_slots_remapped(before[moved], after[moved])
+            runtime = get_runtime()
+            runtime.rows.invalidate()  # the request's row now points at the tree's slots
+            runtime.policy.on_slots_remapped(before[moved], after[moved])
 
     def free_kv_row(self, kv, ranges) -> None:
         """Request-private row ranges going back to the allocator (an unfinished prompt of an aborted
@@ -121,6 +123,7 @@ class MosaicRadixCache(UnifiedRadixCache):
     def reset(self) -> None:
         super().reset()
         runtime = get_runtime()
+        runtime.rows.invalidate()
         runtime.policy.reset()
         if runtime.host is not None:
             runtime.host.clear()

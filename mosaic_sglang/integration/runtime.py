@@ -17,6 +17,7 @@ from ..config import MosaicConfig
 from ..serving import AttendedSetPolicy, FullAttendedSet, ProcessCounters, ProcessTotals, RequestStats
 from .options import config_from_env
 from .prometheus_metrics import MosaicMetrics
+from .request_rows import RequestRows
 
 __all__ = ["MosaicRuntime", "get_runtime", "reset_runtime"]
 
@@ -39,6 +40,8 @@ class MosaicRuntime:
         self.read_slot_kv = None
         self.prompt_frame_ids: dict[str, torch.Tensor] = {}
         """Frame ids of each live request's prompt (``[prompt_len] int64``), kept for its decode steps."""
+        self.rows = RequestRows()
+        """Host copies of live requests' ``req_to_token`` rows, extended by one slot per decode step."""
         self.metrics = MosaicMetrics()
         self.counters = ProcessCounters()
         """The process's running totals (the policy adds to them where events happen)."""
@@ -76,6 +79,7 @@ class MosaicRuntime:
                 self._finished_stats.popitem(last=False)
         self.policy.release(rid)
         self.prompt_frame_ids.pop(rid, None)
+        self.rows.release(rid)
 
     def after_forward(self) -> None:
         """The backend finished a forward (after the last layer and `end_forward`): publish metrics."""
