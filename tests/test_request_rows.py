@@ -44,3 +44,13 @@ def test_decode_steps_append_and_extend_or_invalidation_rereads():
 
     rows.release("a")
     assert len(rows) == 0
+
+
+def test_frame_ids_of_the_last_copy_survive_invalidation():
+    rows = RequestRows()
+    assert rows.frame_ids("a") is None
+    rows.get("a", 1, 3, new_slot=None, read_row=_reader([4, 5, 6])[0], read_frame_ids=_reader([0, 0, -1])[0])
+    rows.get("a", 1, 4, new_slot=7, read_row=_reader([4, 5, 6, 7])[0], read_frame_ids=_reader([9, 9, 9, 9])[0])
+    assert rows.frame_ids("a").tolist() == [0, 0, -1, -1]  # appended, not re-read
+    rows.invalidate()  # slots may be stale; frame ids are not, and the backend pads them from here
+    assert rows.frame_ids("a").tolist() == [0, 0, -1, -1]

@@ -120,18 +120,18 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         # Slot of every list entry, gathered on the device from SGLang's rows at each layer:
         # req_to_token[entry_rows[e], position[e]]. Host-resident requests are resolved per layer.
         device = req_to_token.device
-        self._rows = torch.tensor(rows, dtype=torch.int64)
-        self._entry_rows = self._rows[plan.kv_request].to(device)
+        self._row_ids = torch.tensor(rows, dtype=torch.int64)
+        self._entry_rows = self._row_ids[plan.kv_request].to(device)
         self._q_indptr, self._q_positions = plan.q_indptr.to(device), plan.q_positions.to(device)
         self._kv_indptr = plan.kv_indptr.to(device)  # every layer's, unless the plan is padded
         self._host_requests = [i for i, req in enumerate(layouts) if self.runtime.rows.has_host(req.rid)]
 
     def _frame_ids(self, rid: str, seq_len: int, mm_inputs) -> torch.Tensor:
-        """Frame ids of a request's positions; computed at extend, reused (padded with text) in decode."""
-        known = self.runtime.prompt_frame_ids.get(rid)
+        """Frame ids of a request's positions: from its multimodal items at extend, else those of the
+        request's last row copy (`RequestRows`), padded with text."""
+        known = self.runtime.rows.frame_ids(rid)
         if mm_inputs is not None or known is None:
             known = frame_ids_from_mm_inputs(mm_inputs, seq_len)
-            self.runtime.prompt_frame_ids[rid] = known
         if known.numel() >= seq_len:
             return known[:seq_len]
         return torch.cat([known, known.new_full((seq_len - known.numel(),), -1)])
@@ -172,7 +172,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         positions = kv.kv_positions.to(device)
         if plan.padded:  # fill='whole': this layer's compacted lists
             kv_indptr = kv.kv_indptr.to(device)
-            entry_rows = torch.repeat_interleave(self._rows, kv.kv_indptr[1:] - kv.kv_indptr[:-1]).to(device)
+            entry_rows = torch.repeat_interleave(self._row_ids, kv.kv_indptr[1:] - kv.kv_indptr[:-1]).to(device)
         else:
             kv_indptr, entry_rows = self._kv_indptr, self._entry_rows
         slots = self.req_to_token_pool.req_to_token[entry_rows, positions].to(torch.int64)

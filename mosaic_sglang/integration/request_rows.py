@@ -72,6 +72,11 @@ class RequestRows:
             self._rows[rid] = entry
         return entry.slots[:seq_len], entry.frame_ids[:seq_len]
 
+    def frame_ids(self, rid: str):
+        """``[length] int64`` frame ids of the request's copy as last returned, or None if it has none."""
+        entry = self._rows.get(rid)
+        return None if entry is None else entry.frame_ids[: entry.length]
+
     def has_host(self, rid: str) -> bool:
         """Whether the request's row (as last read) holds host-resident positions."""
         return self._rows[rid].has_host

@@ -11,8 +11,6 @@ import logging
 from collections import OrderedDict
 from typing import Optional
 
-import torch
-
 from ..config import MosaicConfig
 from ..serving import AttendedSetPolicy, FullAttendedSet, ProcessCounters, ProcessTotals, RequestStats
 from .options import config_from_env
@@ -38,10 +36,9 @@ class MosaicRuntime:
         self.host = None
         """`HostTier` when offload is on (``host_store_tokens > 0``), else None."""
         self.read_slot_kv = None
-        self.prompt_frame_ids: dict[str, torch.Tensor] = {}
-        """Frame ids of each live request's prompt (``[prompt_len] int64``), kept for its decode steps."""
         self.rows = RequestRows()
-        """Host copies of live requests' ``req_to_token`` rows, extended by one slot per decode step."""
+        """Host copies of live requests' ``req_to_token`` rows and frame ids, extended by one position per
+        decode step (the prompt's frame ids are kept there for the decode steps)."""
         self.metrics = MosaicMetrics()
         self.counters = ProcessCounters()
         """The process's running totals (the policy adds to them where events happen)."""
@@ -78,7 +75,6 @@ class MosaicRuntime:
             while len(self._finished_stats) > _FINISHED_STATS_CAP:
                 self._finished_stats.popitem(last=False)
         self.policy.release(rid)
-        self.prompt_frame_ids.pop(rid, None)
         self.rows.release(rid)
 
     def after_forward(self) -> None:
