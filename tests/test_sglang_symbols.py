@@ -44,3 +44,23 @@ def test_openai_fields_we_fill_exist():
     assert "metadata" in ChatCompletionResponse.model_fields  # openai_stats puts metadata["mosaic"] there
     assert list(inspect.signature(OpenAIServingChat._build_chat_response).parameters) == ["self", "request", "ret", "created"]
     assert inspect.isasyncgenfunction(inspect.unwrap(OpenAIServingChat._generate_chat_stream))  # hooks wrap it
+
+
+def test_frontend_language_symbols_we_extend():
+    """`frontend/program_video.py` wraps the interpreter's video step and overrides the HTTP backend's
+    media step: both must keep their names and signatures, and the executor its media list."""
+    import inspect
+
+    from sglang.lang.backend.runtime_endpoint import RuntimeEndpoint
+    from sglang.lang.interpreter import StreamExecutor
+    from sglang.lang.ir import SglVideo
+
+    from mosaic_sglang.frontend.program_video import VIDEO_EXECUTOR_TARGET, uninstall_video_executor
+
+    uninstall_video_executor()
+    assert pkgutil.resolve_name(VIDEO_EXECUTOR_TARGET) is StreamExecutor._execute_video
+    assert list(inspect.signature(StreamExecutor._execute_video).parameters) == ["self", "expr"]
+    assert list(inspect.signature(RuntimeEndpoint._add_images).parameters) == ["self", "s", "data"]
+    assert list(inspect.signature(SglVideo.__init__).parameters) == ["self", "path", "num_frames"]
+    assert "self.images_ = []" in inspect.getsource(StreamExecutor.__init__)
+    assert "exes[i].images_ = list(self.images_)" in inspect.getsource(StreamExecutor.fork)  # forks keep videos
