@@ -2,14 +2,30 @@
 
 Each op lives in ``<op>/`` with a pure-torch ``reference.py`` (obviously right, fp32 accumulation) and,
 where it pays, a Triton ``triton.py``; ``<op>/__init__.py`` dispatches on the tensors' device (Triton
-for CUDA tensors, or when asked, as the interpreter tests do). Ops: `attended_attention` (extend and
-decode over per-request attended lists, position-causal; the CPU serving path), `sparse_decode`
-(split-K decode attention over a CSR of slots with a log-sum-exp merge), `exact_fill` (sort-free exact
-budget fill: tokens per cluster). Nothing here imports SGLang.
+for CUDA tensors, or when asked, as the interpreter tests do). Ops, in data-path order:
+
+- `cluster_scoring` (K1): a priority per (row, cluster) from queries and cluster summaries, GQA-aggregated;
+- `exact_fill` (K2): sort-free exact budget fill, tokens per cluster;
+- `emit_members` (K3): the chosen clusters' eligible members (positions or KV slots) into a flat CSR;
+- `assemble_always` (K4): the always-attended part (sinks, text, window, the not-yet-indexed tail) from
+  a few ranges per request;
+- `sparse_decode` (K5): split-K decode attention over a CSR of slots with a log-sum-exp merge;
+- `attended_attention`: extend and decode over per-request attended lists, position-causal (the CPU
+  serving path);
+- `extent_copy` (K7): pool⇄staging copies of the same slots of every layer, K and V, in one launch.
+
+Nothing here imports SGLang.
 """
 
+from .assemble_always import assemble_always
 from .attended_attention import attended_attention
+from .cluster_scoring import cluster_scores
+from .emit_members import emit_members
 from .exact_fill import exact_fill
+from .extent_copy import gather_slots, scatter_slots
 from .sparse_decode import sparse_decode
 
-__all__ = ["attended_attention", "exact_fill", "sparse_decode"]
+__all__ = [
+    "assemble_always", "attended_attention", "cluster_scores", "emit_members", "exact_fill", "gather_slots",
+    "scatter_slots", "sparse_decode",
+]

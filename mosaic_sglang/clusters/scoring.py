@@ -70,6 +70,10 @@ def score_clusters(
     Returns:
         ``[R, C]`` float32 priorities per budget token, higher is better; ``-inf`` where ``costs <= 0``.
     """
+    if queries.is_cuda:  # the Triton kernel (`mosaic_sglang.kernels.cluster_scoring`), held to this function by its tests
+        from mosaic_sglang.kernels.cluster_scoring import cluster_scores
+
+        return cluster_scores(queries, centroids, spreads, costs, rule=rule, reduce=reduce)
     if rule not in _RULES:
         raise ValueError(f"score rule: expected one of {list(_RULES)}, got {rule!r}")
     if reduce not in _REDUCES:
