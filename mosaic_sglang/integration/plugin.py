@@ -65,6 +65,8 @@ HOOKED_SYMBOLS = (
     "sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request",
     "sglang.srt.model_executor.model_runner.ModelRunner.forward",
     "sglang.srt.layers.attention.vision.VisionSdpaAttention.forward",
+    "sglang.srt.multimodal.processors.qwen_vl._get_processor_video_config",
+    "sglang.srt.multimodal.processors.base_processor.BaseMultimodalProcessor.process_mm_data",
 )
 
 _STREAMER_TARGET = "sglang.srt.managers.scheduler.Scheduler.get_output_streamer_class"
@@ -87,6 +89,7 @@ def register() -> None:
     from .options import MOSAIC_BACKEND
     from .output_streamer import output_streamer_class_hook
     from .radix_cache import create_mosaic_radix_cache
+    from .video_timestamps import register_video_timestamps
 
     if MOSAIC_BACKEND not in ATTENTION_BACKEND_CHOICES:
         add_attention_backend_choices([MOSAIC_BACKEND])
@@ -105,6 +108,7 @@ def register() -> None:
     register_openai_stats(HookRegistry, HookType)
     register_forward_timer(HookRegistry, HookType)  # only with MOSAIC_FORWARD_LOG_DIR set
     register_vision_attention(HookRegistry, HookType)  # only without CUDA
+    register_video_timestamps(HookRegistry, HookType)  # Qwen2.5-VL: the sampled frames' real time span
     # A documented class attribute meant for this (not a HookRegistry REPLACE: that would also rebind
     # every module's `ServerArgs` name to the replacement).
     Engine.server_args_class = MosaicEngineArgs

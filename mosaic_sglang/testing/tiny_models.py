@@ -103,7 +103,7 @@ def _fingerprint(name: str) -> str:
     import transformers
 
     extra = [_TEXT_OVERRIDES[name]] if name in _TEXT_OVERRIDES else []  # existing models keep their folders
-    blob = json.dumps([name, _TEXT, _MROPE, _CORPUS, _CHAT_TEMPLATE, transformers.__version__, 3, *extra])
+    blob = json.dumps([name, _TEXT, _MROPE, _CORPUS, _CHAT_TEMPLATE, transformers.__version__, 4, *extra])
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -172,7 +172,7 @@ def _build(name: str, out: Path, seed: int) -> None:
         tok.save_pretrained(out)
         return
 
-    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     text = {**_TEXT, **_TEXT_OVERRIDES.get(name, {})}
     mrope = {**_MROPE, "mrope_section": text.pop("mrope_section", _MROPE["mrope_section"])}
@@ -192,7 +192,7 @@ def _build(name: str, out: Path, seed: int) -> None:
     )
     model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
     model.save_pretrained(out)
-    processor = Qwen2VLProcessor(
+    processor = Qwen2_5_VLProcessor(  # what Qwen2.5-VL checkpoints ship: it emits second_per_grid_ts
         image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=56 * 56 * 4),
         tokenizer=tok,
         video_processor=Qwen2VLVideoProcessor(size={"shortest_edge": 28 * 28 * 4, "longest_edge": 112 * 112 * 16}),
