@@ -4,10 +4,11 @@
 `video_clip` samples a file the way a user asks (fps, max_frames, start/end, a resolution cap) and
 encodes exactly those frames at the sampled rate, `clip_cache.ClipCache` keeps sampled clips so a
 follow-up question decodes nothing, `program_video` gives ``sgl.function`` programs a real video
-(`program_video.video`, sent as ``video_data`` by `program_video.VideoRuntimeEndpoint`),
+(`program_video.video`, sent as ``video_data`` by `program_video.VideoRuntimeEndpoint` over HTTP or by
+`engine_backend.EngineBackend` on an in-process ``sgl.Engine``),
 `video_chat.VideoConversation` runs a multi-turn video conversation over SGLang's HTTP API and reads
 each turn's Mosaic statistics, and `server.SGLangServer` starts and stops a ``sglang.launch_server``
 subprocess (used by the demo and the HTTP tests).
 """
 
-__all__ = ["video", "video_clip", "clip_cache", "program_video", "video_chat", "server"]
+__all__ = ["video", "video_clip", "clip_cache", "program_video", "engine_backend", "video_chat", "server"]

@@ -112,7 +112,8 @@ def install_video_executor(cache: Optional[ClipCache] = None) -> None:
         if not getattr(self.backend, "supports_video_data", False):
             raise TypeError(
                 f"video(): the program's backend {type(self.backend).__name__} cannot send videos; use "
-                "mosaic_sglang.frontend.program_video.VideoRuntimeEndpoint"
+                "mosaic_sglang.frontend.program_video.VideoRuntimeEndpoint (HTTP) or "
+                "mosaic_sglang.frontend.engine_backend.EngineBackend (in-process sgl.Engine)"
             )
         placeholder = video_placeholder(self.chat_template)
         clip_url, clip = clips.get(expr.path, expr.options)
