@@ -10,11 +10,13 @@ for CUDA tensors, or when asked, as the interpreter tests do). Ops, in data-path
 - `assemble_always` (K4): the always-attended part (sinks, text, window, the not-yet-indexed tail) from
   a few ranges per request;
 - `sparse_decode` (K5): split-K decode attention over a CSR of slots with a log-sum-exp merge;
+- `sparse_extend`: a prefill chunk over its selected prefix slots plus itself, causally (SGLang's own
+  Triton ``extend_attention_fwd``, imported only when called);
 - `attended_attention`: extend and decode over per-request attended lists, position-causal (the CPU
   serving path);
 - `extent_copy` (K7): pool⇄staging copies of the same slots of every layer, K and V, in one launch.
 
-Nothing here imports SGLang.
+Nothing here imports SGLang at import time.
 """
 
 from .assemble_always import assemble_always
@@ -24,8 +26,9 @@ from .emit_members import emit_members
 from .exact_fill import exact_fill
 from .extent_copy import gather_slots, scatter_slots
 from .sparse_decode import sparse_decode
+from .sparse_extend import sparse_extend
 
 __all__ = [
     "assemble_always", "attended_attention", "cluster_scores", "emit_members", "exact_fill", "gather_slots",
-    "scatter_slots", "sparse_decode",
+    "scatter_slots", "sparse_decode", "sparse_extend",
 ]

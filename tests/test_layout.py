@@ -65,6 +65,8 @@ def _where(name: str) -> str:
 
 
 def test_only_integration_imports_sglang():
+    """SGLang's runtime is touched only in integration/; the frontend may use SGLang's frontend language,
+    and kernels/ may call SGLang's Triton kernels (`sglang.kernels.ops`) instead of writing others."""
     bad = []
     for name, path in MODULES.items():
         for target, line in _imports(name, path):
@@ -74,6 +76,8 @@ def test_only_integration_imports_sglang():
                 continue
             if name.startswith("mosaic_sglang.frontend") and not target.startswith("sglang.srt"):
                 continue  # the frontend language is the frontend's own API
+            if name.startswith("mosaic_sglang.kernels") and target.startswith("sglang.kernels.ops."):
+                continue  # SGLang's own Triton kernels, called where one does the job (imported when called)
             bad.append(f"{_where(name)}:{line} imports {target}")
     assert not bad, "only mosaic_sglang/integration/ may import SGLang:\n" + "\n".join(bad)
 

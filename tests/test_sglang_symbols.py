@@ -64,3 +64,17 @@ def test_frontend_language_symbols_we_extend():
     assert list(inspect.signature(SglVideo.__init__).parameters) == ["self", "path", "num_frames"]
     assert "self.images_ = []" in inspect.getsource(StreamExecutor.__init__)
     assert "exes[i].images_ = list(self.images_)" in inspect.getsource(StreamExecutor.fork)  # forks keep videos
+
+
+def test_sglang_triton_kernels_we_call():
+    """`kernels/sparse_extend` calls SGLang's `extend_attention_fwd` with 15 positional arguments, then
+    keywords: the positional order and every keyword must still hold."""
+    import inspect
+
+    from sglang.kernels.ops.attention.extend_attention import extend_attention_fwd
+
+    params = list(inspect.signature(extend_attention_fwd).parameters)
+    assert params[:15] == ["q_extend", "k_extend", "v_extend", "o_extend", "k_buffer", "v_buffer", "qo_indptr",
+                           "kv_indptr", "kv_indices", "custom_mask", "is_causal", "mask_indptr", "max_len_extend",
+                           "k_scale", "v_scale"]
+    assert {"sm_scale", "logit_cap", "sliding_window_size", "sinks", "page_size"} <= set(params)
