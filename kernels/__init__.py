@@ -14,12 +14,15 @@ for CUDA tensors, or when asked, as the interpreter tests do). Ops, in data-path
   Triton ``extend_attention_fwd``, imported only when called);
 - `attended_attention`: extend and decode over per-request attended lists, position-causal (the CPU
   serving path);
+- `assign_tokens` (K6): each new token's nearest candidate cluster that admits it (the join round's
+  core; ``admit_by_capacity`` applies the size cap);
 - `extent_copy` (K7): pool⇄staging copies of the same slots of every layer, K and V, in one launch.
 
 Nothing here imports SGLang at import time.
 """
 
 from .assemble_always import assemble_always
+from .assign_tokens import assign_tokens
 from .attended_attention import attended_attention
 from .cluster_scoring import cluster_scores
 from .emit_members import emit_members
@@ -29,6 +32,6 @@ from .sparse_decode import sparse_decode
 from .sparse_extend import sparse_extend
 
 __all__ = [
-    "assemble_always", "attended_attention", "cluster_scores", "emit_members", "exact_fill", "gather_slots",
+    "assemble_always", "assign_tokens", "attended_attention", "cluster_scores", "emit_members", "exact_fill", "gather_slots",
     "scatter_slots", "sparse_decode", "sparse_extend",
 ]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
 __all__ = ["MosaicConfig", "MosaicConfigError", "EnvVar", "ENV_VARS", "MOSAIC_CONFIG", "MOSAIC_DEBUG", "MOSAIC_DUMP_DIR",
-           "MOSAIC_CHECK_NO_SYNC", "MOSAIC_FORWARD_LOG_DIR"]
+           "MOSAIC_CHECK_NO_SYNC", "MOSAIC_FORWARD_LOG_DIR", "MOSAIC_TRITON_ATTENTION"]
 
 
 class MosaicConfigError(ValueError):
@@ -280,5 +280,9 @@ MOSAIC_CHECK_NO_SYNC = EnvVar("MOSAIC_CHECK_NO_SYNC", "flag", "Run every decode 
 MOSAIC_FORWARD_LOG_DIR = EnvVar("MOSAIC_FORWARD_LOG_DIR", "path", "Time every model forward of the scheduler "
                                 "(dense or Mosaic) and append one JSON line per forward to "
                                 "forward-<pid>.jsonl here (benchmarks/decode_step.py).")
-ENV_VARS = (MOSAIC_CONFIG, MOSAIC_DEBUG, MOSAIC_DUMP_DIR, MOSAIC_CHECK_NO_SYNC, MOSAIC_FORWARD_LOG_DIR)
+MOSAIC_TRITON_ATTENTION = EnvVar("MOSAIC_TRITON_ATTENTION", "flag", "Run the Mosaic backend's attention through "
+                                 "the Triton kernels (decode: sparse_decode; extend: SGLang's extend attention) "
+                                 "on CPU too, as on CUDA; with TRITON_INTERPRET=1 (tests).")
+ENV_VARS = (MOSAIC_CONFIG, MOSAIC_DEBUG, MOSAIC_DUMP_DIR, MOSAIC_CHECK_NO_SYNC, MOSAIC_FORWARD_LOG_DIR,
+            MOSAIC_TRITON_ATTENTION)
 """Every ``MOSAIC_*`` variable the project reads."""

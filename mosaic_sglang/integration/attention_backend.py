@@ -14,6 +14,11 @@ batch; the host copies of the rows that planning reads are extended by one slot 
 (`RequestRows`), not copied whole; after the last layer the policy may index the new tokens (their K/V are then in
 the pool for every layer). A decode step that keeps its question's selection does no host work and
 no host synchronisation inside a layer (checked with ``MOSAIC_CHECK_NO_SYNC=1``).
+
+Attention kernels: on CUDA (or with ``MOSAIC_TRITON_ATTENTION=1``, which the tests run under the Triton
+interpreter) decode goes through `sparse_decode` (split-K over the layer's CSR of slots) and extend
+through `sparse_extend` (SGLang's own extend attention: the chunk's K/V causally, plus the list's prefix
+entries, `ForwardPlan.prefix_entries`); elsewhere the torch reference `attended_attention`.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBack
 from sglang.srt.layers.radix_attention import AttentionType
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
-from mosaic_sglang.kernels import attended_attention
+from mosaic_sglang.kernels import attended_attention, sparse_decode, sparse_extend
 
-from ..config import MOSAIC_CHECK_NO_SYNC
+from ..config import MOSAIC_CHECK_NO_SYNC, MOSAIC_TRITON_ATTENTION
 from ..offload import DevicePool, decode_host
 from ..serving import ForwardPlan, RequestLayout
 from ..testing.host_sync import no_host_sync
@@ -75,6 +80,9 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         after the last layer, and the requests whose ``req_to_token`` row was copied whole (0 in a decode
         step of known requests); read by `forward_timer` with ``MOSAIC_FORWARD_LOG_DIR`` set."""
         self._check_no_sync = MOSAIC_CHECK_NO_SYNC.read()
+        # CUDA (or MOSAIC_TRITON_ATTENTION=1 under the interpreter): decode through the split-K kernel,
+        # extend through SGLang's extend attention over the selected prefix; else the torch reference
+        self._triton = k0.is_cuda or MOSAIC_TRITON_ATTENTION.read()
         if self.use_sliding_window_kv_pool:
             raise ValueError("mosaic attention backend: sliding-window KV pools are not supported")
 
@@ -125,6 +133,9 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         self._q_indptr, self._q_positions = plan.q_indptr.to(device), plan.q_positions.to(device)
         self._kv_indptr = plan.kv_indptr.to(device)  # every layer's, unless the plan is padded
         self._host_requests = [i for i, req in enumerate(layouts) if self.runtime.rows.has_host(req.rid)]
+        if self._triton and not is_decode and not plan.padded:
+            prefix_indptr, entries = plan.prefix_entries()
+            self._prefix_indptr, self._prefix_entries = prefix_indptr.to(device), entries.to(device)
 
     def _frame_ids(self, rid: str, seq_len: int, mm_inputs) -> torch.Tensor:
         """Frame ids of a request's positions: from its multimodal items at extend, else those of the
@@ -182,16 +193,34 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             # host-resident entries (offloaded clusters): gather device and host rows into one scratch
             k_buffer, v_buffer = self._gather_mixed(local, slots, kv.kv_indptr, k_buffer, v_buffer)
             slots = torch.arange(slots.numel(), device=device)
-        attended_attention(
-            q, self._q_indptr, self._q_positions, k_buffer, v_buffer, kv_indptr, slots, positions,
-            scale=layer.scaling, out=out, max_q=plan.max_q, max_kv=plan.max_kv,
-        )
+        self._attend(q, k, v, layer, forward_batch, k_buffer, v_buffer, kv, kv_indptr, slots, positions, out)
         if layer.layer_id == self.last_layer:
             start = time.perf_counter()
             self.runtime.policy.end_forward()
             self.forward_timings["index_s"] = time.perf_counter() - start
             self.runtime.after_forward()
         return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
+
+    def _attend(self, q, k, v, layer, forward_batch, k_buffer, v_buffer, kv, kv_indptr, slots, positions, out):
+        """One attention call over the layer's lists (see ``self._triton``)."""
+        plan = self.plan
+        if self._triton and forward_batch.forward_mode.is_decode():
+            sparse_decode(q, k_buffer, v_buffer, kv_indptr, slots, scale=layer.scaling, out=out, impl="triton")
+            return
+        if self._triton and k is not None and v is not None:
+            if plan.padded:  # fill='whole': this layer's compacted lists
+                prefix_indptr, entries = (t.to(q.device) for t in plan.prefix_entries(kv))
+            else:
+                prefix_indptr, entries = self._prefix_indptr, self._prefix_entries
+            sparse_extend(q, k.reshape(-1, layer.tp_k_head_num, layer.qk_head_dim),
+                          v.reshape(-1, layer.tp_v_head_num, layer.v_head_dim), k_buffer, v_buffer,
+                          self._q_indptr, prefix_indptr, slots[entries], max_extend_len=plan.max_q,
+                          scale=layer.scaling, out=out, impl="triton")
+            return
+        attended_attention(
+            q, self._q_indptr, self._q_positions, k_buffer, v_buffer, kv_indptr, slots, positions,
+            scale=layer.scaling, out=out, max_q=plan.max_q, max_kv=plan.max_kv,
+        )
 
     def _gather_mixed(self, layer: int, slots: torch.Tensor, kv_indptr: torch.Tensor, k_buffer: torch.Tensor,
                       v_buffer: torch.Tensor):

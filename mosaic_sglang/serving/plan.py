@@ -77,6 +77,27 @@ class ForwardPlan(NamedTuple):
         counts = torch.zeros(self.kv_indptr.numel() - 1, dtype=torch.int64).index_add_(0, self.kv_request, keep.long())
         return LayerKV(indptr_from_counts(counts), positions[keep])
 
+    def prefix_entries(self, kv: Optional[LayerKV] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The list entries that are cached-prefix positions, CSR over requests (what a kernel that reads
+        the forward's own tokens from its K/V, like SGLang's extend attention, takes as the prefix).
+
+        Every list ends its always part with the forward's own positions (``q_positions`` of the request,
+        checked here on the host), so the prefix is the rest: ``[start, start + a_b - q_b) ∪ [start + a_b,
+        end)``. ``kv``: a layer's compacted lists (``padded``, from `layer`); default layer 0's (every layer
+        shares the always part).
+
+        Returns:
+            ``(prefix_indptr [B + 1] int64, entries [nnz_prefix] int64)`` indices into the layer's list.
+        """
+        kv_indptr, positions = (self.kv_indptr, self.kv_positions[0]) if kv is None else kv
+        q_lens = self.q_indptr[1:] - self.q_indptr[:-1]  # [B]
+        own_start = kv_indptr[:-1] + self.always_len - q_lens  # [B]
+        own = torch.repeat_interleave(own_start - self.q_indptr[:-1], q_lens) + torch.arange(int(self.q_indptr[-1]))
+        assert torch.equal(positions[own], self.q_positions), "the always part must end with the queries"
+        keep = torch.ones(int(kv_indptr[-1]), dtype=torch.bool)
+        keep[own] = False
+        return indptr_from_counts((kv_indptr[1:] - kv_indptr[:-1]) - q_lens), keep.nonzero().flatten()
+
     def selected_span(self, request: int) -> tuple[int, int]:
         """``[start, end)`` of request ``request``'s selected part in every layer's list."""
         start = int(self.kv_indptr[request]) + int(self.always_len[request])
