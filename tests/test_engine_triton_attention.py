@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from engine_support import VIDEO_PROMPT, cpu_engine_kwargs, run_requests
+from mosaic_sglang.integration.forward_timer import read_forward_log
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
@@ -16,13 +17,15 @@ LOGPROB_TOL = 4e-5  # as tests/test_engine_exactness.py: summation order only
 FULL_BUDGET = 1 << 20
 
 
-def _run(model_path, requests, monkeypatch, *, triton: bool, **backend):
+def _run(model_path, requests, monkeypatch, *, triton: bool, log_dir=None, **backend):
     import sglang as sgl
 
     with monkeypatch.context() as env:
         if triton:  # read when the scheduler process starts (spawned: it inherits this environment)
             env.setenv("TRITON_INTERPRET", "1")
             env.setenv("MOSAIC_TRITON_ATTENTION", "1")
+        if log_dir is not None:
+            env.setenv("MOSAIC_FORWARD_LOG_DIR", str(log_dir))
         engine = sgl.Engine(**cpu_engine_kwargs(model_path, **backend))
     try:
         return run_requests(engine, requests)
@@ -47,9 +50,13 @@ def test_triton_route_equals_dense_and_reference(tiny_vl_model, tmp_path, monkey
                 {"inputs": {"prompt": VIDEO_PROMPT.format(question="and then?"), "video_data": [a]},
                  "max_new_tokens": 3}]  # the second reuses the first's video prefix from the radix cache
     dense = _run(tiny_vl_model, requests, monkeypatch, triton=False, attention_backend="torch_native")
-    full = _run(tiny_vl_model, requests, monkeypatch, triton=True, enable_mosaic=True, mosaic_budget=FULL_BUDGET,
-                chunked_prefill_size=48)
+    full = _run(tiny_vl_model, requests, monkeypatch, triton=True, log_dir=tmp_path / "fwd", enable_mosaic=True,
+                mosaic_budget=FULL_BUDGET, chunked_prefill_size=48)
     _close(dense, full)
+    forwards = read_forward_log(tmp_path / "fwd")
+    # every forward took the Triton route: several prefill chunks, then decode steps
+    assert {f["attention"] for f in forwards} == {"triton"}, forwards
+    assert sum(f["mode"] == "decode" for f in forwards) >= 4 and sum(f["mode"] != "decode" for f in forwards) >= 3
     sparse_ref = _run(tiny_vl_model, requests, monkeypatch, triton=False, enable_mosaic=True, mosaic_budget=16)
     sparse = _run(tiny_vl_model, requests, monkeypatch, triton=True, enable_mosaic=True, mosaic_budget=16)
     _close(sparse_ref, sparse)

@@ -77,8 +77,9 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         self.plan: ForwardPlan | None = None
         self.forward_timings = {"plan_s": 0.0, "select_s": 0.0, "index_s": 0.0}
         """Host seconds of this forward spent planning, selecting (inside layers) and indexing new tokens
-        after the last layer, and the requests whose ``req_to_token`` row was copied whole (0 in a decode
-        step of known requests); read by `forward_timer` with ``MOSAIC_FORWARD_LOG_DIR`` set."""
+        after the last layer, the requests whose ``req_to_token`` row was copied whole (0 in a decode
+        step of known requests) and which attention route ran; read by `forward_timer` with
+        ``MOSAIC_FORWARD_LOG_DIR`` set."""
         self._check_no_sync = MOSAIC_CHECK_NO_SYNC.read()
         # CUDA (or MOSAIC_TRITON_ATTENTION=1 under the interpreter): decode through the split-K kernel,
         # extend through SGLang's extend attention over the selected prefix; else the torch reference
@@ -92,7 +93,8 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         start, reads = time.perf_counter(), self.runtime.rows.reads
         self._plan_forward(forward_batch)
         self.forward_timings = {"plan_s": time.perf_counter() - start, "select_s": 0.0, "index_s": 0.0,
-                                "rows_read": self.runtime.rows.reads - reads}
+                                "rows_read": self.runtime.rows.reads - reads,
+                                "attention": "triton" if self._triton else "reference"}
 
     def _plan_forward(self, forward_batch: "ForwardBatch") -> None:
         super().init_forward_metadata(forward_batch)
