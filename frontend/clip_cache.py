@@ -41,6 +41,7 @@ class ClipCache:
         self._entries: OrderedDict = OrderedDict()  # key -> (url, clip, nbytes)
         self._bytes = 0
         self._lock = threading.Lock()
+        self._decoding: dict = {}  # key -> lock held while that clip is being decoded
 
     @property
     def nbytes(self) -> int:
@@ -62,17 +63,29 @@ class ClipCache:
                 self._entries.move_to_end(key)
                 self.hits += 1
                 return entry[0], entry[1]
-        clip = sample_clip(path, options)
-        url = clip_data_url(clip)
-        nbytes = len(url) + clip.frames.nbytes
-        with self._lock:
-            self.decodes += 1
-            if nbytes <= self.max_bytes and key not in self._entries:
-                self._entries[key] = (url, clip, nbytes)
-                self._bytes += nbytes
-                while self._bytes > self.max_bytes:
-                    _, (_, _, size) = self._entries.popitem(last=False)
-                    self._bytes -= size
+            key_lock = self._decoding.setdefault(key, threading.Lock())
+        with key_lock:  # threads missing the same clip at once: one decodes, the others wait for it
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                    return entry[0], entry[1]
+            try:
+                clip = sample_clip(path, options)
+                url = clip_data_url(clip)
+                nbytes = len(url) + clip.frames.nbytes
+                with self._lock:
+                    self.decodes += 1
+                    if nbytes <= self.max_bytes and key not in self._entries:
+                        self._entries[key] = (url, clip, nbytes)
+                        self._bytes += nbytes
+                        while self._bytes > self.max_bytes:
+                            _, (_, _, size) = self._entries.popitem(last=False)
+                            self._bytes -= size
+            finally:  # after the entry is in: a later thread either finds it or finds this lock
+                with self._lock:
+                    self._decoding.pop(key, None)
         return url, clip
 
     def clear(self) -> None:

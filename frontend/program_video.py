@@ -43,7 +43,7 @@ from .video_clip import ClipOptions
 
 __all__ = [
     "ProgramVideo", "MosaicProgramVideo", "VideoPayload", "VideoRuntimeEndpoint", "video", "video_placeholder",
-    "install_video_executor", "uninstall_video_executor", "VIDEO_EXECUTOR_TARGET", "default_clip_cache",
+    "install_video_executor", "uninstall_video_executor", "is_installed", "VIDEO_EXECUTOR_TARGET", "default_clip_cache",
 ]
 
 VIDEO_EXECUTOR_TARGET = "sglang.lang.interpreter.StreamExecutor._execute_video"
@@ -123,6 +123,13 @@ def install_video_executor(cache: Optional[ClipCache] = None) -> None:
 
     _execute_video.__wrapped_original__ = original
     StreamExecutor._execute_video = _execute_video
+
+
+def is_installed() -> bool:
+    """Whether `install_video_executor` is in effect."""
+    from sglang.lang.interpreter import StreamExecutor
+
+    return hasattr(StreamExecutor._execute_video, "__wrapped_original__")
 
 
 def uninstall_video_executor() -> None:

@@ -85,3 +85,13 @@ def test_clip_cache_decodes_once_per_content_and_options(six_minutes, tmp_path):
     assert url.startswith("data:video/mp4;base64,") and clip.num_frames == 8
     with pytest.raises(ValueError, match="max_bytes"):
         ClipCache(max_bytes=-1)
+
+
+def test_clip_cache_decodes_once_when_threads_miss_together(six_minutes):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = ClipCache()
+    with ThreadPoolExecutor(4) as pool:  # run_batch runs programs on threads like these
+        urls = list(pool.map(lambda _: cache.get(six_minutes, ClipOptions(max_frames=6))[0], range(8)))
+    assert cache.decodes == 1 and cache.hits == 7 and len(set(urls)) == 1
+    assert not cache._decoding  # no per-clip lock left behind
