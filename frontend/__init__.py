@@ -6,9 +6,11 @@ encodes exactly those frames at the sampled rate, `clip_cache.ClipCache` keeps s
 follow-up question decodes nothing, `program_video` gives ``sgl.function`` programs a real video
 (`program_video.video`, sent as ``video_data`` by `program_video.VideoRuntimeEndpoint` over HTTP or by
 `engine_backend.EngineBackend` on an in-process ``sgl.Engine``),
-`video_chat.VideoConversation` runs a multi-turn video conversation over SGLang's HTTP API and reads
+`programs` has ready programs (one question, a chat, a batch, a tool-using agent that reports scene
+changes found by `scene_cuts`), `video_stream.VideoStream` feeds a live stream into an SGLang streaming
+session, `video_chat.VideoConversation` runs a multi-turn video conversation over SGLang's HTTP API and reads
 each turn's Mosaic statistics, and `server.SGLangServer` starts and stops a ``sglang.launch_server``
 subprocess (used by the demo and the HTTP tests).
 """
 
-__all__ = ["video", "video_clip", "clip_cache", "program_video", "engine_backend", "video_chat", "server"]
+__all__ = ["video", "video_clip", "clip_cache", "program_video", "engine_backend", "programs", "scene_cuts", "video_stream", "video_chat", "server"]
