@@ -97,7 +97,10 @@ def measure(engine, log: ForwardLog, request: dict, steps: int) -> dict:
     fwd = statistics.median(r["seconds"] for r in decode)
     host = statistics.median((r.get("plan_s", 0.0) + r.get("select_s", 0.0)) / r["seconds"] for r in decode)
     stats = (last["meta_info"].get("mosaic") or [None])[-1] or {}
-    return dict(context=int(first["meta_info"]["prompt_tokens"]), prefill_s=prefill_s, fwd=fwd, host_share=host,
+    seconds = sorted(r["seconds"] for r in decode)
+    fwd_mean, fwd_p90 = statistics.fmean(seconds), seconds[int(0.9 * (len(seconds) - 1))]
+    return dict(context=int(first["meta_info"]["prompt_tokens"]), prefill_s=prefill_s, fwd=fwd, fwd_mean=fwd_mean,
+                fwd_p90=fwd_p90, host_share=host,
                 e2e=(stamps[-1] - stamps[0]) / (tokens - 1), attended=stats.get("attended_tokens"),
                 host_tokens=stats.get("host_tokens"), copies=stats.get("host_copies"))
 
