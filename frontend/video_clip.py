@@ -23,6 +23,8 @@ from typing import NamedTuple, Optional, Union
 
 import numpy as np
 
+from mosaic_sglang.media.probe import sniff_container
+
 from .video import VideoError
 
 __all__ = ["ClipOptions", "Clip", "sample_clip", "encode_clip", "clip_data_url"]
@@ -109,9 +111,13 @@ def sample_clip(path: PathLike, options: ClipOptions = ClipOptions()) -> Clip:
     of them, ``max_frames`` are spread evenly over them (first and last kept). Each target takes the first
     decoded frame at or after it. The count is rounded down to a multiple of ``frame_multiple``.
 
+    The container is recognised from its leading bytes and opened with that demuxer only (as the
+    server's media guard does), so a text file, an image or a playlist is never read as video.
+
     Raises:
         ValueError: a bad option (names it).
-        VideoError: missing file, not decodable, no video stream, no frame, ``start`` past the end.
+        VideoError: missing file, not a video container, not decodable, no video stream, no frame,
+            ``start`` past the end.
     """
     import av
 
@@ -119,8 +125,13 @@ def sample_clip(path: PathLike, options: ClipOptions = ClipOptions()) -> Clip:
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"video {path}: no such file")
+    with open(path, "rb") as f:
+        demuxer = sniff_container(f.read(256))
+    if demuxer is None:  # text (FFmpeg's tty demuxer), images, playlists that open further files or URLs
+        raise VideoError(f"video {path}: not a recognised video container (mp4/mov, mkv/webm, avi, mpeg-ts, "
+                         "flv, ogg, mpeg-ps, asf)")
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), format=demuxer) as container:  # that demuxer only, never FFmpeg's probe
             if not container.streams.video:
                 raise VideoError(f"video {path}: no video stream")
             stream = container.streams.video[0]

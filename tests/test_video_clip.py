@@ -95,3 +95,19 @@ def test_clip_cache_decodes_once_when_threads_miss_together(six_minutes):
         urls = list(pool.map(lambda _: cache.get(six_minutes, ClipOptions(max_frames=6))[0], range(8)))
     assert cache.decodes == 1 and cache.hits == 7 and len(set(urls)) == 1
     assert not cache._decoding  # no per-clip lock left behind
+
+
+@pytest.mark.parametrize("name", ["zero_length.mp4", "truncated.mp4", "corrupt_header.mp4", "text.mp4", "text.txt",
+                                  "png_renamed.mp4", "jpeg_renamed.mp4", "playlist.m3u8", "concat.txt",
+                                  "audio_only.mp4", "empty_track.mp4"])
+def test_bad_media_corpus_files_raise_video_error(name, tmp_path_factory):
+    """The server's bad-media corpus, client side: each file is refused by name, none read as video
+    (the playlist and concat files would make FFmpeg open other files or URLs if probed)."""
+    from mosaic_sglang.testing.bad_media import write_corpus
+
+    root = tmp_path_factory.getbasetemp() / "bad-media-corpus"
+    if not (root / "ok.mp4").exists():
+        write_corpus(root)
+    with pytest.raises(VideoError, match=name.replace(".", r"\.")):
+        sample_clip(root / name, ClipOptions(max_frames=4))
+    assert sample_clip(root / "ok.mp4", ClipOptions(max_frames=2)).num_frames == 2
