@@ -134,6 +134,10 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         self._entry_rows = self._row_ids[plan.kv_request].to(device)
         self._q_indptr, self._q_positions = plan.q_indptr.to(device), plan.q_positions.to(device)
         self._kv_indptr = plan.kv_indptr.to(device)  # every layer's, unless the plan is padded
+        # nothing selected at this forward (a decode step keeping its selections): every layer's list is
+        # known now, so it moves to the device once per forward instead of once per layer
+        known = not plan.select_due and not plan.padded
+        self._kv_positions = plan.kv_positions.to(device) if known else None
         self._host_requests = [i for i, req in enumerate(layouts) if self.runtime.rows.has_host(req.rid)]
         if self._triton and not is_decode and not plan.padded:
             prefix_indptr, entries = plan.prefix_entries()
@@ -182,7 +186,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         kv = self.runtime.policy.layer_kv(plan, local, q)
         self.forward_timings["select_s"] += time.perf_counter() - start
         device = q.device
-        positions = kv.kv_positions.to(device)
+        positions = self._kv_positions[local] if self._kv_positions is not None else kv.kv_positions.to(device)
         if plan.padded:  # fill='whole': this layer's compacted lists
             kv_indptr = kv.kv_indptr.to(device)
             entry_rows = torch.repeat_interleave(self._row_ids, kv.kv_indptr[1:] - kv.kv_indptr[:-1]).to(device)
