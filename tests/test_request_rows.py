@@ -54,3 +54,24 @@ def test_frame_ids_of_the_last_copy_survive_invalidation():
     assert rows.frame_ids("a").tolist() == [0, 0, -1, -1]  # appended, not re-read
     rows.invalidate()  # slots may be stale; frame ids are not, and the backend pads them from here
     assert rows.frame_ids("a").tolist() == [0, 0, -1, -1]
+
+
+def test_counts_follow_the_copy_without_rescanning():
+    """`RowCounts` (visual, frames, device, host) are kept as the copy grows: equal to a recount after every
+    step, and recounted on a re-read."""
+    from mosaic_sglang.serving.request_layout import RowCounts
+
+    rows = RequestRows()
+    read_row, _ = _reader([5, 6, -3, 7, 8])
+    read_frames, _ = _reader([-1, 0, 0, 1, -1])
+    slots, frames = rows.get("a", 1, 5, new_slot=None, read_row=read_row, read_frame_ids=read_frames)
+    assert rows.counts("a") == RowCounts(visual=3, frames=2, device=4, host=1) == RowCounts.of(frames, slots)
+    for step, slot in enumerate([11, 12, 13]):
+        slots, frames = rows.get("a", 1, 6 + step, new_slot=slot, read_row=read_row, read_frame_ids=read_frames)
+        assert rows.counts("a") == RowCounts.of(frames, slots)
+    assert rows.counts("a").device == 7
+    rows.invalidate()  # e.g. offload re-pointed slots to the host tier: the re-read recounts
+    read_row2, _ = _reader([-1, -2, -3, -4, 8, 11, 12, 13, 14])
+    read_frames2, _ = _reader([-1, 0, 0, 1, -1, -1, -1, -1, -1])
+    slots, frames = rows.get("a", 1, 9, new_slot=14, read_row=read_row2, read_frame_ids=read_frames2)
+    assert rows.counts("a") == RowCounts(visual=3, frames=2, device=5, host=4) == RowCounts.of(frames, slots)

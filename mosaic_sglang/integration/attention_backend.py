@@ -123,7 +123,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
                 read_frame_ids=lambda: self._frame_ids(rid, seq_len, None if is_decode else mm_inputs[i]),
             )
             layouts.append(RequestLayout(rid=rid, row=row, prefix_len=prefix_len, extend_len=seq_len - prefix_len,
-                                         frame_ids=frame_ids, slots=slots))
+                                         frame_ids=frame_ids, slots=slots, counts=self.runtime.rows.counts(rid)))
         self.layouts = layouts
         plan = self.runtime.policy.plan(layouts, is_decode)
         self.plan = plan

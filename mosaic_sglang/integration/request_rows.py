@@ -19,6 +19,8 @@ from typing import Callable, Dict
 
 import torch
 
+from ..serving.request_layout import RowCounts
+
 __all__ = ["RequestRows"]
 
 
@@ -30,6 +32,7 @@ class _Row:
     length: int
     epoch: int
     has_host: bool  # some position's KV is in the host tier (a negative encoding)
+    counts: RowCounts  # of slots[:length] / frame_ids[:length]
 
 
 class RequestRows:
@@ -62,13 +65,16 @@ class RequestRows:
             entry.slots[seq_len - 1] = new_slot
             entry.frame_ids[seq_len - 1] = -1  # a generated token is text
             entry.length = seq_len
+            c = entry.counts
+            entry.counts = c._replace(device=c.device + (new_slot > 0), host=c.host + (new_slot < 0))
         else:
             self.reads += 1
             slots, frame_ids = read_row(), read_frame_ids()
             assert slots.numel() == frame_ids.numel() == seq_len, (slots.numel(), frame_ids.numel(), seq_len)
             capacity = seq_len + 256
+            counts = RowCounts.of(frame_ids, slots)
             entry = _Row(row, _grow(slots, capacity), _grow(frame_ids, capacity), seq_len, self.epoch,
-                         bool((slots < 0).any()))
+                         counts.host > 0, counts)
             self._rows[rid] = entry
         return entry.slots[:seq_len], entry.frame_ids[:seq_len]
 
@@ -76,6 +82,10 @@ class RequestRows:
         """``[length] int64`` frame ids of the request's copy as last returned, or None if it has none."""
         entry = self._rows.get(rid)
         return None if entry is None else entry.frame_ids[: entry.length]
+
+    def counts(self, rid: str) -> RowCounts:
+        """`RowCounts` of the request's copy as last returned (kept up to date, never rescanned)."""
+        return self._rows[rid].counts
 
     def has_host(self, rid: str) -> bool:
         """Whether the request's row (as last read) holds host-resident positions."""

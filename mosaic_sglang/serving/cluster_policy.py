@@ -60,7 +60,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
         self.videos = VideoRegistry(config, num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
                                     read_slot_keys=read_slot_keys)
         self._always_masks: Dict[int, torch.Tensor] = {}  # request index -> [covered] bool, this forward
-        self._kept_always: Dict[str, torch.Tensor] = {}  # rid -> the always mask its kept selection used
+        self._kept_always: Dict[str, torch.Tensor] = {}  # rid -> always positions its kept selection used
         self._requests: Sequence[RequestLayout] = ()
         self._anchors: list[Optional[int]] = []
         self._is_decode = False
@@ -101,13 +101,14 @@ class ClusterAttendedSet(AttendedSetPolicy):
             self._decode_steps[req.rid] = 0
             self._kept.pop(req.rid, None)
             self._kept_always.pop(req.rid, None)
+        counts = req.row_counts  # kept by the backend's row copies: no rescan of the context per step
         self._records.setdefault(req.rid, RequestRecord(self.name)).begin_forward(
             context_tokens=req.seq_len,
-            visual_tokens=req.num_visual,
-            frames=int(req.frame_ids.max()) + 1 if req.num_visual else 0,
+            visual_tokens=counts.visual,
+            frames=counts.frames,
             clusters=self.videos[anchor].index.num_clusters if anchor is not None else 0,
-            device_tokens=int((req.slots > 0).sum()),
-            host_tokens=int((req.slots < 0).sum()),
+            device_tokens=counts.device,
+            host_tokens=counts.host,
             host_store_used=self.host.used_tokens if self.host is not None else 0,
         )
 
@@ -123,12 +124,11 @@ class ClusterAttendedSet(AttendedSetPolicy):
         due = self._needs_selection(i)
         if due:
             mask = always_attended_mask(req.frame_ids[:covered], self.config, seq_len=req.seq_len)  # [covered]
-            self._always_masks[i] = self._kept_always[req.rid] = mask
-        else:
-            # a kept selection keeps the always part it was chosen against: indexed positions that were in
-            # the recent window then stay attended while the window moves on (no token drops out)
-            mask = self._kept_always[req.rid]
-        always = torch.cat([mask.nonzero().flatten(), torch.arange(covered, req.seq_len)])
+            self._always_masks[i] = mask
+            self._kept_always[req.rid] = mask.nonzero().flatten()
+        # a kept selection keeps the always part it was chosen against: indexed positions that were in the
+        # recent window then stay attended while the window moves on (no token drops out)
+        always = torch.cat([self._kept_always[req.rid], torch.arange(covered, req.seq_len)])
         if due:
             eligible = int(((req.frame_ids[:covered] >= 0) & ~mask).sum())
             return always, None, min(self.config.budget, eligible)

@@ -7,11 +7,35 @@ The attention backend builds one per request per forward from SGLang's forward b
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
-__all__ = ["RequestLayout"]
+__all__ = ["RequestLayout", "RowCounts"]
+
+
+class RowCounts(NamedTuple):
+    """Counts over a request's positions that per-forward statistics need (kept up to date by the
+    backend's row copies, so a decode step does not rescan the whole context for them).
+
+    Attributes:
+        visual: positions with a frame id (video tokens).
+        frames: largest frame id + 1 (0 without video).
+        device: positions whose KV is in a device slot (``slot > 0``).
+        host: positions whose KV is in the host tier (negative encodings).
+    """
+
+    visual: int
+    frames: int
+    device: int
+    host: int
+
+    @staticmethod
+    def of(frame_ids: torch.Tensor, slots: torch.Tensor) -> "RowCounts":
+        """Counted from scratch (O(positions))."""
+        visual = int((frame_ids >= 0).sum())
+        frames = int(frame_ids.max()) + 1 if visual else 0
+        return RowCounts(visual, frames, int((slots > 0).sum()), int((slots < 0).sum()))
 
 
 class RequestLayout(NamedTuple):
@@ -24,6 +48,7 @@ class RequestLayout(NamedTuple):
         extend_len: tokens computed in this forward (1 for decode).
         frame_ids: ``[prefix_len + extend_len] int64`` frame id per position, ``-1`` for text.
         slots: ``[prefix_len + extend_len] int64`` KV-pool slot of each position (CPU copy of the row).
+        counts: `RowCounts` of ``frame_ids``/``slots`` when the caller keeps them (else counted on use).
     """
 
     rid: str
@@ -32,6 +57,7 @@ class RequestLayout(NamedTuple):
     extend_len: int
     frame_ids: torch.Tensor
     slots: torch.Tensor
+    counts: Optional[RowCounts] = None
 
     @property
     def seq_len(self) -> int:
@@ -39,4 +65,8 @@ class RequestLayout(NamedTuple):
 
     @property
     def num_visual(self) -> int:
-        return int((self.frame_ids >= 0).sum())
+        return self.row_counts.visual
+
+    @property
+    def row_counts(self) -> RowCounts:
+        return self.counts if self.counts is not None else RowCounts.of(self.frame_ids, self.slots)
