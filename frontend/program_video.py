@@ -43,7 +43,7 @@ from .video_clip import ClipOptions
 
 __all__ = [
     "ProgramVideo", "MosaicProgramVideo", "VideoPayload", "VideoRuntimeEndpoint", "video", "video_placeholder",
-    "install_video_executor", "uninstall_video_executor", "is_installed", "VIDEO_EXECUTOR_TARGET", "default_clip_cache",
+    "install_video_executor", "uninstall_video_executor", "is_installed", "make_executor_finalizer_safe", "VIDEO_EXECUTOR_TARGET", "default_clip_cache",
 ]
 
 VIDEO_EXECUTOR_TARGET = "sglang.lang.interpreter.StreamExecutor._execute_video"
@@ -95,6 +95,28 @@ def video_placeholder(chat_template) -> str:
         name = getattr(chat_template, "name", type(chat_template).__name__)
         raise TypeError(f"video(): chat template {name!r} has no video placeholder (Qwen-VL templates have one)")
     return token.replace(_IMAGE_PAD, _VIDEO_PAD)
+
+
+def _finalize_executor(self) -> None:
+    """``StreamExecutor.__del__`` without ``Thread.is_alive``: executors sit in reference cycles, so the
+    cyclic GC frees them at arbitrary points, including inside ``threading``'s own bookkeeping
+    (``_maintain_shutdown_locks``, when any thread starts), where SGLang's ``is_alive`` call re-takes a lock
+    that is already held and the process deadlocks (seen in CI: the run hung starting pytest-timeout's
+    timer thread). Ending the worker needs no liveness check: a stop marker left in the queue of a worker
+    that already exited is harmless."""
+    if getattr(self, "use_thread", False):
+        self.queue.put(None)
+    backend = getattr(self, "backend", None)
+    if backend is not None:
+        backend.end_program(self)
+
+
+def make_executor_finalizer_safe() -> None:
+    """Install `_finalize_executor` as ``StreamExecutor.__del__`` (idempotent; kept for the process: it is
+    the finalizer of every executor, whichever code created it). Done when this module is imported."""
+    from sglang.lang.interpreter import StreamExecutor
+
+    StreamExecutor.__del__ = _finalize_executor
 
 
 def install_video_executor(cache: Optional[ClipCache] = None) -> None:
@@ -165,3 +187,6 @@ class VideoRuntimeEndpoint(RuntimeEndpoint):
             data["image_data"] = images if len(images) > 1 else images[0]
         if videos:
             data["video_data"] = videos
+
+
+make_executor_finalizer_safe()

@@ -76,8 +76,8 @@ def test_batch_answers_one_per_question_in_order(backend, clip, cache):
     assert all(a.mosaic["frames"] == 1 for a in answers), [a.mosaic for a in answers]
     prompts = [a.prompt_tokens for a in answers]
     assert prompts == sorted(prompts) and len(set(prompts)) == len(prompts), prompts  # each answer is its question's
-    # the first batch's threads may all miss the clip cache at once (no single-flight); a second batch hits
-    assert 1 <= cache.decodes - decodes <= len(questions)
+    # the batch's threads miss the clip cache together: one decodes, the others wait for it; a second batch hits
+    assert cache.decodes - decodes == 1
     decodes = cache.decodes
     again = batch_questions(clip, questions[:2], backend=backend, max_frames=2, max_tokens=2, num_threads=2)
     assert cache.decodes == decodes and [a.prompt_tokens for a in again] == prompts[:2]

@@ -64,6 +64,10 @@ def test_frontend_language_symbols_we_extend():
     assert list(inspect.signature(SglVideo.__init__).parameters) == ["self", "path", "num_frames"]
     assert "self.images_ = []" in inspect.getsource(StreamExecutor.__init__)
     assert "exes[i].images_ = list(self.images_)" in inspect.getsource(StreamExecutor.fork)  # forks keep videos
+    # the safe finalizer replaces SGLang's __del__ (which calls end()): end() must still mean "queue a stop"
+    end = inspect.getsource(StreamExecutor.end)
+    assert "self.queue.put(None)" in end and "self.backend.end_program(self)" in end
+    assert StreamExecutor.__del__.__name__ == "_finalize_executor"
 
 
 def test_sglang_triton_kernels_we_call():
