@@ -97,13 +97,14 @@ def video_placeholder(chat_template) -> str:
     return token.replace(_IMAGE_PAD, _VIDEO_PAD)
 
 
-def _finalize_executor(self) -> None:
-    """``StreamExecutor.__del__`` without ``Thread.is_alive``: executors sit in reference cycles, so the
-    cyclic GC frees them at arbitrary points, including inside ``threading``'s own bookkeeping
-    (``_maintain_shutdown_locks``, when any thread starts), where SGLang's ``is_alive`` call re-takes a lock
-    that is already held and the process deadlocks (seen in CI: the run hung starting pytest-timeout's
-    timer thread). Ending the worker needs no liveness check: a stop marker left in the queue of a worker
-    that already exited is harmless."""
+def _end_executor(self) -> None:
+    """``StreamExecutor.end`` without ``Thread.is_alive``. Both ``StreamExecutor.__del__`` and
+    ``ProgramState.__del__`` call ``end``; executors and states sit in reference cycles, so the cyclic GC
+    runs those finalizers at arbitrary points, including inside ``threading``'s own bookkeeping
+    (``_maintain_shutdown_locks``, when any thread starts), where ``is_alive`` re-takes a lock that is
+    already held and the process deadlocks (seen twice in CI: the run hung starting pytest-timeout's timer
+    thread). Ending the worker needs no liveness check: a stop marker left in the queue of a worker that
+    already exited is harmless."""
     if getattr(self, "use_thread", False):
         self.queue.put(None)
     backend = getattr(self, "backend", None)
@@ -112,11 +113,11 @@ def _finalize_executor(self) -> None:
 
 
 def make_executor_finalizer_safe() -> None:
-    """Install `_finalize_executor` as ``StreamExecutor.__del__`` (idempotent; kept for the process: it is
-    the finalizer of every executor, whichever code created it). Done when this module is imported."""
+    """Install `_end_executor` as ``StreamExecutor.end`` (idempotent; kept for the process: the finalizers
+    of every executor and program state call it, whichever code created them). Done on import."""
     from sglang.lang.interpreter import StreamExecutor
 
-    StreamExecutor.__del__ = _finalize_executor
+    StreamExecutor.end = _end_executor
 
 
 def install_video_executor(cache: Optional[ClipCache] = None) -> None:

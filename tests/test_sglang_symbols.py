@@ -64,10 +64,13 @@ def test_frontend_language_symbols_we_extend():
     assert list(inspect.signature(SglVideo.__init__).parameters) == ["self", "path", "num_frames"]
     assert "self.images_ = []" in inspect.getsource(StreamExecutor.__init__)
     assert "exes[i].images_ = list(self.images_)" in inspect.getsource(StreamExecutor.fork)  # forks keep videos
-    # the safe finalizer replaces SGLang's __del__ (which calls end()): end() must still mean "queue a stop"
-    end = inspect.getsource(StreamExecutor.end)
-    assert "self.queue.put(None)" in end and "self.backend.end_program(self)" in end
-    assert StreamExecutor.__del__.__name__ == "_finalize_executor"
+    # the finalizers call end(), which program_video replaces with a version without Thread.is_alive
+    from sglang.lang.interpreter import ProgramState
+
+    assert "self.end()" in inspect.getsource(StreamExecutor.__del__)
+    assert "self.stream_executor.end()" in inspect.getsource(ProgramState.__del__)
+    assert StreamExecutor.end.__name__ == "_end_executor"
+    assert {"queue", "backend", "use_thread"} <= set(inspect.signature(StreamExecutor.__init__).parameters) | {"queue", "backend"}
 
 
 def test_sglang_triton_kernels_we_call():
