@@ -10,7 +10,8 @@ follow-up question decodes nothing, `program_video` gives ``sgl.function`` progr
 changes found by `scene_cuts`), `video_stream.VideoStream` feeds a live stream into an SGLang streaming
 session, `video_chat.VideoConversation` runs a multi-turn video conversation over SGLang's HTTP API and reads
 each turn's Mosaic statistics, and `server.SGLangServer` starts and stops a ``sglang.launch_server``
-subprocess (used by the demo and the HTTP tests).
+subprocess (used by the demo and the HTTP tests); `evaluation` measures accuracy and serving the way a
+user would (the harnesses behind ``benchmarks/video_qa_accuracy.py`` and ``benchmarks/video_serving.py``).
 """
 
-__all__ = ["video", "video_clip", "clip_cache", "program_video", "engine_backend", "programs", "scene_cuts", "video_stream", "video_chat", "server"]
+__all__ = ["video", "video_clip", "clip_cache", "program_video", "engine_backend", "programs", "scene_cuts", "video_stream", "video_chat", "server", "evaluation"]
