@@ -6,6 +6,7 @@ streamed OpenAI chat request with the video, or a streaming session for question
 answers are parsed to letters the way Video-MME's official script does (`answers.extract_letter`). The
 report (`qa_report`) gives per setting: accuracy with a 95 % Wilson interval, the paired difference to
 dense (bootstrap interval, McNemar's exact p), the attended fraction, TTFT and device KV per request.
+Each server first answers one unmeasured warm-up request on a synthetic clip no question uses.
 
 Questions: ``--questions FILE --format F`` (``jsonl``: the project's format, see
 `mosaic_sglang.frontend.evaluation.qa_items`; or a benchmark's own annotation file: ``videomme``, ``mlvu``,
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mosaic_sglang.frontend.evaluation.chat_stream import warm_up
 from mosaic_sglang.frontend.evaluation.qa_report import format_table, summarize
 from mosaic_sglang.frontend.evaluation.qa_runner import SamplingOptions, run_setting
 from mosaic_sglang.frontend.evaluation.server_settings import build_settings, parse_running, resolve_model, serve
@@ -53,6 +55,15 @@ def load_items(args, workdir: Path):
         else:
             items = [dataclasses.replace(it, timestamp=None) for it in items]
     return items[: args.limit] if args.limit else items
+
+
+def warm_up_clip(workdir: Path, clips, options: SamplingOptions) -> str:
+    """A data URL of a short synthetic clip no question uses, sampled as the questions are."""
+    from mosaic_sglang.frontend.video import make_synthetic_video
+    from mosaic_sglang.frontend.video_clip import ClipOptions
+
+    path = make_synthetic_video(workdir / "warm_up.mp4", num_frames=8, fps=2, size=112, seed=12345)
+    return clips.get(path, ClipOptions(fps=options.fps, max_frames=options.max_frames, max_side=options.max_side))[0]
 
 
 def main(argv=None) -> int:
@@ -85,7 +96,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="CI smoke size: 2 short needle videos, tiny frames")
     args = parser.parse_args(argv)
     if args.quick:
-        args.needle_videos, args.needle_duration, args.max_frames, args.max_side = 2, 8.0, 8, 112
+        args.needle_videos, args.needle_duration = min(args.needle_videos, 2), 8.0
+        args.max_frames, args.max_side = 8, 112
         args.budgets = args.budgets if args.budgets != [2048] else [48]
         args.max_tokens = min(args.max_tokens, 4)
 
@@ -107,9 +119,13 @@ def main(argv=None) -> int:
     from mosaic_sglang.frontend.clip_cache import ClipCache
 
     clips, results, timing = ClipCache(), {}, {}
+    warm_url = warm_up_clip(out, clips, options)
     for setting in settings:
         started = time.perf_counter()
         with serve(setting, model, log_dir=out) as url:
+            reply = warm_up(url, warm_url)
+            if not reply.success:
+                print(f"{setting.name}: warm-up request failed ({reply.error}); measuring anyway")
             bar = tqdm(total=len(items), desc=setting.name, file=sys.stdout, disable=None)
             results[setting.name] = run_setting(url, items, setting.name, options, clips=clips,
                                                 progress=lambda r: bar.update(1))

@@ -11,7 +11,8 @@ Per setting: TTFT, inter-token latency p50/p99, output throughput (SGLang's own 
 over the chat turns), the streams' chunk-ingest and answer latencies, and the peak KV pool slots in use
 (``/v1/loads``). Every setting's result is appended to ``--output-file`` as one JSON line in the shape
 SGLang's ``bench_serving`` writes (with ``setting``, ``peak_device_kv_tokens`` and ``streams`` added), and
-the table is printed.
+the table is printed. Each server first answers one unmeasured warm-up request (a synthetic clip the load
+does not use), as ``bench_serving`` does.
 
     .venv/bin/python benchmarks/video_serving.py --quick          # CPU smoke run, tiny model (mechanics only)
     python benchmarks/video_serving.py --model-path Qwen/Qwen2.5-VL-7B-Instruct --device cuda \\
@@ -27,6 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mosaic_sglang.frontend.evaluation.chat_stream import warm_up
 from mosaic_sglang.frontend.evaluation.serving_load import LoadSpec, bench_result, run_load
 from mosaic_sglang.frontend.evaluation.server_settings import build_settings, parse_running, resolve_model, serve
 
@@ -111,9 +113,17 @@ def main(argv=None) -> int:
                               if tiny else "") + f"; {len(videos)} videos; load {spec}")
     from mosaic_sglang.frontend.clip_cache import ClipCache
 
+    from mosaic_sglang.frontend.video import make_synthetic_video
+    from mosaic_sglang.frontend.video_clip import ClipOptions
+
     clips, results = ClipCache(), []
+    warm = make_synthetic_video(workdir / "warm_up.mp4", num_frames=8, fps=2, size=112, seed=12345)
+    warm_url = clips.get(warm, ClipOptions(fps=args.fps, max_frames=args.max_frames, max_side=args.max_side))[0]
     for setting in settings:
         with serve(setting, model, log_dir=workdir) as url:
+            reply = warm_up(url, warm_url)
+            if not reply.success:
+                print(f"{setting.name}: warm-up request failed ({reply.error}); measuring anyway")
             run = run_load(url, spec, clips=clips)
         result = bench_result(run, spec, setting=setting.name, tokenizer=tokenizer)
         result["server_args"] = list(setting.args)

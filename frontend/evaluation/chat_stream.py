@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import requests
 
-__all__ = ["ChatResult", "chat_stream", "video_message"]
+__all__ = ["ChatResult", "chat_stream", "video_message", "warm_up"]
 
 
 @dataclass
@@ -130,3 +130,11 @@ def chat_stream(base_url: str, messages: list, *, max_tokens: int, temperature: 
     out.text = "".join(parts)
     out.success = not out.error
     return out
+
+
+def warm_up(base_url: str, video_url: str, *, max_tokens: int = 2) -> ChatResult:
+    """One unmeasured request with a video (as SGLang's ``bench_serving`` sends before timing): the
+    server's first video request pays one-time costs (kernel and processor set-up, allocator growth)
+    that would otherwise land in the first measured TTFT. Pass a clip the measured set does not use, so
+    that no measured prefix is cached by it."""
+    return chat_stream(base_url, [video_message(video_url, "Describe the video.")], max_tokens=max_tokens)
