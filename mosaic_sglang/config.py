@@ -28,6 +28,7 @@ _CHOICES = {
     "membership": ("shared", "per_layer"),
     "score": ("centroid", "centroid_radius", "size_weighted"),
     "query_reduce": ("mean", "max"),
+    "budget_mode": ("tokens", "mass"),
 }
 
 
@@ -72,6 +73,13 @@ class MosaicConfig:
     positions first), so every layer attends exactly min(budget, eligible) selected tokens (one attention
     plan serves all layers); 'whole' stops at the first cluster that does not fit (measured in
     benchmarks/README.md: exact never recalls less, it attends a superset)."""
+    budget_mode: str = "tokens"
+    """'tokens': every layer attends min(budget, eligible) selected tokens; 'mass': at each selection, per
+    layer, the fewest tokens (whole clusters in score order) whose estimated share of the clusters'
+    attention mass reaches `mass_target`, at most `budget` (needs score='size_weighted', the rule that
+    estimates mass). Decode keeps the question's selection, so its size is fixed when the question selects."""
+    mass_target: float = 0.9
+    """Share of the estimated cluster attention mass a 'mass' selection covers, in (0, 1]."""
     query_reduce: str = "mean"
     """How the query tokens and the GQA heads of a layer are aggregated into one cluster score."""
     reselect_every: int = 0
@@ -150,6 +158,15 @@ class MosaicConfig:
             raise MosaicConfigError(
                 "mosaic config field 'split_threshold': expected a number >= join_threshold "
                 f"({self.join_threshold!r}), got {self.split_threshold!r}"
+            )
+        if not 0 < self.mass_target <= 1:
+            raise MosaicConfigError(
+                f"mosaic config field 'mass_target': expected a number in (0, 1], got {self.mass_target!r}"
+            )
+        if self.budget_mode == "mass" and self.score != "size_weighted":
+            raise MosaicConfigError(
+                "mosaic config field 'score': expected 'size_weighted' with budget_mode='mass' (the rule that "
+                f"estimates attention mass), got {self.score!r}"
             )
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:

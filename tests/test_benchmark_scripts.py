@@ -34,6 +34,15 @@ def test_retrieval_quality_benchmark_smoke(tmp_path):
     assert "mosaic" in stdout and (tmp_path / "q.json").stat().st_size > 0
 
 
+def test_mass_budget_benchmark_smoke(tmp_path):
+    stdout = _run("mass_budget.py", "--quick", "--skip-real", "--targets", "0.5", "0.9", "--out", str(tmp_path / "m.json"))
+    assert "| synthetic | tokens | 10 % |" in stdout and "| synthetic | mass | p=0.9 |" in stdout
+    rows = __import__("json").loads((tmp_path / "m.json").read_text())["rows"]
+    mass = [r for r in rows if r["mode"] == "mass"]
+    assert mass[0]["selected_tokens"] <= mass[1]["selected_tokens"]  # a higher target never selects less
+    assert all(0 < r["mass_recall"] <= 1 for r in rows)
+
+
 @pytest.mark.timeout(600)
 def test_soak_smoke():
     stdout = _run("soak.py", "--minutes", "0.5", "--sessions", "2", "--chunks-per-session", "2", timeout=600)

@@ -314,3 +314,24 @@ def test_whole_fill_serves_whole_clusters_within_the_budget(pool):
         for c in {int(assign[p]) for p in extra}:  # every chosen cluster is attended whole
             members = set((assign == c).nonzero().flatten().tolist())
             assert members <= set(positions.tolist()), c
+
+
+def test_mass_mode_serves_at_most_the_budget_and_counts_what_it_attends(pool):
+    # budget_mode='mass': lists padded to the budget, each layer takes what reaches the target; decode
+    # keeps the question's lists; the request's attended_tokens is the longest list actually attended
+    policy = _policy(pool, budget=24, budget_mode="mass", mass_target=0.5)
+    question, decoded = _question_then_decode(policy, steps=2)
+    always = {0, 1, 2} | set(range(51, 56))
+    extra = [set(p.tolist()) - always - set(range(56, 58)) for p in question]
+    assert all(0 < len(e) <= 24 for e in extra)
+    fixed = _policy(pool, budget=24)
+    fixed_question, _ = _question_then_decode(fixed, steps=1)
+    assert sum(len(p) for p in question) < sum(len(p) for p in fixed_question)  # the target needs fewer
+    for step, lists in enumerate(decoded):  # the kept selection, plus the decoded tokens
+        assert all(set(q.tolist()) | set(range(56, 57 + step + 1)) >= set(d.tolist()) >= set(q.tolist())
+                   for q, d in zip(question, lists))
+    stats = policy.request_stats("b")
+    assert stats.attended_tokens == max(len(p) for p in decoded[-1])
+    asked = _policy(pool, budget=24, budget_mode="mass", mass_target=0.5)
+    question, _ = _question_then_decode(asked, steps=0)
+    assert asked.request_stats("b").attended_tokens == max(len(p) for p in question) < 24 + 10

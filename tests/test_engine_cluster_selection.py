@@ -16,14 +16,16 @@ from mosaic_sglang.config import MOSAIC_DUMP_DIR
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(480)]
 
 OPTIONS = {"sink_tokens": 4, "recent_window": 16, "max_cluster_size": 16}
+MODES = {"tokens": {}, "mass": {"budget_mode": "mass", "mass_target": 0.7}}  # the replay covers both budget modes
 BUDGET = 48
 CHUNK = 128  # tokens per prefill chunk: the ~300-token prompt takes several forwards
 
 
-@pytest.fixture(scope="module")
-def served(tiny_vl_model, video_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=list(MODES))
+def served(request, tiny_vl_model, video_dir, tmp_path_factory):
     import sglang as sgl
 
+    options = {**OPTIONS, **MODES[request.param]}
     dump = tmp_path_factory.mktemp("dump")
     mp = pytest.MonkeyPatch()
     mp.setenv(MOSAIC_DUMP_DIR.name, str(dump))
@@ -31,7 +33,7 @@ def served(tiny_vl_model, video_dir, tmp_path_factory):
     # sinks + window + clusters selected by their own queries
     engine = sgl.Engine(
         **cpu_engine_kwargs(
-            tiny_vl_model, enable_mosaic=True, mosaic_budget=BUDGET, mosaic_config=OPTIONS, chunked_prefill_size=CHUNK
+            tiny_vl_model, enable_mosaic=True, mosaic_budget=BUDGET, mosaic_config=options, chunked_prefill_size=CHUNK
         )
     )
     try:
@@ -47,12 +49,12 @@ def served(tiny_vl_model, video_dir, tmp_path_factory):
         engine.shutdown()
         mp.undo()
     records = [torch.load(p, weights_only=False) for p in sorted(dump.glob("*.pt"))]
-    return outputs, records, dump
+    return outputs, records, dump, options
 
 
 def test_answers_and_attended_budget(served):
-    outputs, _, _ = served
-    cfg = MosaicConfig.from_dict({**OPTIONS, "budget": BUDGET})
+    outputs, _, _, options = served
+    cfg = MosaicConfig.from_dict({**options, "budget": BUDGET})
     for out in outputs:
         assert len(out["output_ids"]) == 4
         (stats,) = out["mosaic"]
@@ -65,8 +67,8 @@ def test_answers_and_attended_budget(served):
 
 
 def test_server_selections_equal_offline_cluster_index(served):
-    _, records, _ = served
-    cfg = MosaicConfig.from_dict({**OPTIONS, "budget": BUDGET})
+    _, records, _, options = served
+    cfg = MosaicConfig.from_dict({**options, "budget": BUDGET})
     offline: dict[int, ClusterIndex] = {}
     selects = 0
     for rec in records:
@@ -104,7 +106,9 @@ def test_inspect_plots_the_served_dump(served, tmp_path):
 
     import matplotlib.image
 
-    _, _, dump = served
+    _, _, dump, options = served
+    if options != OPTIONS:
+        pytest.skip("the picture is the same tool on another mode's dump")
     out = tmp_path / "inspect.png"
     run = subprocess.run([sys.executable, "-m", "mosaic_sglang.inspect", str(dump), "--out", str(out)],
                          capture_output=True, text=True, timeout=300)

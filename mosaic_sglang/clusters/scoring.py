@@ -16,7 +16,7 @@ import torch
 
 from ..retrieval.gqa import group_queries
 
-__all__ = ["LayerSummaries", "score_clusters"]
+__all__ = ["LayerSummaries", "score_clusters", "cluster_log_mass"]
 
 _RULES = ("centroid", "centroid_radius", "size_weighted")
 _REDUCES = ("mean", "max")
@@ -91,16 +91,43 @@ def score_clusters(
     if rule == "centroid_radius":
         radius = spreads.clamp(min=0).sqrt().permute(0, 2, 1).unsqueeze(2)  # [R, H, 1, C]
         logits = logits + q.norm(dim=-1, keepdim=True) * radius * scale
-    neg_inf = torch.tensor(float("-inf"), device=logits.device)
     if rule == "size_weighted":
-        log_cost = costs.clamp(min=1).float().log()[:, None, None, :]  # [R, 1, 1, C]
-        var_per_dim = spreads.clamp(min=0).permute(0, 2, 1).unsqueeze(2) / head_dim  # [R, H, 1, C]
-        logits = logits + q.square().sum(-1, keepdim=True) * (scale * scale / 2) * var_per_dim
-        logits = torch.where(valid[:, None, None, :], logits + log_cost, neg_inf)
+        logits = _log_mass(q, logits, spreads, costs, scale)
         # Per (query token, head): estimated attention share; rows with no valid cluster stay 0.
         logits = torch.softmax(logits, dim=-1).nan_to_num(0.0)
     logits = logits.reshape(rows, -1, num_clusters)
     scores = logits.mean(dim=1) if reduce == "mean" else logits.amax(dim=1)
     if rule == "size_weighted":
         scores = scores / costs.clamp(min=1)
-    return torch.where(valid, scores, neg_inf)
+    return torch.where(valid, scores, torch.tensor(float("-inf"), device=scores.device))
+
+
+def cluster_log_mass(queries: torch.Tensor, centroids: torch.Tensor, spreads: torch.Tensor,
+                     costs: torch.Tensor) -> torch.Tensor:
+    """The log-normal estimate of ``log Σ_members exp(q·k/√D)`` per cluster, per query vector.
+
+    Args: as `score_clusters` (``costs`` count the members the estimate sums over).
+
+    Returns:
+        ``[R, num_kv_heads, Tq * group, C]`` float32 (the query vectors of each KV head in
+        `group_queries` order); ``-inf`` where ``costs <= 0``.
+    """
+    rows, tq, num_qo_heads, head_dim = queries.shape
+    num_clusters, num_kv_heads = centroids.shape[1], centroids.shape[2]
+    group = num_qo_heads // num_kv_heads
+    scale = 1.0 / math.sqrt(head_dim)
+    q = group_queries(queries, num_kv_heads).transpose(2, 3).reshape(rows, num_kv_heads, tq * group, head_dim)
+    if num_clusters == 0:
+        return q.new_zeros(rows, num_kv_heads, tq * group, 0)
+    logits = torch.matmul(q, centroids.float().permute(0, 2, 3, 1)) * scale  # [R, H, Tq*group, C]
+    return _log_mass(q, logits, spreads, costs, scale)
+
+
+def _log_mass(q, logits, spreads, costs, scale):
+    """``log cost + q·c/√D + |q|²σ²/(2D)`` (``-inf`` where ``costs <= 0``) from the centroid logits."""
+    head_dim = q.shape[-1]
+    log_cost = costs.clamp(min=1).float().log()[:, None, None, :]  # [R, 1, 1, C]
+    var_per_dim = spreads.float().clamp(min=0).permute(0, 2, 1).unsqueeze(2) / head_dim  # [R, H, 1, C]
+    logits = logits + q.square().sum(-1, keepdim=True) * (scale * scale / 2) * var_per_dim
+    neg_inf = torch.tensor(float("-inf"), device=logits.device)
+    return torch.where((costs > 0)[:, None, None, :], logits + log_cost, neg_inf)

@@ -4,7 +4,8 @@ Pure functions over `IndexView`s (what `ClusterIndex.view` returns), so the same
 sequence (its layers as rows), one layer of many sequences (a decode batch: one row per sequence) and
 anything in between. `choose_clusters` is the one selection path: rows that share a query length are
 stacked (cluster axis zero-padded with ``cost = 0``, never taken), scored with one `score_clusters`
-matmul and filled with one sort (`fill_budget_exact` or `fill_budget`, ``MosaicConfig.fill``). A
+matmul and filled with one sort (`fill_budget_exact` or `fill_budget`, ``MosaicConfig.fill``; with
+``budget_mode='mass'``, at a question, each row takes what reaches the mass target, `_mass_fill`). A
 sequence alone is scored without padding, so its result does not depend on what else is in the batch.
 
 The result is a token count per cluster (``take``): whole clusters give all their *eligible* members,
@@ -23,7 +24,8 @@ import torch
 
 from ..csr import indptr_from_counts
 from ..retrieval.base import always_attended_mask
-from ..retrieval.budget import fill_budget, fill_budget_exact
+from ..retrieval.budget import fill_budget, fill_budget_exact, mass_budget
+from .mass import mass_shares
 from .scoring import LayerSummaries, score_clusters
 from .view import IndexView
 
@@ -53,7 +55,9 @@ def layer_summaries(view: IndexView, layers: torch.Tensor, seq_len: int | None =
     num_c = max(view.num_clusters)
     counts = torch.tensor(view.num_clusters, device=device)[group]
     valid = torch.arange(num_c, device=device) < counts[:, None]  # [R, C]
-    full = num_c == 0 or view.config.budget >= view.num_visual
+    config = view.config
+    covers = config.budget >= view.num_visual and (config.budget_mode == "tokens" or config.mass_target >= 1)
+    full = num_c == 0 or covers
     table = view.table
     size = table.size[group, :num_c]  # [R, C]
     cost = (size - _covered_counts(view, num_c, seq_len)[group]) * valid
@@ -103,6 +107,10 @@ def choose_clusters(
             continue
         config = views[scored[0][0]].config
         fill = fill_budget_exact if config.fill == "exact" else _whole
+        if config.budget_mode == "mass" and config.mass_target < 1:  # a question (decode keeps it): item by item
+            for i, s in scored:
+                out[i] = _mass_fill(views[i], layers[i], queries[i], s, seq_lens[i], fill)
+            continue
         if len(scored) == 1:  # one sequence (its layers as rows): no stacking
             i, s = scored[0]
             scores = score_clusters(queries[i], s.centroid, s.spread, s.cost, rule=config.score, reduce=config.query_reduce)
@@ -145,6 +153,17 @@ def attended_mask(view: IndexView, layers: torch.Tensor, take: torch.Tensor, seq
         in_boundary = eligible & (assign == boundary[:, None])
         mask |= in_boundary & (torch.cumsum(in_boundary, 1) <= count)
     return mask | always[None, :]
+
+
+def _mass_fill(view: IndexView, layers: torch.Tensor, queries: torch.Tensor, s: LayerSummaries, seq_len, fill):
+    """``budget_mode='mass'``: per row the fewest clusters (by estimated share of the total mass per token)
+    whose shares, with the always-attended positions' exact share, reach ``mass_target``; at most the
+    budget (`mass_shares`, `mass_budget`)."""
+    always = always_attended_mask(view.frame_ids, view.config, seq_len=seq_len).nonzero().flatten()
+    keys = view.read_keys(always)[layers]  # [R, M, H, D]
+    shares = mass_shares(queries, s.centroid, s.spread, s.cost, keys)
+    budget = mass_budget(shares.per_token, s.cost, view.config.mass_target, view.config.budget, covered=shares.covered)
+    return fill(shares.per_token, s.cost, budget)
 
 
 def _whole(scores: torch.Tensor, costs: torch.Tensor, budget) -> torch.Tensor:

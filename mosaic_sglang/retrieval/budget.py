@@ -6,13 +6,14 @@ cumulative cost fits the budget, stopping at the first unit that does not fit: a
 always-attended set, the unused remainder is below one unit's cost (coarse units waste more of it),
 and units that cost nothing (no candidate token, or padding) are never taken. `fill_budget_exact` takes
 the same prefix and then fills the remainder from the boundary unit, so it uses the budget exactly.
+`mass_budget` sets a row's budget from a mass target instead (``MosaicConfig.budget_mode = "mass"``).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["fill_budget", "fill_budget_exact", "FILL_RULES"]
+__all__ = ["fill_budget", "fill_budget_exact", "mass_budget", "FILL_RULES"]
 
 FILL_RULES = ("exact", "whole")
 """``'exact'``: whole units by rank, then the boundary unit truncated, so exactly ``min(budget, total cost)``
@@ -73,3 +74,45 @@ def fill_budget_exact(scores: torch.Tensor, costs: torch.Tensor, budget: int | t
     limit = budget if isinstance(budget, int) else budget.to(costs.dtype)[:, None]
     take = torch.minimum(sorted_costs, (limit - before).clamp(min=0))
     return torch.zeros_like(take).scatter_(1, order, take)
+
+
+def mass_budget(scores: torch.Tensor, costs: torch.Tensor, target: float, cap: int | torch.Tensor,
+                covered: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row, the tokens of the shortest prefix of the ranking whose estimated mass reaches ``target``
+    of the row's total, at most ``cap`` (the token budget).
+
+    ``scores`` are estimated mass per token (`score_clusters`' ``size_weighted`` rule), so a unit's mass
+    is ``score × cost`` and the ranking is the greedy order of a fractional knapsack: the prefix is the
+    fewest tokens reaching the target among prefixes of that order. The unit that crosses the target is
+    counted whole. Without ``covered`` the mass is relative to the units' own total (``target = 1`` asks
+    for every unit with an estimated mass > 0); with ``covered`` the scores are shares of a total that
+    also holds what is attended anyway (``covered`` of it, `mass_shares`), and the prefix stops as soon as
+    ``covered`` plus the units' mass reaches the target (nothing when ``covered`` alone does).
+
+    Args:
+        scores: ``[R, U]`` float, ``-inf`` for units that must not be taken.
+        costs: ``[R, U]`` int64 tokens each unit adds (``<= 0``: never taken).
+        target: share of the estimated mass in ``(0, 1]``.
+        cap: int, or ``[R] int64`` per row.
+        covered: optional ``[R]`` float, the share already attended (see above).
+
+    Returns:
+        ``[R] int64`` budgets, to fill with `fill_budget_exact` (which then takes exactly that prefix).
+
+    Example:
+        >>> mass_budget(torch.tensor([[0.1, 0.3, 0.05]]), torch.tensor([[4, 2, 2]]), 0.6, 100)
+        tensor([6])
+    """
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)  # [R, U]
+    sorted_scores = scores.gather(1, order)
+    sorted_costs = costs.gather(1, order)
+    takeable = torch.isfinite(sorted_scores) & (sorted_costs > 0)
+    mass = torch.where(takeable, sorted_scores.double().clamp(min=0) * sorted_costs, 0.0)  # [R, U]
+    before = torch.cumsum(mass, dim=1) - mass  # mass of the better units
+    if covered is None:
+        needed = takeable & (mass > 0) & (before < target * mass.sum(dim=1, keepdim=True))
+    else:
+        needed = takeable & (mass > 0) & (before + covered.double()[:, None] < target)
+    tokens = torch.where(needed, sorted_costs, 0).sum(dim=1)  # [R]
+    limit = torch.as_tensor(cap, dtype=tokens.dtype, device=tokens.device)
+    return torch.minimum(tokens, limit)

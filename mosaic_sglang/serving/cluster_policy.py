@@ -89,9 +89,11 @@ class ClusterAttendedSet(AttendedSetPolicy):
             selected.append(s)
             counts.append(f)
         plan = build_plan(self.num_layers, [(r.prefix_len, r.seq_len) for r in requests], always, selected, counts,
-                          padded=self.config.fill == "whole")
-        for req, n in zip(requests, (plan.kv_indptr[1:] - plan.kv_indptr[:-1]).tolist()):
-            self._records[req.rid].attended(n)
+                          padded=self.config.fill == "whole" or self.config.budget_mode == "mass")
+        due = set(plan.select_due) if plan.padded else set()  # their size is known once they select
+        for i, (req, n) in enumerate(zip(requests, (plan.kv_indptr[1:] - plan.kv_indptr[:-1]).tolist())):
+            if i not in due:
+                self._records[req.rid].attended(n)
         return plan
 
     def _begin_request(self, req: RequestLayout, anchor: Optional[int], is_decode: bool) -> None:
@@ -154,6 +156,8 @@ class ClusterAttendedSet(AttendedSetPolicy):
                 assert selected.numel() <= end - start and (plan.padded or selected.numel() == end - start), (
                     f"{req.rid} layer {layer_id}: selected {selected.numel()}, planned {end - start}")
                 plan.kv_positions[layer_id, start : start + selected.numel()] = selected
+                if plan.padded:  # fewer than planned may be selected: count what this layer attends
+                    self._records[req.rid].attended(start - int(plan.kv_indptr[i]) + selected.numel())
                 self._kept.setdefault(req.rid, {})[layer_id] = (selected, index.num_tokens)
                 self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, q, positions,
                                   index.num_tokens, req.seq_len, video=self.videos[self._anchors[i]].uid)

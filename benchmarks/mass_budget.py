@@ -1,0 +1,149 @@
+"""Mass-targeted selection vs a fixed token budget: the recall each buys and the tokens each attends.
+
+One command (``python benchmarks/mass_budget.py``; ``--quick`` for a CI smoke run). On both trace
+families of `retrieval_quality.py` (synthetic video-like KV; the real SmolLM2-135M caption stream), one
+`ClusterIndex` per trace is built frame by frame (default config), then the question's queries select:
+
+* ``tokens``: the fixed budget at 2, 5, 10 and 25 % of the context (``budget_mode='tokens'``);
+* ``mass``: ``budget_mode='mass'`` at each ``--targets`` p with the 25 % budget as the cap: per layer the
+  fewest clusters (in score order) whose estimated share of the clusters' attention mass reaches p.
+
+Per row: attention-mass recall, top-10 recall and output error against exact attention (the same
+`selection_quality` as `retrieval_quality.py`), selected tokens per layer beyond the always-attended set
+(mean, and min–max over layers: a mass selection gives flat layers more), clusters per layer and tokens
+per cluster. Then per trace the selected tokens the mass mode needs for the fixed 10 % budget's mass
+recall (interpolated on its recall-vs-tokens curve) and the ratio (the goal: ≥ 1.5× fewer at equal recall).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mosaic_sglang.clusters import ClusterIndex  # noqa: E402
+from mosaic_sglang.config import MosaicConfig  # noqa: E402
+from mosaic_sglang.retrieval import always_attended_positions, selection_quality  # noqa: E402
+from mosaic_sglang.traces import SyntheticTraceSpec, Trace, synthetic_trace  # noqa: E402
+
+BUDGETS = (0.02, 0.05, 0.10, 0.25)
+CAP = 0.25
+"""The mass mode's token cap, as a share of the context (the largest fixed budget of the table)."""
+TARGETS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975)
+REFERENCE = 0.10
+"""The fixed budget the mass mode is matched against (the issue's 10 %)."""
+
+
+def _row(trace: Trace, index: ClusterIndex, config: MosaicConfig, always: int, mode: str, setting: str) -> dict:
+    index.config = config  # a selection-time knob: ingest never reads the budget or the mode
+    selection = index.select(trace.queries)
+    quality = selection_quality(trace.queries, trace.keys, trace.values, selection,
+                                query_positions=trace.query_positions).mean()
+    extra = selection.sizes().float() - always
+    units = selection.num_units.float()
+    return {"mode": mode, "setting": setting, "budget": config.budget, "mass_recall": quality.mass_recall.item(),
+            "top10_recall": quality.topk_recall.item(), "output_error": quality.output_error.item(),
+            "selected_tokens": extra.mean().item(), "selected_min": extra.min().item(),
+            "selected_max": extra.max().item(), "clusters": units.mean().item(),
+            "tokens_per_cluster": (extra.sum() / units.sum().clamp(min=1)).item()}
+
+
+def trace_rows(name: str, trace: Trace, targets) -> list[dict]:
+    num_layers, n, hkv, d = trace.keys.shape
+    base = MosaicConfig()
+    index = ClusterIndex(base, num_layers=num_layers, num_kv_heads=hkv, head_dim=d)
+    for a, b in trace.frame_chunks():
+        index.append(trace.keys[:, a:b], trace.frame_ids[a:b])
+        index.maintain()
+    always = always_attended_positions(trace.frame_ids.clone(), base).numel()
+    rows = []
+    for frac in BUDGETS:
+        budget = max(1, round(frac * n))
+        rows.append(_row(trace, index, base.replace(budget=budget), always, "tokens", f"{100 * frac:g} %"))
+    cap = max(1, round(CAP * n))
+    for p in targets:
+        config = base.replace(budget=cap, budget_mode="mass", mass_target=p)
+        rows.append(_row(trace, index, config, always, "mass", f"p={p:g}"))
+    for row in rows:
+        row["trace"] = name
+    return rows
+
+
+def matched(rows: list[dict]) -> dict:
+    """Selected tokens the mass mode needs for the fixed reference budget's mass recall, read off its
+    recall-vs-tokens curve (linear between the two targets that bracket it), and the ratio to the
+    reference's tokens (> 1: the mass mode needs fewer)."""
+    reference = next(r for r in rows if r["mode"] == "tokens" and r["setting"] == f"{100 * REFERENCE:g} %")
+    goal = reference["mass_recall"]
+    curve = [(r["selected_tokens"], r["mass_recall"], r["setting"]) for r in rows if r["mode"] == "mass"]
+    out = {"trace": reference["trace"], "reference_recall": goal, "reference_tokens": reference["selected_tokens"],
+           "tokens": None, "between": None, "token_ratio": None}
+    for (t0, r0, s0), (t1, r1, s1) in zip([(0.0, 0.0, "none")] + curve, curve):
+        if r0 < goal <= r1:
+            tokens = t0 + (goal - r0) / (r1 - r0) * (t1 - t0)
+            out.update(tokens=tokens, between=f"{s0}..{s1}", token_ratio=reference["selected_tokens"] / max(tokens, 1e-9))
+            break
+    return out
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| trace | mode | setting | mass recall | top-10 recall | output error | selected tokens (min–max) "
+          "| clusters | tokens / cluster |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['trace']} | {r['mode']} | {r['setting']} | {r['mass_recall']:.3f} | {r['top10_recall']:.3f} | "
+              f"{r['output_error']:.3f} | {r['selected_tokens']:.0f} ({r['selected_min']:.0f}–{r['selected_max']:.0f}) | "
+              f"{r['clusters']:.1f} | {r['tokens_per_cluster']:.1f} |")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny traces: a CI smoke run")
+    parser.add_argument("--skip-real", action="store_true", help="skip the SmolLM2 caption-stream trace")
+    parser.add_argument("--synthetic-frames", type=int, default=128)
+    parser.add_argument("--caption-frames", type=int, default=128)
+    parser.add_argument("--targets", type=float, nargs="*", default=list(TARGETS))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, default=None, help="write every number as JSON here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.synthetic_frames, args.caption_frames = 16, 12
+    started = time.perf_counter()
+    spec = SyntheticTraceSpec(num_frames=args.synthetic_frames, num_scenes=max(2, args.synthetic_frames // 16))
+    traces = [("synthetic", synthetic_trace(spec))]
+    if not args.skip_real:
+        from mosaic_sglang.traces.caption_stream import caption_stream_trace
+
+        traces.append(("smollm2-captions", caption_stream_trace(args.caption_frames).trace))
+    rows, matches = [], []
+    for name, trace in traces:
+        part = trace_rows(name, trace, args.targets)
+        rows += part
+        matches.append(matched(part))
+    print_table(rows)
+    print()
+    for m in matches:
+        if m["tokens"] is None:
+            print(f"[{m['trace']}] no target reached the fixed {100 * REFERENCE:g} % budget's mass recall "
+                  f"{m['reference_recall']:.3f} under the {100 * CAP:g} % cap")
+        else:
+            print(f"[{m['trace']}] mass recall {m['reference_recall']:.3f} (the fixed {100 * REFERENCE:g} % budget's, "
+                  f"{m['reference_tokens']:.0f} tokens): mass mode ~{m['tokens']:.0f} tokens ({m['between']}), "
+                  f"{m['token_ratio']:.2f}x fewer")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"rows": rows, "matched": matches}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""Estimated attention-mass shares for ``budget_mode='mass'``: how much of a query's attention each
+cluster would take, as a share of *everything* the query attends.
+
+The always-attended positions (sinks, text, recent window) are attended whatever is selected, and their
+keys are few, so their mass is computed exactly: ``A = log Σ_{k ∈ always} exp(q·k/√D)``. Each cluster's
+mass is estimated from its summary (`cluster_log_mass`, the log-normal estimate `score_clusters` ranks
+by). With ``C_c`` the clusters' log-masses, the share of cluster ``c`` is
+``exp(C_c − logsumexp(A, C_1, …))`` and the always part's is ``exp(A − logsumexp(A, C_1, …))``, both
+averaged over the row's query tokens and query heads (``query_reduce='mean'``). A layer whose sinks and
+text already hold the target needs no cluster at all; a layer whose attention is spread over the video
+needs many. Causality is ignored (every query is taken to see every indexed position): an estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from ..retrieval.gqa import group_queries
+from .scoring import cluster_log_mass
+
+__all__ = ["MassShares", "mass_shares"]
+
+
+class MassShares(NamedTuple):
+    """Per row (``R`` rows, ``C`` clusters).
+
+    Attributes:
+        per_token: ``[R, C] float32`` estimated share of the total mass per budget token of each cluster
+            (the greedy order of a fractional knapsack), ``-inf`` where ``costs <= 0``.
+        covered: ``[R] float32`` share held by the always-attended positions.
+    """
+
+    per_token: torch.Tensor
+    covered: torch.Tensor
+
+
+def mass_shares(queries: torch.Tensor, centroids: torch.Tensor, spreads: torch.Tensor, costs: torch.Tensor,
+                always_keys: torch.Tensor) -> MassShares:
+    """Estimated shares of the attention mass (see the module docstring).
+
+    Args:
+        queries: ``[R, Tq, num_qo_heads, D]`` float.
+        centroids, spreads, costs: the rows' cluster summaries, as `score_clusters`.
+        always_keys: ``[R, M, num_kv_heads, D]`` float keys of the always-attended positions of each row
+            (``M`` may be 0).
+    """
+    rows, tq, num_qo_heads, head_dim = queries.shape
+    num_kv_heads = centroids.shape[2]
+    log_mass = cluster_log_mass(queries, centroids, spreads, costs)  # [R, H, T, C]
+    q = group_queries(queries, num_kv_heads).transpose(2, 3).reshape(rows, num_kv_heads, -1, head_dim)
+    exact = torch.matmul(q, always_keys.float().permute(0, 2, 3, 1)) / math.sqrt(head_dim)  # [R, H, T, M]
+    always = torch.logsumexp(exact, dim=-1) if exact.shape[-1] else exact.new_full(exact.shape[:-1], float("-inf"))
+    clusters = torch.logsumexp(log_mass, dim=-1) if log_mass.shape[-1] else torch.full_like(always, float("-inf"))
+    total = torch.logaddexp(always, clusters)[..., None]  # [R, H, T, 1]
+    share = torch.exp(log_mass - total).nan_to_num(0.0).flatten(1, 2).mean(1)  # [R, C]
+    covered = torch.exp(always[..., None] - total).nan_to_num(0.0).flatten(1, 3).mean(1)  # [R]
+    per_token = torch.where(costs > 0, share / costs.clamp(min=1), torch.tensor(float("-inf"), device=share.device))
+    return MassShares(per_token, covered)
