@@ -13,6 +13,11 @@ Per row: attention-mass recall, top-10 recall and output error against exact att
 (mean, and min–max over layers: a mass selection gives flat layers more), clusters per layer and tokens
 per cluster. Then per trace the selected tokens the mass mode needs for the fixed 10 % budget's mass
 recall (interpolated on its recall-vs-tokens curve) and the ratio (the goal: ≥ 1.5× fewer at equal recall).
+The same comparison with the *true* masses (``oracle-tokens``: per layer the budget's tokens of highest
+exact mass; ``oracle-mass``: per layer the fewest tokens reaching p of the exact mass) shows what a
+per-layer mass target buys with a perfect estimator, and the *allocation ceiling* (one threshold on the
+exact masses over all layers, the optimum for the mean over layers) what any split of tokens between
+layers can buy at all.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mosaic_sglang.clusters import ClusterIndex  # noqa: E402
 from mosaic_sglang.config import MosaicConfig  # noqa: E402
-from mosaic_sglang.retrieval import always_attended_positions, selection_quality  # noqa: E402
+from mosaic_sglang.retrieval import Selection, always_attended_positions, selection_quality  # noqa: E402
+from mosaic_sglang.retrieval.gqa import group_queries  # noqa: E402
 from mosaic_sglang.traces import SyntheticTraceSpec, Trace, synthetic_trace  # noqa: E402
 
 BUDGETS = (0.02, 0.05, 0.10, 0.25)
@@ -54,6 +60,70 @@ def _row(trace: Trace, index: ClusterIndex, config: MosaicConfig, always: int, m
             "tokens_per_cluster": (extra.sum() / units.sum().clamp(min=1)).item()}
 
 
+def _mean_probs(trace: Trace) -> torch.Tensor:
+    """``[L, N]`` exact attention probabilities averaged over the question's tokens and query heads
+    (causal, as `selection_quality`): mass recall of a set is the sum of this over the set."""
+    num_layers, n, hkv, d = trace.keys.shape
+    visible = torch.arange(n)[None, :] <= trace.query_positions[:, None]  # [Tq, N]
+    out = []
+    for layer in range(num_layers):
+        q = group_queries(trace.queries[layer:layer + 1], hkv)[0]  # [Hkv, g, Tq, D]
+        logits = q @ trace.keys[layer].float().permute(1, 2, 0)[:, None] / d ** 0.5  # [Hkv, g, Tq, N]
+        out.append(torch.softmax(logits.masked_fill(~visible, float("-inf")), -1).mean((0, 1, 2)))
+    return torch.stack(out)
+
+
+def _oracle_selection(probs: torch.Tensor, always: torch.Tensor, *, budget: int | None = None,
+                      target: float | None = None) -> Selection:
+    """Per layer: the always-attended positions plus the eligible tokens of highest true mass, ``budget``
+    of them, or the fewest reaching ``target`` of the total mass (always part counted), capped by none."""
+    mask = torch.zeros_like(probs, dtype=torch.bool)
+    mask[:, always] = True
+    eligible = probs.masked_fill(mask, -1.0)
+    order = eligible.argsort(dim=1, descending=True)
+    ranked = eligible.gather(1, order).clamp(min=0)
+    if budget is not None:
+        take = (torch.arange(probs.shape[1])[None, :] < budget).expand_as(probs)
+    else:
+        covered = probs[:, always].sum(1, keepdim=True)
+        take = (covered + torch.cumsum(ranked, 1) - ranked) < target
+    take = take & (eligible.gather(1, order) >= 0)
+    chosen = torch.zeros_like(mask).scatter_(1, order, take) | mask
+    return Selection.from_mask(chosen, take.sum(1))
+
+
+def allocation_ceiling(probs: torch.Tensor, always: torch.Tensor, budget: int) -> dict:
+    """The most any allocation of tokens across layers can save at the reference recall, with exact
+    masses: per layer the ``budget`` best eligible tokens (uniform) against one threshold over all layers
+    (every token above it, whatever its layer: the optimum for the mean over layers); returns the mean
+    tokens per layer the global threshold needs for the uniform split's mean mass recall, and the ratio."""
+    num_layers = probs.shape[0]
+    eligible = probs.clone()
+    eligible[:, always] = -1.0
+    covered = probs[:, always].sum()
+    uniform = (covered + eligible.topk(budget, dim=1).values.clamp(min=0).sum()) / num_layers
+    ranked = torch.sort(eligible.flatten(), descending=True).values.clamp(min=0).cumsum(0)
+    tokens = (int(((covered + ranked) / num_layers < uniform).sum()) + 1) / num_layers
+    return {"uniform_recall": uniform.item(), "global_tokens": tokens, "budget": budget, "ratio": budget / tokens}
+
+
+def _oracle_rows(trace: Trace, always: torch.Tensor, budget: int, targets, probs: torch.Tensor) -> list[dict]:
+    """The same comparison with the true masses: a per-layer mass target, whatever the estimator."""
+    settings = [(f"{100 * REFERENCE:g} %", dict(budget=budget))] + [(f"p={p:g}", dict(target=p)) for p in targets]
+    rows = []
+    for setting, how in settings:
+        selection = _oracle_selection(probs, always, **how)
+        quality = selection_quality(trace.queries, trace.keys, trace.values, selection,
+                                    query_positions=trace.query_positions).mean()
+        extra = selection.sizes().float() - always.numel()
+        rows.append({"mode": "oracle-tokens" if "budget" in how else "oracle-mass", "setting": setting,
+                     "budget": budget, "mass_recall": quality.mass_recall.item(),
+                     "top10_recall": quality.topk_recall.item(), "output_error": quality.output_error.item(),
+                     "selected_tokens": extra.mean().item(), "selected_min": extra.min().item(),
+                     "selected_max": extra.max().item(), "clusters": extra.mean().item(), "tokens_per_cluster": 1.0})
+    return rows
+
+
 def trace_rows(name: str, trace: Trace, targets) -> list[dict]:
     num_layers, n, hkv, d = trace.keys.shape
     base = MosaicConfig()
@@ -70,20 +140,23 @@ def trace_rows(name: str, trace: Trace, targets) -> list[dict]:
     for p in targets:
         config = base.replace(budget=cap, budget_mode="mass", mass_target=p)
         rows.append(_row(trace, index, config, always, "mass", f"p={p:g}"))
+    positions = always_attended_positions(trace.frame_ids.clone(), base)
+    probs = _mean_probs(trace)
+    rows += _oracle_rows(trace, positions, max(1, round(REFERENCE * n)), targets, probs)
     for row in rows:
         row["trace"] = name
-    return rows
+    return rows, {"trace": name, **allocation_ceiling(probs, positions, max(1, round(REFERENCE * n)))}
 
 
-def matched(rows: list[dict]) -> dict:
-    """Selected tokens the mass mode needs for the fixed reference budget's mass recall, read off its
-    recall-vs-tokens curve (linear between the two targets that bracket it), and the ratio to the
-    reference's tokens (> 1: the mass mode needs fewer)."""
-    reference = next(r for r in rows if r["mode"] == "tokens" and r["setting"] == f"{100 * REFERENCE:g} %")
+def matched(rows: list[dict], fixed: str = "tokens", adaptive: str = "mass") -> dict:
+    """Selected tokens the ``adaptive`` mode needs for the ``fixed`` mode's mass recall at the reference
+    budget, read off its recall-vs-tokens curve (linear between the two targets that bracket it), and
+    the ratio to the reference's tokens (> 1: the adaptive mode needs fewer)."""
+    reference = next(r for r in rows if r["mode"] == fixed and r["setting"] == f"{100 * REFERENCE:g} %")
     goal = reference["mass_recall"]
-    curve = [(r["selected_tokens"], r["mass_recall"], r["setting"]) for r in rows if r["mode"] == "mass"]
-    out = {"trace": reference["trace"], "reference_recall": goal, "reference_tokens": reference["selected_tokens"],
-           "tokens": None, "between": None, "token_ratio": None}
+    curve = [(r["selected_tokens"], r["mass_recall"], r["setting"]) for r in rows if r["mode"] == adaptive]
+    out = {"trace": reference["trace"], "modes": f"{adaptive} vs {fixed}", "reference_recall": goal,
+           "reference_tokens": reference["selected_tokens"], "tokens": None, "between": None, "token_ratio": None}
     for (t0, r0, s0), (t1, r1, s1) in zip([(0.0, 0.0, "none")] + curve, curve):
         if r0 < goal <= r1:
             tokens = t0 + (goal - r0) / (r1 - r0) * (t1 - t0)
@@ -123,25 +196,30 @@ def main(argv=None) -> int:
         from mosaic_sglang.traces.caption_stream import caption_stream_trace
 
         traces.append(("smollm2-captions", caption_stream_trace(args.caption_frames).trace))
-    rows, matches = [], []
+    rows, matches, ceilings = [], [], []
     for name, trace in traces:
-        part = trace_rows(name, trace, args.targets)
+        part, ceiling = trace_rows(name, trace, args.targets)
         rows += part
-        matches.append(matched(part))
+        ceilings.append(ceiling)
+        matches += [matched(part), matched(part, "oracle-tokens", "oracle-mass")]
     print_table(rows)
     print()
     for m in matches:
         if m["tokens"] is None:
-            print(f"[{m['trace']}] no target reached the fixed {100 * REFERENCE:g} % budget's mass recall "
+            print(f"[{m['trace']}, {m['modes']}] no target reached the fixed {100 * REFERENCE:g} % budget's mass recall "
                   f"{m['reference_recall']:.3f} under the {100 * CAP:g} % cap")
         else:
-            print(f"[{m['trace']}] mass recall {m['reference_recall']:.3f} (the fixed {100 * REFERENCE:g} % budget's, "
-                  f"{m['reference_tokens']:.0f} tokens): mass mode ~{m['tokens']:.0f} tokens ({m['between']}), "
+            print(f"[{m['trace']}, {m['modes']}] mass recall {m['reference_recall']:.3f} (the {100 * REFERENCE:g} % "
+                  f"budget's, {m['reference_tokens']:.0f} tokens): ~{m['tokens']:.0f} tokens ({m['between']}), "
                   f"{m['token_ratio']:.2f}x fewer")
+    for c in ceilings:
+        print(f"[{c['trace']}, allocation ceiling] exact masses, one threshold over all layers: "
+              f"{c['global_tokens']:.0f} tokens per layer for the uniform {c['budget']}'s mean mass recall "
+              f"{c['uniform_recall']:.3f}: at most {c['ratio']:.2f}x fewer from moving tokens between layers")
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"rows": rows, "matched": matches}, indent=1))
+        args.out.write_text(json.dumps({"rows": rows, "matched": matches, "allocation_ceiling": ceilings}, indent=1))
     return 0
 
 
