@@ -43,6 +43,15 @@ def test_mass_budget_benchmark_smoke(tmp_path):
     assert all(0 < r["mass_recall"] <= 1 for r in rows)
 
 
+def test_per_head_selection_benchmark_smoke(tmp_path):
+    stdout = _run("per_head_selection.py", "--quick", "--skip-real", "--out", str(tmp_path / "h.json"))
+    rows = __import__("json").loads((tmp_path / "h.json").read_text())["rows"]
+    assert [r["mode"] for r in rows[:2]] == ["shared", "per-head"] and len(rows) == 8
+    for shared, head in zip(rows[::2], rows[1::2]):  # a list per head can only add distinct positions
+        assert shared["union_tokens"] <= head["union_tokens"] <= 2 * shared["budget_tokens"]
+    assert "per-head - shared: mass recall" in stdout
+
+
 @pytest.mark.timeout(600)
 def test_soak_smoke():
     stdout = _run("soak.py", "--minutes", "0.5", "--sessions", "2", "--chunks-per-session", "2", timeout=600)
