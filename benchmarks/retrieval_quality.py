@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mosaic_sglang.retrieval.baselines import DenseRetriever, FrameBlockRetriever, OracleTokenTopK, QuestPageRetriever  # noqa: E402
+from mosaic_sglang.retrieval.baselines import (ClusterKVRetriever, DenseRetriever, FrameBlockRetriever,  # noqa: E402
+                                               InfLLMBlockRetriever, OracleTokenTopK, QuestPageRetriever)
 from mosaic_sglang.config import MosaicConfig  # noqa: E402
 from mosaic_sglang.retrieval import selection_quality  # noqa: E402
 from mosaic_sglang.retrieval import Retriever, always_attended_positions  # noqa: E402
@@ -81,6 +82,8 @@ def methods(baselines_only: bool) -> dict[str, Factory]:
         c.replace(query_reduce="mean"), num_layers=l, num_kv_heads=h, head_dim=d, use_probabilities=True)
     out["frame-block"] = lambda c, l, h, d: FrameBlockRetriever(c, num_layers=l, num_kv_heads=h, head_dim=d)
     out["quest-page"] = lambda c, l, h, d: QuestPageRetriever(c, num_layers=l, num_kv_heads=h, head_dim=d)
+    out["infllm-block"] = lambda c, l, h, d: InfLLMBlockRetriever(c, num_layers=l, num_kv_heads=h, head_dim=d)
+    out["clusterkv"] = lambda c, l, h, d: ClusterKVRetriever(c, num_layers=l, num_kv_heads=h, head_dim=d)
     out["dense"] = lambda c, l, h, d: DenseRetriever(c, num_layers=l, num_kv_heads=h, head_dim=d)
     return out
 

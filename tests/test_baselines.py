@@ -5,14 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mosaic_sglang.retrieval.baselines import DenseRetriever, FrameBlockRetriever, OracleTokenTopK, QuestPageRetriever
+from functools import partial
+
+from mosaic_sglang.retrieval.baselines import (ClusterKVRetriever, DenseRetriever, FrameBlockRetriever,
+                                               InfLLMBlockRetriever, OracleTokenTopK, QuestPageRetriever)
 from mosaic_sglang.config import MosaicConfig
 from mosaic_sglang.retrieval import selection_quality
 from mosaic_sglang.retrieval import always_attended_positions
 
 L, HKV, HQ, D = 3, 2, 4, 8
-ALL = [DenseRetriever, OracleTokenTopK, FrameBlockRetriever, QuestPageRetriever]
-BUDGETED = [OracleTokenTopK, FrameBlockRetriever, QuestPageRetriever]
+# units of 16 tokens (the defaults, 128-token blocks and ~16-token clusters, exceed these small streams)
+INFLLM16 = partial(InfLLMBlockRetriever, block_size=16, representatives=4)
+CLUSTERKV16 = partial(ClusterKVRetriever, tokens_per_cluster=16)
+ALL = [DenseRetriever, OracleTokenTopK, FrameBlockRetriever, QuestPageRetriever, INFLLM16, CLUSTERKV16]
+BUDGETED = [OracleTokenTopK, FrameBlockRetriever, QuestPageRetriever, INFLLM16, CLUSTERKV16]
 
 
 def _stream(seed: int = 0, frames: int = 12, per_frame: int = 10, text_every: int = 3):
@@ -56,7 +62,10 @@ def test_budget_accounting(cls, budget):
     r.append(keys, fids)
     sel = r.select(q)
     # Whole units only: the oracle's unit is a token (exact), a frame costs <= 10, a page <= 16.
-    slack = {OracleTokenTopK: 1, FrameBlockRetriever: 10, QuestPageRetriever: 16}[cls]
+    if cls is CLUSTERKV16:  # a cluster's size is whatever k-means made it: the unused rest is below the largest
+        slack = int(torch.bincount(r._assign[r._assign >= 0]).max()) if budget else 1
+    else:
+        slack = {OracleTokenTopK: 1, FrameBlockRetriever: 10, QuestPageRetriever: 16, INFLLM16: 16}[cls]
     _check_accounting(sel, fids, r.config, exact=cls is OracleTokenTopK, slack=slack)
     assert sel.num_units.shape == (L,)
     assert (sel.num_units >= 0).all() and (sel.num_units <= max(budget, 0)).all()
@@ -112,8 +121,8 @@ def _planted(per_frame: int = 8, frames: int = 6, target: int = 3):
     return keys, fids, q, torch.arange(target * per_frame, (target + 1) * per_frame)
 
 
-@pytest.mark.parametrize("cls", BUDGETED)
-def test_obvious_frame_is_found(cls):
+@pytest.mark.parametrize("cls", [c for c in BUDGETED if c is not CLUSTERKV16])  # k-means: stray noise keys may
+def test_obvious_frame_is_found(cls):  # join the planted cluster (see test_clusterkv_groups_keys_by_direction...)
     keys, fids, q, want = _planted(per_frame=16)  # frames = pages: every unit type can hit it exactly
     r = _make(cls, budget=16, sink_tokens=0, recent_window=0)
     r.append(keys, fids)
@@ -254,3 +263,29 @@ def test_frame_blocks_reject_decreasing_frames():
     r.append(torch.zeros(L, 3, HKV, D), torch.tensor([2, 2, 3]))
     with pytest.raises(ValueError, match="non-decreasing"):
         r.append(torch.zeros(L, 2, HKV, D), torch.tensor([1, 1]))
+
+
+def test_infllm_representatives_are_the_most_attended_keys_of_their_block():
+    # one block of 4 tokens: three near-identical keys attend each other, the outlier is attended by nobody
+    r = InfLLMBlockRetriever(MosaicConfig(budget=4, sink_tokens=0, recent_window=0), num_layers=1, num_kv_heads=1,
+                             head_dim=2, block_size=4, representatives=2)
+    keys = torch.tensor([[3.0, 0.0], [3.0, 0.1], [-3.0, 0.0], [3.0, -0.1]]).reshape(1, 4, 1, 2)
+    r.append(keys, torch.zeros(4, dtype=torch.int64))
+    reps = r._reps[0, 0, 0]  # [2, D]
+    assert all(float(rep[0]) == 3.0 for rep in reps)  # two of the three agreeing keys, not the outlier
+    with pytest.raises(ValueError, match="representatives <= block_size"):
+        InfLLMBlockRetriever(MosaicConfig(), num_layers=1, num_kv_heads=1, head_dim=2, block_size=2, representatives=3)
+
+
+def test_clusterkv_groups_keys_by_direction_not_position():
+    # two interleaved directions: k-means must put every other token together, whatever its frame
+    keys = torch.zeros(1, 32, 1, 4)
+    keys[0, 0::2, 0, 0] = 1.0
+    keys[0, 1::2, 0, 1] = 1.0
+    keys += 0.01 * torch.randn(keys.shape, generator=torch.Generator().manual_seed(0))
+    r = ClusterKVRetriever(MosaicConfig(budget=16, sink_tokens=0, recent_window=0), num_layers=1, num_kv_heads=1,
+                           head_dim=4, tokens_per_cluster=16)
+    r.append(keys, torch.arange(32) // 8)
+    q = torch.zeros(1, 1, 1, 4)
+    q[..., 1] = 1.0
+    assert r.select(q).indices.tolist() == list(range(1, 32, 2))
