@@ -52,6 +52,14 @@ def test_per_head_selection_benchmark_smoke(tmp_path):
     assert "per-head - shared: mass recall" in stdout
 
 
+def test_granularity_frontier_benchmark_smoke(tmp_path):
+    _run("granularity_frontier.py", "--quick", "--skip-real", "--out", str(tmp_path / "g.json"))
+    fine, coarse = __import__("json").loads((tmp_path / "g.json").read_text())["rows"]
+    assert (fine["join_threshold"], coarse["join_threshold"]) == (0.2, 1.6)
+    assert coarse["clusters"] < fine["clusters"]  # a looser join threshold makes fewer, larger clusters
+    assert coarse["tokens_per_selected_cluster"] > fine["tokens_per_selected_cluster"]
+
+
 @pytest.mark.timeout(600)
 def test_soak_smoke():
     stdout = _run("soak.py", "--minutes", "0.5", "--sessions", "2", "--chunks-per-session", "2", timeout=600)
