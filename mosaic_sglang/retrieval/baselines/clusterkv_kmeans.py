@@ -54,6 +54,15 @@ class ClusterKVRetriever(BaselineRetriever):
         self._assign = torch.empty(num_layers, 0, dtype=torch.int64)  # [L, N] cluster, -1 none
         self._centroids = torch.zeros(num_layers, num_kv_heads, 0, head_dim)  # [L, Hkv, K, D]
 
+    def memberships(self) -> torch.Tensor:
+        """``[L, N] int64`` cluster of every position per layer (``-1``: always attended), clustering first
+        if the stream grew since the last clustering."""
+        if self._n == 0:
+            raise ValueError(f"{type(self).__name__}.memberships: nothing appended yet")
+        if self._clustered_at != self._n:
+            self._cluster(self._always_and_candidates()[1])
+        return self._assign
+
     def _observe(self, keys: torch.Tensor, frame_ids: torch.Tensor, start: int) -> None:
         self._keys.append(keys.float())
 
