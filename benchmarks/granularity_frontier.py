@@ -9,8 +9,8 @@ clusters in the index, mean tokens per *selected* cluster (selected tokens / clu
 transfer moves), and ingest time per frame. The issue's goal reads off the table: the largest selected
 clusters whose mass recall stays within 1 point of the defaults' (≥ 16 tokens on the synthetic trace,
 ≥ 8 on the captions). Rows ``k-means/T``: Mosaic's scoring and exact fill over memberships from k-means
-at ~T tokens per cluster over the whole index (`ClusterKVRetriever`'s clustering), the candidate for
-coarse groups formed off the decode path.
+at ~T tokens per cluster over the whole index (`ClusterKVRetriever`'s clustering), or per span of 16
+frames (``per 16 frames``): candidates for coarse groups formed off the decode path.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from mosaic_sglang.traces import SyntheticTraceSpec, Trace, synthetic_trace  # n
 JOIN_THRESHOLDS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 MAX_CLUSTER_SIZES = (64, 256)
 KMEANS_TOKENS_PER_CLUSTER = (8, 16, 32)
+KMEANS_WINDOW_FRAMES = 16
+"""Frames per span of the windowed k-means rows (clusters never cross a span: frame locality)."""
 BUDGET = 0.10
 
 
@@ -60,15 +62,42 @@ def point(trace: Trace, join: float, max_size: int) -> dict:
             "ingest_ms_per_frame": ingest_ms}
 
 
-def kmeans_point(trace: Trace, tokens_per_cluster: int) -> dict:
-    """Mosaic's scoring and exact fill over k-means memberships (`ClusterKVRetriever`'s clustering) instead
-    of its online ones: does a coarse membership formed over the whole index keep the recall?"""
+def _kmeans_memberships(trace: Trace, config: MosaicConfig, tokens_per_cluster: int, window_frames) -> torch.Tensor:
+    """``[L, N]`` k-means memberships (`ClusterKVRetriever`'s clustering) over the whole trace, or over each
+    span of ``window_frames`` frames separately (cluster ids offset per span); ``-1``: always attended."""
+    num_layers, n, hkv, d = trace.keys.shape
+    if window_frames is None:
+        spans = [(0, n)]
+    else:
+        ordinal = torch.cumsum(torch.cat([torch.ones(1, dtype=torch.long),
+                                          (trace.frame_ids[1:] != trace.frame_ids[:-1]).long()]), 0)
+        frame_of = torch.where(trace.frame_ids >= 0, ordinal, 0).cummax(0).values  # text joins the frame before
+        edges = (frame_of // (2 * window_frames)).tolist()  # each frame counts twice in ordinal (frame + text)
+        spans, start = [], 0
+        for i in range(1, n + 1):
+            if i == n or edges[i] != edges[start]:
+                spans.append((start, i))
+                start = i
+    local = config.replace(sink_tokens=0, recent_window=0)  # text stays out; the sinks/window are cut below
+    out = torch.full((num_layers, n), -1, dtype=torch.int64)
+    offset = 0
+    for a, b in spans:
+        kmeans = ClusterKVRetriever(local, num_layers=num_layers, num_kv_heads=hkv, head_dim=d,
+                                    tokens_per_cluster=tokens_per_cluster)
+        kmeans.append(trace.keys[:, a:b], trace.frame_ids[a:b])
+        part = kmeans.memberships()
+        out[:, a:b] = torch.where(part >= 0, part + offset, -1)
+        offset += int(part.max()) + 1 if (part >= 0).any() else 0
+    out[:, always_attended_positions(trace.frame_ids.clone(), config)] = -1
+    return out
+
+
+def kmeans_point(trace: Trace, tokens_per_cluster: int, window_frames=None) -> dict:
+    """Mosaic's scoring and exact fill over k-means memberships instead of its online ones: does a coarse
+    membership formed off the decode path keep the recall (over the whole index, or per span of frames)?"""
     num_layers, n, hkv, d = trace.keys.shape
     config = MosaicConfig(budget=max(1, round(BUDGET * n)))
-    kmeans = ClusterKVRetriever(config, num_layers=num_layers, num_kv_heads=hkv, head_dim=d,
-                                tokens_per_cluster=tokens_per_cluster)
-    kmeans.append(trace.keys, trace.frame_ids)
-    assign = kmeans.memberships()  # [L, N], -1 for always-attended positions
+    assign = _kmeans_memberships(trace, config, tokens_per_cluster, window_frames)  # [L, N], -1: always attended
     num_c = int(assign.max()) + 1
     keys = trace.keys.float()
     member = assign >= 0
@@ -100,7 +129,8 @@ def kmeans_point(trace: Trace, tokens_per_cluster: int) -> dict:
     selection = Selection.from_mask(mask, (take > 0).sum(1))
     quality = selection_quality(trace.queries, trace.keys, trace.values, selection,
                                 query_positions=trace.query_positions).mean()
-    return {"join_threshold": f"k-means/{tokens_per_cluster}", "max_cluster_size": "-",
+    where = "" if window_frames is None else f" per {window_frames} frames"
+    return {"join_threshold": f"k-means/{tokens_per_cluster}{where}", "max_cluster_size": "-",
             "mass_recall": quality.mass_recall.item(), "top10_recall": quality.topk_recall.item(), "clusters": num_c,
             "tokens_per_selected_cluster": (chosen.sum() / selection.num_units.sum().clamp(min=1)).item(),
             "ingest_ms_per_frame": float("nan")}
@@ -132,8 +162,9 @@ def main(argv=None) -> int:
         for max_size in sizes:
             for join in joins:
                 rows.append({"trace": name, **point(trace, join, max_size)})
-        for per_cluster in kmeans_sizes:
-            rows.append({"trace": name, **kmeans_point(trace, per_cluster)})
+        for window in (None, KMEANS_WINDOW_FRAMES):
+            for per_cluster in kmeans_sizes:
+                rows.append({"trace": name, **kmeans_point(trace, per_cluster, window)})
     print("| trace | max_cluster_size | join_threshold | mass recall | top-10 recall | clusters | "
           "tokens / selected cluster | ingest ms / frame |")
     print("|---|---|---|---|---|---|---|---|")

@@ -54,7 +54,8 @@ def test_per_head_selection_benchmark_smoke(tmp_path):
 
 def test_granularity_frontier_benchmark_smoke(tmp_path):
     _run("granularity_frontier.py", "--quick", "--skip-real", "--out", str(tmp_path / "g.json"))
-    fine, coarse, kmeans = __import__("json").loads((tmp_path / "g.json").read_text())["rows"]
+    fine, coarse, kmeans, windowed = __import__("json").loads((tmp_path / "g.json").read_text())["rows"]
+    assert windowed["join_threshold"] == "k-means/16 per 16 frames"
     assert kmeans["join_threshold"] == "k-means/16" and 0 < kmeans["mass_recall"] <= 1
     assert 8 <= kmeans["tokens_per_selected_cluster"] <= 32  # k-means at ~16 tokens moves units of about that
     assert (fine["join_threshold"], coarse["join_threshold"]) == (0.2, 1.6)
