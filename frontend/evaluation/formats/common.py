@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..qa_items import QAFormatError, QAItem, answer_letter, strip_letter
 
-__all__ = ["LoadedSet", "read_records", "video_path", "make_item", "field_of", "seconds_of"]
+__all__ = ["LoadedSet", "read_records", "question_rows", "video_path", "make_item", "field_of", "seconds_of"]
 
 PathLike = Union[str, Path]
 
@@ -61,6 +61,22 @@ def read_records(path: PathLike) -> Union[list, dict]:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise QAFormatError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+
+
+def question_rows(path: PathLike, records, *, what: str = "questions",
+                  places: Optional[Iterable[Tuple[str, object]]] = None) -> Iterator[Tuple[str, dict]]:
+    """``(where, row)`` for each question of a list-shaped annotation, each row checked to be an object.
+
+    ``places``: ``(place, row)`` pairs when the rows are not the list itself (questions nested in
+    videos); default ``("question <n>", records[n])``. ``where`` is ``"<path>: <place>"``.
+    """
+    if not isinstance(records, list):
+        raise QAFormatError(f"{path}: expected a list of {what}, got {type(records).__name__}")
+    for place, row in places if places is not None else ((f"question {n}", r) for n, r in enumerate(records)):
+        where = f"{path}: {place}"
+        if not isinstance(row, dict):
+            raise QAFormatError(f"{where}: expected an object, got {type(row).__name__}")
+        yield where, row
 
 
 def _plain(value):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..qa_items import QAFormatError
-from .common import LoadedSet, field_of, make_item, read_records, video_path
+from .common import LoadedSet, field_of, make_item, question_rows, read_records, video_path
 
 __all__ = ["load", "ANSWERS_FILE"]
 
@@ -29,14 +29,8 @@ def load(path, video_root=None, answers=None) -> LoadedSet:
     key = read_records(answers_path)
     if not isinstance(key, dict):
         raise QAFormatError(f"{answers_path}: expected an object q_uid -> index, got {type(key).__name__}")
-    records = read_records(path)
-    if not isinstance(records, list):
-        raise QAFormatError(f"{path}: expected a list of questions, got {type(records).__name__}")
     out = LoadedSet()
-    for number, row in enumerate(records):
-        where = f"{path}: question {number}"
-        if not isinstance(row, dict):
-            raise QAFormatError(f"{where}: expected an object, got {type(row).__name__}")
+    for where, row in question_rows(path, read_records(path)):
         uid = field_of(row, ("q_uid",), where)
         if uid not in key:
             out.skip("no public answer")

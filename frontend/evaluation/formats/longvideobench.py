@@ -12,22 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..qa_items import QAFormatError
-from .common import LoadedSet, field_of, make_item, read_records, video_path
+from .common import LoadedSet, field_of, make_item, question_rows, read_records, video_path
 
 __all__ = ["load"]
 
 
 def load(path, video_root=None) -> LoadedSet:
     path = Path(path)
-    records = read_records(path)
-    if not isinstance(records, list):
-        raise QAFormatError(f"{path}: expected a list of questions, got {type(records).__name__}")
     out = LoadedSet()
-    for number, row in enumerate(records):
-        where = f"{path}: question {number}"
-        if not isinstance(row, dict):
-            raise QAFormatError(f"{where}: expected an object, got {type(row).__name__}")
+    for where, row in question_rows(path, read_records(path)):
         if row.get("correct_choice") is None:
             out.skip("no correct_choice (test split)")
             continue

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..qa_items import QAFormatError
-from .common import LoadedSet, field_of, make_item, read_records, video_path
+from .common import LoadedSet, field_of, make_item, question_rows, read_records, video_path
 
 __all__ = ["load"]
 
@@ -24,13 +23,7 @@ def load(path, video_root=None) -> LoadedSet:
     files = sorted(path.glob("*.json")) if path.is_dir() else [path]
     out = LoadedSet()
     for file in files:
-        records = read_records(file)
-        if not isinstance(records, list):
-            raise QAFormatError(f"{file}: expected a list of questions, got {type(records).__name__}")
-        for number, row in enumerate(records):
-            where = f"{file}: question {number}"
-            if not isinstance(row, dict):
-                raise QAFormatError(f"{where}: expected an object, got {type(row).__name__}")
+        for number, (where, row) in enumerate(question_rows(file, read_records(file))):
             if not row.get("candidates"):
                 out.skip("open-ended (no candidates)")
                 continue

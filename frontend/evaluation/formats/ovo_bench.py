@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..qa_items import QAFormatError
-from .common import LoadedSet, field_of, make_item, read_records, video_path
+from .common import LoadedSet, field_of, make_item, question_rows, read_records, video_path
 
 __all__ = ["load"]
 
@@ -27,13 +26,8 @@ def load(path, video_root=None) -> LoadedSet:
     records = read_records(path)
     if isinstance(records, dict):
         records = [r for part in ("backward", "realtime", "forward") for r in records.get(part, [])]
-    if not isinstance(records, list):
-        raise QAFormatError(f"{path}: expected a list of questions, got {type(records).__name__}")
     out = LoadedSet()
-    for number, row in enumerate(records):
-        where = f"{path}: question {number}"
-        if not isinstance(row, dict):
-            raise QAFormatError(f"{where}: expected an object, got {type(row).__name__}")
+    for where, row in question_rows(path, records):
         if "test_info" in row or not row.get("options"):
             out.skip(f"forward active responding ({row.get('task', '?')})")
             continue

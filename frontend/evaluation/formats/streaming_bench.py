@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..qa_items import QAFormatError
-from .common import LoadedSet, field_of, make_item, read_records, seconds_of, video_path
+from .common import LoadedSet, field_of, make_item, question_rows, read_records, seconds_of, video_path
 
 __all__ = ["load"]
 
@@ -33,13 +32,8 @@ def _rows(records):
 def load(path, video_root=None) -> LoadedSet:
     path = Path(path)
     records = read_records(path)
-    if not isinstance(records, list):
-        raise QAFormatError(f"{path}: expected a list of videos, got {type(records).__name__}")
     out = LoadedSet()
-    for place, row in _rows(records):
-        where = f"{path}: {place}"
-        if not isinstance(row, dict):
-            raise QAFormatError(f"{where}: expected an object, got {type(row).__name__}")
+    for where, row in question_rows(path, records, what="videos", places=_rows(records)):
         if not row.get("options"):
             out.skip("open-ended (no options)")
             continue

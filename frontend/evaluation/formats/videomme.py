@@ -13,20 +13,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..qa_items import QAFormatError
-from .common import LoadedSet, field_of, make_item, read_records, video_path
+from .common import LoadedSet, field_of, make_item, question_rows, read_records, video_path
 
 __all__ = ["load"]
 
 
 def _rows(records):
+    number = 0
     for video in records:
         if isinstance(video, dict) and isinstance(video.get("questions"), list):
             shared = {k: v for k, v in video.items() if k != "questions"}
-            for question in video["questions"]:
-                yield {**shared, **question} if isinstance(question, dict) else question
+            questions = [{**shared, **q} if isinstance(q, dict) else q for q in video["questions"]]
         else:
-            yield video
+            questions = [video]
+        for question in questions:
+            yield f"question {number}", question
+            number += 1
 
 
 def load(path, video_root=None) -> LoadedSet:
@@ -35,10 +37,7 @@ def load(path, video_root=None) -> LoadedSet:
     if not isinstance(records, list):
         records = [records]
     out = LoadedSet()
-    for number, row in enumerate(_rows(records)):
-        where = f"{path}: question {number}"
-        if not isinstance(row, dict):
-            raise QAFormatError(f"{where}: expected an object, got {type(row).__name__}")
+    for number, (where, row) in enumerate(question_rows(path, records, places=_rows(records))):
         vid = field_of(row, ("videoID", "video_id"), where)
         where = f"{path}: question {row.get('question_id', number)!r}"
         out.items.append(make_item(
