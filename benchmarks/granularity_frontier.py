@@ -16,7 +16,6 @@ frames (``per 16 frames``): candidates for coarse groups formed off the decode p
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,8 @@ from mosaic_sglang.config import MosaicConfig  # noqa: E402
 from mosaic_sglang.retrieval import Selection, always_attended_positions, selection_quality  # noqa: E402
 from mosaic_sglang.retrieval.baselines import ClusterKVRetriever  # noqa: E402
 from mosaic_sglang.retrieval.budget import fill_budget_exact  # noqa: E402
-from mosaic_sglang.traces import SyntheticTraceSpec, Trace, synthetic_trace  # noqa: E402
+from mosaic_sglang.traces import Trace  # noqa: E402
+from trace_families import add_trace_arguments, ingest, load_traces, write_json  # noqa: E402
 
 JOIN_THRESHOLDS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 MAX_CLUSTER_SIZES = (64, 256)
@@ -46,12 +46,9 @@ def point(trace: Trace, join: float, max_size: int) -> dict:
     config = MosaicConfig(budget=max(1, round(BUDGET * n)), join_threshold=join, split_threshold=1.5 * join,
                           max_cluster_size=max_size)
     index = ClusterIndex(config, num_layers=num_layers, num_kv_heads=hkv, head_dim=d)
-    chunks = trace.frame_chunks()
     started = time.perf_counter()
-    for a, b in chunks:
-        index.append(trace.keys[:, a:b], trace.frame_ids[a:b])
-        index.maintain()
-    ingest_ms = 1e3 * (time.perf_counter() - started) / len(chunks)
+    frames = ingest(index, trace)
+    ingest_ms = 1e3 * (time.perf_counter() - started) / frames
     selection = index.select(trace.queries)
     quality = selection_quality(trace.queries, trace.keys, trace.values, selection,
                                 query_positions=trace.query_positions).mean()
@@ -138,27 +135,14 @@ def kmeans_point(trace: Trace, tokens_per_cluster: int, window_frames=None) -> d
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny traces and two points: a CI smoke run")
-    parser.add_argument("--skip-real", action="store_true", help="skip the SmolLM2 caption-stream trace")
-    parser.add_argument("--synthetic-frames", type=int, default=128)
-    parser.add_argument("--caption-frames", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    parser.add_argument("--out", type=Path, default=None, help="write every number as JSON here")
+    add_trace_arguments(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     joins, sizes, kmeans_sizes = JOIN_THRESHOLDS, MAX_CLUSTER_SIZES, KMEANS_TOKENS_PER_CLUSTER
-    if args.quick:
-        args.synthetic_frames, args.caption_frames, joins, sizes, kmeans_sizes = 16, 12, (0.2, 1.6), (64,), (16,)
+    if args.quick:  # two points and one k-means row
+        joins, sizes, kmeans_sizes = (0.2, 1.6), (64,), (16,)
     started = time.perf_counter()
-    spec = SyntheticTraceSpec(num_frames=args.synthetic_frames, num_scenes=max(2, args.synthetic_frames // 16))
-    traces = [("synthetic", synthetic_trace(spec))]
-    if not args.skip_real:
-        from mosaic_sglang.traces.caption_stream import caption_stream_trace
-
-        traces.append(("smollm2-captions", caption_stream_trace(args.caption_frames).trace))
     rows = []
-    for name, trace in traces:
+    for name, trace in load_traces(args):
         for max_size in sizes:
             for join in joins:
                 rows.append({"trace": name, **point(trace, join, max_size)})
@@ -173,9 +157,7 @@ def main(argv=None) -> int:
               f"{r['top10_recall']:.3f} | {r['clusters']} | {r['tokens_per_selected_cluster']:.1f} | "
               f"{r['ingest_ms_per_frame']:.2f} |")
     print(f"total {time.perf_counter() - started:.0f} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"rows": rows}, indent=1))
+    write_json(args.out, {"rows": rows})
     return 0
 
 

@@ -23,7 +23,6 @@ layers can buy at all.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,8 @@ from mosaic_sglang.clusters import ClusterIndex  # noqa: E402
 from mosaic_sglang.config import MosaicConfig  # noqa: E402
 from mosaic_sglang.retrieval import Selection, always_attended_positions, selection_quality  # noqa: E402
 from mosaic_sglang.retrieval.gqa import group_queries  # noqa: E402
-from mosaic_sglang.traces import SyntheticTraceSpec, Trace, synthetic_trace  # noqa: E402
+from mosaic_sglang.traces import Trace  # noqa: E402
+from trace_families import add_trace_arguments, ingest, load_traces, write_json  # noqa: E402
 
 BUDGETS = (0.02, 0.05, 0.10, 0.25)
 CAP = 0.25
@@ -128,9 +128,7 @@ def trace_rows(name: str, trace: Trace, targets) -> list[dict]:
     num_layers, n, hkv, d = trace.keys.shape
     base = MosaicConfig()
     index = ClusterIndex(base, num_layers=num_layers, num_kv_heads=hkv, head_dim=d)
-    for a, b in trace.frame_chunks():
-        index.append(trace.keys[:, a:b], trace.frame_ids[a:b])
-        index.maintain()
+    ingest(index, trace)
     always = always_attended_positions(trace.frame_ids.clone(), base).numel()
     rows = []
     for frac in BUDGETS:
@@ -177,27 +175,12 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny traces: a CI smoke run")
-    parser.add_argument("--skip-real", action="store_true", help="skip the SmolLM2 caption-stream trace")
-    parser.add_argument("--synthetic-frames", type=int, default=128)
-    parser.add_argument("--caption-frames", type=int, default=128)
+    add_trace_arguments(parser)
     parser.add_argument("--targets", type=float, nargs="*", default=list(TARGETS))
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    parser.add_argument("--out", type=Path, default=None, help="write every number as JSON here")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        args.synthetic_frames, args.caption_frames = 16, 12
     started = time.perf_counter()
-    spec = SyntheticTraceSpec(num_frames=args.synthetic_frames, num_scenes=max(2, args.synthetic_frames // 16))
-    traces = [("synthetic", synthetic_trace(spec))]
-    if not args.skip_real:
-        from mosaic_sglang.traces.caption_stream import caption_stream_trace
-
-        traces.append(("smollm2-captions", caption_stream_trace(args.caption_frames).trace))
     rows, matches, ceilings = [], [], []
-    for name, trace in traces:
+    for name, trace in load_traces(args):
         part, ceiling = trace_rows(name, trace, args.targets)
         rows += part
         ceilings.append(ceiling)
@@ -217,9 +200,7 @@ def main(argv=None) -> int:
               f"{c['global_tokens']:.0f} tokens per layer for the uniform {c['budget']}'s mean mass recall "
               f"{c['uniform_recall']:.3f}: at most {c['ratio']:.2f}x fewer from moving tokens between layers")
     print(f"total {time.perf_counter() - started:.0f} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"rows": rows, "matched": matches, "allocation_ceiling": ceilings}, indent=1))
+    write_json(args.out, {"rows": rows, "matched": matches, "allocation_ceiling": ceilings})
     return 0
 
 

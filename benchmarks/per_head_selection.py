@@ -18,7 +18,6 @@ union; a head-major layout moves budget × heads head-slices in both cases) and 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -34,7 +33,8 @@ from mosaic_sglang.clusters.select import attended_mask  # noqa: E402
 from mosaic_sglang.config import MosaicConfig  # noqa: E402
 from mosaic_sglang.retrieval import Selection, always_attended_positions, selection_quality  # noqa: E402
 from mosaic_sglang.retrieval.budget import fill_budget_exact  # noqa: E402
-from mosaic_sglang.traces import SyntheticTraceSpec, Trace, synthetic_trace  # noqa: E402
+from mosaic_sglang.traces import Trace  # noqa: E402
+from trace_families import add_trace_arguments, ingest, load_traces, write_json  # noqa: E402
 
 BUDGETS = (0.02, 0.05, 0.10, 0.25)
 
@@ -76,9 +76,7 @@ def _quality(trace: Trace, selections, hkv: int) -> dict:
 def trace_rows(name: str, trace: Trace, repeats: int) -> list[dict]:
     num_layers, n, hkv, d = trace.keys.shape
     index = ClusterIndex(MosaicConfig(), num_layers=num_layers, num_kv_heads=hkv, head_dim=d)
-    for a, b in trace.frame_chunks():
-        index.append(trace.keys[:, a:b], trace.frame_ids[a:b])
-        index.maintain()
+    ingest(index, trace)
     always = always_attended_positions(trace.frame_ids.clone(), index.config).numel()
     rows = []
     for frac in BUDGETS:
@@ -102,26 +100,13 @@ def trace_rows(name: str, trace: Trace, repeats: int) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny traces: a CI smoke run")
-    parser.add_argument("--skip-real", action="store_true", help="skip the SmolLM2 caption-stream trace")
-    parser.add_argument("--synthetic-frames", type=int, default=128)
-    parser.add_argument("--caption-frames", type=int, default=128)
+    add_trace_arguments(parser)
     parser.add_argument("--repeats", type=int, default=5, help="timed selections per point (median)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    parser.add_argument("--out", type=Path, default=None, help="write every number as JSON here")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.quick:
-        args.synthetic_frames, args.caption_frames, args.repeats = 16, 12, 1
+        args.repeats = 1
     started = time.perf_counter()
-    spec = SyntheticTraceSpec(num_frames=args.synthetic_frames, num_scenes=max(2, args.synthetic_frames // 16))
-    traces = [("synthetic", synthetic_trace(spec))]
-    if not args.skip_real:
-        from mosaic_sglang.traces.caption_stream import caption_stream_trace
-
-        traces.append(("smollm2-captions", caption_stream_trace(args.caption_frames).trace))
-    rows = [row for name, trace in traces for row in trace_rows(name, trace, args.repeats)]
+    rows = [row for name, trace in load_traces(args) for row in trace_rows(name, trace, args.repeats)]
     print("| trace | budget | mode | mass recall | top-10 recall | output error | distinct tokens / layer "
           "(budget) | select ms |")
     print("|---|---|---|---|---|---|---|---|")
@@ -136,9 +121,7 @@ def main(argv=None) -> int:
               f"{head['union_tokens'] / max(shared['union_tokens'], 1e-9):.2f}x; select time "
               f"{head['select_ms'] / max(shared['select_ms'], 1e-9):.2f}x")
     print(f"total {time.perf_counter() - started:.0f} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"rows": rows}, indent=1))
+    write_json(args.out, {"rows": rows})
     return 0
 
 
