@@ -16,14 +16,14 @@ NEG = float("-inf")
 
 
 def test_mass_budget_by_hand():
-    scores = torch.tensor([[0.1, 0.3, 0.05]])  # mass per token
-    costs = torch.tensor([[4, 2, 2]])  # masses 0.4, 0.6, 0.1 (total 1.1); order: unit 1, unit 0, unit 2
-    # 0.6 of 1.1 = 0.66: unit 1 (0.6) is short of it, unit 0 crosses it -> 2 + 4 tokens
-    assert mass_budget(scores, costs, 0.6, 100).tolist() == [6]
-    assert mass_budget(scores, costs, 0.5, 100).tolist() == [2]  # 0.55: unit 1 alone reaches it
-    assert mass_budget(scores, costs, 1.0, 100).tolist() == [8]
-    assert mass_budget(scores, costs, 0.6, 3).tolist() == [3]  # the token budget caps it
-    take = fill_budget_exact(scores, costs, mass_budget(scores, costs, 0.6, 100))
+    scores = torch.tensor([[0.05, 0.25, 0.05]])  # shares of the total per token: masses 0.2, 0.5, 0.2
+    costs = torch.tensor([[4, 2, 4]])
+    covered = torch.tensor([0.1])  # attended anyway: 0.1 + 0.9 = 1; order: unit 1, then units 0, 2 (stable)
+    assert mass_budget(scores, costs, 0.5, 100, covered).tolist() == [2]  # 0.1 + 0.5 crosses 0.5
+    assert mass_budget(scores, costs, 0.7, 100, covered).tolist() == [6]  # + 0.2 of unit 0 crosses 0.7
+    assert mass_budget(scores, costs, 1.0, 100, covered).tolist() == [10]
+    assert mass_budget(scores, costs, 0.7, 3, covered).tolist() == [3]  # the token budget caps it
+    take = fill_budget_exact(scores, costs, mass_budget(scores, costs, 0.7, 100, covered))
     assert take.tolist() == [[4, 2, 0]]
 
 
@@ -62,7 +62,7 @@ def test_mass_budget_ignores_units_that_cannot_be_taken():
     scores = torch.tensor([[0.2, NEG, 0.1, 0.0], [NEG, NEG, NEG, NEG]])
     costs = torch.tensor([[3, 5, 0, 4], [1, 1, 1, 1]])
     # row 0: only unit 0 is takeable with mass > 0 (unit 2 costs nothing, unit 3 has no mass)
-    assert mass_budget(scores, costs, 1.0, torch.tensor([10, 10])).tolist() == [3, 0]
+    assert mass_budget(scores, costs, 1.0, torch.tensor([10, 10]), torch.zeros(2)).tolist() == [3, 0]
 
 
 def _index(config, seed=0, frames=12, per_frame=16, layers=2, heads=2, dim=16):

@@ -77,30 +77,30 @@ def fill_budget_exact(scores: torch.Tensor, costs: torch.Tensor, budget: int | t
 
 
 def mass_budget(scores: torch.Tensor, costs: torch.Tensor, target: float, cap: int | torch.Tensor,
-                covered: torch.Tensor | None = None) -> torch.Tensor:
+                covered: torch.Tensor) -> torch.Tensor:
     """Per row, the tokens of the shortest prefix of the ranking whose estimated mass reaches ``target``
     of the row's total, at most ``cap`` (the token budget).
 
     ``scores`` are estimated mass per token (`score_clusters`' ``size_weighted`` rule), so a unit's mass
     is ``score × cost`` and the ranking is the greedy order of a fractional knapsack: the prefix is the
     fewest tokens reaching the target among prefixes of that order. The unit that crosses the target is
-    counted whole. Without ``covered`` the mass is relative to the units' own total (``target = 1`` asks
-    for every unit with an estimated mass > 0); with ``covered`` the scores are shares of a total that
-    also holds what is attended anyway (``covered`` of it, `mass_shares`), and the prefix stops as soon as
-    ``covered`` plus the units' mass reaches the target (nothing when ``covered`` alone does).
+    counted whole. The scores are shares of a total that also holds what is attended anyway (``covered``
+    of it, `mass_shares`): the prefix stops as soon as ``covered`` plus the units' mass reaches the
+    target (nothing when ``covered`` alone does).
 
     Args:
         scores: ``[R, U]`` float, ``-inf`` for units that must not be taken.
         costs: ``[R, U]`` int64 tokens each unit adds (``<= 0``: never taken).
         target: share of the estimated mass in ``(0, 1]``.
         cap: int, or ``[R] int64`` per row.
-        covered: optional ``[R]`` float, the share already attended (see above).
+        covered: ``[R]`` float, the share already attended (see above).
 
     Returns:
         ``[R] int64`` budgets, to fill with `fill_budget_exact` (which then takes exactly that prefix).
 
     Example:
-        >>> mass_budget(torch.tensor([[0.1, 0.3, 0.05]]), torch.tensor([[4, 2, 2]]), 0.6, 100)
+        >>> mass_budget(torch.tensor([[0.05, 0.25, 0.05]]), torch.tensor([[4, 2, 4]]), 0.7, 100,
+        ...             covered=torch.tensor([0.1]))   # masses 0.2, 0.5, 0.2 + 0.1 attended anyway
         tensor([6])
     """
     order = torch.argsort(scores, dim=1, descending=True, stable=True)  # [R, U]
@@ -109,10 +109,7 @@ def mass_budget(scores: torch.Tensor, costs: torch.Tensor, target: float, cap: i
     takeable = torch.isfinite(sorted_scores) & (sorted_costs > 0)
     mass = torch.where(takeable, sorted_scores.double().clamp(min=0) * sorted_costs, 0.0)  # [R, U]
     before = torch.cumsum(mass, dim=1) - mass  # mass of the better units
-    if covered is None:
-        needed = takeable & (mass > 0) & (before < target * mass.sum(dim=1, keepdim=True))
-    else:
-        needed = takeable & (mass > 0) & (before + covered.double()[:, None] < target)
+    needed = takeable & (mass > 0) & (before + covered.double()[:, None] < target)
     tokens = torch.where(needed, sorted_costs, 0).sum(dim=1)  # [R]
     limit = torch.as_tensor(cap, dtype=tokens.dtype, device=tokens.device)
     return torch.minimum(tokens, limit)

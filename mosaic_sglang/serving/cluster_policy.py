@@ -157,7 +157,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
                     f"{req.rid} layer {layer_id}: selected {selected.numel()}, planned {end - start}")
                 plan.kv_positions[layer_id, start : start + selected.numel()] = selected
                 if plan.padded:  # fewer than planned may be selected: count what this layer attends
-                    self._records[req.rid].attended(start - int(plan.kv_indptr[i]) + selected.numel())
+                    self._records[req.rid].attended(int(plan.always_len[i]) + selected.numel())
                 self._kept.setdefault(req.rid, {})[layer_id] = (selected, index.num_tokens)
                 self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, q, positions,
                                   index.num_tokens, req.seq_len, video=self.videos[self._anchors[i]].uid)
