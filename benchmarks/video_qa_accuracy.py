@@ -34,10 +34,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mosaic_sglang.frontend.evaluation.chat_stream import warm_up
 from mosaic_sglang.frontend.evaluation.qa_report import format_table, summarize
 from mosaic_sglang.frontend.evaluation.qa_runner import SamplingOptions, run_setting
-from mosaic_sglang.frontend.evaluation.server_settings import build_settings, parse_running, resolve_model, serve
+from mosaic_sglang.frontend.evaluation.server_settings import (build_settings, parse_running, resolve_model, serve,
+                                                                warm_up_clip)
 
 
 def load_items(args, workdir: Path):
@@ -55,15 +55,6 @@ def load_items(args, workdir: Path):
         else:
             items = [dataclasses.replace(it, timestamp=None) for it in items]
     return items[: args.limit] if args.limit else items
-
-
-def warm_up_clip(workdir: Path, clips, options: SamplingOptions) -> str:
-    """A data URL of a short synthetic clip no question uses, sampled as the questions are."""
-    from mosaic_sglang.frontend.video import make_synthetic_video
-    from mosaic_sglang.frontend.video_clip import ClipOptions
-
-    path = make_synthetic_video(workdir / "warm_up.mp4", num_frames=8, fps=2, size=112, seed=12345)
-    return clips.get(path, ClipOptions(fps=options.fps, max_frames=options.max_frames, max_side=options.max_side))[0]
 
 
 def main(argv=None) -> int:
@@ -119,13 +110,13 @@ def main(argv=None) -> int:
     from mosaic_sglang.frontend.clip_cache import ClipCache
 
     clips, results, timing = ClipCache(), {}, {}
-    warm_url = warm_up_clip(out, clips, options)
+    from mosaic_sglang.frontend.video_clip import ClipOptions
+
+    warm_url = warm_up_clip(out, clips, ClipOptions(fps=options.fps, max_frames=options.max_frames,
+                                                    max_side=options.max_side))
     for setting in settings:
         started = time.perf_counter()
-        with serve(setting, model, log_dir=out) as url:
-            reply = warm_up(url, warm_url)
-            if not reply.success:
-                print(f"{setting.name}: warm-up request failed ({reply.error}); measuring anyway")
+        with serve(setting, model, log_dir=out, warm_up_video=warm_url) as url:
             bar = tqdm(total=len(items), desc=setting.name, file=sys.stdout, disable=None)
             results[setting.name] = run_setting(url, items, setting.name, options, clips=clips,
                                                 progress=lambda r: bar.update(1))

@@ -28,9 +28,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mosaic_sglang.frontend.evaluation.chat_stream import warm_up
 from mosaic_sglang.frontend.evaluation.serving_load import LoadSpec, bench_result, run_load
-from mosaic_sglang.frontend.evaluation.server_settings import build_settings, parse_running, resolve_model, serve
+from mosaic_sglang.frontend.evaluation.server_settings import (build_settings, parse_running, resolve_model, serve,
+                                                                warm_up_clip)
 
 
 def synthetic_videos(folder: Path, count: int, seconds: int, fps: int, size: int) -> list:
@@ -113,17 +113,12 @@ def main(argv=None) -> int:
                               if tiny else "") + f"; {len(videos)} videos; load {spec}")
     from mosaic_sglang.frontend.clip_cache import ClipCache
 
-    from mosaic_sglang.frontend.video import make_synthetic_video
     from mosaic_sglang.frontend.video_clip import ClipOptions
 
     clips, results = ClipCache(), []
-    warm = make_synthetic_video(workdir / "warm_up.mp4", num_frames=8, fps=2, size=112, seed=12345)
-    warm_url = clips.get(warm, ClipOptions(fps=args.fps, max_frames=args.max_frames, max_side=args.max_side))[0]
+    warm_url = warm_up_clip(workdir, clips, ClipOptions(fps=args.fps, max_frames=args.max_frames, max_side=args.max_side))
     for setting in settings:
-        with serve(setting, model, log_dir=workdir) as url:
-            reply = warm_up(url, warm_url)
-            if not reply.success:
-                print(f"{setting.name}: warm-up request failed ({reply.error}); measuring anyway")
+        with serve(setting, model, log_dir=workdir, warm_up_video=warm_url) as url:
             run = run_load(url, spec, clips=clips)
         result = bench_result(run, spec, setting=setting.name, tokenizer=tokenizer)
         result["server_args"] = list(setting.args)

@@ -202,11 +202,13 @@ def make_needle_set(out_dir: Union[str, Path], *, num_videos: int = 4, duration_
         event_s: how long a needle stays on screen (capped at 60 % of a quarter of the clip).
         seed: the whole set is a function of the arguments.
     """
-    for name, ok, expected in (("num_videos", num_videos >= 1, ">= 1"), ("duration_s", duration_s >= 4, ">= 4"),
-                               ("fps", fps > 0, "> 0"), ("size", size >= 32 and size % 2 == 0, "even, >= 32"),
-                               ("event_s", event_s > 0, "> 0")):
+    for name, value, ok, expected in (("num_videos", num_videos, num_videos >= 1, ">= 1"),
+                                      ("duration_s", duration_s, duration_s >= 4, ">= 4"),
+                                      ("fps", fps, fps > 0, "> 0"),
+                                      ("size", size, size >= 32 and size % 2 == 0, "even, >= 32"),
+                                      ("event_s", event_s, event_s > 0, "> 0")):
         if not ok:
-            raise ValueError(f"make_needle_set: {name}: expected {expected}, got {locals()[name]!r}")
+            raise ValueError(f"make_needle_set: {name}: expected {expected}, got {value!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

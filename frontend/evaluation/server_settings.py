@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-__all__ = ["Setting", "build_settings", "parse_running", "serve", "resolve_model"]
+__all__ = ["Setting", "build_settings", "parse_running", "serve", "resolve_model", "warm_up_clip"]
 
 
 @dataclass(frozen=True)
@@ -70,15 +70,38 @@ def resolve_model(model_path: Optional[str]) -> Tuple[str, bool]:
     return str(build_tiny_model("qwen2_5_vl")), True
 
 
-@contextlib.contextmanager
-def serve(setting: Setting, model_path: str, *, log_dir: Optional[Path] = None,
-          startup_timeout_s: float = 600.0) -> Iterator[str]:
-    """The base URL of a server running ``setting`` for the duration of the block."""
-    if setting.url is not None:
-        yield setting.url
-        return
-    from mosaic_sglang.frontend.server import SGLangServer
+def warm_up_clip(workdir: Path, clips, options) -> str:
+    """A ``data:`` URL of a short synthetic clip that no measured request uses, sampled with ``options``
+    (`ClipOptions`, as the measured clips are) through ``clips`` (a `ClipCache`)."""
+    from mosaic_sglang.frontend.video import make_synthetic_video
 
-    log = Path(log_dir) / f"server-{setting.name}.log" if log_dir else None
-    with SGLangServer(model_path, list(setting.args), log_path=log, startup_timeout_s=startup_timeout_s) as server:
-        yield server.url
+    path = make_synthetic_video(Path(workdir) / "warm_up.mp4", num_frames=8, fps=2, size=112, seed=12345)
+    return clips.get(path, options)[0]
+
+
+@contextlib.contextmanager
+def serve(setting: Setting, model_path: str, *, log_dir: Optional[Path] = None, startup_timeout_s: float = 600.0,
+          warm_up_video: Optional[str] = None) -> Iterator[str]:
+    """The base URL of a server running ``setting`` for the duration of the block.
+
+    ``warm_up_video``: a video URL (`warm_up_clip`) sent in one unmeasured request before the block runs,
+    as SGLang's ``bench_serving`` does: a server's first video request pays one-time set-up costs that
+    would otherwise land in the first measured TTFT. A failed warm-up is reported, not fatal.
+    """
+    with contextlib.ExitStack() as stack:
+        if setting.url is not None:
+            url = setting.url
+        else:
+            from mosaic_sglang.frontend.server import SGLangServer
+
+            log = Path(log_dir) / f"server-{setting.name}.log" if log_dir else None
+            server = stack.enter_context(SGLangServer(model_path, list(setting.args), log_path=log,
+                                                      startup_timeout_s=startup_timeout_s))
+            url = server.url
+        if warm_up_video is not None:
+            from .chat_stream import warm_up
+
+            reply = warm_up(url, warm_up_video)
+            if not reply.success:
+                print(f"{setting.name}: warm-up request failed ({reply.error}); measuring anyway")
+        yield url
