@@ -212,7 +212,7 @@ def test_release_drops_request_state(pool):
     _forward(policy, [_layout("a", slots, frames, 0, frames.numel())])
     assert policy.request_stats("a").context_tokens == frames.numel()
     policy.release("a")
-    assert policy.request_stats("a") is None and "a" not in policy._kept
+    assert policy.request_stats("a") is None and "a" not in policy.selections
 
 
 def test_groups_to_move_keeps_cluster_order_and_drops_empty_clusters():

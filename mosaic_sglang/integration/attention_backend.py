@@ -8,9 +8,10 @@ everything, the output equals the dense ``torch_native`` backend's.
 
 Per forward (FlashInfer's plan/run split): `init_forward_metadata` builds one `RequestLayout` per
 request and asks the policy for a `ForwardPlan` (one ``kv_indptr`` for every layer, per-layer position
-lists); each layer's forward takes its list from the policy (`layer_kv`), maps positions to KV slots
-with one device gather from SGLang's ``req_to_token`` rows, and runs one attention call over the whole
-batch; the host copies of the rows that planning reads are extended by one slot per decode step
+lists built on the KV pool's device; a decode step's kept selections come from the policy's
+``req_to_selection`` slab there); each layer's forward takes its list from the policy (`layer_kv`),
+maps positions to KV slots with one device gather from SGLang's ``req_to_token`` rows, and runs one
+attention call over the whole batch; the host copies of the rows that planning reads are extended by one slot per decode step
 (`RequestRows`), not copied whole; after the last layer the policy may index the new tokens (their K/V are then in
 the pool for every layer). A decode step that keeps its question's selection does no host work and
 no host synchronisation inside a layer (checked with ``MOSAIC_CHECK_NO_SYNC=1``).
@@ -72,6 +73,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         self.runtime.bind_model(
             num_layers=pool.layer_num, num_kv_heads=k0.shape[1], head_dim=k0.shape[2], v_head_dim=v0.shape[-1],
             dtype=k0.dtype, read_slot_keys=self.read_slot_keys, read_slot_kv=self.read_slot_kv, device_pool=device_pool,
+            device=k0.device,
         )
         self.layouts: List[RequestLayout] = []
         self.plan: ForwardPlan | None = None
@@ -128,16 +130,13 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         plan = self.runtime.policy.plan(layouts, is_decode)
         self.plan = plan
         # Slot of every list entry, gathered on the device from SGLang's rows at each layer:
-        # req_to_token[entry_rows[e], position[e]]. Host-resident requests are resolved per layer.
+        # req_to_token[entry_rows[e], position[e]]; the plan's lists are already on the device.
+        # Host-resident requests are resolved per layer.
         device = req_to_token.device
-        self._row_ids = torch.tensor(rows, dtype=torch.int64)
-        self._entry_rows = self._row_ids[plan.kv_request].to(device)
+        self._row_ids = forward_batch.req_pool_indices.to(torch.int64)
+        self._entry_rows = self._row_ids[plan.kv_request]
         self._q_indptr, self._q_positions = plan.q_indptr.to(device), plan.q_positions.to(device)
         self._kv_indptr = plan.kv_indptr.to(device)  # every layer's, unless the plan is padded
-        # nothing selected at this forward (a decode step keeping its selections): every layer's list is
-        # known now, so it moves to the device once per forward instead of once per layer
-        known = not plan.select_due and not plan.padded
-        self._kv_positions = plan.kv_positions.to(device) if known else None
         self._host_requests = [i for i, req in enumerate(layouts) if self.runtime.rows.has_host(req.rid)]
         if self._triton and not is_decode and not plan.padded:
             prefix_indptr, entries = plan.prefix_entries()
@@ -186,10 +185,10 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         kv = self.runtime.policy.layer_kv(plan, local, q)
         self.forward_timings["select_s"] += time.perf_counter() - start
         device = q.device
-        positions = self._kv_positions[local] if self._kv_positions is not None else kv.kv_positions.to(device)
-        if plan.padded:  # fill='whole': this layer's compacted lists
-            kv_indptr = kv.kv_indptr.to(device)
-            entry_rows = torch.repeat_interleave(self._row_ids, kv.kv_indptr[1:] - kv.kv_indptr[:-1]).to(device)
+        positions = kv.kv_positions
+        if plan.padded:  # fill='whole' or mass budgets: this layer's compacted lists
+            kv_indptr = kv.kv_indptr
+            entry_rows = torch.repeat_interleave(self._row_ids, kv_indptr[1:] - kv_indptr[:-1])
         else:
             kv_indptr, entry_rows = self._kv_indptr, self._entry_rows
         slots = self.req_to_token_pool.req_to_token[entry_rows, positions].to(torch.int64)

@@ -44,10 +44,11 @@ class MosaicRuntime:
         """The process's running totals (the policy adds to them where events happen)."""
 
     def bind_model(self, *, num_layers: int, num_kv_heads: int, head_dim: int, v_head_dim: int, dtype,
-                   read_slot_keys, read_slot_kv, device_pool=None) -> None:
+                   read_slot_keys, read_slot_kv, device_pool=None, device=None) -> None:
         """Called by the attention backend once the KV pool exists: installs the Mosaic cluster policy
         and, with ``host_store_tokens > 0``, the host tier (its device cluster caches allocated from
-        ``device_pool``, a `DevicePool` over SGLang's KV pool; pinned host memory when that is on CUDA)."""
+        ``device_pool``, a `DevicePool` over SGLang's KV pool; pinned host memory when that is on CUDA).
+        ``device``: the KV pool's device, where the policy keeps its plan lists and kept selections."""
         from ..offload import HostKVStore, HostTier
         from ..serving import ClusterAttendedSet
 
@@ -59,7 +60,7 @@ class MosaicRuntime:
         self.read_slot_kv = read_slot_kv
         self.policy = ClusterAttendedSet(
             self.config, num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
-            read_slot_keys=read_slot_keys, host=self.host, counters=self.counters,
+            read_slot_keys=read_slot_keys, host=self.host, counters=self.counters, device=device,
         )
         logger.info("mosaic runtime: policy=%s layers=%d kv_heads=%d offload=%s", self.policy.name, num_layers,
                     num_kv_heads, "host store %d tokens" % self.config.host_store_tokens if self.host else "off")

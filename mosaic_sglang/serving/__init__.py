@@ -5,7 +5,7 @@ extend lengths) and asks an `AttendedSetPolicy` for a `ForwardPlan` (once per fo
 and each layer's `LayerKV` (CSR of attended positions over the batch).
 `FullAttendedSet` attends everything (the exactness reference); `ClusterAttendedSet` is Mosaic: one
 `ClusterIndex` per video prefix found by KV slot (`VideoRegistry`), the question's selection kept for
-its decode steps, offload of sealed clusters to the host tier, and typed statistics per request
+its decode steps on the model's device (`SelectionSlab`), offload of sealed clusters to the host tier, and typed statistics per request
 (`RequestStats`) and per process (`ProcessTotals`).
 """
 

@@ -21,15 +21,18 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from mosaic_sglang.kernels.assemble_always import always_ranges
+
 from ..clusters import select_layer_batch
 from ..config import MosaicConfig
 from ..offload.host_tier import HostTier, encode_host
 from ..offload.planner import clusters_to_offload
 from ..offload.residency import ClusterResidency
 from ..retrieval.base import always_attended_mask
-from .plan import ForwardPlan, LayerKV, build_plan
+from .plan import AlwaysPart, ForwardPlan, LayerKV, build_plan
 from .policy import AttendedSetPolicy
 from .request_layout import RequestLayout
+from .selection_slab import SelectionSlab
 from .selection_dump import SelectionDump
 from .stats import ProcessCounters, RequestRecord, RequestStats
 from .videos import SlotKeyReader, VideoRegistry
@@ -46,26 +49,30 @@ class ClusterAttendedSet(AttendedSetPolicy):
         read_slot_keys: keys of pool slots (`SlotKeyReader`).
         host: the host tier when offload is on.
         counters: the process counters to add to (default: private ones).
+        device: the model's device: where the plan's lists and the kept selections (`SelectionSlab`) live
+            (default CPU).
     """
 
     name = "mosaic"
 
     def __init__(self, config: MosaicConfig, *, num_layers: int, num_kv_heads: int, head_dim: int,
                  read_slot_keys: SlotKeyReader, host: Optional[HostTier] = None,
-                 counters: Optional[ProcessCounters] = None) -> None:
+                 counters: Optional[ProcessCounters] = None, device: torch.device | str | None = None) -> None:
         self.config = config
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.host = host
         self.counters = counters if counters is not None else ProcessCounters()
         self.num_layers = num_layers
         self.videos = VideoRegistry(config, num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
                                     read_slot_keys=read_slot_keys)
         self._always_masks: Dict[int, torch.Tensor] = {}  # request index -> [covered] bool, this forward
-        self._kept_always: Dict[str, torch.Tensor] = {}  # rid -> always positions its kept selection used
+        self._kept_always: Dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # rid -> always ranges it was kept with
         self._requests: Sequence[RequestLayout] = ()
         self._anchors: list[Optional[int]] = []
         self._is_decode = False
         self._decode_steps: Dict[str, int] = {}
-        self._kept: Dict[str, Dict[int, tuple[torch.Tensor, int]]] = {}  # rid -> layer -> (selected, index size then)
+        self.selections = SelectionSlab(num_layers, self.device)
+        """``req_to_selection``: each live request's selection per layer, kept for its decode steps."""
         self._records: Dict[str, RequestRecord] = {}
         self._dump = SelectionDump()
         self._dump.config(config.to_json())
@@ -80,15 +87,16 @@ class ClusterAttendedSet(AttendedSetPolicy):
         self._anchors = [self.videos.attach(req) for req in requests]
         if self.host is not None:
             self.host.begin_forward({self.videos[a].uid for a in self._anchors if a is not None})
-        always, selected, counts = [], [], []
+        always, kept, counts = [], [], []
         self._always_masks = {}
         for i, req in enumerate(requests):
             self._begin_request(req, self._anchors[i], is_decode)
-            a, s, f = self._plan_request(i, req)
+            a, row, f = self._plan_request(i, req)
             always.append(a)
-            selected.append(s)
+            kept.append(row)
             counts.append(f)
-        plan = build_plan(self.num_layers, [(r.prefix_len, r.seq_len) for r in requests], always, selected, counts,
+        plan = build_plan(self.num_layers, [(r.prefix_len, r.seq_len) for r in requests], always, counts, kept=kept,
+                          slab=self.selections, device=self.device,
                           padded=self.config.fill == "whole" or self.config.budget_mode == "mass")
         due = set(plan.select_due) if plan.padded else set()  # their size is known once they select
         for i, (req, n) in enumerate(zip(requests, (plan.kv_indptr[1:] - plan.kv_indptr[:-1]).tolist())):
@@ -101,7 +109,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
             self._decode_steps[req.rid] = self._decode_steps.get(req.rid, 0) + 1
         else:
             self._decode_steps[req.rid] = 0
-            self._kept.pop(req.rid, None)
+            self.selections.release(req.rid)
             self._kept_always.pop(req.rid, None)
         counts = req.row_counts  # kept by the backend's row copies: no rescan of the context per step
         self._records.setdefault(req.rid, RequestRecord(self.name)).begin_forward(
@@ -114,28 +122,29 @@ class ClusterAttendedSet(AttendedSetPolicy):
             host_store_used=self.host.used_tokens if self.host is not None else 0,
         )
 
-    def _plan_request(self, i: int, req: RequestLayout):
-        """``(always [a] int64, kept selection per layer or None when due, f)`` of request ``i``.
+    def _plan_request(self, i: int, req: RequestLayout) -> tuple[AlwaysPart, Optional[int], int]:
+        """``(always part, slab row of the kept selection or None when due, f)`` of request ``i``.
 
-        Always part: sinks, text and the recent window among the indexed positions, plus everything the
-        index does not cover. Selected part: ``f = min(budget, eligible)`` indexed visual positions (the
-        kept selection's size when it is reused)."""
+        Always part: sinks, text and the recent window among the indexed positions (as ranges), plus
+        everything the index does not cover. Selected part: ``f = min(budget, eligible)`` indexed visual
+        positions (the kept selection's longest layer when it is reused)."""
         if self._dense(i):
-            return torch.arange(req.seq_len), [], 0
-        covered = min(self.videos[self._anchors[i]].index.num_tokens, req.seq_len)
-        due = self._needs_selection(i)
-        if due:
-            mask = always_attended_mask(req.frame_ids[:covered], self.config, seq_len=req.seq_len)  # [covered]
+            return AlwaysPart.dense(), None, 0
+        index = self.videos[self._anchors[i]].index
+        covered = min(index.num_tokens, req.seq_len)
+        if self._needs_selection(i):
+            cfg = self.config
+            mask = always_attended_mask(req.frame_ids[:covered], cfg, seq_len=req.seq_len)  # [covered]
             self._always_masks[i] = mask
-            self._kept_always[req.rid] = mask.nonzero().flatten()
+            self._kept_always[req.rid] = always_ranges(req.frame_ids[:covered], sink_tokens=cfg.sink_tokens,
+                                                       recent_window=cfg.recent_window, seq_len=req.seq_len)
+            f = min(cfg.budget, int(((req.frame_ids[:covered] >= 0) & ~mask).sum()))
+            self.selections.reserve(req.rid, f, index.num_tokens)
+            return AlwaysPart(*self._kept_always[req.rid], covered), None, f
         # a kept selection keeps the always part it was chosen against: indexed positions that were in the
         # recent window then stay attended while the window moves on (no token drops out)
-        always = torch.cat([self._kept_always[req.rid], torch.arange(covered, req.seq_len)])
-        if due:
-            eligible = int(((req.frame_ids[:covered] >= 0) & ~mask).sum())
-            return always, None, min(self.config.budget, eligible)
-        kept = [self._kept[req.rid][layer][0] for layer in range(self.num_layers)]
-        return always, kept, max(k.numel() for k in kept)
+        return (AlwaysPart(*self._kept_always[req.rid], covered), self.selections.row(req.rid),
+                max(self.selections.counts(req.rid)))
 
     # -- run --------------------------------------------------------------------------------------------
 
@@ -158,19 +167,19 @@ class ClusterAttendedSet(AttendedSetPolicy):
                 plan.kv_positions[layer_id, start : start + selected.numel()] = selected
                 if plan.padded:  # fewer than planned may be selected: count what this layer attends
                     self._records[req.rid].attended(int(plan.always_len[i]) + selected.numel())
-                self._kept.setdefault(req.rid, {})[layer_id] = (selected, index.num_tokens)
+                self.selections.write(req.rid, layer_id, selected)
                 self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, q, positions,
                                   index.num_tokens, req.seq_len, video=self.videos[self._anchors[i]].uid)
         return plan.layer(layer_id)
 
     def _needs_selection(self, i: int) -> bool:
         req, anchor = self._requests[i], self._anchors[i]
-        previous = self._kept.get(req.rid)
+        chosen_against = self.selections.index_size(req.rid)
         every = self.config.reselect_every
         return (
             not self._is_decode
-            or previous is None
-            or previous[0][1] < self.videos[anchor].index.num_tokens  # the index grew since (the prompt's own video)
+            or chosen_against is None
+            or chosen_against < self.videos[anchor].index.num_tokens  # the index grew since (the prompt's own video)
             or (every > 0 and self._decode_steps.get(req.rid, 0) % every == 0)
         )
 
@@ -262,7 +271,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
     # -- lifetime ---------------------------------------------------------------------------------------
 
     def release(self, rid: str) -> None:
-        self._kept.pop(rid, None)
+        self.selections.release(rid)
         self._kept_always.pop(rid, None)
         self._decode_steps.pop(rid, None)
         self._records.pop(rid, None)

@@ -1,4 +1,4 @@
-"""`ForwardPlan`: what every layer of one forward attends, planned once on the host before layer 0.
+"""`ForwardPlan`: what every layer of one forward attends, planned once before layer 0.
 
 FlashInfer's plan/run split applied to retrieval. Per request ``b`` the attended list of a layer is
 ``[always part ‖ selected part]`` (no position twice; order within a list is free):
@@ -10,21 +10,27 @@ FlashInfer's plan/run split applied to retrieval. Per request ``b`` the attended
   layers. A dense request (text only, or prefill with ``select_in_prefill=False``) has ``f_b = 0``
   and ``a_b = seq_len``.
 
-The always parts, and the selected parts the plan already knows (a decode step keeping its
-question's selection), are written into ``kv_positions [L, nnz]`` at plan time, so such a layer needs
-no work at all: `layer_kv` is a view. Requests whose selection is due at this forward (prefill
+Lengths are decided on the host; the lists themselves (``kv_positions [L, nnz]``) are built on the model's
+device from small descriptors: the always parts by `assemble_always` (K4) from a few ranges per
+request, the selected parts a decode step keeps by one gather from the `SelectionSlab`. Such a layer
+then needs no work at all: `layer` is a view. Requests whose selection is due at this forward (prefill
 chunks, re-select steps) get their selected part written by the policy when the layer's queries exist.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
 
 import torch
 
+from mosaic_sglang.kernels.assemble_always import assemble_always, pack_ranges
+
 from ..csr import indptr_from_counts
 
-__all__ = ["ForwardPlan", "LayerKV", "build_plan"]
+if TYPE_CHECKING:
+    from .selection_slab import SelectionSlab
+
+__all__ = ["AlwaysPart", "ForwardPlan", "LayerKV", "build_plan"]
 
 
 class LayerKV(NamedTuple):
@@ -40,16 +46,18 @@ class LayerKV(NamedTuple):
 
 
 class ForwardPlan(NamedTuple):
-    """The plan of one forward over ``B`` requests and ``L`` layers (all tensors on the host: the
-    backend moves what it needs to the model's device once per forward).
+    """The plan of one forward over ``B`` requests and ``L`` layers. Lengths and indptrs are host tensors
+    (the backend moves what it needs once per forward); ``kv_positions`` and ``kv_request`` live on the
+    model's device.
 
     Attributes:
         q_indptr: ``[B + 1] int64``; request ``b``'s queries are ``q[q_indptr[b]:q_indptr[b+1]]``.
         q_positions: ``[nq] int64`` position of each query token in its sequence.
         kv_indptr: ``[B + 1] int64`` shared by every layer (lengths ``n_b = a_b + f_b``).
-        kv_positions: ``[L, nnz] int64`` per-layer lists; the selected parts of ``select_due`` requests
-            are filled by the policy at that layer (until then they hold ``-1``).
-        kv_request: ``[nnz] int64`` request of each entry (the same at every layer).
+        kv_positions: ``[L, nnz] int64`` (device) per-layer lists, or ``[1, nnz]`` when one list serves
+            every layer; the selected parts of ``select_due`` requests are filled by the policy at that
+            layer (until then they hold ``-1``).
+        kv_request: ``[nnz] int64`` (device) request of each entry (the same at every layer).
         always_len: ``[B] int64`` ``a_b``.
         select_due: requests whose selected part is chosen at each layer of this forward (host ints).
         max_q: longest query segment; max_kv: longest attended list (host ints, for padded kernels).
@@ -69,12 +77,14 @@ class ForwardPlan(NamedTuple):
     padded: bool = False
 
     def layer(self, layer: int) -> LayerKV:
-        """Layer ``layer``'s lists (a view of the plan's buffer unless padded)."""
-        positions = self.kv_positions[layer]
+        """Layer ``layer``'s lists (a view of the plan's buffer unless padded; then the ``-1`` padding is
+        dropped, a host sync, and the indptr is on the device)."""
+        positions = self.kv_positions[layer if self.kv_positions.shape[0] > 1 else 0]
         if not self.padded:
             return LayerKV(self.kv_indptr, positions)
         keep = positions >= 0
-        counts = torch.zeros(self.kv_indptr.numel() - 1, dtype=torch.int64).index_add_(0, self.kv_request, keep.long())
+        counts = torch.zeros(self.kv_indptr.numel() - 1, dtype=torch.int64, device=positions.device)
+        counts.index_add_(0, self.kv_request, keep.long())
         return LayerKV(indptr_from_counts(counts), positions[keep])
 
     def prefix_entries(self, kv: Optional[LayerKV] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,10 +100,12 @@ class ForwardPlan(NamedTuple):
             ``(prefix_indptr [B + 1] int64, entries [nnz_prefix] int64)`` indices into the layer's list.
         """
         kv_indptr, positions = (self.kv_indptr, self.kv_positions[0]) if kv is None else kv
+        kv_indptr = kv_indptr.cpu()
         q_lens = self.q_indptr[1:] - self.q_indptr[:-1]  # [B]
         own_start = kv_indptr[:-1] + self.always_len - q_lens  # [B]
         own = torch.repeat_interleave(own_start - self.q_indptr[:-1], q_lens) + torch.arange(int(self.q_indptr[-1]))
-        assert torch.equal(positions[own], self.q_positions), "the always part must end with the queries"
+        assert torch.equal(positions[own.to(positions.device)].cpu(), self.q_positions), \
+            "the always part must end with the queries"
         keep = torch.ones(int(kv_indptr[-1]), dtype=torch.bool)
         keep[own] = False
         return indptr_from_counts((kv_indptr[1:] - kv_indptr[:-1]) - q_lens), keep.nonzero().flatten()
@@ -104,49 +116,83 @@ class ForwardPlan(NamedTuple):
         return start, int(self.kv_indptr[request + 1])
 
 
+class AlwaysPart(NamedTuple):
+    """A request's always-attended part, as `assemble_always` (K4) expands it: ``ranges`` (sinks, text and
+    the recent window among the indexed positions, ascending, all below ``indexed_end``) then the tail
+    ``[indexed_end, seq_len)`` the index does not cover. A dense request is ``AlwaysPart.dense()``.
+
+    Attributes:
+        starts, ends: ``[m] int64`` host ranges (`always_ranges`).
+        indexed_end: positions the request's index covers (host int).
+    """
+
+    starts: torch.Tensor
+    ends: torch.Tensor
+    indexed_end: int
+
+    @staticmethod
+    def dense() -> "AlwaysPart":
+        empty = torch.empty(0, dtype=torch.int64)
+        return AlwaysPart(empty, empty, 0)
+
+    def length(self, seq_len: int) -> int:
+        return int((self.ends - self.starts).sum()) + seq_len - self.indexed_end
+
+
 def build_plan(
     num_layers: int,
     extend: Sequence[tuple[int, int]],
-    always: Sequence[torch.Tensor],
-    selected: Sequence[Optional[Sequence[torch.Tensor]]],
+    always: Sequence[AlwaysPart],
     num_selected: Sequence[int],
     *,
+    kept: Optional[Sequence[Optional[int]]] = None,
+    slab: Optional["SelectionSlab"] = None,
+    device: torch.device | str | None = None,
     padded: bool = False,
 ) -> ForwardPlan:
-    """Lay out a forward's lists.
+    """Lay out a forward's lists: host lengths, device lists.
+
+    The always parts are expanded on ``device`` by `assemble_always` from their ranges, into one list that
+    every layer copies; kept selections are copied from the slab with one gather (`SelectionSlab.copy_into`).
+    Nothing of size ``L × nnz`` is built on the host.
 
     Args:
-        num_layers: ``L``.
+        num_layers: ``L`` (1 when one list serves every layer).
         extend: per request ``(prefix_len, seq_len)``: its queries are positions ``prefix_len .. seq_len - 1``.
-        always: per request ``[a_b] int64`` always-attended positions.
-        selected: per request ``L`` tensors ``[f_b]`` of selected positions already known (kept from an
-            earlier step), or None when the selection is due at this forward (written later).
+        always: per request its `AlwaysPart`.
         num_selected: per request ``f_b``.
-        padded: lists may hold fewer than ``f_b`` selected positions (``fill='whole'``): the rest is ``-1``.
+        kept: per request its slab row when its selection is kept from an earlier step, else None (the
+            selection is due at this forward when ``f_b > 0``, and written at each layer).
+        slab: the `SelectionSlab` ``kept`` rows refer to.
+        device: where ``kv_positions`` and ``kv_request`` live (default CPU).
+        padded: lists may hold fewer than ``f_b`` selected positions (``fill='whole'``, mass budgets): the
+            rest is ``-1``.
     """
+    device = torch.device(device) if device is not None else torch.device("cpu")
     batch = len(extend)
+    kept = [None] * batch if kept is None else list(kept)
+    seq_lens = [end for _, end in extend]
     q_lens = torch.tensor([end - start for start, end in extend], dtype=torch.int64)
     q_positions = torch.cat([torch.arange(start, end) for start, end in extend]) if batch else torch.empty(0, dtype=torch.int64)
-    a = torch.tensor([t.numel() for t in always], dtype=torch.int64)
+    a = torch.tensor([part.length(n) for part, n in zip(always, seq_lens)], dtype=torch.int64)
     f = torch.tensor(list(num_selected), dtype=torch.int64)
     kv_indptr = indptr_from_counts(a + f)
     nnz = int(kv_indptr[-1])
-    kv_positions = torch.full((num_layers, nnz), -1, dtype=torch.int64)
-    due = []
-    for b in range(batch):
-        start = int(kv_indptr[b])
-        kv_positions[:, start : start + always[b].numel()] = always[b]
-        if selected[b] is None:
-            if num_selected[b]:
-                due.append(b)
-            continue
-        for layer, positions in enumerate(selected[b]):
-            ok = positions.numel() <= num_selected[b] if padded else positions.numel() == num_selected[b]
-            assert ok, f"request {b} layer {layer}: {positions.numel()=} {num_selected[b]=}"
-            first = start + always[b].numel()
-            kv_positions[layer, first : first + positions.numel()] = positions
-    kv_request = torch.repeat_interleave(torch.arange(batch), a + f)
+    ranges = pack_ranges([(part.starts, part.ends) for part in always]).to(device)
+    to_device = lambda values: torch.tensor(values, dtype=torch.int64).to(device, non_blocking=True)  # noqa: E731
+    shared = torch.full((nnz,), -1, dtype=torch.int64, device=device)
+    if batch:
+        assemble_always(ranges.indptr, ranges.starts, ranges.ends, to_device([p.indexed_end for p in always]),
+                        to_device(seq_lens), kv_indptr[:-1].to(device), max_ranges=ranges.max_ranges, out=shared)
+    kv_positions = shared[None].expand(num_layers, nnz).clone() if num_layers > 1 else shared[None]
+    kept_requests = [b for b in range(batch) if kept[b] is not None]
+    if kept_requests:
+        assert slab is not None, "build_plan: kept selections need their slab"
+        slab.copy_into(kv_positions, [kept[b] for b in kept_requests],
+                       [int(kv_indptr[b] + a[b]) for b in kept_requests], [int(f[b]) for b in kept_requests])
+    due = tuple(b for b in range(batch) if kept[b] is None and num_selected[b])
+    kv_request = torch.repeat_interleave(torch.arange(batch, device=device), (a + f).to(device), output_size=nnz)
     return ForwardPlan(
-        indptr_from_counts(q_lens), q_positions, kv_indptr, kv_positions, kv_request, a, tuple(due),
+        indptr_from_counts(q_lens), q_positions, kv_indptr, kv_positions, kv_request, a, due,
         int(q_lens.max()) if batch else 0, int((a + f).max()) if batch else 0, padded,
     )

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .plan import ForwardPlan, LayerKV, build_plan
+from .plan import AlwaysPart, ForwardPlan, LayerKV, build_plan
 from .request_layout import RequestLayout
 from .stats import RequestRecord, RequestStats
 
@@ -95,8 +95,8 @@ class FullAttendedSet(AttendedSetPolicy):
                                  device_tokens=device_tokens, host_tokens=0, host_store_used=0)
             record.attended(req.seq_len)
         # one list serves every layer: the plan holds a single row
-        return build_plan(1, [(r.prefix_len, r.seq_len) for r in requests], [torch.arange(r.seq_len) for r in requests],
-                          [[]] * len(requests), [0] * len(requests))
+        return build_plan(1, [(r.prefix_len, r.seq_len) for r in requests], [AlwaysPart.dense()] * len(requests),
+                          [0] * len(requests))
 
     def layer_kv(self, plan: ForwardPlan, layer_id: int, queries: torch.Tensor) -> LayerKV:
         return plan.layer(0)
