@@ -100,13 +100,14 @@ def _count_selections(monkeypatch):
     import mosaic_sglang.serving.cluster_policy as cluster_policy
 
     calls = []
-    real = cluster_policy.select_layer_batch
+    for name in ("select_layer_batch", "select_layer_into"):  # padded fills / the exact fill
+        real = getattr(cluster_policy, name)
 
-    def counted(indexes, layer_id, queries, seq_lens=None):
-        calls.append(layer_id)
-        return real(indexes, layer_id, queries, seq_lens)
+        def counted(indexes, layer_id, *args, real=real):
+            calls.append(layer_id)
+            return real(indexes, layer_id, *args)
 
-    monkeypatch.setattr(cluster_policy, "select_layer_batch", counted)
+        monkeypatch.setattr(cluster_policy, name, counted)
     return calls
 
 
@@ -161,6 +162,36 @@ def test_reselect_every_k_steps_selects_again_with_the_current_query(pool, monke
     _, decoded = _question_then_decode(policy, steps=4, calls=calls)
     assert calls == list(range(L)) * 2  # decode steps 1..4 select again at steps 2 and 4 (step % 2 == 0)
     assert all(p.numel() <= 16 + 2 + 4 + 8 + 4 for step in decoded for p in step)  # budget, sinks, window, text, new tokens
+
+
+def test_decode_steps_reuse_the_attach_until_the_index_changes(pool, monkeypatch):
+    """A decode step does not rescan its context to find its video (`VideoRegistry.attach`), unless the
+    video's index changed since (here: another request's prefill appends to it)."""
+    from mosaic_sglang.serving.videos import VideoRegistry
+
+    policy = _policy(pool, budget=16)
+    scans = []
+    real = VideoRegistry._attach
+    monkeypatch.setattr(VideoRegistry, "_attach", lambda self, req: scans.append(req.rid) or real(self, req))
+    question, decoded = _question_then_decode(policy, steps=3)
+    assert scans == ["a", "b"]  # the two prefills; b's decode steps reuse b's attach
+    assert len(decoded) == 3
+    frames = torch.cat([_video_prompt(), torch.full((3,), -1)])
+    slots = torch.cat([torch.arange(10, 10 + frames.numel() - 3), torch.arange(390, 393)])
+    scans.clear()
+    _forward(policy, [_layout("b", slots, frames, frames.numel() - 1, 1)], is_decode=True)
+    assert scans == []
+    video = next(iter(policy.videos.values()))
+    # the index changed (as another request's divergent prefix cuts it): the step attaches again, and
+    # selects again (a selection kept from before the cut would list positions of the tail twice, which
+    # `_forward` checks)
+    video.index.truncate(video.index.num_tokens - 8)
+    _forward(policy, [_layout("b", slots, frames, frames.numel() - 1, 1)], is_decode=True)
+    assert scans == ["b"]
+    scans.clear()
+    policy.release("b")
+    _forward(policy, [_layout("b", slots, frames, frames.numel() - 1, 1)], is_decode=True)
+    assert scans == ["b"]  # forgotten on release
 
 
 def test_dense_prefill_when_select_in_prefill_is_off(pool, monkeypatch):

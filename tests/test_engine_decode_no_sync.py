@@ -1,5 +1,6 @@
 """Decode without host synchronisation (tiny Qwen2.5-VL through sgl.Engine, CPU): with
-``MOSAIC_CHECK_NO_SYNC=1`` every decode layer that keeps its question's selection runs with
+``MOSAIC_CHECK_NO_SYNC=1`` every decode layer (keeping its question's selection, or re-selecting every
+2 steps with the exact fill) runs with
 ``.item()/.tolist()/.cpu()/bool()/nonzero/unique``/boolean indexing patched to raise (a violation
 kills the scheduler and fails the test). Two questions on one video: the first decodes over a fresh
 index, the second selects in its prefill and keeps that selection for its decode steps."""
@@ -33,17 +34,21 @@ def test_kept_decode_layers_run_inside_the_guard(monkeypatch):
 
     from mosaic_sglang.integration.attention_backend import MosaicAttnBackend
 
-    fake = SimpleNamespace(_check_no_sync=True, plan=SimpleNamespace(select_due=()),
+    fake = SimpleNamespace(_check_no_sync=True, plan=SimpleNamespace(select_due=(), padded=False),
                            _run_layer=lambda *a: torch.ones(1).item())
     layer = SimpleNamespace(sliding_window_size=None)
     batch = SimpleNamespace(forward_mode=SimpleNamespace(is_decode=lambda: True))
     with pytest.raises(HostSyncError):
         MosaicAttnBackend._forward(fake, None, None, None, layer, batch, True)
-    fake.plan = SimpleNamespace(select_due=(0,))  # a re-select step may sync (host-side selection)
+    fake.plan = SimpleNamespace(select_due=(0,), padded=False)  # a re-select step with the exact fill: guarded too
+    with pytest.raises(HostSyncError):
+        MosaicAttnBackend._forward(fake, None, None, None, layer, batch, True)
+    fake.plan = SimpleNamespace(select_due=(0,), padded=True)  # whole-cluster / mass fills size their lists: may sync
     assert MosaicAttnBackend._forward(fake, None, None, None, layer, batch, True) == 1.0
 
 
-def test_decode_steps_do_not_sync(tiny_vl_model, video_dir, monkeypatch):
+@pytest.mark.parametrize("reselect_every", [0, 2], ids=["kept", "reselect-every-2"])
+def test_decode_steps_do_not_sync(tiny_vl_model, video_dir, monkeypatch, reselect_every):
     import sglang as sgl
 
     monkeypatch.setenv(MOSAIC_CHECK_NO_SYNC.name, "1")
@@ -51,7 +56,7 @@ def test_decode_steps_do_not_sync(tiny_vl_model, video_dir, monkeypatch):
                      "max_new_tokens": 8}
     with strict_checks():
         engine = sgl.Engine(**cpu_engine_kwargs(tiny_vl_model, enable_mosaic=True, mosaic_budget=48,
-                                                mosaic_config={"recent_window": 16}))
+                                                mosaic_config={"recent_window": 16, "reselect_every": reselect_every}))
         try:
             outputs = run_requests(engine, [ask("what happens?"), ask("what color?")])
         finally:
@@ -60,3 +65,6 @@ def test_decode_steps_do_not_sync(tiny_vl_model, video_dir, monkeypatch):
         assert len(out["output_ids"]) == 8
         (stats,) = out["mosaic"]
         assert stats["attended_tokens"] < stats["context_tokens"] / 2  # sparse decode, not a dense fallback
+    # positive control: the re-select run chose again inside its decode steps (8 tokens: steps 2, 4, 6)
+    selections = [out["mosaic"][0]["selections"] for out in outputs]
+    assert selections[1] == (1 + 3 if reselect_every == 2 else 1), selections

@@ -1,12 +1,13 @@
 """Pure-torch reference of K6, token-to-centroid assignment: the two steps of one `ClusterIndex._join`
 round (``mosaic_sglang/clusters/README.md``, "Cohesion-aware assignment"), written to be read against it.
+`_join` calls both (this reference on the CPU, the Triton kernel for CUDA tensors).
 
 1. `assign_tokens_reference`: every token's nearest candidate cluster that *admits* it — spread after
    the join ``S' = (s·S + s/(s+1)·d²)/(s+1)`` with ``S'/num_pairs <= join_threshold``, and
    ``size < max_cluster_size``. fp32, with `_join`'s own expansion ``d² = |x|² + |c|² − 2x·c``
-   (clamped at 0) and its operation order, so a round decided here is the round `_join` decides.
+   (clamped at 0) and its operation order (the formulas `_join` used inline before it called K6).
 2. `admit_by_capacity`: per cluster, only the ``max_cluster_size − size`` nearest of the round's joiners
-   get in (ties: lower token index first), as `_join` ranks them with `_rank_within`.
+   get in (ties: lower token index first).
 
 Candidate padding (`_join`'s ``ids < 0``): pass ``size >= max_cluster_size``; such a slot never admits.
 """
@@ -132,7 +133,7 @@ def admit_by_capacity(best: torch.Tensor, d2: torch.Tensor, size: torch.Tensor, 
     """The round's capacity cut: per cluster, only its ``max_cluster_size − size`` nearest joiners get in.
 
     Vectorised and sync-free (it runs after the kernel on the device): one lexicographic sort by
-    (cluster, d², token index), so equal d² go to the lower token index, as `_rank_within` does.
+    (cluster, d², token index), so equal d² go to the lower token index.
 
     Args:
         best: ``[n]`` (or ``[G, n]``) int64 from `assign_tokens` (``-1``: no candidate).

@@ -19,9 +19,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
+
+from mosaic_sglang.kernels.assign_tokens import admit_by_capacity, assign_tokens
 
 from ..config import MosaicConfig
 from ..csr import indptr_from_ids
@@ -35,13 +37,17 @@ from .split import two_means
 from .table import ClusterTable, grow
 from .view import IndexView
 
-__all__ = ["ClusterIndex", "ClusterChoice", "select_layer_batch"]
+__all__ = ["ClusterIndex", "ClusterChoice"]
 
 ASSIGN_ROUNDS = 4
 """Rounds of join-then-seed per frame beyond ``ceil(n / max_cluster_size)`` (the rounds the size cap
 alone may need: a new cluster takes at most that many joiners per round); tokens still unplaced after
 the last round open singleton clusters. Each round places at least the first pending token of every
 group; see README.md for the measured share of singleton fallbacks."""
+
+ASSIGN_IMPL: str | None = None
+"""How `_join` runs K6 (`mosaic_sglang.kernels.assign_tokens`): None = by device (Triton for CUDA tensors,
+the torch reference elsewhere); the interpreter tests set ``'triton'``."""
 
 _VAR_FLOOR = 1e-6
 """Relative floor on the running key variance (share of E|k|^2), so a constant stream cannot divide by 0."""
@@ -227,21 +233,14 @@ class ClusterIndex(Retriever):
         """
         cfg = self.config
         ids = self._active
-        valid = ids >= 0
         centre, spread, size = self._cluster_stats(ids.clamp(min=0), mean, inv_std)  # [G,A,F], [G,A], [G,A]
-        d2 = (x.square().sum(-1, keepdim=True) + centre.square().sum(-1)[:, None, :]
-              - 2 * torch.bmm(x, centre.transpose(1, 2))).clamp(min=0)  # [G, n, A]
-        # Relative spread of every candidate after the join: n·S' = n·S + n/(n+1)·d² (S = mean sq. dist.).
-        s = size[:, None, :]
-        after = (s * spread[:, None, :] + s / (s + 1) * d2) / (s + 1) / self._lh  # [G, n, A]
-        admits = (valid & (size < cfg.max_cluster_size))[:, None, :] & (after <= cfg.join_threshold)
-        best_d2, best = d2.masked_fill(~admits, float("inf")).min(-1)  # [G, n]: nearest admitting
-        s = size.gather(1, best)
-        ok = pending & torch.isfinite(best_d2)
-        # Size cap holds exactly: per cluster, only the `cap - size` nearest joiners of this round get in.
-        groups, a = ids.shape
-        key = torch.where(ok, torch.arange(groups, device=self.device)[:, None] * a + best, groups * a)
-        ok &= _rank_within(key.flatten(), best_d2.flatten()).view_as(ok) < (cfg.max_cluster_size - s)
+        size = torch.where(ids >= 0, size.long(), cfg.max_cluster_size)  # padding never admits
+        # K6: the nearest candidate that admits each token (relative spread after the join <= threshold,
+        # size < cap); Triton for CUDA tensors, the torch reference elsewhere
+        best, best_d2 = assign_tokens(x, centre, spread, size, num_pairs=self._lh, join_threshold=cfg.join_threshold,
+                                      max_cluster_size=cfg.max_cluster_size, impl=ASSIGN_IMPL)
+        # size cap holds exactly: per cluster, only the `cap - size` nearest joiners of this round get in
+        ok = admit_by_capacity(best, best_d2, size, cfg.max_cluster_size, pending=pending)
         g, tok = ok.nonzero(as_tuple=True)
         self._add(g, ids[g, best[g, tok]], positions[tok], frame_ord[tok], keys, tok)
         return pending & ~ok
@@ -359,7 +358,10 @@ class ClusterIndex(Retriever):
             raise ValueError(f"ClusterIndex.select_layer: layer_id: expected 0 <= id < {self.num_layers}, got {layer_id!r}")
         if not isinstance(queries, torch.Tensor) or queries.dim() != 3:
             raise ValueError(f"ClusterIndex.select_layer: queries: expected [Tq, Hq, D], got {describe(queries)}")
-        return select_layer_batch([self], layer_id, [queries], [seq_len])[0]
+        view, layers = self.view(), torch.arange(layer_id, layer_id + 1, device=self.device)
+        checked = check_queries(queries[None], 1, self.num_kv_heads, self.head_dim, self.device)
+        take = selection.choose_clusters([view], [layers], [checked], [seq_len])[0]
+        return selection.attended_mask(view, layers, take, seq_len)[0].nonzero().flatten()
 
     def select_clusters(self, queries: torch.Tensor, *, seq_len: int | None = None) -> ClusterChoice:
         """The clusters used per layer (what a transfer engine moves; the exact fill's boundary cluster
@@ -548,42 +550,3 @@ class ClusterIndex(Retriever):
         assert tuple(keys.shape) == expected, f"key_reader returned {tuple(keys.shape)}, expected {expected}"
         return keys.to(self.device, torch.float32)
 
-
-def _rank_within(key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """``[P] int64`` rank of each element by ``value`` among elements with the same ``key``."""
-    order = torch.argsort(value, stable=True)
-    order = order[torch.argsort(key[order], stable=True)]
-    sorted_key = key[order]
-    first = torch.searchsorted(sorted_key, sorted_key)  # first index of each key in sorted order
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(key.numel(), device=key.device) - first
-    return rank
-
-
-def select_layer_batch(
-    indexes: Sequence[ClusterIndex], layer_id: int, queries: Sequence[torch.Tensor],
-    seq_lens: Sequence[int | None] | None = None,
-) -> list[torch.Tensor]:
-    """Attended positions of several sequences at one layer, scored in one batched call (a decode batch).
-
-    Args:
-        indexes: one `ClusterIndex` per sequence (same score and fill rule; budgets may differ).
-        layer_id: the layer.
-        queries: per sequence ``[Tq_i, Hq, D]`` float queries of that layer.
-        seq_lens: per sequence the end of the served sequence (default: each index's end).
-
-    Returns:
-        Per sequence ``[n_i] int64`` sorted positions ``< index.num_tokens`` (always attended ∪ taken
-        members); a sequence's result does not depend on the others in the batch.
-    """
-    if len(indexes) != len(queries):
-        raise ValueError(f"select_layer_batch: expected one query tensor per index, got {len(queries)} for {len(indexes)}")
-    for i, q in enumerate(queries):
-        if not isinstance(q, torch.Tensor) or q.dim() != 3:
-            raise ValueError(f"select_layer_batch: queries[{i}]: expected [Tq, Hq, D], got {describe(q)}")
-    seq_lens = [None] * len(indexes) if seq_lens is None else list(seq_lens)
-    views = [index.view() for index in indexes]
-    layers = [torch.tensor([layer_id], device=index.device) for index in indexes]
-    checked = [check_queries(q[None], 1, index.num_kv_heads, index.head_dim, index.device) for index, q in zip(indexes, queries)]
-    takes = selection.choose_clusters(views, layers, checked, seq_lens)
-    return [selection.attended_mask(v, l, t, n)[0].nonzero().flatten() for v, l, t, n in zip(views, layers, takes, seq_lens)]

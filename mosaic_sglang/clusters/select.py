@@ -29,7 +29,8 @@ from .mass import mass_shares
 from .scoring import LayerSummaries, score_clusters
 from .view import IndexView
 
-__all__ = ["ClusterChoice", "layer_summaries", "choose_clusters", "attended_mask", "cluster_members"]
+__all__ = ["ClusterChoice", "layer_summaries", "choose_clusters", "attended_mask", "taken_mask", "emit_selected",
+           "cluster_members"]
 
 
 class ClusterChoice(NamedTuple):
@@ -123,8 +124,8 @@ def choose_clusters(
         q = torch.cat([queries[i] for i, _ in scored])  # [R, Tq, Hq, D]
         scores = score_clusters(q, centroid, spread, cost, rule=config.score, reduce=config.query_reduce)
         rows = [s.cost.shape[0] for _, s in scored]
-        budgets = torch.repeat_interleave(torch.tensor([views[i].config.budget for i, _ in scored]), torch.tensor(rows))
-        take = fill(scores, cost, budgets.to(cost.device))
+        budgets = torch.cat([cost.new_full((r,), views[i].config.budget) for (i, _), r in zip(scored, rows)])  # [R]
+        take = fill(scores, cost, budgets)
         for (i, s), part in zip(scored, torch.split(take, rows)):
             out[i] = part[:, : s.cost.shape[1]]
     return out
@@ -137,22 +138,45 @@ def attended_mask(view: IndexView, layers: torch.Tensor, take: torch.Tensor, seq
     the (at most one per row) cluster with ``0 < take < cost`` its ``take`` lowest eligible positions.
     """
     always = always_attended_mask(view.frame_ids, view.config, seq_len=seq_len)  # [N]
+    return taken_mask(view, layers, take, always) | always[None, :]
+
+
+def taken_mask(view: IndexView, layers: torch.Tensor, take: torch.Tensor, always: torch.Tensor) -> torch.Tensor:
+    """``[R, N] bool`` the members ``take`` gives at ``layers [R]`` (`attended_mask` without the always
+    part; whole clusters' always-attended members included). ``always``: ``[N] bool`` the always mask.
+    No host synchronisation (fixed shapes, no data-dependent branch)."""
     assign = view.assign[view.group_of_layer[layers]]  # [R, N]
     num_c = take.shape[1]
     if num_c == 0:
-        return always[None, :].expand(assign.shape[0], -1).clone()
+        return torch.zeros_like(assign, dtype=torch.bool)
     safe = assign.clamp(min=0)
     eligible = (assign >= 0) & ~always[None, :]
     cost = torch.zeros_like(take).scatter_add_(1, safe, eligible.long())  # [R, C] eligible members
     whole = (take > 0) & (take >= cost)
     mask = whole.gather(1, safe) & (assign >= 0)
-    partial = (take > 0) & (take < cost)  # the exact fill's boundary cluster
-    if bool(partial.any()):
-        boundary = partial.long().argmax(1)  # [R] (rows without one are masked out by `count`)
-        count = (take.gather(1, boundary[:, None]) * partial.any(1, keepdim=True))  # [R, 1]
-        in_boundary = eligible & (assign == boundary[:, None])
-        mask |= in_boundary & (torch.cumsum(in_boundary, 1) <= count)
-    return mask | always[None, :]
+    partial = (take > 0) & (take < cost)  # the exact fill's boundary cluster (rows without one: count 0)
+    boundary = partial.long().argmax(1)  # [R]
+    count = take.gather(1, boundary[:, None]) * partial.any(1, keepdim=True)  # [R, 1]
+    in_boundary = eligible & (assign == boundary[:, None])
+    return mask | (in_boundary & (torch.cumsum(in_boundary, 1) <= count))
+
+
+def emit_selected(view: IndexView, layers: torch.Tensor, take: torch.Tensor, seq_len: int | None,
+                  out: torch.Tensor) -> None:
+    """Write the selected positions of one row (``layers [1]``) ascending into ``out[:f]``, without a
+    host synchronisation: the taken members that are not always attended, exactly ``f`` of them (the
+    exact fill's ``min(budget, eligible)``, which the caller knows on the host).
+
+    Args:
+        take: ``[1, C] int64`` from `choose_clusters` (exact fill).
+        out: ``[f + 1] int64`` on the index's device; ``out[f]`` is scratch (where the positions that are
+            not selected are scattered).
+    """
+    always = always_attended_mask(view.frame_ids, view.config, seq_len=seq_len)  # [N]
+    selected = taken_mask(view, layers, take, always)[0] & ~always  # [N]
+    rank = torch.cumsum(selected, 0) - 1
+    dest = torch.where(selected, rank, out.numel() - 1)
+    out.scatter_(0, dest, torch.arange(selected.numel(), device=selected.device))
 
 
 def _mass_fill(view: IndexView, layers: torch.Tensor, queries: torch.Tensor, s: LayerSummaries, seq_len, fill):
@@ -188,9 +212,10 @@ def cluster_members(view: IndexView, group: int = 0) -> tuple[torch.Tensor, torc
 def _covered_counts(view: IndexView, num_c: int, seq_len: int | None = None) -> torch.Tensor:
     """``[G, C] int64`` members per cluster that are always attended anyway (sinks, the recent window
     of a sequence ending at ``seq_len``): choosing their cluster costs no budget for them."""
-    a = view.assign[:, always_attended_mask(view.frame_ids, view.config, seq_len=seq_len)]  # text is -1
+    always = always_attended_mask(view.frame_ids, view.config, seq_len=seq_len)  # [N]
+    a = view.assign  # [G, N], text is -1; every position is scattered (no mask indexing: no host sync)
     counts = torch.zeros(a.shape[0], num_c + 1, dtype=torch.int64, device=view.device)
-    counts.scatter_add_(1, torch.where(a >= 0, a, num_c), torch.ones_like(a))
+    counts.scatter_add_(1, torch.where((a >= 0) & always[None, :], a, num_c), torch.ones_like(a))
     return counts[:, :num_c]
 
 

@@ -14,7 +14,8 @@ maps positions to KV slots with one device gather from SGLang's ``req_to_token``
 attention call over the whole batch; the host copies of the rows that planning reads are extended by one slot per decode step
 (`RequestRows`), not copied whole; after the last layer the policy may index the new tokens (their K/V are then in
 the pool for every layer). A decode step that keeps its question's selection does no host work and
-no host synchronisation inside a layer (checked with ``MOSAIC_CHECK_NO_SYNC=1``).
+no host synchronisation inside a layer, and neither does a re-select step with the exact fill (the
+selected parts have their planned lengths, `select_layer_into`); checked with ``MOSAIC_CHECK_NO_SYNC=1``.
 
 Attention kernels: on CUDA (or with ``MOSAIC_TRITON_ATTENTION=1``, which the tests run under the Triton
 interpreter) decode goes through `sparse_decode` (split-K over the layer's CSR of slots) and extend
@@ -167,8 +168,8 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
     def _forward(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool):
         if layer.sliding_window_size is not None and layer.sliding_window_size > -1:
             raise ValueError("mosaic attention backend: sliding-window layers are not supported")
-        if self._check_no_sync and forward_batch.forward_mode.is_decode() and not self.plan.select_due:
-            with no_host_sync():  # MOSAIC_CHECK_NO_SYNC=1: a kept-selection decode layer must not sync
+        if self._check_no_sync and forward_batch.forward_mode.is_decode() and not self.plan.padded:
+            with no_host_sync():  # MOSAIC_CHECK_NO_SYNC=1: a decode layer (kept or re-selected, exact fill) must not sync
                 return self._run_layer(q, k, v, layer, forward_batch, save_kv_cache)
         return self._run_layer(q, k, v, layer, forward_batch, save_kv_cache)
 
@@ -261,19 +262,19 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         return k, v
 
     def read_slot_keys(self, slots: torch.Tensor) -> torch.Tensor:
-        """``[num_layers, M, num_kv_heads, head_dim]`` cached keys (CPU) at ``slots [M] int64``; host
-        encodings (``< 0``) are read from the host tier."""
+        """``[num_layers, M, num_kv_heads, head_dim]`` cached keys, on the pool's device, at host ``slots [M]
+        int64``; host encodings (``< 0``) are read from the host tier."""
         pool = self.token_to_kv_pool
+        device = pool.get_key_buffer(self.start_layer).device
+        slots = slots.cpu()
         host = slots < 0
-        device_slots = slots[~host].to(pool.get_key_buffer(self.start_layer).device)
-        keys = torch.stack(
-            [pool.get_key_buffer(layer_id)[device_slots] for layer_id in range(self.start_layer, self.last_layer + 1)]
-        ).cpu()
+        keys = torch.stack([pool.get_key_buffer(layer_id)[slots[~host].to(device)]
+                            for layer_id in range(self.start_layer, self.last_layer + 1)])
         if not bool(host.any()):
             return keys
         out = keys.new_empty((keys.shape[0], slots.numel()) + tuple(keys.shape[2:]))
-        out[:, ~host] = keys
-        out[:, host] = self.runtime.host.read_keys(decode_host(slots[host])).to(out.dtype)
+        out[:, (~host).to(device)] = keys
+        out[:, host.to(device)] = self.runtime.host.read_keys(decode_host(slots[host])).to(device, out.dtype)
         return out
 
 

@@ -26,10 +26,10 @@ def clusters_to_offload(index: ClusterIndex, path: torch.Tensor, *, sink_tokens:
         active_frames: with ``sealed_only``, clusters with a member in the last this many frames stay.
         sealed_only: move sealed clusters only (mid-prefill), else every clustered token (request end).
     """
-    indptr, members = index.cluster_members(0)
+    indptr, members = (t.cpu() for t in index.cluster_members(0))  # the extent map is host bookkeeping
     on_device = (path[members] > 0) & (members >= sink_tokens)
     if sealed_only:
-        on_device &= sealed_members(index.frame_ids, indptr, members, active_frames)
+        on_device &= sealed_members(index.frame_ids.cpu(), indptr, members, active_frames)
     return groups_to_move(indptr, members, on_device)
 
 

@@ -23,7 +23,7 @@ import torch
 
 from mosaic_sglang.kernels.assemble_always import always_ranges
 
-from ..clusters import select_layer_batch
+from ..clusters import select_layer_batch, select_layer_into
 from ..config import MosaicConfig
 from ..offload.host_tier import HostTier, encode_host
 from ..offload.planner import clusters_to_offload
@@ -64,10 +64,11 @@ class ClusterAttendedSet(AttendedSetPolicy):
         self.counters = counters if counters is not None else ProcessCounters()
         self.num_layers = num_layers
         self.videos = VideoRegistry(config, num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
-                                    read_slot_keys=read_slot_keys)
+                                    read_slot_keys=read_slot_keys, device=self.device)
         self._always_masks: Dict[int, torch.Tensor] = {}  # request index -> [covered] bool, this forward
         self._kept_always: Dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # rid -> always ranges it was kept with
         self._requests: Sequence[RequestLayout] = ()
+        self._spans: Dict[int, tuple[int, int, int, int]] = {}  # due request -> (q start, q end, selected start, end)
         self._anchors: list[Optional[int]] = []
         self._is_decode = False
         self._decode_steps: Dict[str, int] = {}
@@ -84,7 +85,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
         self._requests, self._is_decode = requests, is_decode
         self._forward += 1
         self._dump.forward(self._forward, [req.rid for req in requests], is_decode)
-        self._anchors = [self.videos.attach(req) for req in requests]
+        self._anchors = [self.videos.attach(req, is_decode=is_decode) for req in requests]
         if self.host is not None:
             self.host.begin_forward({self.videos[a].uid for a in self._anchors if a is not None})
         always, kept, counts = [], [], []
@@ -98,6 +99,12 @@ class ClusterAttendedSet(AttendedSetPolicy):
         plan = build_plan(self.num_layers, [(r.prefix_len, r.seq_len) for r in requests], always, counts, kept=kept,
                           slab=self.selections, device=self.device,
                           padded=self.config.fill == "whole" or self.config.budget_mode == "mass")
+        # host ints of each due request's query rows and selected span (a layer reads no tensor for them)
+        q_bounds, kv_bounds, always_len = plan.q_indptr.tolist(), plan.kv_indptr.tolist(), plan.always_len.tolist()
+        self._spans = {i: (q_bounds[i], q_bounds[i + 1], kv_bounds[i] + always_len[i], kv_bounds[i + 1])
+                       for i in plan.select_due}
+        for i in plan.select_due:
+            self._records[requests[i].rid].selections += 1
         due = set(plan.select_due) if plan.padded else set()  # their size is known once they select
         for i, (req, n) in enumerate(zip(requests, (plan.kv_indptr[1:] - plan.kv_indptr[:-1]).tolist())):
             if i not in due:
@@ -135,7 +142,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
         if self._needs_selection(i):
             cfg = self.config
             mask = always_attended_mask(req.frame_ids[:covered], cfg, seq_len=req.seq_len)  # [covered]
-            self._always_masks[i] = mask
+            self._always_masks[i] = mask.to(self.device)  # filters the selection where it is made
             self._kept_always[req.rid] = always_ranges(req.frame_ids[:covered], sink_tokens=cfg.sink_tokens,
                                                        recent_window=cfg.recent_window, seq_len=req.seq_len)
             f = min(cfg.budget, int(((req.frame_ids[:covered] >= 0) & ~mask).sum()))
@@ -150,27 +157,45 @@ class ClusterAttendedSet(AttendedSetPolicy):
 
     def layer_kv(self, plan: ForwardPlan, layer_id: int, queries: torch.Tensor) -> LayerKV:
         """The plan's lists at ``layer_id``; the selections due at this forward are scored in one batched
-        call and written into the plan first (the only per-request work inside a layer)."""
+        call and written into the plan first (the only per-request work inside a layer). With the exact
+        fill and token budgets every selected part has its planned length, and it is written on the
+        device without a host synchronisation (`select_layer_into`); padded plans size theirs here."""
         due = plan.select_due
-        if due:
-            indexes = [self.videos[self._anchors[i]].index for i in due]
-            bounds = plan.q_indptr.tolist()
-            qs = [queries[bounds[i] : bounds[i + 1]] for i in due]
-            seq_lens = [self._requests[i].seq_len for i in due]  # each request's own recent window
-            attended = select_layer_batch(indexes, layer_id, qs, seq_lens)
-            for i, index, q, positions in zip(due, indexes, qs, attended):
-                req = self._requests[i]
-                selected = positions[~self._always_masks[i][positions]]  # the always part is in the plan
-                start, end = plan.selected_span(i)
-                assert selected.numel() <= end - start and (plan.padded or selected.numel() == end - start), (
-                    f"{req.rid} layer {layer_id}: selected {selected.numel()}, planned {end - start}")
-                plan.kv_positions[layer_id, start : start + selected.numel()] = selected
-                if plan.padded:  # fewer than planned may be selected: count what this layer attends
-                    self._records[req.rid].attended(int(plan.always_len[i]) + selected.numel())
-                self.selections.write(req.rid, layer_id, selected)
+        if not due:
+            return plan.layer(layer_id)
+        indexes = [self.videos[self._anchors[i]].index for i in due]
+        qs = [queries[self._spans[i][0] : self._spans[i][1]] for i in due]
+        seq_lens = [self._requests[i].seq_len for i in due]  # each request's own recent window
+        if plan.padded:
+            self._select_padded(plan, layer_id, indexes, qs, seq_lens)
+            return plan.layer(layer_id)
+        outs = [torch.empty(self._spans[i][3] - self._spans[i][2] + 1, dtype=torch.int64, device=index.device)
+                for i, index in zip(due, indexes)]
+        select_layer_into(indexes, layer_id, qs, seq_lens, outs)
+        for i, index, q, out in zip(due, indexes, qs, outs):
+            req, (_, _, start, end) = self._requests[i], self._spans[i]
+            selected = out[: end - start]
+            plan.kv_positions[layer_id, start:end] = selected
+            self.selections.write(req.rid, layer_id, selected)
+            if self._dump.enabled:  # the attended positions inside the index, as `select_layer_batch` gives them
+                positions = torch.cat([self._always_masks[i].nonzero().flatten(), selected]).sort().values
                 self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, q, positions,
                                   index.num_tokens, req.seq_len, video=self.videos[self._anchors[i]].uid)
         return plan.layer(layer_id)
+
+    def _select_padded(self, plan: ForwardPlan, layer_id: int, indexes, qs, seq_lens) -> None:
+        """Whole-cluster fill or mass budgets: a layer may select fewer than planned (its size is read
+        back: a host sync); what each layer attends is counted here."""
+        attended = select_layer_batch(indexes, layer_id, qs, seq_lens)
+        for i, index, q, positions in zip(plan.select_due, indexes, qs, attended):
+            req, (_, _, start, end) = self._requests[i], self._spans[i]
+            selected = positions[~self._always_masks[i][positions]]  # the always part is in the plan
+            assert selected.numel() <= end - start, f"{req.rid} layer {layer_id}: selected {selected.numel()} > {end - start}"
+            plan.kv_positions[layer_id, start : start + selected.numel()] = selected
+            self._records[req.rid].attended(int(plan.always_len[i]) + selected.numel())
+            self.selections.write(req.rid, layer_id, selected)
+            self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, q, positions,
+                              index.num_tokens, req.seq_len, video=self.videos[self._anchors[i]].uid)
 
     def _needs_selection(self, i: int) -> bool:
         req, anchor = self._requests[i], self._anchors[i]
@@ -179,7 +204,9 @@ class ClusterAttendedSet(AttendedSetPolicy):
         return (
             not self._is_decode
             or chosen_against is None
-            or chosen_against < self.videos[anchor].index.num_tokens  # the index grew since (the prompt's own video)
+            # the index changed since: it grew (the prompt's own video), or another request's divergent
+            # prefix cut it, and a kept selection past the cut would list positions of the tail twice
+            or chosen_against != self.videos[anchor].index.num_tokens
             or (every > 0 and self._decode_steps.get(req.rid, 0) % every == 0)
         )
 
@@ -272,6 +299,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
 
     def release(self, rid: str) -> None:
         self.selections.release(rid)
+        self.videos.forget(rid)
         self._kept_always.pop(rid, None)
         self._decode_steps.pop(rid, None)
         self._records.pop(rid, None)

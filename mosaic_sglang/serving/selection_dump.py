@@ -49,8 +49,8 @@ class SelectionDump:
 
     def append(self, anchor: int, start: int, keys: torch.Tensor, frame_ids: torch.Tensor, *, video: int) -> None:
         if self.enabled:
-            self._save({"event": "append", "anchor": anchor, "video": video, "start": start, "keys": keys,
-                        "frame_ids": frame_ids})
+            self._save({"event": "append", "anchor": anchor, "video": video, "start": start, "keys": keys.cpu(),
+                        "frame_ids": frame_ids.cpu()})
 
     def select(self, forward: int, rid: str, anchor: int, layer: int, queries: torch.Tensor, selected: torch.Tensor,
                index_tokens: int, seq_len: int, *, video: int) -> None:

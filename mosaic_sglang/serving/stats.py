@@ -38,6 +38,9 @@ class RequestStats:
     """Largest attended set over the layers of the latest forward (= context when dense)."""
     clusters: int = 0
     """Clusters in the request's video index (0 for text-only requests)."""
+    selections: int = 0
+    """Forwards in which the request chose its selection (its question's prefill chunks, re-select decode
+    steps); the other decode steps keep the last one."""
     device_tokens: int = 0
     """Positions whose KV is in device pool slots at the latest forward."""
     max_device_tokens: int = 0

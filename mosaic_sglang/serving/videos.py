@@ -1,5 +1,8 @@
 """`VideoRegistry`: one `ClusterIndex` per video prefix, keyed by KV slot, not by request.
 
+The indexes' cluster state lives on the model's device (``device``: where the KV pool is, so selection
+scores the layer's queries where they are); the slot bookkeeping here (anchors, ``slots``) is host-side.
+
 A video is found through the slot of its first visual token (its *anchor*). A second question on the
 same video is a new request whose ``req_to_token`` row holds the same slots, so it finds the same
 index; two videos never share one (different slots); when SGLang frees an indexed slot the index is
@@ -27,8 +30,8 @@ from .request_layout import RequestLayout
 __all__ = ["VideoIndex", "VideoRegistry", "SlotKeyReader"]
 
 SlotKeyReader = Callable[[torch.Tensor], torch.Tensor]
-"""``read(slots [M] int64) -> keys [num_layers, M, num_kv_heads, head_dim]`` from the KV pool (host
-encodings ``< 0`` read from the host tier)."""
+"""``read(slots [M] int64) -> keys [num_layers, M, num_kv_heads, head_dim]`` from the KV pool, on
+the pool's device (host encodings ``< 0`` read from the host tier)."""
 
 _VIDEO_UIDS = itertools.count()
 
@@ -54,11 +57,13 @@ class VideoRegistry(Mapping):
     """Anchor slot → `VideoIndex` (a read-only mapping; changed through the methods below)."""
 
     def __init__(self, config: MosaicConfig, *, num_layers: int, num_kv_heads: int, head_dim: int,
-                 read_slot_keys: SlotKeyReader) -> None:
+                 read_slot_keys: SlotKeyReader, device: torch.device | str | None = None) -> None:
         self.config = config
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.shape = dict(num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim)
         self.read_slot_keys = read_slot_keys
         self._videos: dict[int, VideoIndex] = {}
+        self._decoding: dict[str, tuple[int, VideoIndex, int]] = {}  # rid -> (anchor, video, index size) at attach
 
     def __getitem__(self, anchor: int) -> VideoIndex:
         return self._videos[anchor]
@@ -69,12 +74,33 @@ class VideoRegistry(Mapping):
     def __len__(self) -> int:
         return len(self._videos)
 
-    def attach(self, req: RequestLayout) -> Optional[int]:
+    def attach(self, req: RequestLayout, *, is_decode: bool = False) -> Optional[int]:
         """Anchor of the request's video (its index created if new), or None for text-only requests.
 
         A request that recomputes positions the index holds (it diverges from the indexed slots, or its
-        cached prefix is shorter than the index) cuts the index where they part.
+        cached prefix is shorter than the index) cuts the index where they part. A decode step of a
+        request attached before, whose video is still filed under the same anchor with the same index
+        size, is answered from that attach: a decode step adds one generated token and changes no slot of
+        the prefix, so nothing of size O(context) is scanned per step.
         """
+        known = self._decoding.get(req.rid) if is_decode else None
+        if known is not None:
+            anchor, video, size = known
+            if self._videos.get(anchor) is video and video.index.num_tokens == size:
+                return anchor
+        anchor = self._attach(req)
+        if anchor is None:
+            self._decoding.pop(req.rid, None)
+        else:
+            video = self._videos[anchor]
+            self._decoding[req.rid] = (anchor, video, video.index.num_tokens)
+        return anchor
+
+    def forget(self, rid: str) -> None:
+        """The request ended: drop what `attach` remembered of it."""
+        self._decoding.pop(rid, None)
+
+    def _attach(self, req: RequestLayout) -> Optional[int]:
         visual = (req.frame_ids >= 0).nonzero()
         if visual.numel() == 0:
             return None
@@ -91,7 +117,8 @@ class VideoRegistry(Mapping):
         else:
             video = VideoIndex(None, torch.empty(0, dtype=torch.int64), int(visual[0]))
             # the reader follows the video object: its anchor key changes when its first token is offloaded
-            video.index = ClusterIndex(self.config, **self.shape, key_reader=lambda p: self.read_slot_keys(video.slots[p]))
+            video.index = ClusterIndex(self.config, **self.shape, device=self.device,
+                                       key_reader=lambda p: self.read_slot_keys(video.slots[p.cpu()]))
             self._videos[anchor] = video
         return anchor
 
@@ -183,3 +210,4 @@ class VideoRegistry(Mapping):
 
     def clear(self) -> None:
         self._videos.clear()
+        self._decoding.clear()

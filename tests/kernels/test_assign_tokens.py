@@ -1,4 +1,4 @@
-"""`assign_tokens` (K6) Triton kernel vs its pure-torch reference, and the reference vs `ClusterIndex._join`.
+"""`assign_tokens` (K6) Triton kernel vs its pure-torch reference, and `ClusterIndex` ingest through each.
 
 Shapes are odd on purpose: one token, 63 tokens (one padded 64-row block), no candidate, one, 130 (three
 64-candidate blocks), F = 60 (a padded feature slice) and 256; scenarios: mixed admission, every
@@ -17,6 +17,8 @@ must admit). The "ties" scenario uses small integer features, where every fp32 s
 """
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 import torch
@@ -211,51 +213,63 @@ def test_admit_by_capacity_matches_a_plain_loop():
 
 
 @pytest.mark.parametrize("membership", ["shared", "per_layer"])
-def test_reference_reproduces_cluster_index_join(membership):
-    """On a real small trace, every `ClusterIndex._join` round is predicted by `assign_tokens` +
-    `admit_by_capacity`, and the Triton kernel makes the same choices.
+def test_cluster_index_ingest_through_the_triton_kernel_equals_the_reference(membership, monkeypatch):
+    """`ClusterIndex._join` runs K6 (`index.ASSIGN_IMPL`: by device, or forced): a real small trace ingested
+    with the Triton kernel builds the same index as with the torch reference — every round's choices
+    (checked per round on the index's own inputs, `_cluster_stats` and the active list) and the final
+    memberships, cluster counts and integrity."""
+    import mosaic_sglang.clusters.index as index_module
 
-    Honest about what it uses: `_join` is wrapped on the instance. Before each call the wrapper reads
-    exactly what `_join` reads — its own arguments (features ``x``, ``pending``, ``mean``, ``inv_std``),
-    the active list ``index._active`` and `_cluster_stats` (the private method `_join` itself calls) — and
-    predicts the round; after the call it checks the index's effects: which tokens left ``pending`` and
-    the cluster each was written to in ``index._assign``. Padding (``ids < 0``) is passed as a full size.
-    """
     layers, heads, dim = 3, 2, 12
     cfg = MosaicConfig(budget=40, sink_tokens=3, recent_window=7, max_cluster_size=CAP, join_threshold=0.3,
                        split_threshold=0.45, membership=membership)
-    index = ClusterIndex(cfg, num_layers=layers, num_kv_heads=heads, head_dim=dim)
-    num_pairs = (layers if membership == "shared" else 1) * heads
-    original = index._join
-    seen = {"rounds": 0, "joined": 0, "capped": 0}
-
-    def checked_join(x, pending, positions, keys, frame_ord, mean, inv_std):
-        ids = index._active
-        centre, spread, size = index._cluster_stats(ids.clamp(min=0), mean, inv_std)
-        size = torch.where(ids >= 0, size.long(), CAP)
-        kw = dict(num_pairs=num_pairs, join_threshold=cfg.join_threshold, max_cluster_size=CAP)
-        best, d2 = assign_tokens_reference(x, centre, spread, size, **kw)
-        keep = admit_by_capacity(best, d2, size, CAP, pending=pending)
-        still = original(x, pending, positions, keys, frame_ord, mean, inv_std)
-        assert torch.equal(still, pending & ~keep)
-        g, tok = keep.nonzero(as_tuple=True)
-        assert torch.equal(index._assign[g, positions[tok]], ids[g, best[g, tok]])
-        got = assign_tokens(x, centre, spread, size, impl="triton", **kw)
-        assert torch.equal(got.best, best)  # exact: no choice of this trace sits within rounding
-        found = best >= 0
-        scale = x.square().sum(-1) + centre.square().sum(-1).gather(-1, best.clamp(min=0))
-        assert bool(((got.d2 - d2).abs() <= D2_TOL * scale)[found].all()) and torch.equal(got.d2[~found], d2[~found])
-        seen["rounds"] += 1
-        seen["joined"] += int(keep.sum())
-        seen["capped"] += int((pending & (best >= 0) & ~keep).sum())
-        return still
-
-    index._join = checked_join  # instance attribute: shadows the method for this index only
     keys, frame_ids, _ = video_stream(num_layers=layers, num_kv_heads=heads, head_dim=dim, num_frames=5,
                                       tokens_per_frame=63)
-    index.append(keys, frame_ids)
-    index.check_integrity()
+    num_pairs = (layers if membership == "shared" else 1) * heads
+    built, seen = {}, {"rounds": 0, "joined": 0, "capped": 0, "triton_calls": 0}
+    triton_module = importlib.import_module("mosaic_sglang.kernels.assign_tokens.triton")  # the package exports
+    # a function of the same name, so `import ... as` would resolve to it
+
+    real_triton = triton_module.assign_tokens_triton
+
+    def counted_triton(*args, **kwargs):
+        seen["triton_calls"] += 1
+        return real_triton(*args, **kwargs)
+
+    monkeypatch.setattr(triton_module, "assign_tokens_triton", counted_triton)
+    for impl in ("reference", "triton"):
+        monkeypatch.setattr(index_module, "ASSIGN_IMPL", impl)
+        index = ClusterIndex(cfg, num_layers=layers, num_kv_heads=heads, head_dim=dim)
+        if impl == "triton":
+            original = index._join
+
+            def checked_join(x, pending, positions, keys_, frame_ord, mean, inv_std, index=index, original=original):
+                ids = index._active
+                centre, spread, size = index._cluster_stats(ids.clamp(min=0), mean, inv_std)
+                size = torch.where(ids >= 0, size.long(), CAP)
+                kw = dict(num_pairs=num_pairs, join_threshold=cfg.join_threshold, max_cluster_size=CAP)
+                best, d2 = assign_tokens_reference(x, centre, spread, size, **kw)
+                got = assign_tokens(x, centre, spread, size, impl="triton", **kw)
+                assert torch.equal(got.best, best)  # exact: no choice of this trace sits within rounding
+                found = best >= 0
+                scale = x.square().sum(-1) + centre.square().sum(-1).gather(-1, best.clamp(min=0))
+                assert bool(((got.d2 - d2).abs() <= D2_TOL * scale)[found].all())
+                assert torch.equal(got.d2[~found], d2[~found])
+                keep = admit_by_capacity(best, d2, size, CAP, pending=pending)
+                seen["rounds"] += 1
+                seen["joined"] += int(keep.sum())
+                seen["capped"] += int((pending & (best >= 0) & ~keep).sum())
+                return original(x, pending, positions, keys_, frame_ord, mean, inv_std)
+
+            index._join = checked_join  # instance attribute: shadows the method for this index only
+        index.append(keys, frame_ids)
+        index.check_integrity()
+        built[impl] = index
+    reference, triton = built["reference"], built["triton"]
+    assert reference.cluster_counts == triton.cluster_counts
+    assert torch.equal(reference._assign[:, : reference.num_tokens], triton._assign[:, : triton.num_tokens])
     assert seen["rounds"] >= 5 and seen["joined"] > 100 and seen["capped"] > 0, seen  # the cap step bites
+    assert seen["triton_calls"] == 2 * seen["rounds"], seen  # each round: the check's call and the index's own
 
 
 def test_bad_arguments_raise_value_error():
