@@ -110,17 +110,17 @@ def assign_tokens_reference(
     groups, n, _ = xs.shape
     best = torch.full((groups, n), -1, dtype=torch.int64, device=x.device)
     best_d2 = torch.full((groups, n), float("inf"), dtype=torch.float32, device=x.device)
-    if cs.shape[1] > 0:
-        for g in range(groups):
-            xg, cg = xs[g].float(), cs[g].float()  # [n, F], [A, F]
-            d2 = (xg.square().sum(-1, keepdim=True) + cg.square().sum(-1)[None, :] - 2 * (xg @ cg.T)).clamp(min=0)
-            s = zs[g].float()[None, :]  # [1, A]; float32 like `_join`'s sizes
-            after = (s * ss[g].float()[None, :] + s / (s + 1) * d2) / (s + 1) / num_pairs  # [n, A] relative S'
-            admits = (zs[g] < max_cluster_size)[None, :] & (after <= join_threshold)
-            d2_min, arg = d2.masked_fill(~admits, float("inf")).min(-1)  # first minimum: lowest index
-            found = torch.isfinite(d2_min)
-            best[g] = torch.where(found, arg, -1)
-            best_d2[g] = torch.where(found, d2_min, float("inf"))
+    if cs.shape[1] > 0:  # every group at once: [G, n, A]
+        xf, cf = xs.float(), cs.float()  # [G, n, F], [G, A, F]
+        d2 = (xf.square().sum(-1, keepdim=True) + cf.square().sum(-1)[:, None, :]
+              - 2 * torch.bmm(xf, cf.transpose(1, 2))).clamp(min=0)
+        s = zs.float()[:, None, :]  # [G, 1, A]; float32 like `_join`'s sizes
+        after = (s * ss.float()[:, None, :] + s / (s + 1) * d2) / (s + 1) / num_pairs  # [G, n, A] relative S'
+        admits = (zs < max_cluster_size)[:, None, :] & (after <= join_threshold)
+        d2_min, arg = d2.masked_fill(~admits, float("inf")).min(-1)  # first minimum: lowest index
+        found = torch.isfinite(d2_min)
+        best = torch.where(found, arg, -1)
+        best_d2 = torch.where(found, d2_min, float("inf"))
     if not batched:
         best, best_d2 = best[0], best_d2[0]
     if out is not None:
