@@ -54,13 +54,14 @@ def layer_summaries(view: IndexView, layers: torch.Tensor, seq_len: int | None =
     device = view.device
     group = view.group_of_layer[layers]  # [R]
     num_c = max(view.num_clusters)
-    counts = torch.tensor(view.num_clusters, device=device)[group]
-    valid = torch.arange(num_c, device=device) < counts[:, None]  # [R, C]
     config = view.config
     covers = config.budget >= view.num_visual and (config.budget_mode == "tokens" or config.mass_target >= 1)
     full = num_c == 0 or covers
     table = view.table
     size = table.size[group, :num_c]  # [R, C]
+    # ids are dense and never empty below a group's count, and sizes past it are 0 (`check_integrity`),
+    # so "exists" is "has a member": no host list copied to the device per call
+    valid = size > 0
     cost = (size - _covered_counts(view, num_c, seq_len)[group]) * valid
     if full:
         empty = torch.empty(0, device=device)
