@@ -66,6 +66,12 @@ def fill_budget_exact(scores: torch.Tensor, costs: torch.Tensor, budget: int | t
         >>> fill_budget_exact(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([[4, 1, 3]]), 6)
         tensor([[4, 0, 2]])
     """
+    if scores.is_cuda:  # the sort-free Triton kernel (`mosaic_sglang.kernels.exact_fill`), held to this by its tests
+        from mosaic_sglang.kernels.exact_fill import exact_fill
+
+        per_row = budget if torch.is_tensor(budget) else torch.full(  # a device fill: no host copy
+            (scores.shape[0],), budget, dtype=torch.int64, device=scores.device)
+        return exact_fill(scores, costs, per_row)
     order = torch.argsort(scores, dim=1, descending=True, stable=True)  # [R, U]
     sorted_costs = costs.gather(1, order)
     takeable = torch.isfinite(scores.gather(1, order)) & (sorted_costs > 0)

@@ -28,3 +28,7 @@ def test_triton_equals_reference_and_serving_fill(rows, units):
     out = torch.full((rows, units), -7, dtype=torch.int64, device=DEVICE)
     got = exact_fill(scores.to(DEVICE), costs.to(DEVICE), budget.to(DEVICE), out=out, impl="triton")
     assert got.data_ptr() == out.data_ptr() and torch.equal(got.cpu(), want)
+    # the serving fill on the device (CUDA: it dispatches to the kernel; an int budget too)
+    assert torch.equal(fill_budget_exact(scores.to(DEVICE), costs.to(DEVICE), budget.to(DEVICE)).cpu(), want)
+    assert torch.equal(fill_budget_exact(scores.to(DEVICE), costs.to(DEVICE), int(budget[0])).cpu(),
+                       exact_fill_reference(scores, costs, budget[:1].expand(rows)))
