@@ -34,7 +34,7 @@ from .integrity import check_integrity, recompute_summaries
 from .scoring import LayerSummaries
 from .select import ClusterChoice
 from .split import two_means
-from .table import ClusterTable, grow
+from .table import ClusterTable, add_rows, grow
 from .view import IndexView
 
 __all__ = ["ClusterIndex", "ClusterChoice"]
@@ -516,7 +516,7 @@ class ClusterIndex(Retriever):
         spread_lh = (sq_sum / n[..., None] - centre.square().sum(-1)).clamp(min=0) * inv_std.square()[:, None, :]
         group_of_layer = self._group_of_layer
         groups = self._layers_of_group.shape[0]
-        spread = torch.zeros(groups, ids.shape[1], device=self.device).index_add_(0, group_of_layer, spread_lh.sum(-1))
+        spread = add_rows(torch.zeros(groups, ids.shape[1], device=self.device), group_of_layer, spread_lh.sum(-1))
         size = self._table.size.gather(1, ids).float()
         feats = self._features(centre - mean[:, None], inv_std) if with_centres else None
         return feats, spread, size

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from .table import add_rows
+
 __all__ = ["two_means"]
 
 LLOYD_ITERS = 8
@@ -66,6 +68,6 @@ def _segment_mean(
 ) -> torch.Tensor:
     """``[S, F]`` mean of the selected members per segment; ``previous`` where a segment has none."""
     weight = member.float()
-    total = torch.zeros_like(previous).index_add_(0, segment, features * weight[:, None])
-    count = torch.zeros(previous.shape[0], device=features.device).index_add_(0, segment, weight)
+    total = add_rows(torch.zeros_like(previous), segment, features * weight[:, None])
+    count = add_rows(torch.zeros(previous.shape[0], device=features.device), segment, weight)
     return torch.where(count[:, None] > 0, total / count.clamp(min=1)[:, None], previous)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ClusterTable", "NO_POSITION", "grow"]
+__all__ = ["ClusterTable", "NO_POSITION", "add_rows", "grow"]
 
 NO_POSITION = torch.iinfo(torch.int64).max
 """`first_pos` of an empty row: neutral for the running ``amin``."""
@@ -81,7 +81,7 @@ class ClusterTable:
         keys: torch.Tensor,
         key_row: torch.Tensor,
     ) -> None:
-        """Add tokens to clusters: O(1) per token, vectorised over the batch (one ``index_add_`` each).
+        """Add tokens to clusters: O(1) per token, vectorised over the batch (one `add_rows` each).
 
         Args:
             group, cluster, position, frame_ord: ``[P] int64`` per added (group, token) pair.
@@ -93,8 +93,8 @@ class ClusterTable:
         row = layer * self.capacity + cluster.repeat_interleave(lg)
         k = keys[layer, key_row.repeat_interleave(lg)].to(self.key_sum.dtype)  # [P * Lg, H, D]
         num_layers, _, num_heads, head_dim = self.key_sum.shape
-        self.key_sum.view(-1, num_heads, head_dim).index_add_(0, row, k)
-        self.sq_sum.view(-1, num_heads).index_add_(0, row, k.square().sum(-1))
+        add_rows(self.key_sum.view(-1, num_heads, head_dim), row, k)
+        add_rows(self.sq_sum.view(-1, num_heads), row, k.square().sum(-1))
         flat = group * self.capacity + cluster
         self.size.view(-1).index_add_(0, flat, torch.ones_like(flat))
         self.first_pos.view(-1).scatter_reduce_(0, flat, position, reduce="amin")
@@ -120,6 +120,19 @@ class ClusterTable:
         sq_sum = self.sq_sum.gather(1, ids_by_layer[:, :, None].expand(-1, -1, num_heads))
         size = self.size[group_of_layer[:, None], ids_by_layer]
         return key_sum.float(), sq_sum.float(), size.float()
+
+
+def add_rows(t: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``t.index_add_(0, index, values)`` with a run-to-run deterministic sum on every device.
+
+    CUDA's float ``index_add_`` accumulates with atomics, in an order that changes between runs, so a
+    cluster's key sums (and every threshold test on them: join, split) could differ between runs and
+    between tensor-parallel ranks; ``index_put_(accumulate=True)`` sorts the indices first there. On the
+    CPU ``index_add_`` is already sequential (kept: same bits as before).
+    """
+    if t.is_cuda and t.is_floating_point():
+        return t.index_put_((index,), values, accumulate=True)
+    return t.index_add_(0, index, values)
 
 
 def grow(t: torch.Tensor, dim: int, capacity: int, fill: float | int) -> torch.Tensor:

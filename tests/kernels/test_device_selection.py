@@ -79,3 +79,22 @@ def test_policy_plans_on_the_device_and_decode_copies_the_kept_selection(device)
         assert question[layer].unique().numel() == question[layer].numel()
         # the decode step attends the question's list plus its own new token
         assert decode[layer].sort().values.tolist() == sorted(question[layer].tolist() + [frames.numel()])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ingest_is_deterministic_on_the_device(device):
+    """Two ingests of one trace build bit-identical indexes (CUDA: float sums accumulate in a fixed order,
+    `add_rows`), so runs — and tensor-parallel ranks — take the same cluster decisions."""
+    keys, frame_ids, _ = video_stream(seed=2, num_layers=L, num_kv_heads=H, head_dim=D, num_frames=10,
+                                      tokens_per_frame=40)
+    cfg = MosaicConfig(budget=50, max_cluster_size=10, join_threshold=0.3, split_threshold=0.4)
+    built = []
+    for _ in range(2):
+        index = ClusterIndex(cfg, num_layers=L, num_kv_heads=H, head_dim=D, device=device)
+        index.append(keys.to(device), frame_ids)
+        index.maintain(max_splits=100)
+        built.append(index)
+    a, b = (index.view() for index in built)
+    assert a.num_clusters == b.num_clusters
+    assert torch.equal(a.assign, b.assign)
+    assert torch.equal(a.table.key_sum, b.table.key_sum) and torch.equal(a.table.sq_sum, b.table.sq_sum)
