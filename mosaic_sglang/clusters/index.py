@@ -31,6 +31,7 @@ from ..retrieval.base import Retriever, Selection
 from . import select as selection
 from .inputs import check_append, check_queries, describe
 from .integrity import check_integrity, recompute_summaries
+from .layer_batch import select_layer_batch
 from .scoring import LayerSummaries
 from .select import ClusterChoice
 from .split import two_means
@@ -358,10 +359,7 @@ class ClusterIndex(Retriever):
             raise ValueError(f"ClusterIndex.select_layer: layer_id: expected 0 <= id < {self.num_layers}, got {layer_id!r}")
         if not isinstance(queries, torch.Tensor) or queries.dim() != 3:
             raise ValueError(f"ClusterIndex.select_layer: queries: expected [Tq, Hq, D], got {describe(queries)}")
-        view, layers = self.view(), torch.arange(layer_id, layer_id + 1, device=self.device)
-        checked = check_queries(queries[None], 1, self.num_kv_heads, self.head_dim, self.device)
-        take = selection.choose_clusters([view], [layers], [checked], [seq_len])[0]
-        return selection.attended_mask(view, layers, take, seq_len)[0].nonzero().flatten()
+        return select_layer_batch([self], layer_id, [queries], [seq_len])[0]
 
     def select_clusters(self, queries: torch.Tensor, *, seq_len: int | None = None) -> ClusterChoice:
         """The clusters used per layer (what a transfer engine moves; the exact fill's boundary cluster

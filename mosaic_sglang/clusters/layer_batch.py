@@ -10,15 +10,12 @@ into a buffer the caller gives, with no host synchronisation (no ``.item()``, ``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 
 from . import select as selection
 from .inputs import check_queries, describe
-
-if TYPE_CHECKING:
-    from .index import ClusterIndex
 
 __all__ = ["select_layer_batch", "select_layer_into"]
 
@@ -38,7 +35,7 @@ def _prepare(indexes, layer_id, queries, seq_lens, caller: str):
 
 
 def select_layer_batch(
-    indexes: Sequence["ClusterIndex"], layer_id: int, queries: Sequence[torch.Tensor],
+    indexes: Sequence, layer_id: int, queries: Sequence[torch.Tensor],
     seq_lens: Sequence[int | None] | None = None,
 ) -> list[torch.Tensor]:
     """Attended positions of several sequences at one layer, scored in one batched call (a decode batch).
@@ -58,7 +55,7 @@ def select_layer_batch(
 
 
 def select_layer_into(
-    indexes: Sequence["ClusterIndex"], layer_id: int, queries: Sequence[torch.Tensor],
+    indexes: Sequence, layer_id: int, queries: Sequence[torch.Tensor],
     seq_lens: Sequence[int | None], outs: Sequence[torch.Tensor],
 ) -> None:
     """Selected parts of several sequences at one layer (exact fill), written without a host sync.

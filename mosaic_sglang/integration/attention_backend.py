@@ -268,7 +268,8 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         device = pool.get_key_buffer(self.start_layer).device
         slots = slots.cpu()
         host = slots < 0
-        keys = torch.stack([pool.get_key_buffer(layer_id)[slots[~host].to(device)]
+        device_slots = slots[~host].to(device)  # once, not once per layer
+        keys = torch.stack([pool.get_key_buffer(layer_id)[device_slots]
                             for layer_id in range(self.start_layer, self.last_layer + 1)])
         if not bool(host.any()):
             return keys
