@@ -29,6 +29,7 @@ _CHOICES = {
     "score": ("centroid", "centroid_radius", "size_weighted"),
     "query_reduce": ("mean", "max"),
     "budget_mode": ("tokens", "mass"),
+    "spill_backend": ("none", "file"),
 }
 
 
@@ -102,6 +103,15 @@ class MosaicConfig:
     """Prefetch layer l+1's predicted clusters (= layer l's selection) while layer l computes. Off by
     default: on the synthetic and the SmolLM2 caption traces it moved ~1.3-1.6x the missed bytes for at
     most a few points of hit rate (benchmarks/README.md)."""
+    spill_backend: str = "none"
+    """The L3 tier below the host store: 'file' spills whole cluster extents to SGLang's HiCache file
+    backend when the host store is full (least recently read first) and loads them back when a question
+    selects them; 'none': a full host store leaves clusters on the device. Needs host_store_tokens > 0."""
+    spill_path: str = ""
+    """Directory for the 'file' spill backend (each process writes into its own fresh subdirectory)."""
+    spill_tokens: int = 0
+    """Tokens the spill tier may hold beyond the host store (the tier's row space is host_store_tokens +
+    spill_tokens); >= 1 with a spill backend."""
     cluster_cache_videos: int = 4
     """Videos whose device cluster cache may exist at once. Each cache takes
     ceil((budget + sinks + window) × (1 + slack)) slots of SGLang's KV pool while it exists (reported as
@@ -142,6 +152,22 @@ class MosaicConfig:
         _at_least(self, "seed", 0)
         _at_least(self, "host_store_tokens", 0)
         _at_least(self, "cluster_cache_videos", 1)
+        _at_least(self, "spill_tokens", 0)
+        if self.spill_backend != "none" and self.spill_backend in _CHOICES["spill_backend"]:
+            if not self.host_store_tokens:
+                raise MosaicConfigError(
+                    f"mosaic config field 'host_store_tokens': expected an integer >= 1 with spill_backend="
+                    f"{self.spill_backend!r} (the spill tier sits below the host store), got 0"
+                )
+            if self.spill_tokens < 1:
+                raise MosaicConfigError(
+                    f"mosaic config field 'spill_tokens': expected an integer >= 1 with spill_backend="
+                    f"{self.spill_backend!r}, got {self.spill_tokens!r}"
+                )
+            if self.spill_backend == "file" and not self.spill_path:
+                raise MosaicConfigError(
+                    "mosaic config field 'spill_path': expected a directory with spill_backend='file', got ''"
+                )
         for name in ("media_max_bytes", "media_max_frames", "media_max_side"):
             _at_least(self, name, 1)
         if not self.media_max_seconds > 0:

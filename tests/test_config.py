@@ -24,6 +24,11 @@ def test_defaults_are_valid_and_round_trip_json():
         ({"cluster_cache_videos": 0}, "cluster_cache_videos", "integer >= 1", "0"),
         ({"residency_slack": -0.5}, "residency_slack", "number >= 0", "-0.5"),
         ({"prefetch": "yes"}, "prefetch", "expected bool", "'yes'"),
+        ({"spill_backend": "mooncake"}, "spill_backend", "one of", "'mooncake'"),
+        ({"spill_backend": "file", "spill_tokens": 8, "spill_path": "/s"}, "host_store_tokens", "integer >= 1", "got 0"),
+        ({"spill_backend": "file", "host_store_tokens": 8, "spill_path": "/s"}, "spill_tokens", "integer >= 1", "got 0"),
+        ({"spill_backend": "file", "host_store_tokens": 8, "spill_tokens": 8}, "spill_path", "a directory", "got ''"),
+        ({"spill_tokens": -1}, "spill_tokens", "integer >= 0", "-1"),
     ],
 )
 def test_invalid_values_name_field_expected_and_got(options, field, expected, got):

@@ -85,3 +85,25 @@ def test_sglang_triton_kernels_we_call():
                            "kv_indptr", "kv_indices", "custom_mask", "is_causal", "mask_indptr", "max_len_extend",
                            "k_scale", "v_scale"]
     assert {"sm_scale", "logit_cap", "sliding_window_size", "sinks", "page_size"} <= set(params)
+
+
+def test_hicache_storage_api_the_spill_tier_uses(tmp_path):
+    """`integration/hicache_spill.py`: the factory builds the file backend from a `HiCacheStorageConfig`
+    without a host pool; ``set``/``get``/``clear`` keep their signatures; the private parts the adapter
+    reads (its directory, key suffix, evictor switch, metadata cache) still exist."""
+    import inspect
+
+    from sglang.srt.mem_cache.hicache_storage import HiCacheFile, HiCacheStorageConfig
+    from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory
+
+    assert list(inspect.signature(StorageBackendFactory.create_backend).parameters)[:3] == [
+        "backend_name", "storage_config", "mem_pool_host"]
+    assert list(inspect.signature(HiCacheFile.set).parameters)[:3] == ["self", "key", "value"]
+    assert list(inspect.signature(HiCacheFile.get).parameters)[:3] == ["self", "key", "target_location"]
+    config = HiCacheStorageConfig(tp_rank=0, tp_size=1, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1,
+                                  is_mla_model=False, enable_storage_metrics=False, is_page_first_layout=True,
+                                  model_name="m", extra_config={"file_storage_path": str(tmp_path)})
+    backend = StorageBackendFactory.create_backend("file", config, None)
+    assert isinstance(backend, HiCacheFile) and backend.file_path == str(tmp_path)
+    assert backend._get_suffixed_key("k").startswith("k") and backend._evictor.enabled is False
+    assert hasattr(backend, "metadata_cache")

@@ -49,14 +49,23 @@ class MosaicRuntime:
         and, with ``host_store_tokens > 0``, the host tier (its device cluster caches allocated from
         ``device_pool``, a `DevicePool` over SGLang's KV pool; pinned host memory when that is on CUDA).
         ``device``: the KV pool's device, where the policy keeps its plan lists and kept selections."""
-        from ..offload import HostKVStore, HostTier
+        from ..offload import HostKVStore, HostTier, SpillTier
         from ..serving import ClusterAttendedSet
 
-        if self.config.host_store_tokens:
+        config = self.config
+        if config.host_store_tokens:
             pin = device_pool is not None and device_pool.k_layers[0].is_cuda
-            store = HostKVStore(self.config.host_store_tokens, num_layers=num_layers, num_kv_heads=num_kv_heads,
+            store = HostKVStore(config.host_store_tokens, num_layers=num_layers, num_kv_heads=num_kv_heads,
                                 head_dim=head_dim, v_head_dim=v_head_dim, dtype=dtype, pin_memory=pin)
-            self.host = HostTier(store, max_cached_videos=self.config.cluster_cache_videos, pool=device_pool)
+            spill = None
+            if config.spill_backend != "none":
+                from .hicache_spill import HiCacheSpillBackend
+
+                spill = SpillTier(HiCacheSpillBackend(config.spill_backend, config.spill_path), store)
+                logger.info("mosaic spill tier: %s in %s, %d tokens", spill.backend.name, spill.backend.directory,
+                            config.spill_tokens)
+            self.host = HostTier(store, max_cached_videos=config.cluster_cache_videos, pool=device_pool, spill=spill,
+                                 spill_tokens=config.spill_tokens)
         self.read_slot_kv = read_slot_kv
         self.policy = ClusterAttendedSet(
             self.config, num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
@@ -88,8 +97,12 @@ class MosaicRuntime:
         """Counters since start and current sizes, for `MosaicMetrics`."""
         videos = getattr(self.policy, "videos", {})
         host = self.host
+        spill = host.spill.stats if host is not None and host.spill is not None else None
         return self.counters.snapshot(
             host_store_used_tokens=host.used_tokens if host is not None else 0,
+            spilled_tokens=host.spilled_tokens if host is not None else 0,
+            spill_writes=spill.writes if spill else 0, spill_written_bytes=spill.written_bytes if spill else 0,
+            spill_failed_writes=spill.failed_writes if spill else 0, spills=spill.spills if spill else 0,
             cluster_cache_held_tokens=host.caches.held_tokens if host is not None else 0,
             indexed_videos=len(videos),
             clusters=sum(v.index.num_clusters for v in videos.values()),

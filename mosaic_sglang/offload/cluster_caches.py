@@ -143,6 +143,11 @@ class ClusterCaches:
             cache.residency.drop(starts)
             cache.engine.synchronize()
 
+    def synchronize(self) -> None:
+        """Block until every cache's queued copies finished (CUDA; nothing to wait for on CPU)."""
+        for cache in self._caches.values():
+            cache.engine.synchronize()
+
     def drop(self, key: int) -> None:
         """Drop video ``key``'s cache and give its block back to the pool."""
         cache = self._caches.pop(key, None)

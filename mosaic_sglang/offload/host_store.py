@@ -6,13 +6,11 @@ host→device copies are true asynchronous DMA). A cluster occupies ONE contiguo
 at the same offsets in every layer, so moving a cluster is one contiguous copy per layer
 (``k[layer, start:start + length]``), never one per token.
 
-Allocation: first-fit over a free list sorted by offset; `free` coalesces with both neighbours, so the
-free list never holds two adjacent extents. Fragmentation: clusters are 1..``max_cluster_size`` tokens,
-so after interleaved frees the free space can be split into holes smaller than a request; `allocate`
-then fails even though ``num_free >= n`` (the error says so and reports the largest hole). First-fit
-keeps large holes at the high end (low offsets get reused first), and because whole sessions tend to be
-freed together (their extents were allocated together), holes re-merge. There is no compaction: moving
-an extent would invalidate the extents that callers (residency, radix-tree values) hold.
+Allocation: `ExtentAllocator` (first fit over a free list sorted by offset, coalescing frees; see
+`extents.py`). Fragmentation: clusters are 1..``max_cluster_size`` tokens, so after interleaved frees
+the free space can be split into holes smaller than a request; `allocate` then fails even though
+``num_free >= n`` (the error says so and reports the largest hole). There is no compaction: moving an
+extent would invalidate the extents that callers (residency, the tier's row map) hold.
 `fragmentation` (1 − largest hole / free) measures it.
 
 When full: `allocate` raises `HostStoreFullError` naming the capacity, the request, the free tokens and
@@ -28,19 +26,13 @@ insert. Not thread-safe (SGLang's scheduler is one Python thread).
 
 from __future__ import annotations
 
-import bisect
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 
+from .extents import Extent, ExtentAllocator
+
 __all__ = ["Extent", "HostKVStore", "HostStoreFullError"]
-
-
-class Extent(NamedTuple):
-    """A contiguous range of host token rows ``[start, start + length)``, the same in every layer."""
-
-    start: int
-    length: int
 
 
 class HostStoreFullError(RuntimeError):
@@ -98,36 +90,35 @@ class HostKVStore:
         if poison:
             self.k_buffer.fill_(float("nan"))
             self.v_buffer.fill_(float("nan"))
-        self._free_starts: list[int] = [0]  # sorted; parallel to _free_lens; never two adjacent extents
-        self._free_lens: list[int] = [capacity_tokens]
-        self._used: dict[int, int] = {}  # start -> length of every allocated extent
-        self._num_free = capacity_tokens
+        self.rows = ExtentAllocator(capacity_tokens)
+        """Which token rows hold a cluster."""
 
     # -- accounting --------------------------------------------------------------------------------
 
     @property
     def num_free(self) -> int:
         """Free token rows (in any number of holes)."""
-        return self._num_free
+        return self.rows.num_free
 
     @property
     def num_used(self) -> int:
-        return self.capacity - self._num_free
+        return self.rows.num_used
 
     @property
     def num_extents(self) -> int:
         """Allocated extents (clusters held)."""
-        return len(self._used)
+        return self.rows.num_extents
 
     @property
     def largest_free(self) -> int:
         """The largest request `allocate` can satisfy now."""
-        return max(self._free_lens, default=0)
+        return self.rows.largest_free
 
     @property
     def fragmentation(self) -> float:
         """``1 - largest_free / num_free`` (0: one hole; near 1: free space shattered); 0 when full."""
-        return 0.0 if self._num_free == 0 else 1.0 - self.largest_free / self._num_free
+        free = self.rows.num_free
+        return 0.0 if free == 0 else 1.0 - self.largest_free / free
 
     @property
     def bytes_per_token(self) -> int:
@@ -147,21 +138,14 @@ class HostKVStore:
         """
         if not isinstance(length, int) or isinstance(length, bool) or length < 1:
             raise ValueError(f"HostKVStore.allocate: length: expected an integer >= 1, got {length!r}")
-        for i, hole in enumerate(self._free_lens):
-            if hole >= length:
-                start = self._free_starts[i]
-                if hole == length:
-                    del self._free_starts[i], self._free_lens[i]
-                else:
-                    self._free_starts[i] += length
-                    self._free_lens[i] -= length
-                self._used[start] = length
-                self._num_free -= length
-                return Extent(start, length)
-        why = "fragmented: no single hole is large enough" if self._num_free >= length else "not enough free rows"
+        extent = self.rows.allocate(length)
+        if extent is not None:
+            return extent
+        free = self.rows.num_free
+        why = "fragmented: no single hole is large enough" if free >= length else "not enough free rows"
         raise HostStoreFullError(
             f"HostKVStore full: requested {length} contiguous token rows, capacity {self.capacity}, "
-            f"free {self._num_free}, largest free extent {self.largest_free} ({why}); fix: raise "
+            f"free {free}, largest free extent {self.largest_free} ({why}); fix: raise "
             f"MosaicConfig.host_store_tokens or free host extents of evicted/finished sessions first"
         )
 
@@ -173,33 +157,18 @@ class HostKVStore:
                 never-allocated range, or a wrong length) — freeing it would corrupt the free list.
         """
         start, length = int(extent[0]), int(extent[1])
-        if self._used.get(start) != length:
-            state = "not allocated (double free?)" if start not in self._used else f"allocated with length {self._used[start]}"
-            raise ValueError(f"HostKVStore.free: extent (start={start}, length={length}) is {state}")
-        del self._used[start]
-        self._num_free += length
+        try:
+            self.rows.free(Extent(start, length))
+        except ValueError as e:
+            raise ValueError(f"HostKVStore.{e}") from None
         if self.poison:
             self.k_buffer[:, start : start + length].fill_(float("nan"))
             self.v_buffer[:, start : start + length].fill_(float("nan"))
-        i = bisect.bisect_left(self._free_starts, start)
-        merge_prev = i > 0 and self._free_starts[i - 1] + self._free_lens[i - 1] == start
-        merge_next = i < len(self._free_starts) and start + length == self._free_starts[i]
-        if merge_prev and merge_next:
-            self._free_lens[i - 1] += length + self._free_lens[i]
-            del self._free_starts[i], self._free_lens[i]
-        elif merge_prev:
-            self._free_lens[i - 1] += length
-        elif merge_next:
-            self._free_starts[i] = start
-            self._free_lens[i] += length
-        else:
-            self._free_starts.insert(i, start)
-            self._free_lens.insert(i, length)
 
     def clear(self) -> None:
         """Free every extent (e.g. after all sessions ended)."""
-        for start, length in list(self._used.items()):
-            self.free(Extent(start, length))
+        for extent in self.rows.extents():
+            self.free(extent)
 
     # -- data --------------------------------------------------------------------------------------
 
@@ -230,7 +199,7 @@ class HostKVStore:
     def write(self, extent: Extent, k: torch.Tensor, v: torch.Tensor) -> None:
         """Overwrite an allocated extent with ``k [L, length, H, D]``, ``v [L, length, H, Dv]``."""
         start, length = extent
-        assert self._used.get(start) == length, f"write to an unallocated extent {extent}"
+        assert self.rows.length_of(start) == length, f"write to an unallocated extent {extent}"
         self.k_buffer[:, start : start + length].copy_(k)
         self.v_buffer[:, start : start + length].copy_(v)
 
@@ -248,7 +217,7 @@ class HostKVStore:
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"HostKVStore.read_layer: layer: expected 0 <= layer < {self.num_layers}, got {layer!r}")
         for e in extents:
-            assert self._used.get(int(e[0])) == int(e[1]), f"read of an unallocated extent {e}"
+            assert self.rows.length_of(int(e[0])) == int(e[1]), f"read of an unallocated extent {e}"
         if not extents:
             return self.k_buffer[layer, :0].clone(), self.v_buffer[layer, :0].clone()
         ks, vs = zip(*(self.extent_view(e, layer) for e in extents))
@@ -257,20 +226,6 @@ class HostKVStore:
     # -- invariants --------------------------------------------------------------------------------
 
     def check_integrity(self) -> None:
-        """Raise ``AssertionError`` naming the first broken invariant: free + used == capacity, free list
-        sorted and fully coalesced, no overlap between any two extents (free or used), all in range."""
-        used = sum(self._used.values())
-        free = sum(self._free_lens)
-        assert free == self._num_free, f"free-count drift: list {free} != counter {self._num_free}"
-        assert free + used == self.capacity, f"free {free} + used {used} != capacity {self.capacity}"
-        assert len(self._free_starts) == len(self._free_lens), "free list arrays out of sync"
-        for a, b, la in zip(self._free_starts, self._free_starts[1:], self._free_lens):
-            assert a + la < b, f"free list unsorted, overlapping or not coalesced at {a}+{la} vs {b}"
-        spans = sorted([(s, n, "used") for s, n in self._used.items()]
-                       + [(s, n, "free") for s, n in zip(self._free_starts, self._free_lens)])
-        end = 0
-        for s, n, kind in spans:
-            assert n >= 1, f"empty {kind} extent at {s}"
-            assert s == end, f"{'overlap' if s < end else 'gap'} at row {s} (previous extent ends at {end})"
-            end = s + n
-        assert end == self.capacity, f"extents end at {end}, capacity {self.capacity}"
+        """Raise ``AssertionError`` naming the first broken invariant of the row allocation (see
+        `ExtentAllocator.check_integrity`)."""
+        self.rows.check_integrity()

@@ -1,25 +1,38 @@
-"""The serving side of the host tier: clusters in a `HostKVStore`, one extent per offloaded cluster.
+"""The serving side of the host tier: clusters in a `HostKVStore`, one extent per offloaded cluster,
+and, when a `SpillTier` is given, extents spilled below it.
 
 A cluster's tokens occupy one contiguous extent (same rows in every layer), so bringing it back is one
 copy per layer. The radix tree may free an extent's tokens piecemeal (node eviction works on tree
-nodes, a cluster can span several); each extent keeps a live-token count and is returned to the store
-when the last of its tokens is released. `read` / `read_cached` resolve host rows (decoded from
-negative tree/row values) to K/V for one layer and say what the read cost (`HostReadCounts`); the
-caller adds that to its request's and the process's statistics (the tier keeps no counters).
+nodes, a cluster can span several); each extent keeps a live-token count and is returned when the last
+of its tokens is released. `read` / `read_cached` resolve host rows (decoded from negative tree/row
+values) to K/V for one layer and say what the read cost (`HostReadCounts`); the caller adds that to its
+request's and the process's statistics.
+
+Host rows are **virtual**: the tree and the live ``req_to_token`` rows hold rows of the tier's own row
+space (``host_store_tokens + spill_tokens`` rows), and each extent there is, at any time, either placed
+in the host store (a physical extent of the same length; ``_shift`` maps its rows) or spilled (a blob
+in the spill tier). Spilling and loading move an extent between the two without touching the tree.
+Without a spill tier both row spaces see the same allocations, so virtual and physical rows coincide.
+
+Spill policy: when an offload (`put_clusters`) or a load finds no host extent of the size it needs, the
+placed extents read least recently (by forward; never one the current read needs) are spilled until
+one fits. A read of a spilled cluster loads it back first (`HostReadCounts.spill_loads`); a read that
+cannot place everything it needs (it needs more rows than the store frees) reads the blobs directly.
 """
 
 from __future__ import annotations
 
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 from ..config import MOSAIC_DEBUG
 from .checksums import ExtentChecksums
-
-from .host_store import HostKVStore, HostStoreFullError
-from .residency import ResidencyOverflowError
 from .cluster_caches import ClusterCaches, DevicePool
+from .extents import Extent, ExtentAllocator
+from .host_store import HostKVStore
+from .residency import ResidencyOverflowError
+from .spill_tier import SpillTier
 
 __all__ = ["HostTier", "HostRead", "HostReadCounts", "encode_host", "decode_host"]
 
@@ -44,6 +57,8 @@ class HostReadCounts(NamedTuple):
         cache_hits: of those, already resident (kept from earlier steps, or prefetched).
         overflow_reads: 1 if the read bypassed the cluster cache (selection larger than the cache, or no
             cache could be had), else 0.
+        spill_loads: spilled extents this read loaded back from the spill tier (one backend read each).
+        spill_load_bytes: bytes of those blobs (all layers).
     """
 
     copies: int = 0
@@ -52,6 +67,8 @@ class HostReadCounts(NamedTuple):
     cache_lookups: int = 0
     cache_hits: int = 0
     overflow_reads: int = 0
+    spill_loads: int = 0
+    spill_load_bytes: int = 0
 
 
 class HostRead(NamedTuple):
@@ -66,49 +83,89 @@ KVReader = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 """``read(slots [M] int64) -> (k [L, M, H, D], v [L, M, H, Dv])`` from the device pool."""
 
 
+_UNPLACED = -(1 << 50)  # `_shift` of a spilled extent's rows: using it as a row index fails loudly
+
+
+class _Held:
+    """One live extent of the virtual row space: where it is and how many of its tokens are live."""
+
+    __slots__ = ("rows", "live", "placed", "key")
+
+    def __init__(self, rows: Extent, placed: Extent) -> None:
+        self.rows, self.live, self.placed, self.key = rows, rows.length, placed, None
+
+    @property
+    def spilled(self) -> bool:
+        return self.placed is None
+
+
 class HostTier:
-    """Host store plus extent bookkeeping for the mosaic serving path.
+    """Host store (and optional spill tier) plus extent bookkeeping for the mosaic serving path.
 
     Args:
         store: the host store.
         max_cached_videos: device cluster caches that may exist at once (`ClusterCaches`).
         pool: SGLang's KV pool to place those caches in; None: private buffers (offline, tests).
+        spill: the spill tier below the store; None: a full store leaves clusters on the device.
+        spill_tokens: rows beyond the store's capacity that spilled extents may hold (>= 1 with ``spill``).
     """
 
-    def __init__(self, store: HostKVStore, *, max_cached_videos: int = 4, pool: Optional[DevicePool] = None) -> None:
+    def __init__(self, store: HostKVStore, *, max_cached_videos: int = 4, pool: Optional[DevicePool] = None,
+                 spill: Optional[SpillTier] = None, spill_tokens: int = 0) -> None:
+        if spill is not None and (not isinstance(spill_tokens, int) or spill_tokens < 1):
+            raise ValueError(f"HostTier: spill_tokens: expected an integer >= 1 with a spill tier, got {spill_tokens!r}")
         self.store = store
+        self.spill = spill
         self.debug = MOSAIC_DEBUG.read()
         """``MOSAIC_DEBUG=1``: `check_integrity` after every change (tests, soak runs)."""
         self.caches = ClusterCaches(store, max_videos=max_cached_videos, pool=pool)
-        self._extent_of = torch.full((store.capacity,), -1, dtype=torch.int64)  # host row -> extent start
-        self._live: dict[int, list] = {}  # extent start -> [Extent, live tokens]
+        capacity = store.capacity + (spill_tokens if spill is not None else 0)
+        self.rows = ExtentAllocator(capacity)
+        """The virtual row space (what tree values encode)."""
+        self._extent_of = torch.full((capacity,), -1, dtype=torch.int64)  # virtual row -> its extent's start
+        self._shift = torch.zeros(capacity, dtype=torch.int64)  # physical row - virtual row (placed rows)
+        self._spilled = torch.zeros(capacity, dtype=torch.bool)  # by extent start: spilled now
+        self._last_read = torch.zeros(capacity, dtype=torch.int64)  # by extent start: forward of its last read
+        self._held: Dict[int, _Held] = {}  # extent start -> its state
+        self._forward = 0
         self.checksums = ExtentChecksums() if self.debug else None
         """Debug only: digests of every live extent, verified on every read (`checksums.py`)."""
 
     @property
     def used_tokens(self) -> int:
+        """Rows in use in the host store (placed extents)."""
         return self.store.num_used
+
+    @property
+    def spilled_tokens(self) -> int:
+        """Tokens of live extents that are spilled now."""
+        return self.rows.num_used - self.store.num_used
 
     def put_clusters(self, read_kv: KVReader, slot_groups: List[torch.Tensor]) -> List[torch.Tensor]:
         """Copy each group of device slots (one cluster) into its own extent; returns host rows per group.
 
-        Stops at the first group that does not fit (`HostStoreFullError`): the returned list is then
-        shorter than ``slot_groups`` and the remaining clusters simply stay on the device (the caller
-        counts that as a full event).
+        With a spill tier, cold placed extents are spilled to make room. Stops at the first group that
+        does not fit: the returned list is then shorter than ``slot_groups`` and the remaining clusters
+        simply stay on the device (the caller counts that as a full event).
         """
-        rows = []
+        rows, victims = [], []
         for slots in slot_groups:
-            k, v = read_kv(slots)
-            try:
-                extent = self.store.put(k, v)
-            except HostStoreFullError:
+            length = int(slots.numel())
+            virtual = self.rows.allocate(length)
+            if virtual is None:
                 break
-            host = torch.arange(extent.start, extent.start + extent.length, dtype=torch.int64)
-            self._extent_of[host] = extent.start
-            self._live[extent.start] = [extent, extent.length]
+            placed = self.store.rows.allocate(length)
+            if placed is None and self.spill is not None:
+                placed = self._make_room(length, victims)
+            if placed is None:
+                self.rows.free(virtual)
+                break
+            k, v = read_kv(slots)
+            self.store.write(placed, k, v)
+            self._hold(virtual, placed)
             if self.checksums is not None:
-                self.checksums.record(extent.start, k.to(self.store.k_buffer.dtype), v.to(self.store.v_buffer.dtype))
-            rows.append(host)
+                self.checksums.record(virtual.start, k.to(self.store.k_buffer.dtype), v.to(self.store.v_buffer.dtype))
+            rows.append(torch.arange(virtual.start, virtual.start + length, dtype=torch.int64))
         if self.debug:
             self.check_integrity()
         return rows
@@ -121,18 +178,23 @@ class HostTier:
         emptied = []
         for start, count in zip(starts.tolist(), counts.tolist()):
             assert start >= 0, "release of a host row that belongs to no extent"
-            entry = self._live[start]
-            entry[1] -= count
-            assert entry[1] >= 0, f"extent {start} released more tokens than it holds"
-            if entry[1] == 0:
+            held = self._held[start]
+            held.live -= count
+            assert held.live >= 0, f"extent {start} released more tokens than it holds"
+            if held.live == 0:
                 emptied.append(start)
         self.caches.forget_extents(emptied)  # a later extent may reuse these rows: never serve stale copies
         for start in emptied:
-            extent = self._live.pop(start)[0]
+            held = self._held.pop(start)
             if self.checksums is not None:
                 self.checksums.forget(start)
-            self.store.free(extent)
-            self._extent_of[start : start + extent.length] = -1
+            if held.placed is not None:
+                self.store.free(held.placed)
+            if held.key is not None:
+                self.spill.forget(held.key, held.rows.length)
+            self.rows.free(held.rows)
+            self._extent_of[start : start + held.rows.length] = -1
+            self._spilled[start] = False
         if self.debug:
             self.check_integrity()
 
@@ -140,6 +202,7 @@ class HostTier:
 
     def begin_forward(self, keys) -> None:
         """A forward starts that reads videos ``keys``' clusters (recency is counted in forwards)."""
+        self._forward += 1
         self.caches.begin_forward(list(keys))
 
     def read_cached(self, key: int, capacity: int, layer: int, host_rows: torch.Tensor, device, *,
@@ -149,7 +212,8 @@ class HostTier:
         The clusters (extents) the rows belong to are made resident in the cache (hits stay; misses are
         copied, one op per extent, evicting least recently used clusters of this video); the rows are then
         gathered from the cache. A selection larger than the cache, or a video that gets no cache, is
-        read directly from the host tier (``overflow_reads``).
+        read directly from the host tier (``overflow_reads``). Spilled clusters are loaded back into
+        the host store first (hits included: their blob is read once, then they are placed again).
 
         With ``prefetch_next``, the same clusters are then queued for layer ``layer + 1``'s cache
         (`ClusterResidency.prefetch`: free room and cold clusters only). On CUDA the copies run on the
@@ -165,12 +229,17 @@ class HostTier:
         residency, engine = cache.residency, cache.engine
         starts = self._extent_of[host_rows]
         clusters, which = torch.unique(starts, return_inverse=True)
+        loads, load_bytes, complete = self._place_for_read(clusters)
         ids = clusters.tolist()
-        extents = [self._live[c][0] for c in ids]
+        extents = [self._held[c].placed for c in ids]
         try:
+            if not complete:  # more spilled clusters than the store could take: read around the cache
+                raise ResidencyOverflowError
             access = residency.access(layer, ids, extents)
         except ResidencyOverflowError:
-            return self._overflow(layer, host_rows, device)
+            k, v, counts = self._overflow(layer, host_rows, device)
+            return HostRead(k, v, counts._replace(spill_loads=counts.spill_loads + loads,
+                                                  spill_load_bytes=counts.spill_load_bytes + load_bytes))
         engine.submit(access.plan)
         engine.wait(layer)
         lengths = torch.tensor([e.length for e in extents], dtype=torch.int64)
@@ -184,16 +253,16 @@ class HostTier:
             copies, copy_bytes, prefetched = copies + plan.num_ops, copy_bytes + plan.num_bytes, plan.num_ops
         if self.debug:
             residency.check_integrity()
-            self._verify_cached(engine, layer, extents, access.slots, lengths)
+            self._verify_cached(engine, layer, ids, access.slots, lengths)
         asked = len(ids) if layer >= 1 else 0  # the residency's prefetch hit-rate rule: layers >= 1
         hits = int(access.hits.numel()) if layer >= 1 else 0
-        return HostRead(k, v, HostReadCounts(copies, copy_bytes, prefetched, asked, hits, 0))
+        return HostRead(k, v, HostReadCounts(copies, copy_bytes, prefetched, asked, hits, 0, loads, load_bytes))
 
-    def _verify_cached(self, engine, layer: int, extents, slots: torch.Tensor, lengths: torch.Tensor) -> None:
+    def _verify_cached(self, engine, layer: int, ids: Sequence[int], slots: torch.Tensor, lengths: torch.Tensor) -> None:
         """Debug: every cluster this read touched, as it sits in the device cache, matches its checksum."""
-        for extent, members in zip(extents, torch.split(slots, lengths.tolist())):
+        for start, members in zip(ids, torch.split(slots, lengths.tolist())):
             rows = engine.rows(members)
-            self.checksums.verify(extent.start, layer, engine.device_k[layer][rows], engine.device_v[layer][rows],
+            self.checksums.verify(start, layer, engine.device_k[layer][rows], engine.device_v[layer][rows],
                                   where="the device cluster cache")
 
     def _overflow(self, layer: int, host_rows: torch.Tensor, device) -> HostRead:
@@ -216,36 +285,178 @@ class HostTier:
         """Forget every extent and cache (the radix cache was flushed: no tree value refers to host rows)."""
         self.caches.clear()
         self.store.clear()
+        for held in self._held.values():
+            self.rows.free(held.rows)
+        self._held.clear()
         self._extent_of.fill_(-1)
-        self._live.clear()
+        self._spilled.fill_(False)
+        if self.spill is not None:
+            self.spill.clear()
         if self.checksums is not None:
             self.checksums.clear()
 
     def read(self, layer: int, host_rows: torch.Tensor, device) -> HostRead:
-        """K/V of ``host_rows [n]`` at ``layer`` straight from the host store (no cluster cache): one copy
+        """K/V of ``host_rows [n]`` at ``layer`` straight from the host tier (no cluster cache): one copy
         per extent touched."""
         starts = torch.unique(self._extent_of[host_rows])
+        loads, load_bytes, complete = self._place_for_read(starts)
         if self.checksums is not None:
             for start in starts.tolist():
-                self.checksums.verify(start, layer, *self.store.extent_view(self._live[start][0], layer),
-                                      where="the host store")
-        k = self.store.k_buffer[layer][host_rows].to(device, non_blocking=True)
-        v = self.store.v_buffer[layer][host_rows].to(device, non_blocking=True)
+                held = self._held[start]
+                if held.placed is not None:
+                    self.checksums.verify(start, layer, *self.store.extent_view(held.placed, layer), where="the host store")
+        if complete:
+            physical = self._physical(host_rows)
+            k = self.store.k_buffer[layer][physical].to(device, non_blocking=True)
+            v = self.store.v_buffer[layer][physical].to(device, non_blocking=True)
+        else:
+            k, v, extra = self._gather_unplaced(host_rows, starts, layer)
+            k, v, load_bytes = k.to(device), v.to(device), load_bytes + extra
         nbytes = k.numel() * k.element_size() + v.numel() * v.element_size()
-        return HostRead(k, v, HostReadCounts(copies=int(starts.numel()), copy_bytes=nbytes))
+        return HostRead(k, v, HostReadCounts(copies=int(starts.numel()), copy_bytes=nbytes, spill_loads=loads,
+                                             spill_load_bytes=load_bytes))
 
     def read_keys(self, host_rows: torch.Tensor) -> torch.Tensor:
         """``[L, n, H, D]`` keys of all layers (index maintenance)."""
-        return self.store.k_buffer[:, host_rows]
+        starts = torch.unique(self._extent_of[host_rows])
+        _, _, complete = self._place_for_read(starts)
+        if complete:
+            return self.store.k_buffer[:, self._physical(host_rows)]
+        return self._gather_unplaced(host_rows, starts, None)[0]
+
+    # -- placement of extents in the host store (spill tier) ---------------------------------------
+
+    def _hold(self, virtual: Extent, placed: Extent) -> None:
+        start, length = virtual
+        self._extent_of[start : start + length] = start
+        self._shift[start : start + length] = placed.start - start
+        self._last_read[start] = self._forward
+        self._held[start] = _Held(virtual, placed)
+
+    def _physical(self, host_rows: torch.Tensor) -> torch.Tensor:
+        """Host-store rows of virtual rows whose extents are all placed."""
+        return host_rows + self._shift[host_rows]
+
+    def _coldest(self, protect) -> List[_Held]:
+        """Placed extents, coldest last (least recently read; ties: lower row), except ``protect``: a
+        stack to pop victims from."""
+        placed = [h for s, h in self._held.items() if h.placed is not None and s not in protect]
+        placed.sort(key=lambda h: (int(self._last_read[h.rows.start]), h.rows.start), reverse=True)
+        return placed
+
+    def _make_room(self, length: int, victims: List[_Held], protect=()) -> Optional[Extent]:
+        """Spill victims (popped from ``victims``, refilled once it runs dry, never one in ``protect``)
+        until a host extent of ``length`` rows can be allocated; the extent, or None when nothing placed
+        is left to spill (or the backend refused a write)."""
+        refilled = False
+        while True:
+            placed = self.store.rows.allocate(length)
+            if placed is not None:
+                return placed
+            if not victims and not refilled:  # extents placed since the list was made may go too
+                victims.extend(self._coldest(protect))
+                refilled = True
+            while victims and victims[-1].placed is None:  # spilled meanwhile, or released
+                victims.pop()
+            if not victims or not self._spill_one(victims.pop()):
+                return None
+
+    def _spill_one(self, held: _Held) -> bool:
+        if held.key is None:
+            held.key = self.spill.write(held.placed)
+            if held.key is None:
+                return False
+        start, length = held.rows
+        self.caches.synchronize()  # CUDA: no queued copy may still read the rows about to be reused
+        self.store.free(held.placed)
+        held.placed = None
+        self._shift[start : start + length] = _UNPLACED
+        self._spilled[start] = True
+        self.spill.spilled(length)
+        return True
+
+    def _place_for_read(self, starts: torch.Tensor) -> Tuple[int, int, bool]:
+        """Load the spilled extents among ``starts [m]`` back into the host store and mark all of them
+        read in this forward. Returns ``(extents loaded, blob bytes read, every extent placed)``."""
+        self._last_read[starts] = self._forward
+        if self.spill is None or not bool(self._spilled[starts].any()):
+            return 0, 0, True
+        protect = set(starts.tolist())
+        victims: List[_Held] = []
+        loads = load_bytes = 0
+        for start in starts[self._spilled[starts]].tolist():
+            held = self._held[start]
+            placed = self._make_room(held.rows.length, victims, protect)
+            if placed is None:
+                return loads, load_bytes, False
+            before = self.spill.stats.loaded_bytes
+            self.spill.load(held.key, placed)
+            loads, load_bytes = loads + 1, load_bytes + self.spill.stats.loaded_bytes - before
+            held.placed = placed
+            self._shift[start : start + held.rows.length] = placed.start - start
+            self._spilled[start] = False
+            if self.checksums is not None:
+                for layer in range(self.store.num_layers):
+                    self.checksums.verify(start, layer, *self.store.extent_view(placed, layer), where="the spill tier")
+        if self.debug:
+            self.check_integrity()
+        return loads, load_bytes, True
+
+    def _gather_unplaced(self, host_rows: torch.Tensor, starts: torch.Tensor, layer: Optional[int]):
+        """K/V of ``host_rows`` when some of their extents could not be placed: placed ones from the store,
+        the others from their blobs. ``layer`` None: all layers (``[L, n, ...]``). Returns ``(k, v, blob bytes)``."""
+        store = self.store
+        shape = (host_rows.numel(),) + tuple(store.k_buffer.shape[2:])
+        shape = shape if layer is not None else (store.num_layers,) + shape
+        k = store.k_buffer.new_empty(shape)
+        v = store.v_buffer.new_empty(shape[:-1] + (store.v_head_dim,))
+        of = self._extent_of[host_rows]
+        spilled = self._spilled[of]
+        here = ~spilled
+        physical = host_rows[here] + self._shift[host_rows[here]]
+        if layer is not None:
+            k[here], v[here] = store.k_buffer[layer][physical], store.v_buffer[layer][physical]
+        else:
+            k[:, here], v[:, here] = store.k_buffer[:, physical], store.v_buffer[:, physical]
+        before = self.spill.stats.loaded_bytes
+        for start in torch.unique(of[spilled]).tolist():
+            held = self._held[start]
+            bk, bv = self.spill.read_blob(held.key, held.rows.length)
+            if self.checksums is not None:
+                for i in range(store.num_layers):
+                    self.checksums.verify(start, i, bk[i], bv[i], where="the spill tier")
+            sel = of == start
+            offsets = host_rows[sel] - start
+            if layer is not None:
+                k[sel], v[sel] = bk[layer][offsets], bv[layer][offsets]
+            else:
+                k[:, sel], v[:, sel] = bk[:, offsets], bv[:, offsets]
+        return k, v, self.spill.stats.loaded_bytes - before
 
     def check_integrity(self) -> None:
-        """Store consistent; every used host row belongs to exactly one live extent and vice versa;
-        cluster caches consistent."""
+        """Both row spaces consistent; every used virtual row belongs to exactly one live extent, placed in
+        exactly one host extent of its length or spilled with a blob; cluster caches consistent."""
         self.store.check_integrity()
-        held = sum(e.length for e, _ in self._live.values())
-        assert held == self.store.num_used, f"extents hold {held} rows, store uses {self.store.num_used}"
+        self.rows.check_integrity()
+        held = sum(h.rows.length for h in self._held.values())
+        assert held == self.rows.num_used, f"extents hold {held} rows, the row space uses {self.rows.num_used}"
         assert int((self._extent_of >= 0).sum()) == held, "extent map out of step with the live extents"
-        assert all(0 < count <= e.length for e, count in self._live.values()), "extent live counts out of range"
+        placed = [h for h in self._held.values() if h.placed is not None]
+        assert sum(h.placed.length for h in placed) == self.store.num_used, "placed extents out of step with the store"
+        for h in self._held.values():
+            start, length = h.rows
+            assert 0 < h.live <= length, f"extent {start}: live count {h.live} out of range"
+            assert bool(self._spilled[start]) == h.spilled, f"extent {start}: spilled flag out of step"
+            if h.placed is None:
+                assert h.key is not None, f"extent {start} is spilled without a blob"
+            else:
+                assert h.placed.length == length and self.store.rows.length_of(h.placed.start) == length, \
+                    f"extent {start}: placed extent {h.placed} not allocated at its length"
+                assert bool((self._shift[start : start + length] == h.placed.start - start).all()), \
+                    f"extent {start}: row shift out of step with its placement"
+        if self.spill is not None:
+            blobs = sum(h.rows.length for h in self._held.values() if h.key is not None)
+            assert blobs == self.spill.held_tokens, f"blobs hold {blobs} tokens, the spill tier counts {self.spill.held_tokens}"
         if self.checksums is not None:
-            assert len(self.checksums) == len(self._live), "a live extent without a checksum (or a stale one)"
+            assert len(self.checksums) == len(self._held), "a live extent without a checksum (or a stale one)"
         self.caches.check_integrity()

@@ -64,6 +64,10 @@ class RequestStats:
     cache_overflow_reads: int = 0
     """Layer reads of this request that bypassed the cluster cache (selection larger than the cache,
     or no cache could be had): read straight from the host store."""
+    spill_loads: int = 0
+    """Spilled cluster extents this request's reads loaded back from the spill (L3) tier."""
+    spill_load_bytes: int = 0
+    """Bytes of those blobs (all layers of each extent)."""
 
 
 def _mutable_twin(frozen: type, name: str, base: type, *, keep) -> type:
@@ -98,6 +102,8 @@ class _RequestRecordMethods:
         self.cache_lookups += counts.cache_lookups
         self.cache_hits += counts.cache_hits
         self.cache_overflow_reads += counts.overflow_reads
+        self.spill_loads += counts.spill_loads
+        self.spill_load_bytes += counts.spill_load_bytes
         self.cluster_cache_tokens = max(self.cluster_cache_tokens, cache_tokens)
 
     def snapshot(self) -> RequestStats:
@@ -110,10 +116,11 @@ RequestRecord.__doc__ = """The mutable accumulator behind one request's `Request
 ``cache_hit_rate``); `snapshot` freezes it."""
 
 
-def _series(kind: str, help_text: str):
-    """A `ProcessTotals` field: a Prometheus ``'counter'`` or ``'gauge'`` with its help text."""
+def _series(kind: str, help_text: str, *, kept_by_tier: bool = False):
+    """A `ProcessTotals` field: a Prometheus ``'counter'`` or ``'gauge'`` with its help text.
+    ``kept_by_tier``: a counter the spill tier keeps itself (passed to `ProcessCounters.snapshot`)."""
     assert kind in ("counter", "gauge"), kind
-    return field(default=0, metadata={"help": help_text, "kind": kind})
+    return field(default=0, metadata={"help": help_text, "kind": kind, "kept_by_tier": kept_by_tier})
 
 
 @dataclass(frozen=True)
@@ -131,7 +138,14 @@ class ProcessTotals:
     cluster_cache_hits: int = _series("counter", "Of those, already resident.")
     cluster_cache_overflow_reads: int = _series("counter", "Layer reads that bypassed the cluster cache.")
     host_store_full_events: int = _series("counter", "Offloads cut short because the host store was full; those clusters stayed on the device.")
+    spill_loads: int = _series("counter", "Spilled cluster extents loaded back from the spill (L3) tier into the host store.")
+    spill_load_bytes: int = _series("counter", "Bytes of those blobs (all layers).")
+    spill_writes: int = _series("counter", "Cluster extents written to the spill tier.", kept_by_tier=True)
+    spill_written_bytes: int = _series("counter", "Bytes of those blobs.", kept_by_tier=True)
+    spill_failed_writes: int = _series("counter", "Writes the spill backend refused (the cluster stayed where it was).", kept_by_tier=True)
+    spills: int = _series("counter", "Extents whose host store rows were freed by a spill (blob written then or earlier).", kept_by_tier=True)
     host_store_used_tokens: int = _series("gauge", "Host store rows in use.")
+    spilled_tokens: int = _series("gauge", "Live offloaded tokens whose cluster is in the spill tier, not in the host store.")
     cluster_cache_held_tokens: int = _series("gauge", "KV pool slots held by device cluster caches.")
     indexed_videos: int = _series("gauge", "Video prefixes with a cluster index.")
     clusters: int = _series("gauge", "Clusters over all indexed videos.")
@@ -146,14 +160,17 @@ class _ProcessCounterMethods:
         self.cluster_cache_lookups += counts.cache_lookups
         self.cluster_cache_hits += counts.cache_hits
         self.cluster_cache_overflow_reads += counts.overflow_reads
+        self.spill_loads += counts.spill_loads
+        self.spill_load_bytes += counts.spill_load_bytes
 
-    def snapshot(self, **gauges: int) -> ProcessTotals:
-        return ProcessTotals(**dataclasses.asdict(self), **gauges)
+    def snapshot(self, **gauges_and_tier_counters: int) -> ProcessTotals:
+        return ProcessTotals(**dataclasses.asdict(self), **gauges_and_tier_counters)
 
 
 ProcessCounters = _mutable_twin(ProcessTotals, "ProcessCounters", _ProcessCounterMethods,
-                                keep=lambda f: f.metadata["kind"] == "counter")
-ProcessCounters.__doc__ = """The mutable counters behind `ProcessTotals` (its counter fields); `snapshot` adds the gauges."""
+                                keep=lambda f: f.metadata["kind"] == "counter" and not f.metadata["kept_by_tier"])
+ProcessCounters.__doc__ = """The mutable counters behind `ProcessTotals` (its counter fields but the spill tier's own);
+`snapshot` adds the gauges and the spill tier's counters."""
 
 COUNTER_FIELDS = tuple(f.name for f in dataclasses.fields(ProcessTotals) if f.metadata["kind"] == "counter")
 """The counter fields of `ProcessTotals`."""
