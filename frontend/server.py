@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence
 
 import requests
 
-__all__ = ["SGLangServer", "cpu_server_args", "free_port"]
+__all__ = ["SGLangServer", "cpu_server_args", "cpu_rank_binding", "free_port"]
 
 
 def free_port() -> int:
@@ -33,6 +33,18 @@ def cpu_server_args(*, max_total_tokens: int = 16384) -> List[str]:
     ]
 
 
+def cpu_rank_binding(ranks: int) -> dict:
+    """Environment for ``ranks`` scheduler processes on one CPU machine (``--dp-size`` / ``--tp-size`` > 1):
+    SGLang's CPU path binds each rank to a core range (``SGLANG_CPU_OMP_THREADS_BIND``) and refuses more
+    ranks than NUMA nodes without it. The machine's cores are split evenly, in order."""
+    cores = os.cpu_count() or 1
+    if not 1 <= ranks <= cores:
+        raise ValueError(f"cpu_rank_binding: ranks: expected 1..{cores} (the cores here), got {ranks!r}")
+    per = cores // ranks
+    spans = [(i * per, (i + 1) * per - 1) for i in range(ranks)]
+    return {"SGLANG_CPU_OMP_THREADS_BIND": "|".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)}
+
+
 class SGLangServer:
     """A ``sglang.launch_server`` subprocess on 127.0.0.1, as a context manager.
 
@@ -49,8 +61,10 @@ class SGLangServer:
         port: Optional[int] = None,
         startup_timeout_s: float = 300.0,
         log_path: Optional[str | Path] = None,
+        env: Optional[dict] = None,
     ) -> None:
         self.port = port or free_port()
+        self.env = {**os.environ, **(env or {})}
         self.url = f"http://127.0.0.1:{self.port}"
         self.argv = [
             sys.executable, "-m", "sglang.launch_server",
@@ -65,7 +79,7 @@ class SGLangServer:
     def start(self) -> "SGLangServer":
         log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True
+            self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
         )
         deadline = time.time() + self.startup_timeout_s
         while time.time() < deadline:

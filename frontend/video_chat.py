@@ -3,6 +3,8 @@
 Each turn re-sends the whole conversation (video first), so SGLang's radix cache serves the video's
 KV from the previous turn: ``cached_tokens`` grows with the conversation while only the new question
 is computed. The response's ``meta_info`` carries Mosaic's per-request statistics under ``"mosaic"``.
+Every turn carries the video's routing key (`routing.py`), so behind ``sglang-router --policy manual``
+the whole conversation reaches the replica that holds the video's KV.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from pathlib import Path
 from typing import List, NamedTuple, Optional
 
 import requests
+
+from .routing import routing_headers
 
 __all__ = ["Turn", "VideoConversation"]
 
@@ -32,14 +36,18 @@ class VideoConversation:
         tokenizer_path: folder of the served model (its chat template renders the prompt).
         video: path of the video file (decoded by the server).
         system: optional system message.
+        routing_key: the ``x-smg-routing-key`` header value; None: the video's own key
+            (`video_routing_key`), so conversations about the same clip share a replica.
     """
 
-    def __init__(self, url: str, tokenizer_path: str | Path, video: str | Path, *, system: Optional[str] = None):
+    def __init__(self, url: str, tokenizer_path: str | Path, video: str | Path, *, system: Optional[str] = None,
+                 routing_key: Optional[str] = None):
         from transformers import AutoTokenizer
 
         self.url = url.rstrip("/")
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
         self.video = str(video)
+        self.headers = routing_headers(self.video) if routing_key is None else {"x-smg-routing-key": routing_key}
         self.messages: List[dict] = [{"role": "system", "content": system}] if system else []
         self.turns: List[Turn] = []
 
@@ -57,7 +65,7 @@ class VideoConversation:
             "video_data": [self.video],
             "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": temperature},
         }
-        response = requests.post(self.url + "/generate", json=payload, timeout=timeout_s)
+        response = requests.post(self.url + "/generate", json=payload, headers=self.headers, timeout=timeout_s)
         if response.status_code != 200:
             raise RuntimeError(f"/generate returned {response.status_code}: {response.text[:500]}")
         body = response.json()
