@@ -39,7 +39,7 @@ def test_help_lists_mosaic_flags():
         (["--mosaic-config", '{"recent_window": -2}'], "'recent_window': expected an integer >= 0, got -2"),
         (["--mosaic-budget", "lots"], "--mosaic-budget: expected an integer >= 0, got 'lots'"),
         (["--mosaic-config", '{"score": "cosine"}'], "'score': expected one of"),
-        (["--mosaic-config", '{"host_store_tokens": 100}', "--tp-size", "2"], "offload needs tp_size == 1"),
+        (["--mosaic-config", '{"host_store_tokens": 100}', "--pp-size", "2"], "offload needs pp_size == 1"),
         (["--mosaic-budget", "5", "--mosaic-config", '{"budget": 6}'], "budget given twice"),
         (["--mosaic-config", '{"allowed_media_dirs": "/data"}'], "'allowed_media_dirs': expected a list"),
     ],
@@ -113,7 +113,7 @@ def test_engine_server_args_class_builds_plain_server_args(tiny_text_model):
     assert args.attention_backend == "mosaic"
 
 
-def test_offload_is_refused_with_tensor_or_pipeline_parallelism():
+def test_offload_is_allowed_with_tensor_and_refused_with_pipeline_parallelism():
     from types import SimpleNamespace
 
     from mosaic_sglang import MosaicConfig
@@ -121,7 +121,8 @@ def test_offload_is_refused_with_tensor_or_pipeline_parallelism():
 
     offload = MosaicConfig(host_store_tokens=64)
     check_parallelism(offload, SimpleNamespace(tp_size=1, pp_size=1))
-    check_parallelism(MosaicConfig(), SimpleNamespace(tp_size=4, pp_size=2))  # selection alone is per rank: fine
-    for ranks in ({"tp_size": 2, "pp_size": 1}, {"tp_size": 1, "pp_size": 2}):
-        with pytest.raises(MosaicConfigError, match="'host_store_tokens'.*expected 0 with"):
+    check_parallelism(offload, SimpleNamespace(tp_size=2, pp_size=1))  # rank-consistent decisions (tensor_parallel.py)
+    check_parallelism(MosaicConfig(), SimpleNamespace(tp_size=4, pp_size=2))  # no offload: fine
+    for ranks in ({"tp_size": 1, "pp_size": 2}, {"tp_size": 2, "pp_size": 2}):
+        with pytest.raises(MosaicConfigError, match="'host_store_tokens'.*expected 0 with pp_size"):
             check_parallelism(offload, SimpleNamespace(**ranks))

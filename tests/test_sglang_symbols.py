@@ -107,3 +107,22 @@ def test_hicache_storage_api_the_spill_tier_uses(tmp_path):
     assert isinstance(backend, HiCacheFile) and backend.file_path == str(tmp_path)
     assert backend._get_suffixed_key("k").startswith("k") and backend._evictor.enabled is False
     assert hasattr(backend, "metadata_cache")
+
+
+def test_tensor_parallel_symbols_mosaic_relies_on():
+    """`integration/tensor_parallel.py`: the attention-TP group's concat-style ``all_gather(x, dim)`` and
+    the rank-consensus checker's entry points; `frontend/router.py`: the router's launcher module."""
+    import importlib.util
+    import inspect
+
+    from sglang.srt.distributed.parallel_state import GroupCoordinator, get_attn_tp_group
+    from sglang.srt.environ import envs
+    from sglang.srt.utils import rank_consensus_checker
+
+    assert callable(get_attn_tp_group)
+    assert list(inspect.signature(GroupCoordinator.all_gather).parameters)[:3] == ["self", "input_", "dim"]
+    assert {"world_size", "rank_in_group"} <= set(inspect.getsource(GroupCoordinator.__init__).replace("self.", " ").split())
+    assert callable(rank_consensus_checker.enabled) and callable(rank_consensus_checker.assert_same)
+    assert hasattr(rank_consensus_checker, "_scheduler_thread")
+    assert envs.SGLANG_ENABLE_RANK_CONSENSUS_CHECKER.get() in (False, True)
+    assert importlib.util.find_spec("sglang_router.launch_router") is not None

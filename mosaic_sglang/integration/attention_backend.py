@@ -39,6 +39,7 @@ from mosaic_sglang.kernels import attended_attention, sparse_decode, sparse_exte
 
 from ..config import MOSAIC_CHECK_NO_SYNC, MOSAIC_TRITON_ATTENTION
 from ..offload import DevicePool, decode_host
+from .tensor_parallel import decision_log, head_gather
 from ..serving import ForwardPlan, RequestLayout
 from ..testing.host_sync import no_host_sync
 from .frame_ids import frame_ids_from_mm_inputs
@@ -71,10 +72,12 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             v_layers=[pool.get_value_buffer(layer_id) for layer_id in layers],
             alloc=allocator.alloc, free=allocator.free, page_size=allocator.page_size,
         )
+        self._heads = head_gather()  # tensor parallel: the cluster logic sees every rank's heads
         self.runtime.bind_model(
             num_layers=pool.layer_num, num_kv_heads=k0.shape[1], head_dim=k0.shape[2], v_head_dim=v0.shape[-1],
             dtype=k0.dtype, read_slot_keys=self.read_slot_keys, read_slot_kv=self.read_slot_kv, device_pool=device_pool,
-            device=k0.device,
+            device=k0.device, index_kv_heads=k0.shape[1] * (self._heads.size if self._heads else 1),
+            decision_log=decision_log(),
         )
         self.layouts: List[RequestLayout] = []
         self.plan: ForwardPlan | None = None
@@ -183,7 +186,9 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         local = layer.layer_id - self.start_layer
         plan = self.plan
         start = time.perf_counter()
-        kv = self.runtime.policy.layer_kv(plan, local, q)
+        # a layer that selects scores every rank's query heads (tensor parallel: gathered, see tensor_parallel.py)
+        queries = self._heads(q, 1) if self._heads is not None and plan.select_due else q
+        kv = self.runtime.policy.layer_kv(plan, local, queries)
         self.forward_timings["select_s"] += time.perf_counter() - start
         device = q.device
         positions = kv.kv_positions
@@ -263,7 +268,12 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
 
     def read_slot_keys(self, slots: torch.Tensor) -> torch.Tensor:
         """``[num_layers, M, num_kv_heads, head_dim]`` cached keys, on the pool's device, at host ``slots [M]
-        int64``; host encodings (``< 0``) are read from the host tier."""
+        int64``; host encodings (``< 0``) are read from the host tier. Under tensor parallelism every rank's
+        heads (gathered: the index clusters all heads on every rank)."""
+        keys = self._read_local_keys(slots)
+        return self._heads(keys, 2) if self._heads is not None else keys
+
+    def _read_local_keys(self, slots: torch.Tensor) -> torch.Tensor:
         pool = self.token_to_kv_pool
         device = pool.get_key_buffer(self.start_layer).device
         slots = slots.cpu()

@@ -151,22 +151,22 @@ def check_unsupported(server_args) -> None:
 
 
 def check_parallelism(config, server_args) -> None:
-    """Offload is per scheduler process: with tensor or pipeline parallelism every rank would cluster its
-    own heads/layers and offload different tokens, so the ranks' radix trees (which must stay identical)
-    would diverge. Refused at launch until rank-consistent offload exists.
+    """Offload is per scheduler process. Under tensor parallelism the ranks take identical cluster
+    decisions (every rank's cluster logic sees all heads, `tensor_parallel.py`), so their radix trees stay
+    in lock-step and offload is allowed. Pipeline parallelism splits the *layers*: a rank could not
+    score the layers it does not hold, so offload stays refused there.
 
     Raises:
-        MosaicConfigError: ``host_store_tokens > 0`` with ``tp_size`` or ``pp_size`` > 1.
+        MosaicConfigError: ``host_store_tokens > 0`` with ``pp_size > 1``.
     """
     if not config.host_store_tokens:
         return
-    for name in ("tp_size", "pp_size"):
-        value = getattr(server_args, name, 1) or 1
-        if value > 1:
-            raise MosaicConfigError(
-                f"mosaic config field 'host_store_tokens': offload needs {name} == 1 (each rank would offload "
-                f"different tokens), expected 0 with {name}={value}, got {config.host_store_tokens}"
-            )
+    value = getattr(server_args, "pp_size", 1) or 1
+    if value > 1:
+        raise MosaicConfigError(
+            f"mosaic config field 'host_store_tokens': offload needs pp_size == 1 (each pipeline stage holds "
+            f"other layers), expected 0 with pp_size={value}, got {config.host_store_tokens}"
+        )
 
 
 def apply_mosaic_kwargs(kwargs: dict) -> dict:

@@ -44,11 +44,15 @@ class MosaicRuntime:
         """The process's running totals (the policy adds to them where events happen)."""
 
     def bind_model(self, *, num_layers: int, num_kv_heads: int, head_dim: int, v_head_dim: int, dtype,
-                   read_slot_keys, read_slot_kv, device_pool=None, device=None) -> None:
+                   read_slot_keys, read_slot_kv, device_pool=None, device=None, index_kv_heads=None,
+                   decision_log=None) -> None:
         """Called by the attention backend once the KV pool exists: installs the Mosaic cluster policy
         and, with ``host_store_tokens > 0``, the host tier (its device cluster caches allocated from
         ``device_pool``, a `DevicePool` over SGLang's KV pool; pinned host memory when that is on CUDA).
-        ``device``: the KV pool's device, where the policy keeps its plan lists and kept selections."""
+        ``device``: the KV pool's device, where the policy keeps its plan lists and kept selections.
+        ``index_kv_heads``: heads of the keys `read_slot_keys` returns (all ranks' under tensor parallelism;
+        default ``num_kv_heads``, this rank's, which the host store keeps). ``decision_log``: see
+        `ClusterAttendedSet.decision_log`."""
         from ..offload import HostKVStore, HostTier, SpillTier
         from ..serving import ClusterAttendedSet
 
@@ -68,9 +72,10 @@ class MosaicRuntime:
                                  spill_tokens=config.spill_tokens)
         self.read_slot_kv = read_slot_kv
         self.policy = ClusterAttendedSet(
-            self.config, num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
+            self.config, num_layers=num_layers, num_kv_heads=index_kv_heads or num_kv_heads, head_dim=head_dim,
             read_slot_keys=read_slot_keys, host=self.host, counters=self.counters, device=device,
         )
+        self.policy.decision_log = decision_log
         logger.info("mosaic runtime: policy=%s layers=%d kv_heads=%d offload=%s", self.policy.name, num_layers,
                     num_kv_heads, "host store %d tokens" % self.config.host_store_tokens if self.host else "off")
         if self.config.budget == 0:

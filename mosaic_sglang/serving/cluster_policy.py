@@ -17,6 +17,7 @@ decode the question's selection is kept (``reselect_every = 0``) or renewed ever
 
 from __future__ import annotations
 
+import hashlib
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -37,7 +38,13 @@ from .selection_dump import SelectionDump
 from .stats import ProcessCounters, RequestRecord, RequestStats
 from .videos import SlotKeyReader, VideoRegistry
 
-__all__ = ["ClusterAttendedSet"]
+__all__ = ["ClusterAttendedSet", "tensor_digest"]
+
+
+def tensor_digest(values: torch.Tensor) -> str:
+    """``'<n>:<8-byte BLAKE2b hex>'`` of an integer tensor's values (a host copy: debug checks only)."""
+    data = values.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()
+    return f"{values.numel()}:{hashlib.blake2b(data, digest_size=8).hexdigest()}"
 
 
 class ClusterAttendedSet(AttendedSetPolicy):
@@ -78,6 +85,11 @@ class ClusterAttendedSet(AttendedSetPolicy):
         self._dump = SelectionDump()
         self._dump.config(config.to_json())
         self._forward = 0  # forwards planned so far (numbers the dump's records)
+        self.decision_log = None
+        """``log(fmt, *args)`` with ``log.active()``: records a decision every tensor-parallel rank must take
+        identically (index sizes, selections, offloads) while ``active()``; the serving path sets SGLang's
+        rank-consensus checker here when it is enabled, which stops every rank on the first divergence.
+        None: nothing recorded (no cost)."""
 
     # -- plan -------------------------------------------------------------------------------------------
 
@@ -177,6 +189,8 @@ class ClusterAttendedSet(AttendedSetPolicy):
             selected = out[: end - start]
             plan.kv_positions[layer_id, start:end] = selected
             self.selections.write(req.rid, layer_id, selected)
+            if self._logging_decisions():
+                self.decision_log("mosaic select rid=%s layer=%d %s", req.rid, layer_id, tensor_digest(selected))
             if self._dump.enabled:  # the attended positions inside the index, as `select_layer_batch` gives them
                 positions = torch.cat([self._always_masks[i].nonzero().flatten(), selected]).sort().values
                 self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, q, positions,
@@ -194,8 +208,13 @@ class ClusterAttendedSet(AttendedSetPolicy):
             plan.kv_positions[layer_id, start : start + selected.numel()] = selected
             self._records[req.rid].attended(int(plan.always_len[i]) + selected.numel())
             self.selections.write(req.rid, layer_id, selected)
+            if self._logging_decisions():
+                self.decision_log("mosaic select rid=%s layer=%d %s", req.rid, layer_id, tensor_digest(selected))
             self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, q, positions,
                               index.num_tokens, req.seq_len, video=self.videos[self._anchors[i]].uid)
+
+    def _logging_decisions(self) -> bool:
+        return self.decision_log is not None and self.decision_log.active()
 
     def _needs_selection(self, i: int) -> bool:
         req, anchor = self._requests[i], self._anchors[i]
@@ -249,7 +268,11 @@ class ClusterAttendedSet(AttendedSetPolicy):
             appended = self.videos.index_new_tokens(anchor, req)
             if appended is not None:
                 self._dump.append(anchor, *appended, video=self.videos[anchor].uid)
-            self._records[req.rid].clusters = self.videos[anchor].index.num_clusters
+            index = self.videos[anchor].index
+            self._records[req.rid].clusters = index.num_clusters
+            if self._logging_decisions():
+                self.decision_log("mosaic index video=%s tokens=%d clusters=%d", self.videos[anchor].uid,
+                                  index.num_tokens, index.num_clusters)
 
     # -- offload ----------------------------------------------------------------------------------------
 
@@ -287,6 +310,9 @@ class ClusterAttendedSet(AttendedSetPolicy):
             positions, rows = torch.cat(groups), torch.cat(host_rows)
             order = torch.argsort(positions)
             positions, rows = positions[order], rows[order]
+            if self._logging_decisions():
+                self.decision_log("mosaic offload video=%s positions=%s rows=%s", video.uid, tensor_digest(positions),
+                                  tensor_digest(rows))
             offloader.offload(node_id, positions, rows)
             self._dump.offload(self._forward, video.uid, positions)
             video.slots[positions] = encode_host(rows)
