@@ -91,9 +91,9 @@ def _serve_setting(args, model: str, videos: list, replicas: int, workdir: Path)
             server.stop()
     follow_ups = [(before, after) for turns in results for before, after in zip(turns, turns[1:])]
     held = sum(after.cached_tokens >= before.prompt_tokens for before, after in follow_ups)
-    requests = sum(len(t) for t in results)
-    return {"replicas": replicas, "threads_per_replica": threads, "wall_s": wall, "requests": requests,
-            "requests_per_s": requests / wall, "affinity_held": held / max(1, len(follow_ups))}
+    asked = sum(len(t) for t in results)
+    return {"replicas": replicas, "threads_per_replica": threads, "wall_s": wall, "requests": asked,
+            "requests_per_s": asked / wall, "affinity_held": held / max(1, len(follow_ups))}
 
 
 # -- TP consistency step -------------------------------------------------------------------------------

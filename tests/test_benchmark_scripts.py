@@ -111,3 +111,13 @@ def test_video_turns_benchmark_smoke():
     assert float(on_turn2[3]) == 0.0 or float(on_turn2[3]) < 0.005  # turn 2 with the cache: no client decode
     assert int(on_turn2[5]) == 1 and int(off_turn2[5]) == 2  # decodes so far: cache on 1, cache off 2
     assert int(on_turn2[6]) > 0  # the server served the video's prefix from its cache
+
+
+@pytest.mark.timeout(600)
+def test_scale_out_benchmark_smoke(tmp_path):
+    stdout = _run("scale_out.py", "--quick", "--out", str(tmp_path / "s.json"), timeout=600)
+    assert "| 1 | 2 |" in stdout and "| 2 | 1 |" in stdout and "TP=2 consistency step" in stdout
+    report = __import__("json").loads((tmp_path / "s.json").read_text())
+    assert [r["replicas"] for r in report["serving"]] == [1, 2]
+    assert all(r["affinity_held"] == 1.0 for r in report["serving"])  # every follow-up found its video cached
+    assert {r["model"] for r in report["tp_consistency"]} == {"tiny", "qwen2.5-vl-7b"}
