@@ -144,11 +144,15 @@ class VideoStream:
         idle_timeout_s: the server closes the session after this long without a turn (a safety net for a
             client that dies); None: never.
         request_timeout_s: HTTP timeout of each call.
+        routed_dp_rank: on a server with ``--dp-size N``, the data-parallel rank every turn of the session
+            goes to (SGLang's ``routed_dp_rank``): each rank keeps its own copy of a streaming session and
+            SGLang's default round robin would hand the chunks to different ranks, each seeing only some of
+            them. None: the server chooses per turn (right for ``--dp-size 1``).
     """
 
     def __init__(self, url: str, *, chunk_frames: int = 8, fps: float = 1.0, max_side: Optional[int] = None,
                  system: Optional[str] = None, idle_timeout_s: Optional[float] = None,
-                 request_timeout_s: float = 600.0):
+                 request_timeout_s: float = 600.0, routed_dp_rank: Optional[int] = None):
         if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 2 or chunk_frames % 2:
             raise ValueError(f"chunk_frames: expected an even integer >= 2 (Qwen-VL merges frame pairs), got {chunk_frames!r}")
         _check_number("fps", fps, minimum=0, strict=True, maximum=MAX_FPS)
@@ -157,6 +161,10 @@ class VideoStream:
         if idle_timeout_s is not None:
             _check_number("idle_timeout_s", idle_timeout_s, minimum=0, strict=True)
         _check_number("request_timeout_s", request_timeout_s, minimum=0, strict=True)
+        if routed_dp_rank is not None and (isinstance(routed_dp_rank, bool) or not isinstance(routed_dp_rank, int)
+                                           or routed_dp_rank < 0):
+            raise ValueError(f"routed_dp_rank: expected an integer >= 0 or None, got {routed_dp_rank!r}")
+        self.routed_dp_rank = routed_dp_rank
         self.url = url.rstrip("/")
         self.chunk_frames, self.fps, self.max_side, self.system = chunk_frames, float(fps), max_side, system
         self.idle_timeout_s, self.request_timeout_s = idle_timeout_s, request_timeout_s
@@ -370,6 +378,8 @@ class VideoStream:
         payload = {"text": text, "sampling_params": sampling, "session_params": {"id": self.session_id, "rid": self._rid}}
         if video_url is not None:
             payload["video_data"] = [video_url]
+        if self.routed_dp_rank is not None:
+            payload["routed_dp_rank"] = self.routed_dp_rank
         body = self._post("/generate", payload, what)
         finish = body["meta_info"].get("finish_reason") or {}
         if finish.get("type") == "abort":  # an abort without an HTTP status still comes back as 200

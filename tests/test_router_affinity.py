@@ -3,7 +3,8 @@ processes, each with its own radix tree and host tier) behind SGLang's own ``sgl
 ``--dp-aware`` mode. With the ``manual`` policy and each video's routing key (`frontend/routing.py`),
 every follow-up question reaches the rank that holds its video's KV: ``cached_tokens`` covers the whole
 previous turn. Round-robin routing, the negative control, sends a follow-up to the other rank and
-recomputes the video."""
+recomputes the video. A streaming session on the DP server keeps every chunk on one rank with
+``routed_dp_rank`` (the router does not proxy ``/open_session``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import requests
 from mosaic_sglang.frontend.router import SGLangRouter
 from mosaic_sglang.frontend.server import SGLangServer, cpu_rank_binding, cpu_server_args
 from mosaic_sglang.frontend.video_chat import VideoConversation
+from mosaic_sglang.frontend.video_stream import VideoStream
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
 
@@ -26,7 +28,7 @@ def server(tiny_vl_model, video_dir, tmp_path_factory):
     logs = tmp_path_factory.mktemp("dp")
     options = {"host_store_tokens": 8192, "allowed_media_dirs": [str(video_dir)]}
     args = ["--enable-mosaic", "--mosaic-budget", "48", "--mosaic-config", json.dumps(options), "--dp-size", str(DP),
-            *cpu_server_args(max_total_tokens=8192)]
+            "--enable-streaming-session", *cpu_server_args(max_total_tokens=8192)]
     with SGLangServer(tiny_vl_model, args, log_path=logs / "server.log", env=cpu_rank_binding(DP)) as srv:
         yield srv, logs
 
@@ -67,3 +69,23 @@ def test_video_affinity_keeps_every_follow_up_on_the_rank_with_its_kv(server, ti
         for before, after in zip(conversation, conversation[1:]):
             assert after.cached_tokens >= before.prompt_tokens >= visual, (name, after)
     assert fresh.cached_tokens >= turns["a"][0].mosaic["visual_tokens"]
+
+
+def _stream(url, rank):
+    from test_video_stream import frames
+
+    with VideoStream(url, chunk_frames=4, fps=2, routed_dp_rank=rank) as stream:
+        reports = stream.push(frames(12))
+        answer = stream.ask("what happens?", max_new_tokens=2)
+    return reports, answer
+
+
+def test_a_streaming_session_stays_on_its_rank(server):
+    _flush(server)
+    reports, answer = _stream(server[0].url, 1)
+    for before, chunk in zip(reports, reports[1:]):  # every chunk extends the session on the same rank
+        assert chunk.cached_tokens == before.prompt_tokens, (before, chunk)
+    assert answer.cached_tokens == reports[-1].prompt_tokens
+    # control: without a rank, SGLang's round robin hands the second chunk to the other rank's copy
+    loose, _ = _stream(server[0].url, None)
+    assert loose[1].cached_tokens < loose[0].prompt_tokens

@@ -126,3 +126,12 @@ def test_tensor_parallel_symbols_mosaic_relies_on():
     assert hasattr(rank_consensus_checker, "_scheduler_thread")
     assert envs.SGLANG_ENABLE_RANK_CONSENSUS_CHECKER.get() in (False, True)
     assert importlib.util.find_spec("sglang_router.launch_router") is not None
+
+
+def test_generate_request_takes_a_routed_dp_rank():
+    """`VideoStream(routed_dp_rank=)` pins a streaming session's turns to one DP rank through this field."""
+    import dataclasses
+
+    from sglang.srt.managers.io_struct import GenerateReqInput
+
+    assert "routed_dp_rank" in {f.name for f in dataclasses.fields(GenerateReqInput)}
