@@ -367,7 +367,11 @@ class HostTier:
             if held.key is None:
                 return False
         start, length = held.rows
-        self.caches.synchronize()  # CUDA: no queued copy may still read the rows about to be reused
+        # CUDA: no queued copy may still read the rows about to be reused — the caches' side streams, and
+        # a direct read's non-blocking copy on the current stream (`read`) earlier in this forward
+        self.caches.synchronize()
+        if self.store.k_buffer.is_pinned():
+            torch.cuda.current_stream().synchronize()
         self.store.free(held.placed)
         held.placed = None
         self._shift[start : start + length] = _UNPLACED
