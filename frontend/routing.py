@@ -11,8 +11,8 @@ default header). Deployment (documented in the README, tested in ``tests/test_ro
         --policy manual --assignment-mode min_group [--dp-aware]
 
 A key names the video, not the request: a local file by its resolved path, size and modification time
-(the same clip at another path is another key, so it may be computed twice, never served stale); a URL
-by its text (data URLs by a digest of their text).
+(the same clip at another path is another key, so it may be computed twice, never served stale); a URL,
+or a path this client cannot see (one only the server has), by its text.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ def video_routing_key(video: Union[str, Path]) -> str:
     text = str(video)
     if text.startswith(("http://", "https://", "data:")):
         return "video-" + hashlib.sha256(text.encode()).hexdigest()[:24]
-    path = Path(text[len("file://"):] if text.startswith("file://") else text).resolve()
+    path = Path(text[len("file://"):] if text.startswith("file://") else text)
     try:
         stat = os.stat(path)
-    except OSError as e:
-        raise ValueError(f"video_routing_key: video: expected a readable file or a URL, got {text!r} ({e.strerror})") from None
-    identity = f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}"
+        identity = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    except OSError:  # a path only the server sees: its text names the video
+        identity = text
     return "video-" + hashlib.sha256(identity.encode()).hexdigest()[:24]
 
 

@@ -14,7 +14,7 @@ from typing import List, NamedTuple, Optional
 
 import requests
 
-from .routing import routing_headers
+from .routing import ROUTING_KEY_HEADER, routing_headers
 
 __all__ = ["Turn", "VideoConversation"]
 
@@ -47,7 +47,7 @@ class VideoConversation:
         self.url = url.rstrip("/")
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
         self.video = str(video)
-        self.headers = routing_headers(self.video) if routing_key is None else {"x-smg-routing-key": routing_key}
+        self.headers = routing_headers(self.video) if routing_key is None else {ROUTING_KEY_HEADER: routing_key}
         self.messages: List[dict] = [{"role": "system", "content": system}] if system else []
         self.turns: List[Turn] = []
 

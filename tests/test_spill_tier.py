@@ -124,6 +124,8 @@ def test_corrupt_blob_is_caught_and_lost_blob_raises(tmp_path, debug):
     tier2.begin_forward([])
     with pytest.raises(SpillLostError, match="only copy"):
         tier2.read(0, a, "cpu")
+    tier2.check_integrity()  # the failed load gave its host rows back; the extent is still spilled
+    assert tier2._held[int(a[0])].spilled and tier2.spilled_tokens + tier2.used_tokens == 8
 
 
 class _Refusing:
@@ -152,6 +154,20 @@ def test_a_refused_write_leaves_the_cluster_on_the_device(tmp_path, debug):
     assert len(rows) == 1 and tier.spill.stats.failed_writes == 1 and tier.spilled_tokens == 0
     assert torch.equal(tier.read_keys(rows[0]), k[:, 0:4])
     tier.check_integrity()
+
+
+def test_under_tensor_parallelism_a_refused_write_stops_instead_of_diverging(tmp_path, debug):
+    from mosaic_sglang.offload import SpillRefusedError
+
+    k, v = _pool()
+    store = HostKVStore(6, num_layers=L, num_kv_heads=H, head_dim=D, dtype=torch.float32)
+    tier = HostTier(store, spill=SpillTier(_Refusing(), store, refusal_is_fatal=True), spill_tokens=64)
+    read_kv = lambda s: (k[:, s], v[:, s])
+    (a,) = tier.put_clusters(read_kv, [torch.arange(0, 4)])
+    with pytest.raises(SpillRefusedError, match="every rank must spill alike"):
+        tier.put_clusters(read_kv, [torch.arange(4, 8)])
+    tier.check_integrity()  # the cluster that could not be placed holds nothing
+    assert tier.rows.num_used == 4 and torch.equal(tier.read_keys(a), k[:, 0:4])
 
 
 def test_flush_clears_the_backend(tmp_path, debug):

@@ -77,7 +77,8 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             num_layers=pool.layer_num, num_kv_heads=k0.shape[1], head_dim=k0.shape[2], v_head_dim=v0.shape[-1],
             dtype=k0.dtype, read_slot_keys=self.read_slot_keys, read_slot_kv=self.read_slot_kv, device_pool=device_pool,
             device=k0.device, index_kv_heads=k0.shape[1] * (self._heads.size if self._heads else 1),
-            decision_log=decision_log(),
+            decision_log=decision_log(), tp_rank=self._heads.rank if self._heads else 0,
+            tp_size=self._heads.size if self._heads else 1,
         )
         self.layouts: List[RequestLayout] = []
         self.plan: ForwardPlan | None = None

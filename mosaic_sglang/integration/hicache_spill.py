@@ -9,7 +9,9 @@ page interface to `SpillBackend`.
 
 Each process writes into its own fresh subdirectory of ``spill_path`` (``mosaic-<pid>-<random>``):
 `HiCacheFile.clear` deletes every file of its directory, and a flush must never touch another
-server's (or SGLang HiCache's) files. The subdirectory is removed when the process exits.
+server's (or SGLang HiCache's) files. The subdirectory is removed at a clean exit (``atexit``); SGLang
+stops its scheduler processes with SIGKILL, which skips that, so a new process first removes the
+subdirectories of processes that no longer exist (their blobs back a radix tree that died with them).
 
 `HiCacheFile` has no ``delete``: a freed cluster's file is removed by its path (the backend's key
 suffix, `_get_suffixed_key`, resolved in the symbol test). Its own LRU eviction (``max_size`` /
@@ -41,7 +43,7 @@ class HiCacheSpillBackend:
         backend: a name of `SUPPORTED_SPILL_BACKENDS`.
         spill_path: the directory under which this process's subdirectory is made.
         model_name: part of the backend's key suffix (SGLang's ``served_model_name``).
-        tp_rank, tp_size: this rank (the key suffix keeps ranks' blobs apart).
+        tp_rank, tp_size: this rank, for the key suffix (each process has its own directory anyway).
     """
 
     def __init__(self, backend: str, spill_path: str, *, model_name: Optional[str] = None, tp_rank: int = 0,
@@ -49,8 +51,10 @@ class HiCacheSpillBackend:
         if backend not in SUPPORTED_SPILL_BACKENDS:
             raise ValueError(f"mosaic spill tier: backend: expected one of {list(SUPPORTED_SPILL_BACKENDS)}, got {backend!r}")
         self.name = f"hicache:{backend}"
-        self.directory = os.path.join(os.path.abspath(spill_path), f"mosaic-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.makedirs(self.directory)
+        root = os.path.abspath(spill_path)
+        _remove_dead_process_dirs(root)
+        self.directory = os.path.join(root, f"mosaic-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.makedirs(self.directory)  # spill_path itself is created if missing
         atexit.register(shutil.rmtree, self.directory, True)
         config = HiCacheStorageConfig(
             tp_rank=tp_rank, tp_size=tp_size, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1,
@@ -96,3 +100,21 @@ class HiCacheSpillBackend:
     def num_files(self) -> int:
         """Blob files on disk now (tests, inspection)."""
         return sum(1 for name in os.listdir(self.directory) if name.endswith(".bin"))
+
+
+def _remove_dead_process_dirs(root: str) -> None:
+    """Delete ``root/mosaic-<pid>-*`` directories whose process is gone."""
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if len(parts) != 3 or parts[0] != "mosaic" or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass

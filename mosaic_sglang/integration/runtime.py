@@ -40,19 +40,23 @@ class MosaicRuntime:
         """Host copies of live requests' ``req_to_token`` rows and frame ids, extended by one position per
         decode step (the prompt's frame ids are kept there for the decode steps)."""
         self.metrics = MosaicMetrics()
+        self.publishes_metrics = True
+        """False on tensor-parallel ranks but the first: each rank counts the same events, and Prometheus
+        sums the processes' series."""
         self.counters = ProcessCounters()
         """The process's running totals (the policy adds to them where events happen)."""
 
     def bind_model(self, *, num_layers: int, num_kv_heads: int, head_dim: int, v_head_dim: int, dtype,
                    read_slot_keys, read_slot_kv, device_pool=None, device=None, index_kv_heads=None,
-                   decision_log=None) -> None:
+                   decision_log=None, tp_rank: int = 0, tp_size: int = 1) -> None:
         """Called by the attention backend once the KV pool exists: installs the Mosaic cluster policy
         and, with ``host_store_tokens > 0``, the host tier (its device cluster caches allocated from
         ``device_pool``, a `DevicePool` over SGLang's KV pool; pinned host memory when that is on CUDA).
         ``device``: the KV pool's device, where the policy keeps its plan lists and kept selections.
         ``index_kv_heads``: heads of the keys `read_slot_keys` returns (all ranks' under tensor parallelism;
         default ``num_kv_heads``, this rank's, which the host store keeps). ``decision_log``: see
-        `ClusterAttendedSet.decision_log`."""
+        `ClusterAttendedSet.decision_log`. ``tp_rank``/``tp_size``: the attention-TP rank (only rank 0
+        publishes metrics: every rank counts the same events) and group size."""
         from ..offload import HostKVStore, HostTier, SpillTier
         from ..serving import ClusterAttendedSet
 
@@ -65,7 +69,8 @@ class MosaicRuntime:
             if config.spill_backend != "none":
                 from .hicache_spill import HiCacheSpillBackend
 
-                spill = SpillTier(HiCacheSpillBackend(config.spill_backend, config.spill_path), store)
+                backend = HiCacheSpillBackend(config.spill_backend, config.spill_path, tp_rank=tp_rank, tp_size=tp_size)
+                spill = SpillTier(backend, store, refusal_is_fatal=tp_size > 1)
                 logger.info("mosaic spill tier: %s in %s, %d tokens", spill.backend.name, spill.backend.directory,
                             config.spill_tokens)
             self.host = HostTier(store, max_cached_videos=config.cluster_cache_videos, pool=device_pool, spill=spill,
@@ -76,6 +81,7 @@ class MosaicRuntime:
             read_slot_keys=read_slot_keys, host=self.host, counters=self.counters, device=device,
         )
         self.policy.decision_log = decision_log
+        self.publishes_metrics = tp_rank == 0
         logger.info("mosaic runtime: policy=%s layers=%d kv_heads=%d offload=%s", self.policy.name, num_layers,
                     num_kv_heads, "host store %d tokens" % self.config.host_store_tokens if self.host else "off")
         if self.config.budget == 0:
@@ -95,7 +101,7 @@ class MosaicRuntime:
     def after_forward(self) -> None:
         """The backend finished a forward (after the last layer and `end_forward`): publish metrics."""
         self.counters.forwards += 1
-        if self.metrics.enabled:
+        if self.metrics.enabled and self.publishes_metrics:
             self.metrics.record(self.totals())
 
     def totals(self) -> ProcessTotals:

@@ -14,7 +14,7 @@ from .host_store import Extent, HostKVStore, HostStoreFullError
 from .host_tier import HostRead, HostReadCounts, HostTier, decode_host, encode_host
 from .planner import clusters_to_offload
 from .residency import ClusterResidency, LayerAccess, ResidencyOverflowError, ResidencyStats, TransferPlan
-from .spill_tier import SpillBackend, SpillLostError, SpillStats, SpillTier
+from .spill_tier import SpillBackend, SpillLostError, SpillRefusedError, SpillStats, SpillTier
 from .transfer import TransferEngine, TransferStats
 
 __all__ = [
@@ -23,6 +23,6 @@ __all__ = [
     "HostRead", "HostReadCounts", "HostTier", "decode_host", "encode_host",
     "clusters_to_offload",
     "ClusterResidency", "LayerAccess", "ResidencyOverflowError", "ResidencyStats", "TransferPlan",
-    "SpillBackend", "SpillLostError", "SpillStats", "SpillTier",
+    "SpillBackend", "SpillLostError", "SpillRefusedError", "SpillStats", "SpillTier",
     "TransferEngine", "TransferStats",
 ]

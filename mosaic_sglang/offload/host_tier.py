@@ -17,7 +17,9 @@ Without a spill tier both row spaces see the same allocations, so virtual and ph
 Spill policy: when an offload (`put_clusters`) or a load finds no host extent of the size it needs, the
 placed extents read least recently (by forward; never one the current read needs) are spilled until
 one fits. A read of a spilled cluster loads it back first (`HostReadCounts.spill_loads`); a read that
-cannot place everything it needs (it needs more rows than the store frees) reads the blobs directly.
+cannot place everything it needs (it needs more rows than the store frees) reads the blobs directly
+(counted as loads too). Protection lasts one read: two requests of one forward whose clusters do not
+fit together can spill each other's (correct, but each costs a blob read).
 """
 
 from __future__ import annotations
@@ -154,14 +156,21 @@ class HostTier:
             virtual = self.rows.allocate(length)
             if virtual is None:
                 break
-            placed = self.store.rows.allocate(length)
-            if placed is None and self.spill is not None:
-                placed = self._make_room(length, victims)
-            if placed is None:
+            placed = None
+            try:
+                placed = self.store.rows.allocate(length)
+                if placed is None and self.spill is not None:
+                    placed = self._make_room(length, victims)  # may raise (a refused write under TP)
+                if placed is None:
+                    self.rows.free(virtual)
+                    break
+                k, v = read_kv(slots)
+                self.store.write(placed, k, v)
+            except BaseException:  # nothing of this cluster is held: give its extents back
+                if placed is not None:
+                    self.store.free(placed)
                 self.rows.free(virtual)
-                break
-            k, v = read_kv(slots)
-            self.store.write(placed, k, v)
+                raise
             self._hold(virtual, placed)
             if self.checksums is not None:
                 self.checksums.record(virtual.start, k.to(self.store.k_buffer.dtype), v.to(self.store.v_buffer.dtype))
@@ -190,8 +199,10 @@ class HostTier:
                 self.checksums.forget(start)
             if held.placed is not None:
                 self.store.free(held.placed)
+                held.placed = None
             if held.key is not None:
                 self.spill.forget(held.key, held.rows.length)
+                held.key = None
             self.rows.free(held.rows)
             self._extent_of[start : start + held.rows.length] = -1
             self._spilled[start] = False
@@ -310,8 +321,8 @@ class HostTier:
             k = self.store.k_buffer[layer][physical].to(device, non_blocking=True)
             v = self.store.v_buffer[layer][physical].to(device, non_blocking=True)
         else:
-            k, v, extra = self._gather_unplaced(host_rows, starts, layer)
-            k, v, load_bytes = k.to(device), v.to(device), load_bytes + extra
+            k, v, blobs, extra = self._gather_unplaced(host_rows, starts, layer)
+            k, v, loads, load_bytes = k.to(device), v.to(device), loads + blobs, load_bytes + extra
         nbytes = k.numel() * k.element_size() + v.numel() * v.element_size()
         return HostRead(k, v, HostReadCounts(copies=int(starts.numel()), copy_bytes=nbytes, spill_loads=loads,
                                              spill_load_bytes=load_bytes))
@@ -367,11 +378,9 @@ class HostTier:
             if held.key is None:
                 return False
         start, length = held.rows
-        # CUDA: no queued copy may still read the rows about to be reused — the caches' side streams, and
-        # a direct read's non-blocking copy on the current stream (`read`) earlier in this forward
+        # CUDA: no queued copy on a cache's side stream may still read the rows about to be reused (a direct
+        # `read` gathers its rows into a new host tensor first, so it holds no reference to them)
         self.caches.synchronize()
-        if self.store.k_buffer.is_pinned():
-            torch.cuda.current_stream().synchronize()
         self.store.free(held.placed)
         held.placed = None
         self._shift[start : start + length] = _UNPLACED
@@ -394,7 +403,11 @@ class HostTier:
             if placed is None:
                 return loads, load_bytes, False
             before = self.spill.stats.loaded_bytes
-            self.spill.load(held.key, placed)
+            try:
+                self.spill.load(held.key, placed)
+            except BaseException:  # the extent stays spilled; its host rows go back
+                self.store.free(placed)
+                raise
             loads, load_bytes = loads + 1, load_bytes + self.spill.stats.loaded_bytes - before
             held.placed = placed
             self._shift[start : start + held.rows.length] = placed.start - start
@@ -408,7 +421,8 @@ class HostTier:
 
     def _gather_unplaced(self, host_rows: torch.Tensor, starts: torch.Tensor, layer: Optional[int]):
         """K/V of ``host_rows`` when some of their extents could not be placed: placed ones from the store,
-        the others from their blobs. ``layer`` None: all layers (``[L, n, ...]``). Returns ``(k, v, blob bytes)``."""
+        the others from their blobs. ``layer`` None: all layers (``[L, n, ...]``). Returns ``(k, v, blobs
+        read, their bytes)``."""
         store = self.store
         shape = (host_rows.numel(),) + tuple(store.k_buffer.shape[2:])
         shape = shape if layer is not None else (store.num_layers,) + shape
@@ -422,8 +436,8 @@ class HostTier:
             k[here], v[here] = store.k_buffer[layer][physical], store.v_buffer[layer][physical]
         else:
             k[:, here], v[:, here] = store.k_buffer[:, physical], store.v_buffer[:, physical]
-        before = self.spill.stats.loaded_bytes
-        for start in torch.unique(of[spilled]).tolist():
+        before, blobs = self.spill.stats.loaded_bytes, torch.unique(of[spilled]).tolist()
+        for start in blobs:
             held = self._held[start]
             bk, bv = self.spill.read_blob(held.key, held.rows.length)
             if self.checksums is not None:
@@ -435,7 +449,7 @@ class HostTier:
                 k[sel], v[sel] = bk[layer][offsets], bv[layer][offsets]
             else:
                 k[:, sel], v[:, sel] = bk[:, offsets], bv[:, offsets]
-        return k, v, self.spill.stats.loaded_bytes - before
+        return k, v, len(blobs), self.spill.stats.loaded_bytes - before
 
     def check_integrity(self) -> None:
         """Both row spaces consistent; every used virtual row belongs to exactly one live extent, placed in

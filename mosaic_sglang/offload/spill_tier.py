@@ -27,11 +27,15 @@ import torch
 from .extents import Extent
 from .host_store import HostKVStore
 
-__all__ = ["SpillBackend", "SpillTier", "SpillStats", "SpillLostError"]
+__all__ = ["SpillBackend", "SpillTier", "SpillStats", "SpillLostError", "SpillRefusedError"]
 
 
 class SpillLostError(RuntimeError):
     """The spill backend no longer holds a blob the host tier wrote (the cluster's only copy)."""
+
+
+class SpillRefusedError(RuntimeError):
+    """The backend refused a write where a refusal may not be absorbed (tensor parallelism)."""
 
 
 class SpillBackend(Protocol):
@@ -68,7 +72,10 @@ class SpillStats:
     loads: int = 0
     """Extents read back into the host store."""
     loaded_tokens: int = 0
+    direct_reads: int = 0
+    """Blobs read without placing them in the host store (a read larger than the store could free)."""
     loaded_bytes: int = 0
+    """Bytes of every blob read (loads and direct reads)."""
 
 
 class SpillTier:
@@ -77,10 +84,14 @@ class SpillTier:
     Args:
         backend: where blobs go.
         store: the host store whose extents are written and loaded (shapes, dtype, buffers).
+        refusal_is_fatal: raise `SpillRefusedError` when the backend refuses a write instead of leaving
+            the cluster where it is. Under tensor parallelism a refusal seen by one rank only (its disk is
+            full) would make that rank offload less than its peers and split their radix trees, so the
+            serving path sets it there.
     """
 
-    def __init__(self, backend: SpillBackend, store: HostKVStore) -> None:
-        self.backend, self.store = backend, store
+    def __init__(self, backend: SpillBackend, store: HostKVStore, *, refusal_is_fatal: bool = False) -> None:
+        self.backend, self.store, self.refusal_is_fatal = backend, store, refusal_is_fatal
         self.stats = SpillStats()
         self._prefix = f"mosaic-{uuid.uuid4().hex[:12]}"
         self._serial = 0
@@ -99,6 +110,11 @@ class SpillTier:
         self._serial += 1
         if not self.backend.put(key, blob):
             self.stats.failed_writes += 1
+            if self.refusal_is_fatal:
+                raise SpillRefusedError(
+                    f"spill tier ({self.backend.name}): the backend refused a {length}-token blob; with tensor "
+                    "parallelism every rank must spill alike, so this stops the rank instead of diverging"
+                )
             return None
         self.stats.writes += 1
         self.stats.written_bytes += blob.numel() * blob.element_size()
@@ -133,6 +149,7 @@ class SpillTier:
         if not self.backend.get(key, blob):
             raise SpillLostError(f"spill tier ({self.backend.name}): blob {key!r} is gone from the backend")
         k_numel = s.num_layers * length * s.num_kv_heads * s.head_dim
+        self.stats.direct_reads += 1
         self.stats.loaded_bytes += blob.numel() * blob.element_size()
         return (blob[:k_numel].view(s.num_layers, length, s.num_kv_heads, s.head_dim),
                 blob[k_numel:].view(s.num_layers, length, s.num_kv_heads, s.v_head_dim))
