@@ -345,8 +345,8 @@ class HostTier:
         self._held[start] = _Held(virtual, placed)
 
     def _physical(self, host_rows: torch.Tensor) -> torch.Tensor:
-        """Host-store rows of virtual rows whose extents are all placed."""
-        return host_rows + self._shift[host_rows]
+        """Host-store rows of virtual rows whose extents are all placed (the same rows without a spill tier)."""
+        return host_rows if self.spill is None else host_rows + self._shift[host_rows]
 
     def _coldest(self, protect) -> List[_Held]:
         """Placed extents, coldest last (least recently read; ties: lower row), except ``protect``: a
@@ -391,8 +391,10 @@ class HostTier:
     def _place_for_read(self, starts: torch.Tensor) -> Tuple[int, int, bool]:
         """Load the spilled extents among ``starts [m]`` back into the host store and mark all of them
         read in this forward. Returns ``(extents loaded, blob bytes read, every extent placed)``."""
+        if self.spill is None:  # nothing is ever spilled: no recency to keep
+            return 0, 0, True
         self._last_read[starts] = self._forward
-        if self.spill is None or not bool(self._spilled[starts].any()):
+        if not bool(self._spilled[starts].any()):
             return 0, 0, True
         protect = set(starts.tolist())
         victims: List[_Held] = []
@@ -472,6 +474,8 @@ class HostTier:
                     f"extent {start}: placed extent {h.placed} not allocated at its length"
                 assert bool((self._shift[start : start + length] == h.placed.start - start).all()), \
                     f"extent {start}: row shift out of step with its placement"
+                assert self.spill is not None or h.placed.start == start, \
+                    f"extent {start}: placed at {h.placed.start} without a spill tier (rows are read unshifted)"
         if self.spill is not None:
             blobs = sum(h.rows.length for h in self._held.values() if h.key is not None)
             assert blobs == self.spill.held_tokens, f"blobs hold {blobs} tokens, the spill tier counts {self.spill.held_tokens}"

@@ -127,30 +127,27 @@ class SpillTier:
         Raises:
             SpillLostError: the backend does not hold ``key`` (or holds fewer bytes).
         """
-        s, (start, length) = self.store, extent
+        k, v = self._read(key, extent.length)
+        self.store.write(extent, k, v)
+        self.stats.loads += 1
+        self.stats.loaded_tokens += extent.length
+
+    def read_blob(self, key: str, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(k [L, length, H, D], v [L, length, H, Dv])`` of blob ``key`` without placing it in the host
+        store (a read larger than the store's free room). Raises `SpillLostError` as `load`."""
+        self.stats.direct_reads += 1
+        return self._read(key, length)
+
+    def _read(self, key: str, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.store
         blob = torch.empty(self.blob_numel(length), dtype=s.dtype)
         if not self.backend.get(key, blob):
             raise SpillLostError(
                 f"spill tier ({self.backend.name}): blob {key!r} of a {length}-token cluster is gone from the "
                 "backend; it held the cluster's only copy (the backend must not evict Mosaic's blobs)"
             )
-        k_numel = s.num_layers * length * s.num_kv_heads * s.head_dim
-        s.write(extent, blob[:k_numel].view(s.num_layers, length, s.num_kv_heads, s.head_dim),
-                blob[k_numel:].view(s.num_layers, length, s.num_kv_heads, s.v_head_dim))
-        self.stats.loads += 1
-        self.stats.loaded_tokens += length
         self.stats.loaded_bytes += blob.numel() * blob.element_size()
-
-    def read_blob(self, key: str, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(k [L, length, H, D], v [L, length, H, Dv])`` of blob ``key`` without placing it in the host
-        store (a read larger than the store's free room). Raises `SpillLostError` as `load`."""
-        s = self.store
-        blob = torch.empty(self.blob_numel(length), dtype=s.dtype)
-        if not self.backend.get(key, blob):
-            raise SpillLostError(f"spill tier ({self.backend.name}): blob {key!r} is gone from the backend")
         k_numel = s.num_layers * length * s.num_kv_heads * s.head_dim
-        self.stats.direct_reads += 1
-        self.stats.loaded_bytes += blob.numel() * blob.element_size()
         return (blob[:k_numel].view(s.num_layers, length, s.num_kv_heads, s.head_dim),
                 blob[k_numel:].view(s.num_layers, length, s.num_kv_heads, s.v_head_dim))
 
