@@ -10,7 +10,10 @@ transfer moves), and ingest time per frame. The issue's goal reads off the table
 clusters whose mass recall stays within 1 point of the defaults' (≥ 16 tokens on the synthetic trace,
 ≥ 8 on the captions). Rows ``k-means/T``: Mosaic's scoring and exact fill over memberships from k-means
 at ~T tokens per cluster over the whole index (`ClusterKVRetriever`'s clustering), or per span of 16
-frames (``per 16 frames``): candidates for coarse groups formed off the decode path.
+frames (``per 16 frames``): candidates for coarse groups formed off the decode path. Rows ``+ regroup/T per F
+frames``: the served option (`MosaicConfig.regroup_tokens`/`regroup_frames`): the online index whose
+`maintain` regroups every F sealed frames by k-means in its own membership geometry (shared over layers,
+z-scored keys); the unsettled tail (active and not yet due frames) keeps its online clusters.
 """
 
 from __future__ import annotations
@@ -38,13 +41,16 @@ MAX_CLUSTER_SIZES = (64, 256)
 KMEANS_TOKENS_PER_CLUSTER = (8, 16, 32)
 KMEANS_WINDOW_FRAMES = 16
 """Frames per span of the windowed k-means rows (clusters never cross a span: frame locality)."""
+REGROUP_POINTS = ((8, 16), (16, 16), (16, 4), (32, 16))
+"""``(regroup_tokens, regroup_frames)`` of the served regrouping rows (`MosaicConfig`, default join)."""
 BUDGET = 0.10
 
 
-def point(trace: Trace, join: float, max_size: int) -> dict:
+def point(trace: Trace, join: float, max_size: int, regroup_tokens: int = 0,
+          regroup_frames: int = KMEANS_WINDOW_FRAMES) -> dict:
     num_layers, n, hkv, d = trace.keys.shape
     config = MosaicConfig(budget=max(1, round(BUDGET * n)), join_threshold=join, split_threshold=1.5 * join,
-                          max_cluster_size=max_size)
+                          max_cluster_size=max_size, regroup_tokens=regroup_tokens, regroup_frames=regroup_frames)
     index = ClusterIndex(config, num_layers=num_layers, num_kv_heads=hkv, head_dim=d)
     started = time.perf_counter()
     frames = ingest(index, trace)
@@ -53,7 +59,8 @@ def point(trace: Trace, join: float, max_size: int) -> dict:
     quality = selection_quality(trace.queries, trace.keys, trace.values, selection,
                                 query_positions=trace.query_positions).mean()
     selected = selection.sizes().float() - always_attended_positions(trace.frame_ids.clone(), config).numel()
-    return {"join_threshold": join, "max_cluster_size": max_size, "mass_recall": quality.mass_recall.item(),
+    label = join if not regroup_tokens else f"{join} + regroup/{regroup_tokens} per {regroup_frames} frames"
+    return {"join_threshold": label, "max_cluster_size": max_size, "mass_recall": quality.mass_recall.item(),
             "top10_recall": quality.topk_recall.item(), "clusters": index.num_clusters,
             "tokens_per_selected_cluster": (selected.sum() / selection.num_units.sum().clamp(min=1)).item(),
             "ingest_ms_per_frame": ingest_ms}
@@ -137,15 +144,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_trace_arguments(parser)
     args = parser.parse_args(argv)
-    joins, sizes, kmeans_sizes = JOIN_THRESHOLDS, MAX_CLUSTER_SIZES, KMEANS_TOKENS_PER_CLUSTER
-    if args.quick:  # two points and one k-means row
-        joins, sizes, kmeans_sizes = (0.2, 1.6), (64,), (16,)
+    joins, sizes, kmeans_sizes, regroup_points = JOIN_THRESHOLDS, MAX_CLUSTER_SIZES, KMEANS_TOKENS_PER_CLUSTER, REGROUP_POINTS
+    if args.quick:  # two points, one k-means row, one regrouping row
+        joins, sizes, kmeans_sizes, regroup_points = (0.2, 1.6), (64,), (16,), ((16, 4),)
     started = time.perf_counter()
     rows = []
     for name, trace in load_traces(args):
         for max_size in sizes:
             for join in joins:
                 rows.append({"trace": name, **point(trace, join, max_size)})
+        for tokens, frames in regroup_points:
+            rows.append({"trace": name, **point(trace, MosaicConfig().join_threshold, 64, tokens, frames)})
         for window in (None, KMEANS_WINDOW_FRAMES):
             for per_cluster in kmeans_sizes:
                 rows.append({"trace": name, **kmeans_point(trace, per_cluster, window)})

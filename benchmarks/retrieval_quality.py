@@ -174,11 +174,13 @@ def _history_keys(num_tokens: int, num_layers: int, hkv: int, d: int, g: torch.G
     return centres[:, pick] + torch.randn(num_layers, num_tokens, hkv, d, generator=g)
 
 
-def ingest_table(make_mosaic: Factory | None, points, select_at: int, repeats: int, dims, seed: int = 0):
-    """Ingest time per frame vs history; selection cost of Mosaic vs oracle at ``select_at`` tokens."""
+def ingest_table(make_mosaic: Factory | None, points, select_at: int, repeats: int, dims, seed: int = 0,
+                 regroup_tokens: int = 0):
+    """Ingest time per frame vs history; selection cost of Mosaic vs oracle at ``select_at`` tokens
+    (``regroup_tokens``: `MosaicConfig.regroup_tokens` of the Mosaic index, so maintenance regroups)."""
     num_layers, hkv, hq, d = dims
     g = torch.Generator().manual_seed(seed)
-    cfg = MosaicConfig(budget=max(1, select_at // 10))
+    cfg = MosaicConfig(budget=max(1, select_at // 10), regroup_tokens=regroup_tokens)
     oracle = OracleTokenTopK(cfg, num_layers=num_layers, num_kv_heads=hkv, head_dim=d)
     mosaic = make_mosaic(cfg, num_layers, hkv, d) if make_mosaic is not None else None
     frame_id, n = 0, 0
@@ -293,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--caption-frames", type=int, default=128, help="captions of the real-model trace (~20 tokens each)")
     p.add_argument("--ingest-max", type=int, default=INGEST_POINTS[-1], help="largest history of the ingest table")
     p.add_argument("--decode-steps", type=int, default=10, help="decode steps averaged per measurement")
+    p.add_argument("--regroup-tokens", type=int, default=0,
+                   help="the ingest table's Mosaic index regroups sealed frames (MosaicConfig.regroup_tokens)")
     # 1 thread by default: on a shared 2-core box, intra-op threads of many tiny ops contend badly
     # (measured: ClusterIndex ingest 20 ms/frame with 1 thread vs 281 ms with 2 under load).
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
@@ -324,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     points = [p_ for p_ in INGEST_POINTS if p_ <= args.ingest_max]
     select_at = min(SELECT_AT, points[-1])
     dims = (4, 2, 8, 64)  # the synthetic trace's (L, Hkv, Hq, D)
-    ingest_rows, select_cost = ingest_table(factories.get("mosaic"), points, select_at, 2 if args.quick else 9, dims)
+    ingest_rows, select_cost = ingest_table(factories.get("mosaic"), points, select_at, 2 if args.quick else 9, dims,
+                                            regroup_tokens=args.regroup_tokens)
     print(f"\n[ingest] one {FRAME_TOKENS}-token frame appended to a history of N tokens "
           f"(L={dims[0]}, Hkv={dims[1]}, D={dims[3]}), median of repeats")
     print(f"{'history':>10} {'clusters':>10} {'append_ms':>10} {'maintain_ms':>12}")

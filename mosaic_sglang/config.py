@@ -65,6 +65,12 @@ class MosaicConfig:
     """Assignment candidates: clusters that received a token in the last `active_frames` frames."""
     split_work_per_step: int = 16
     """Most clusters split in one maintenance call (bounded work off the critical path)."""
+    regroup_tokens: int = 0
+    """0: clusters stay as the online assignment made them. > 0: `maintain` replaces the clusters of every
+    `regroup_frames` sealed frames by k-means clusters of about this many tokens (clusters/regroup.py; off
+    the decode path; offload waits for it). Off by default: measured in clusters/README.md."""
+    regroup_frames: int = 16
+    """Sealed frames regrouped together (a span: regrouped clusters never mix spans)."""
     membership: str = "shared"
     """'shared': one membership for all layers; 'per_layer': one per layer."""
     score: str = "size_weighted"
@@ -148,6 +154,8 @@ class MosaicConfig:
         _at_least(self, "max_cluster_size", 1)
         _at_least(self, "active_frames", 1)
         _at_least(self, "split_work_per_step", 1)
+        _at_least(self, "regroup_tokens", 0)
+        _at_least(self, "regroup_frames", 1)
         _at_least(self, "reselect_every", 0)
         _at_least(self, "seed", 0)
         _at_least(self, "host_store_tokens", 0)

@@ -28,6 +28,13 @@ def test_offload_benchmark_smoke(tmp_path):
     assert "token ops / mosaic ops" in stdout and (tmp_path / "o.json").stat().st_size > 0
 
 
+def test_regroup_ingest_benchmark_smoke():
+    stdout = _run("regroup_ingest.py", "--quick")
+    assert "| history | frames |" in stdout and "large / small: median" in stdout
+    rows = [line for line in stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 2 and all(int(r.split("|")[4]) >= 1 for r in rows)  # both indexes regrouped while timed
+
+
 @pytest.mark.timeout(600)
 def test_retrieval_quality_benchmark_smoke(tmp_path):
     stdout = _run("retrieval_quality.py", "--quick", "--skip-real", "--out", str(tmp_path / "q.json"), timeout=600)
@@ -54,8 +61,10 @@ def test_per_head_selection_benchmark_smoke(tmp_path):
 
 def test_granularity_frontier_benchmark_smoke(tmp_path):
     _run("granularity_frontier.py", "--quick", "--skip-real", "--out", str(tmp_path / "g.json"))
-    fine, coarse, kmeans, windowed = __import__("json").loads((tmp_path / "g.json").read_text())["rows"]
+    fine, coarse, regrouped, kmeans, windowed = __import__("json").loads((tmp_path / "g.json").read_text())["rows"]
     assert windowed["join_threshold"] == "k-means/16 per 16 frames"
+    assert regrouped["join_threshold"] == "0.2 + regroup/16 per 4 frames"
+    assert regrouped["clusters"] < fine["clusters"]  # the served regrouping made coarser clusters
     assert kmeans["join_threshold"] == "k-means/16" and 0 < kmeans["mass_recall"] <= 1
     assert 8 <= kmeans["tokens_per_selected_cluster"] <= 32  # k-means at ~16 tokens moves units of about that
     assert (fine["join_threshold"], coarse["join_threshold"]) == (0.2, 1.6)

@@ -16,7 +16,9 @@ from mosaic_sglang.config import MOSAIC_DUMP_DIR
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(480)]
 
 OPTIONS = {"sink_tokens": 4, "recent_window": 16, "max_cluster_size": 16}
-MODES = {"tokens": {}, "mass": {"budget_mode": "mass", "mass_target": 0.7}}  # the replay covers both budget modes
+# the replay covers both budget modes, and regrouping (every sealed frame: the tiny video has few) rides on mass
+MODES = {"tokens": {}, "mass-regroup": {"budget_mode": "mass", "mass_target": 0.7, "regroup_tokens": 8, "regroup_frames": 1,
+                           "active_frames": 1}}
 BUDGET = 48
 CHUNK = 128  # tokens per prefill chunk: the ~300-token prompt takes several forwards
 
@@ -93,6 +95,8 @@ def test_server_selections_equal_offline_cluster_index(served):
             assert torch.equal(full.layer(rec["layer"]), expected)
             selects += 1
     assert selects >= 2 * 2  # both questions, both layers, selected against a non-empty index
+    if options.get("regroup_tokens"):  # the server's maintenance regrouped (positive control for the replay)
+        assert sum(index.num_regroups for index in offline.values()) >= 1
     appends = [r for r in records if r["event"] == "append"]
     assert len(appends) >= 2  # the first request's video was indexed chunk by chunk
     prefill_selects = [r for r in records if r["event"] == "select" and r["queries"].shape[0] > 1 and r["index_tokens"] > 0]

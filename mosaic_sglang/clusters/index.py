@@ -34,6 +34,7 @@ from .integrity import check_integrity, recompute_summaries
 from .layer_batch import select_layer_batch
 from .scoring import LayerSummaries
 from .select import ClusterChoice
+from .regroup import RegroupSealed
 from .split import two_means
 from .table import ClusterTable, add_rows, grow
 from .view import IndexView
@@ -57,7 +58,7 @@ KeyReader = Callable[[torch.Tensor], torch.Tensor]
 """``positions [M] int64 -> keys [L, M, H, D]``: where the index reads keys it did not keep."""
 
 
-class ClusterIndex(Retriever):
+class ClusterIndex(RegroupSealed, Retriever):
     """Cluster index of one sequence's visual-token keys; implements `Retriever`.
 
     Keys for splitting and integrity checks: by default the index keeps a copy of every appended key
@@ -97,6 +98,8 @@ class ClusterIndex(Retriever):
         self._group_of_layer = layers if per_layer else torch.zeros_like(layers)  # [L]
         self.num_splits = 0
         """Clusters split so far (by `maintain`)."""
+        self.num_regroups = 0
+        """Spans of sealed frames regrouped so far (by `maintain`, with ``config.regroup_tokens``)."""
         self._split_rounds = 0  # maintenance calls that split: seeds each call's 2-means draw
         self._reset()
 
@@ -121,6 +124,7 @@ class ClusterIndex(Retriever):
         self._num_visual = 0
         self._last_frame_id = -1
         self._num_frames = 0
+        self._regrouped_ord = 0  # frames below this ordinal were regrouped (clusters there are final)
 
     @property
     def num_tokens(self) -> int:
@@ -381,12 +385,13 @@ class ClusterIndex(Retriever):
     # -- deferred splitting ----------------------------------------------------------------------
 
     def maintain(self, max_splits: int | None = None) -> int:
-        """Split up to ``max_splits`` (default ``config.split_work_per_step``) marked clusters.
+        """Split up to ``max_splits`` (default ``config.split_work_per_step``) marked clusters, then (with
+        ``config.regroup_tokens``) regroup the sealed frames once ``config.regroup_frames`` of them wait.
 
         Run at frame boundaries or idle time, never in a decode step. Each split is 2-means on the
         cluster's members (membership features, deterministic given ``config.seed``); the new child
         gets a fresh id and both children's summaries are recomputed exactly from their keys.
-        O(1) when nothing is marked; otherwise reads the members' keys.
+        O(1) when nothing is marked and no span is due; otherwise reads the members' keys.
 
         Returns:
             Clusters split (a marked cluster whose members coincide is unmarked without a split).
@@ -394,8 +399,13 @@ class ClusterIndex(Retriever):
         limit = self.config.split_work_per_step if max_splits is None else max_splits
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise ValueError(f"ClusterIndex.maintain: max_splits: expected an integer >= 0, got {limit!r}")
-        if self._num_marked == 0 or limit == 0:
-            return 0
+        splits = self._split_marked(limit) if self._num_marked and limit else 0
+        if self.config.regroup_tokens and self._sealed_frames() - self._regrouped_ord >= self.config.regroup_frames:
+            self._regroup_sealed()
+        return splits
+
+    def _split_marked(self, limit: int) -> int:
+        """Split up to ``limit`` marked clusters (oldest ids first); returns the clusters split."""
         g_sel, c_sel = self._marked.nonzero(as_tuple=True)
         g_sel, c_sel = g_sel[:limit], c_sel[:limit]  # oldest ids first, group by group
         num_seg = g_sel.numel()
@@ -476,8 +486,10 @@ class ClusterIndex(Retriever):
         g, c = (live & (self._table.last_ord > self._num_frames - 1 - self.config.active_frames)).nonzero(as_tuple=True)
         self._active = self._pad_by_group(g, c)
         self._active_ord = self._num_frames - 1
+        self._regrouped_ord = min(self._regrouped_ord, self._sealed_frames())
         mean, inv_std = self._key_scale()
-        g, c = live.nonzero(as_tuple=True)
+        # regrouped clusters are k-means groups, not spread-bounded: marking them would split them back
+        g, c = (live & (self._table.last_ord >= self._regrouped_ord)).nonzero(as_tuple=True)
         self._mark(self._pad_by_group(g, c), mean, inv_std)
 
     # -- geometry --------------------------------------------------------------------------------

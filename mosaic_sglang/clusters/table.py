@@ -72,6 +72,15 @@ class ClusterTable:
         self.first_pos[group, cluster] = NO_POSITION
         self.last_ord[group, cluster] = -1
 
+    def move(self, group: int, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Move rows ``src [P]`` of ``group`` to the empty rows ``dst [P]`` (disjoint); ``src`` become empty."""
+        layer = self.layers_of_group[group]  # [Lg]
+        self.key_sum[layer[:, None], dst] = self.key_sum[layer[:, None], src]
+        self.sq_sum[layer[:, None], dst] = self.sq_sum[layer[:, None], src]
+        for t in (self.size, self.first_pos, self.last_ord):
+            t[group, dst] = t[group, src]
+        self.clear(torch.full_like(src, group), src)
+
     def add(
         self,
         group: torch.Tensor,

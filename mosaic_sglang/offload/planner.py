@@ -2,7 +2,7 @@
 
 Called when a request ends (every clustered token moves) and after each prefill chunk is checkpointed
 into the radix tree (``sealed_only``: only clusters with no member in the last ``active_frames``
-frames, which can no longer receive tokens). Sinks and tokens already on the host stay where they are.
+frames, which can no longer receive tokens, and with regrouping on, only regrouped ones). Sinks and tokens already on the host stay where they are.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ..clusters import ClusterIndex
 __all__ = ["clusters_to_offload", "groups_to_move", "sealed_members"]
 
 
-def clusters_to_offload(index: ClusterIndex, path: torch.Tensor, *, sink_tokens: int, active_frames: int,
+def clusters_to_offload(index: ClusterIndex, path: torch.Tensor, *, sink_tokens: int,
                         sealed_only: bool) -> list[torch.Tensor]:
     """Per cluster with a member to move, those members' positions (ascending), clusters in id order.
 
@@ -23,32 +23,30 @@ def clusters_to_offload(index: ClusterIndex, path: torch.Tensor, *, sink_tokens:
         path: ``[P] int64`` tree values of the request's cached path (device slots ``> 0``, host
             encodings ``< 0``), ``P >= index.num_tokens``.
         sink_tokens: positions below this never move (attention sinks stay on the device).
-        active_frames: with ``sealed_only``, clusters with a member in the last this many frames stay.
-        sealed_only: move sealed clusters only (mid-prefill), else every clustered token (request end).
+        sealed_only: move settled clusters only (mid-prefill: no member in the frames after
+            `ClusterIndex.settled_frames`, which may still join or be regrouped), else every clustered token
+            (request end).
     """
     indptr, members = (t.cpu() for t in index.cluster_members(0))  # the extent map is host bookkeeping
     on_device = (path[members] > 0) & (members >= sink_tokens)
     if sealed_only:
-        on_device &= sealed_members(index.frame_ids.cpu(), indptr, members, active_frames)
+        on_device &= sealed_members(indptr, members, index.settled_end())
     return groups_to_move(indptr, members, on_device)
 
 
-def sealed_members(frame_ids: torch.Tensor, indptr: torch.Tensor, members: torch.Tensor, active_frames: int) -> torch.Tensor:
-    """``[V] bool`` per member: its cluster's last member is before the last ``active_frames`` frames.
+def sealed_members(indptr: torch.Tensor, members: torch.Tensor, settled_end: int) -> torch.Tensor:
+    """``[V] bool`` per member: its cluster's last member lies before position ``settled_end``.
 
     Args:
-        frame_ids: ``[N] int64`` frame id per indexed position (``-1`` text).
         indptr, members: CSR of member positions by cluster (`ClusterIndex.cluster_members`).
-        active_frames: frames that may still receive tokens.
+        settled_end: first position of a frame whose clusters may still change
+            (`ClusterIndex.settled_end`).
     """
-    visual = frame_ids[frame_ids >= 0]
-    if visual.numel() == 0 or members.numel() == 0:
-        return torch.zeros(members.numel(), dtype=torch.bool)
-    first_active = int(visual.max()) - active_frames + 1
-    cutoff = int((frame_ids >= first_active).nonzero()[0])  # first position of an active frame
+    if members.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool)
     sizes = indptr[1:] - indptr[:-1]
     last_member = members[indptr[1:].clamp(min=1) - 1]  # ascending members: the last is the max
-    sealed_cluster = (sizes > 0) & (last_member < cutoff)
+    sealed_cluster = (sizes > 0) & (last_member < settled_end)
     return torch.repeat_interleave(sealed_cluster, sizes)
 
 

@@ -297,8 +297,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
             return 0
         moved = 0
         for anchor, video in self.videos.matching(path):
-            groups = clusters_to_offload(video.index, path, sink_tokens=self.config.sink_tokens,
-                                         active_frames=self.config.active_frames, sealed_only=sealed_only)
+            groups = clusters_to_offload(video.index, path, sink_tokens=self.config.sink_tokens, sealed_only=sealed_only)
             if not groups:
                 continue
             host_rows = self.host.put_clusters(read_kv, [path[g] for g in groups])

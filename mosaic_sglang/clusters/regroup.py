@@ -1,0 +1,147 @@
+"""Regrouping sealed clusters into coarser ones: k-means over their members, off the decode path.
+
+Used by `ClusterIndex.maintain` when ``config.regroup_tokens > 0``: once ``config.regroup_frames`` frames
+are sealed (no cluster with a member there can receive a token again), the online clusters of those
+frames (typically 2-5 tokens each: the join test is local and strict) are replaced by k-means clusters of
+about ``regroup_tokens`` tokens in the same membership geometry. Pure torch, deterministic (no random
+draw: the initial centres are members evenly spaced in position order, which also starts every centre
+in a different part of the span).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .table import add_rows
+
+__all__ = ["regroup_kmeans", "RegroupSealed", "REGROUP_ITERS"]
+
+REGROUP_ITERS = 8
+"""Lloyd steps (fixed, like `split.LLOYD_ITERS`: predictable maintenance work, no data-dependent loop)."""
+
+
+def regroup_kmeans(features: torch.Tensor, tokens_per_cluster: int, max_cluster_size: int) -> tuple[torch.Tensor, int]:
+    """Cluster ``M`` members into about ``M / tokens_per_cluster`` groups, none over the size cap.
+
+    Args:
+        features: ``[M, F]`` float32 membership features of the members, **in ascending position order**.
+        tokens_per_cluster: target mean size (``K = ceil(M / tokens_per_cluster)`` centres).
+        max_cluster_size: cap; a k-means group larger than it is cut into consecutive runs of members (in
+            position order) of at most the cap.
+
+    Returns:
+        ``(labels [M] int64, count)``: dense group ids in ``[0, count)``, numbered by first member.
+    """
+    m = features.shape[0]
+    device = features.device
+    if m == 0:
+        return torch.empty(0, dtype=torch.int64, device=device), 0
+    k = -(-m // tokens_per_cluster)
+    centres = features[torch.linspace(0, m - 1, k, device=device).round().long()]  # [K, F]
+    sq = features.square().sum(-1)  # [M]
+    labels = torch.zeros(m, dtype=torch.int64, device=device)
+    for _ in range(REGROUP_ITERS):
+        d2 = sq[:, None] - 2 * features @ centres.T + centres.square().sum(-1)[None, :]  # [M, K]
+        labels = d2.argmin(1)
+        total = add_rows(torch.zeros_like(centres), labels, features)
+        count = add_rows(torch.zeros(k, device=device), labels, torch.ones(m, device=device))
+        centres = torch.where(count[:, None] > 0, total / count.clamp(min=1)[:, None], centres)  # empty: kept
+    return _dense_under_cap(labels, max_cluster_size)
+
+
+def _dense_under_cap(labels: torch.Tensor, cap: int) -> tuple[torch.Tensor, int]:
+    """Renumber ``labels [M]`` densely by first member, cutting groups over ``cap`` into position runs."""
+    m = labels.numel()
+    order = torch.argsort(labels, stable=True)  # stable: members of a group stay in position order
+    sorted_labels = labels[order]
+    new_group = torch.ones(m, dtype=torch.bool, device=labels.device)
+    new_group[1:] = sorted_labels[1:] != sorted_labels[:-1]
+    start = torch.where(new_group, torch.arange(m, device=labels.device), 0).cummax(0).values
+    rank = torch.arange(m, device=labels.device) - start  # rank of a member inside its k-means group
+    new_group |= (rank % cap == 0)  # every cap-th member opens the next run
+    piece = torch.cumsum(new_group.long(), 0) - 1
+    out = torch.empty_like(labels)
+    out[order] = piece
+    # number by first member (position order), so ids follow the stream
+    first = torch.full((int(piece[-1]) + 1,), m, dtype=torch.int64, device=labels.device)
+    first.scatter_reduce_(0, out, torch.arange(m, device=labels.device), reduce="amin")
+    renumber = torch.empty_like(first)
+    renumber[torch.argsort(first)] = torch.arange(first.numel(), device=labels.device)
+    return renumber[out], first.numel()
+
+
+class RegroupSealed:
+    """`ClusterIndex`'s regrouping half (a mixin over the index's state, kept here with its maths): which
+    frames are settled, the regroup of a due span, and the id compaction it needs."""
+
+    def _sealed_frames(self) -> int:
+        """Frames (from the stream's start) no token can join any more: all but the last `active_frames`."""
+        return max(self._num_frames - self.config.active_frames, 0)
+
+    @property
+    def settled_frames(self) -> int:
+        """Frames (from the stream's start) whose clusters `maintain` will not regroup or join again: what an
+        offload may move as whole clusters. Without regrouping, the sealed frames; with it, those regrouped."""
+        return self._regrouped_ord if self.config.regroup_tokens else self._sealed_frames()
+
+    def settled_end(self) -> int:
+        """First position of a frame past `settled_frames` (``num_tokens`` if none): clusters whose members
+        all lie before it no longer change. O(N) with one host sync (offload planning)."""
+        later = (self._frame_ord[: self._n] >= self.settled_frames).nonzero()
+        return int(later[0]) if later.numel() else self._n
+
+    def _regroup_sealed(self) -> None:
+        """Replace the clusters whose last member lies in the sealed, not yet regrouped frames by k-means
+        clusters of about ``config.regroup_tokens`` tokens (per membership group); ids stay dense."""
+        cfg = self.config
+        lo_ord, hi_ord = self._regrouped_ord, self._sealed_frames()
+        self._regrouped_ord = hi_ord
+        mean, inv_std = self._key_scale()
+        for g in range(self._layers_of_group.shape[0]):
+            count = self._num_clusters[g]
+            last = self._table.last_ord[g, :count]
+            old = ((last >= lo_ord) & (last < hi_ord)).nonzero().flatten()  # [R] ascending
+            if old.numel() == 0:
+                continue
+            lo = int(self._table.first_pos[g, old].min())
+            span = self._assign[g, lo : self._n]
+            member = torch.zeros(count + 1, dtype=torch.bool, device=self.device)
+            member[old] = True
+            positions = (member[span.clamp(min=-1)] & (span >= 0)).nonzero().flatten() + lo  # ascending
+            keys = self._read_keys(positions)
+            feats = self._features(keys - mean[:, None], inv_std)[0 if self._layers_of_group.shape[0] == 1 else g]
+            labels, k = regroup_kmeans(feats, cfg.regroup_tokens, cfg.max_cluster_size)
+            ids = old[:k] if k <= old.numel() else torch.cat([old, self._allocate(torch.full((k - old.numel(),), g, device=self.device))])
+            was_marked = int(self._marked[g, old].sum())
+            self._marked[g, old] = False
+            self._num_marked -= was_marked
+            gs = torch.full_like(old, g)
+            self._table.clear(gs, old)
+            self._add(torch.full_like(positions, g), ids[labels], positions, self._frame_ord[positions], keys,
+                      torch.arange(positions.numel(), device=self.device))
+            if k < old.numel():
+                self._compact(g, old[k:])
+        self.num_regroups += 1
+
+    def _compact(self, g: int, holes: torch.Tensor) -> None:
+        """Close the emptied ids ``holes [h]`` (ascending) of group ``g``: the highest live ids move into
+        them (their table rows, marks, members and active entries), so ids stay dense."""
+        count = self._num_clusters[g]
+        new_count = count - holes.numel()
+        top = torch.arange(new_count, count, device=self.device)
+        is_hole = torch.zeros(count, dtype=torch.bool, device=self.device)
+        is_hole[holes] = True
+        movers, targets = top[~is_hole[top]], holes[holes < new_count]
+        remap = torch.arange(count, device=self.device)
+        remap[movers] = targets
+        if movers.numel():
+            lo = int(self._table.first_pos[g, movers].min())
+            span = self._assign[g, lo : self._n]
+            self._assign[g, lo : self._n] = torch.where(span >= 0, remap[span.clamp(min=0)], span)
+            self._table.move(g, movers, targets)
+            self._marked[g, targets] = self._marked[g, movers]
+        self._marked[g, new_count:count] = False
+        active = self._active[g]
+        gone = (active >= 0) & is_hole[active.clamp(min=0)]  # (sealed clusters are not active; kept safe)
+        self._active[g] = torch.where((active >= 0) & ~gone, remap[active.clamp(min=0)], -1)
+        self._num_clusters[g] = new_count
