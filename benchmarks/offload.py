@@ -10,6 +10,9 @@ window and text stay on the device for everyone.
 - ``mosaic``: `ClusterIndex.select_clusters` → `ClusterResidency` (LRU/frequency, cross-layer prefetch)
   → `TransferEngine` from a `HostKVStore` (one copy per missed cluster per layer).
 - ``mosaic-nopf``: the same without prefetch.
+- ``mosaic-join0.3`` / ``mosaic-regroup16``: Mosaic with coarser clusters: a looser join threshold, or the
+  online clusters of every 16 sealed frames regrouped by k-means into ~16-token clusters
+  (`MosaicConfig.regroup_tokens`); ``--coarse-join 0`` / ``--regroup-tokens 0`` leave them out.
 - ``token``: oracle token top-k (`OracleTokenTopK`) with a token LRU; one copy per missed token per layer
   (``runs`` = missed tokens coalesced into contiguous position runs: the fewest copies any DMA engine
   could issue for the same misses). Executed as one batched gather per layer (its best case on CPU).
@@ -240,6 +243,12 @@ def bench_history(length: int, args) -> dict:
         coarse_cfg = cfg.replace(join_threshold=args.coarse_join, split_threshold=1.5 * args.coarse_join)
         coarse = ClusterIndex(coarse_cfg, num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
         stream(trace, [coarse])
+    regrouped = None
+    if args.regroup_tokens:
+        # Regrouping sealed frames into k-means clusters of ~regroup_tokens tokens (MosaicConfig.regroup_tokens).
+        regrouped = ClusterIndex(cfg.replace(regroup_tokens=args.regroup_tokens), num_layers=num_layers,
+                                 num_kv_heads=heads, head_dim=dim)
+        stream(trace, [regrouped])
 
     q_all = trace.queries  # [L, Tq, Hq, D]: decode step t uses question token t (Tq = 1)
     steps = min(args.steps, q_all.shape[1])
@@ -266,6 +275,11 @@ def bench_history(length: int, args) -> dict:
         coarse_extents = offload_clusters(coarse, trace, store)
         results.append(run_units(f"mosaic-join{args.coarse_join:g}", units_of(coarse), coarse_extents, store, cfg,
                                  queries, num_layers, prefetch=True))
+        store.clear()
+    if regrouped is not None:
+        regrouped_extents = offload_clusters(regrouped, trace, store)
+        results.append(run_units(f"mosaic-regroup{args.regroup_tokens}", units_of(regrouped), regrouped_extents, store,
+                                 cfg, queries, num_layers, prefetch=True))
         store.clear()
     frame_extents, fids = offload_frames(trace, store)
 
@@ -311,6 +325,9 @@ def print_table(res: dict) -> None:
     mos, tok = res["methods"]["mosaic"]["summary"], res["methods"]["token"]["summary"]
     print(f"token ops / mosaic ops = {tok['ops'] / max(mos['ops'], 1e-9):.1f}x; "
           f"dense / mosaic device KV = {res['dense_bytes'] / mos['device_bytes']:.1f}x")
+    for name, m in res["methods"].items():
+        if name.startswith("mosaic-") and name != "mosaic-nopf":
+            print(f"token ops / {name} ops = {tok['ops'] / max(m['summary']['ops'], 1e-9):.1f}x")
 
 
 def main() -> None:
@@ -327,6 +344,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--coarse-join", type=float, default=0.3,
                    help="also run Mosaic with this join_threshold (0 to skip): the cluster-size sensitivity")
+    p.add_argument("--regroup-tokens", type=int, default=16,
+                   help="add a mosaic row whose index regroups sealed frames (MosaicConfig.regroup_tokens; 0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: tiny ops thrash with 2 on 2 shared cores)")
     p.add_argument("--out", default=None, help="write every number as JSON here")
     args = p.parse_args()
