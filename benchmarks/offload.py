@@ -12,7 +12,8 @@ window and text stay on the device for everyone.
 - ``mosaic-nopf``: the same without prefetch.
 - ``mosaic-join0.3`` / ``mosaic-regroup16``: Mosaic with coarser clusters: a looser join threshold, or the
   online clusters of every 16 sealed frames regrouped by k-means into ~16-token clusters
-  (`MosaicConfig.regroup_tokens`); ``--coarse-join 0`` / ``--regroup-tokens 0`` leave them out.
+  (`MosaicConfig.regroup_tokens`; without prefetch, the config's default); ``--coarse-join 0`` /
+  ``--regroup-tokens 0`` leave them out.
 - ``token``: oracle token top-k (`OracleTokenTopK`) with a token LRU; one copy per missed token per layer
   (``runs`` = missed tokens coalesced into contiguous position runs: the fewest copies any DMA engine
   could issue for the same misses). Executed as one batched gather per layer (its best case on CPU).
@@ -279,7 +280,7 @@ def bench_history(length: int, args) -> dict:
     if regrouped is not None:
         regrouped_extents = offload_clusters(regrouped, trace, store)
         results.append(run_units(f"mosaic-regroup{args.regroup_tokens}", units_of(regrouped), regrouped_extents, store,
-                                 cfg, queries, num_layers, prefetch=True))
+                                 cfg, queries, num_layers, prefetch=False))  # MosaicConfig's default
         store.clear()
     frame_extents, fids = offload_frames(trace, store)
 

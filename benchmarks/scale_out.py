@@ -61,8 +61,10 @@ def _serve_setting(args, model: str, videos: list, replicas: int, workdir: Path)
     servers = [SGLangServer(model, argv, log_path=workdir / f"r{replicas}-{i}.log",
                             env={"OMP_NUM_THREADS": str(threads)}) for i in range(replicas)]
     try:
+        for server in servers:  # all at once: start-up is mostly one-core imports
+            server.launch()
         for server in servers:
-            server.start()
+            server.wait_ready()
         with SGLangRouter([s.url for s in servers], policy="manual", log_path=workdir / f"router{replicas}.log") as router:
             for server in servers:  # unmeasured: each replica's one-time first-request set-up
                 VideoConversation(server.url, model, videos[0]).ask("warm up", max_new_tokens=1)

@@ -77,10 +77,20 @@ class SGLangServer:
         self.process: Optional[subprocess.Popen] = None
 
     def start(self) -> "SGLangServer":
+        """Launch the server and wait until ``/health`` answers 200 (`launch` then `wait_ready`)."""
+        return self.launch().wait_ready()
+
+    def launch(self) -> "SGLangServer":
+        """Start the process without waiting (several servers can then start at once; `wait_ready` each)."""
         log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
             self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
         )
+        return self
+
+    def wait_ready(self) -> "SGLangServer":
+        """Block until ``/health`` answers 200; raise (and stop the server) if it exits or times out."""
+        assert self.process is not None, "launch() first"
         deadline = time.time() + self.startup_timeout_s
         while time.time() < deadline:
             if self.process.poll() is not None:

@@ -16,15 +16,39 @@ from mosaic_sglang.config import MOSAIC_CONFIG
 ENV_CONFIG = MOSAIC_CONFIG.name
 
 
-def _launch(args, timeout=240):
-    return subprocess.run(
-        [sys.executable, "-m", "sglang.launch_server", *args], capture_output=True, text=True, timeout=timeout
-    )
+BAD_OPTIONS = [
+    (["--mosaic-config", '{"bugdet": 3}'], "unknown key(s) ['bugdet']"),
+    (["--mosaic-config", '{"recent_window": -2}'], "'recent_window': expected an integer >= 0, got -2"),
+    (["--mosaic-budget", "lots"], "--mosaic-budget: expected an integer >= 0, got 'lots'"),
+    (["--mosaic-config", '{"score": "cosine"}'], "'score': expected one of"),
+    (["--mosaic-config", '{"host_store_tokens": 100}', "--pp-size", "2"], "offload needs pp_size == 1"),
+    (["--mosaic-budget", "5", "--mosaic-config", '{"budget": 6}'], "budget given twice"),
+    (["--mosaic-config", '{"allowed_media_dirs": "/data"}'], "'allowed_media_dirs': expected a list"),
+]
+LAUNCHES_AT_ONCE = 3
+"""Each launch spends ~15 s importing SGLang on one core: a few at a time share the two cores (measured
+sequentially: 9 launches took ~150 s of the suite)."""
+
+
+@pytest.fixture(scope="module")
+def launches(tiny_text_model) -> dict:
+    """Every `sglang.launch_server` command line this file checks, run a few at a time: argv tuple -> result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    commands = [("--help",), ("--model-path", tiny_text_model, "--mosaic-budget", "64", "--port", "1")]
+    commands += [("--model-path", tiny_text_model, "--enable-mosaic", *bad, "--port", "1") for bad, _ in BAD_OPTIONS]
+
+    def launch(args):
+        return subprocess.run([sys.executable, "-m", "sglang.launch_server", *args], capture_output=True, text=True,
+                              timeout=240)
+
+    with ThreadPoolExecutor(LAUNCHES_AT_ONCE) as pool:
+        return dict(zip(commands, pool.map(launch, commands)))
 
 
 @pytest.mark.engine  # starts `sglang.launch_server` (imports all of SGLang)
-def test_help_lists_mosaic_flags():
-    out = _launch(["--help"])
+def test_help_lists_mosaic_flags(launches):
+    out = launches[("--help",)]
     assert out.returncode == 0, out.stderr[-2000:]
     for flag in ("--enable-mosaic", "--mosaic-budget", "--mosaic-config"):
         assert flag in out.stdout
@@ -32,28 +56,17 @@ def test_help_lists_mosaic_flags():
 
 
 @pytest.mark.engine  # each case starts `sglang.launch_server`, which must stop before any scheduler starts
-@pytest.mark.parametrize(
-    "bad, message",
-    [
-        (["--mosaic-config", '{"bugdet": 3}'], "unknown key(s) ['bugdet']"),
-        (["--mosaic-config", '{"recent_window": -2}'], "'recent_window': expected an integer >= 0, got -2"),
-        (["--mosaic-budget", "lots"], "--mosaic-budget: expected an integer >= 0, got 'lots'"),
-        (["--mosaic-config", '{"score": "cosine"}'], "'score': expected one of"),
-        (["--mosaic-config", '{"host_store_tokens": 100}', "--pp-size", "2"], "offload needs pp_size == 1"),
-        (["--mosaic-budget", "5", "--mosaic-config", '{"budget": 6}'], "budget given twice"),
-        (["--mosaic-config", '{"allowed_media_dirs": "/data"}'], "'allowed_media_dirs': expected a list"),
-    ],
-)
-def test_bad_options_fail_fast_before_any_process_starts(tiny_text_model, bad, message):
-    out = _launch(["--model-path", tiny_text_model, "--enable-mosaic", *bad, "--port", "1"])
+@pytest.mark.parametrize("bad, message", BAD_OPTIONS)
+def test_bad_options_fail_fast_before_any_process_starts(launches, tiny_text_model, bad, message):
+    out = launches[("--model-path", tiny_text_model, "--enable-mosaic", *bad, "--port", "1")]
     assert out.returncode == 2, out.stderr[-2000:]
     assert message in out.stderr
     assert "scheduler" not in out.stderr.lower() and "uvicorn" not in out.stderr.lower()
 
 
 @pytest.mark.engine
-def test_mosaic_options_without_enable_mosaic_stop_the_launch(tiny_text_model):
-    out = _launch(["--model-path", tiny_text_model, "--mosaic-budget", "64", "--port", "1"])
+def test_mosaic_options_without_enable_mosaic_stop_the_launch(launches, tiny_text_model):
+    out = launches[("--model-path", tiny_text_model, "--mosaic-budget", "64", "--port", "1")]
     assert out.returncode == 2, out.stderr[-2000:]
     assert "--mosaic-budget given without --enable-mosaic" in out.stderr
 
