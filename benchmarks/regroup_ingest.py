@@ -61,6 +61,7 @@ def main(argv=None) -> int:
         large.append(keys(FRAME_TOKENS), torch.full((FRAME_TOKENS,), large_frame))
         large.maintain()
         large_frame += 1
+    history = (small.num_tokens, large.num_tokens)  # at the first timed frame
     plain: dict[int, list[float]] = {0: [], 1: []}
     regrouping: dict[int, list[float]] = {0: [], 1: []}
     for r in range(args.repeats):
@@ -73,14 +74,14 @@ def main(argv=None) -> int:
             (plain if index.num_regroups == before else regrouping)[which].append(ms)
     print(f"regroup_tokens={args.regroup_tokens} regroup_frames={args.regroup_frames}; {args.repeats} frames each, "
           f"alternating; large index: {large.num_tokens} tokens, {large.num_clusters} clusters")
-    print("| history | frames | median ms (no regroup) | regrouping frames | mean ms (regrouping) | amortised ms / frame |")
+    print("| history (tokens) | frames | median ms (no regroup) | regrouping frames | mean ms (regrouping) | amortised ms / frame |")
     print("|---|---|---|---|---|---|")
     amortised = []
-    for which, index in enumerate((small, large)):
+    for which in (0, 1):
         every = plain[which] + regrouping[which]
         amortised.append(statistics.mean(every))
         mean_regroup = statistics.mean(regrouping[which]) if regrouping[which] else float("nan")
-        print(f"| {index.num_tokens} | {len(every)} | {statistics.median(plain[which]):.2f} | {len(regrouping[which])} | "
+        print(f"| {history[which]} | {len(every)} | {statistics.median(plain[which]):.2f} | {len(regrouping[which])} | "
               f"{mean_regroup:.2f} | {amortised[-1]:.2f} |")
     ratio_plain = statistics.median(plain[1]) / statistics.median(plain[0])
     print(f"large / small: median {ratio_plain:.2f}x, amortised {amortised[1] / amortised[0]:.2f}x "

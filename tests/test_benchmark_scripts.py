@@ -31,7 +31,7 @@ def test_offload_benchmark_smoke(tmp_path):
 
 def test_regroup_ingest_benchmark_smoke():
     stdout = _run("regroup_ingest.py", "--quick")
-    assert "| history | frames |" in stdout and "large / small: median" in stdout
+    assert "| history (tokens) | frames |" in stdout and "large / small: median" in stdout
     rows = [line for line in stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) == 2 and all(int(r.split("|")[4]) >= 1 for r in rows)  # both indexes regrouped while timed
 
