@@ -70,7 +70,7 @@ class MosaicConfig:
     `regroup_frames` sealed frames by k-means clusters of about this many tokens (clusters/regroup.py; off
     the decode path; offload waits for it). Off by default: measured in clusters/README.md."""
     regroup_frames: int = 16
-    """Sealed frames regrouped together (a span: regrouped clusters never mix spans)."""
+    """Sealed frames regrouped together (one k-means per span of this many frames)."""
     membership: str = "shared"
     """'shared': one membership for all layers; 'per_layer': one per layer."""
     score: str = "size_weighted"

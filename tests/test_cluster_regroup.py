@@ -53,19 +53,46 @@ def test_regroup_kmeans_separates_blobs_densely_under_the_cap():
     assert none == 0 and empty.numel() == 0
 
 
-@pytest.mark.parametrize("membership", ["shared", "per_layer"])
-def test_index_regroups_sealed_spans_and_keeps_every_invariant(trace, membership):
-    index = _index(trace, membership)
-    plain = _index(trace, membership, regroup_tokens=0)
-    settled: set[tuple[int, ...]] = set()
-    for a, b in trace.frame_chunks():
+def _settled_partitions(index) -> list[set[tuple[int, ...]]]:
+    """Per membership group, the settled clusters as sets of positions."""
+    out = []
+    for g in range(len(index.cluster_counts)):
+        assign = index.view().assign[g]
+        settled = index.settled_clusters(g)
+        out.append({c for c in _partition(assign) if bool(settled[int(assign[c[0]])])})
+    return out
+
+
+def _check_settled_are_final(index) -> None:
+    """No settled cluster is marked for a split or a candidate for joins."""
+    view = index.view()
+    for g in range(len(index.cluster_counts)):
+        settled = index.settled_clusters(g)
+        assert not bool((view.marked[g, : settled.numel()] & settled).any())
+        active = view.active[g][view.active[g] >= 0]
+        assert not bool(settled[active].any())
+
+
+@pytest.mark.parametrize("membership, chunk, split", [("shared", None, 0.3), ("per_layer", None, 0.3),
+                                                      ("shared", 37, 0.22), ("per_layer", 50, 0.22)])
+def test_index_regroups_sealed_spans_and_keeps_every_invariant(trace, membership, chunk, split):
+    """Frame by frame, and in odd-sized appends (a frame continues in the next call) with a tight split
+    threshold (splits leave parents without recent members: they must leave the candidates)."""
+    index = _index(trace, membership, split_threshold=split, active_frames=2 if chunk else 4)
+    plain = _index(trace, membership, regroup_tokens=0, split_threshold=split, active_frames=2 if chunk else 4)
+    n = trace.keys.shape[1]
+    pieces = trace.frame_chunks() if chunk is None else [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+    settled = [set() for _ in index.cluster_counts]
+    for a, b in pieces:
         for ix in (index, plain):
             ix.append(trace.keys[:, a:b], trace.frame_ids[a:b])
             ix.maintain()
         index.check_integrity()
-        end = index.settled_end()
-        now = {c for c in _partition(index.view().assign[0]) if c[-1] < end}
-        assert settled <= now  # a settled cluster never changes again (later regroups renumber ids only)
+        _check_settled_are_final(index)
+        _check_settled_are_final(plain)
+        now = _settled_partitions(index)
+        for g, (before, after) in enumerate(zip(settled, now)):
+            assert before <= after, f"group {g}: a settled cluster changed"  # (later regroups renumber ids only)
         settled = now
     frames = int(index.view().frame_ord.max()) + 1
     sealed = frames - index.config.active_frames
@@ -73,12 +100,46 @@ def test_index_regroups_sealed_spans_and_keeps_every_invariant(trace, membership
     assert index.settled_frames == 6 * (sealed // 6)
     assert plain.settled_frames == sealed and plain.num_regroups == 0
     assert index.num_clusters < plain.num_clusters / 2  # coarser
-    sizes = torch.tensor([len(c) for c in settled])
+    sizes = torch.tensor([len(c) for c in settled[0]])
     assert sizes.float().mean() >= 8 and int(sizes.max()) <= index.config.max_cluster_size
-    assert not bool(index.view().marked.any()) or index.num_marked > 0
     index.truncate(index.num_tokens - 200)
     index.check_integrity()
+    _check_settled_are_final(index)
     assert index.settled_frames <= sealed
+    for a, b in pieces[-3:]:  # truncated into regrouped frames, then the stream goes on
+        index.append(trace.keys[:, a:b], trace.frame_ids[a:b])
+        index.maintain()
+        index.check_integrity()
+
+
+def test_one_large_append_is_regrouped_span_by_span(trace):
+    """A prefill chunk can seal many frames at once: each span of regroup_frames is its own k-means."""
+    index = _index(trace)
+    index.append(trace.keys, trace.frame_ids)  # all 40 frames in one call
+    index.maintain()
+    index.check_integrity()
+    assert index.num_regroups == (40 - 4) // 6 and index.settled_frames == 36
+    settled = index.settled_clusters(0)
+    last = index.view().table.last_ord[0, : settled.numel()]
+    first_frame = index.view().frame_ord[index.view().table.first_pos[0, : settled.numel()].clamp(max=index.num_tokens - 1)]
+    span_of_last = torch.div(last[settled], 6, rounding_mode="floor")
+    span_of_first = torch.div(first_frame[settled], 6, rounding_mode="floor")
+    assert bool((span_of_last - span_of_first <= 1).all())  # a cluster reaches at most into the span before
+
+
+def test_regrouping_into_more_clusters_than_before_allocates_ids(trace):
+    """regroup_tokens below the online clusters' size: k > the old count, fresh ids, still dense."""
+    index = _index(trace, regroup_tokens=2, join_threshold=0.4, split_threshold=0.6)
+    before = None
+    for a, b in trace.frame_chunks():
+        index.append(trace.keys[:, a:b], trace.frame_ids[a:b])
+        if before is None and index.view().frame_ord.max() >= 10:
+            before = index.num_clusters
+        index.maintain()
+        index.check_integrity()
+    assert index.num_regroups > 0
+    sizes = torch.tensor([len(c) for c in _settled_partitions(index)[0]])
+    assert sizes.float().mean() <= 2.5  # ~2 tokens each: more, smaller clusters than online
 
 
 def test_exact_mode_attends_everything_with_regrouping(trace):
@@ -100,10 +161,14 @@ def test_offload_moves_only_settled_clusters(trace):
     path = torch.arange(1, index.num_tokens + 1)  # every position on the device
     groups = clusters_to_offload(index, path, sink_tokens=4, sealed_only=True)
     moved = torch.cat(groups)
-    end = index.settled_end()
-    assert index.settled_frames == 12 and 0 < end < index.num_tokens
-    assert int(moved.max()) < end  # nothing past the last regrouped frame
-    sealed_end = int((index.view().frame_ord >= 20 - index.config.active_frames).nonzero()[0])
-    assert end < sealed_end  # sealed but not yet regrouped frames stay (they would be regrouped after moving)
-    assigned = index.view().assign[0, moved]
-    assert torch.equal(torch.cat([g.new_full((g.numel(),), int(index.view().assign[0, g[0]])) for g in groups]), assigned)
+    assign = index.view().assign[0]
+    settled = index.settled_clusters(0)
+    assert index.settled_frames == 12 and 0 < int(settled.sum()) < settled.numel()
+    assert bool(settled[assign[moved]].all())  # only regrouped clusters move
+    sealed = index.view().table.last_ord[0, : settled.numel()] < 20 - index.config.active_frames
+    assert bool((sealed & ~settled).any())  # sealed but not yet regrouped clusters stay (they will change)
+    assert torch.equal(torch.cat([g.new_full((g.numel(),), int(assign[g[0]])) for g in groups]), assign[moved])
+    members = set(moved.tolist())
+    for cid in settled.nonzero().flatten().tolist():  # every settled cluster moved whole (its non-sink members)
+        pos = (assign == cid).nonzero().flatten()
+        assert all(p in members for p in pos.tolist() if p >= 4)

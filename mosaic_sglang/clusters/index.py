@@ -125,6 +125,7 @@ class ClusterIndex(RegroupSealed, Retriever):
         self._last_frame_id = -1
         self._num_frames = 0
         self._regrouped_ord = 0  # frames below this ordinal were regrouped (clusters there are final)
+        self._regrouped = torch.zeros(groups, 0, dtype=torch.bool, device=dev)  # [G, cap] a k-means cluster
 
     @property
     def num_tokens(self) -> int:
@@ -399,10 +400,9 @@ class ClusterIndex(RegroupSealed, Retriever):
         limit = self.config.split_work_per_step if max_splits is None else max_splits
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise ValueError(f"ClusterIndex.maintain: max_splits: expected an integer >= 0, got {limit!r}")
-        splits = self._split_marked(limit) if self._num_marked and limit else 0
-        if self.config.regroup_tokens and self._sealed_frames() - self._regrouped_ord >= self.config.regroup_frames:
-            self._regroup_sealed()
-        return splits
+        if self.config.regroup_tokens:  # first: marked clusters it replaces need no split
+            self._regroup_due()
+        return self._split_marked(limit) if self._num_marked and limit else 0
 
     def _split_marked(self, limit: int) -> int:
         """Split up to ``limit`` marked clusters (oldest ids first); returns the clusters split."""
@@ -437,10 +437,15 @@ class ClusterIndex(RegroupSealed, Retriever):
         both_g = torch.cat([g_ok, g_ok])
         order = torch.argsort(both_g, stable=True)
         both_g, both_c = both_g[order], torch.cat([c_ok, child[ok]])[order]
-        # Children join the active set if recent (parents keep their place in it).
+        # Children join the active set if recent; a parent left with no recent member leaves it (it could
+        # otherwise take tokens of a frame continued in the next append after being sealed, even offloaded).
         g_new, c_new = g_ok, child[ok]
-        recent = self._table.last_ord[g_new, c_new] > self._num_frames - 1 - self.config.active_frames
+        oldest_active = self._num_frames - self.config.active_frames
+        recent = self._table.last_ord[g_new, c_new] >= oldest_active
         self._append_active(g_new[recent], c_new[recent])
+        active = self._active
+        stale = (active >= 0) & (self._table.last_ord.gather(1, active.clamp(min=0)) < oldest_active)
+        self._active = torch.where(stale, -1, active)
         self._mark(self._pad_by_group(both_g, both_c), mean, inv_std)
         self.num_splits += g_ok.numel()
         return g_ok.numel()
@@ -487,9 +492,12 @@ class ClusterIndex(RegroupSealed, Retriever):
         self._active = self._pad_by_group(g, c)
         self._active_ord = self._num_frames - 1
         self._regrouped_ord = min(self._regrouped_ord, self._sealed_frames())
+        # ids were compacted: flags rebuilt from the frames (every cluster ending before the regrouped ones'
+        # end counts as regrouped; an online piece there stays online, a quality loss only)
+        self._regrouped = live & (self._table.last_ord < self._regrouped_ord) & bool(self.config.regroup_tokens)
         mean, inv_std = self._key_scale()
         # regrouped clusters are k-means groups, not spread-bounded: marking them would split them back
-        g, c = (live & (self._table.last_ord >= self._regrouped_ord)).nonzero(as_tuple=True)
+        g, c = (live & ~self._regrouped).nonzero(as_tuple=True)
         self._mark(self._pad_by_group(g, c), mean, inv_std)
 
     # -- geometry --------------------------------------------------------------------------------
@@ -547,6 +555,7 @@ class ClusterIndex(RegroupSealed, Retriever):
         self._table.reserve(needed)
         if self._marked.shape[1] < self._table.capacity:
             self._marked = grow(self._marked, 1, self._table.capacity, False)
+            self._regrouped = grow(self._regrouped, 1, self._table.capacity, False)
 
     def _read_keys(self, positions: torch.Tensor) -> torch.Tensor:
         """``[L, M, H, D]`` float32 keys at ``positions [M]``."""

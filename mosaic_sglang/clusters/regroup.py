@@ -80,52 +80,66 @@ class RegroupSealed:
 
     @property
     def settled_frames(self) -> int:
-        """Frames (from the stream's start) whose clusters `maintain` will not regroup or join again: what an
-        offload may move as whole clusters. Without regrouping, the sealed frames; with it, those regrouped."""
+        """Frames (from the stream's start) that no token can join and that no regroup will touch again:
+        without regrouping, the sealed frames; with it, those regrouped."""
         return self._regrouped_ord if self.config.regroup_tokens else self._sealed_frames()
 
-    def settled_end(self) -> int:
-        """First position of a frame past `settled_frames` (``num_tokens`` if none): clusters whose members
-        all lie before it no longer change. O(N) with one host sync (offload planning)."""
-        later = (self._frame_ord[: self._n] >= self.settled_frames).nonzero()
-        return int(later[0]) if later.numel() else self._n
+    def settled_clusters(self, group: int = 0) -> torch.Tensor:
+        """``[C_g] bool`` per cluster of ``group``: it will not change any more (no join, no regroup, no
+        split): what an offload may move as a whole. Without regrouping, the sealed clusters (last member
+        before the last `active_frames` frames) not waiting for a split; with it, the regrouped ones."""
+        count = self._num_clusters[group]
+        if self.config.regroup_tokens:
+            return self._regrouped[group, :count].clone()
+        return (self._table.last_ord[group, :count] < self._sealed_frames()) & ~self._marked[group, :count]
 
-    def _regroup_sealed(self) -> None:
-        """Replace the clusters whose last member lies in the sealed, not yet regrouped frames by k-means
-        clusters of about ``config.regroup_tokens`` tokens (per membership group); ids stay dense."""
+    def _regroup_due(self) -> None:
+        """Regroup the sealed frames past the last regrouped one, ``config.regroup_frames`` at a time (a
+        prefill chunk can seal many frames at once: each span stays one bounded k-means)."""
+        span = self.config.regroup_frames
+        while self._sealed_frames() - self._regrouped_ord >= span:
+            self._regroup_span(self._regrouped_ord + span)
+            self._regrouped_ord += span  # only once the span is done
+            self.num_regroups += 1
+
+    def _regroup_span(self, hi_ord: int) -> None:
+        """Replace every not yet regrouped cluster whose last member lies before frame ``hi_ord`` (the span's
+        own clusters, and any piece a split left behind earlier) by k-means clusters of about
+        ``config.regroup_tokens`` tokens, per membership group; ids stay dense."""
         cfg = self.config
-        lo_ord, hi_ord = self._regrouped_ord, self._sealed_frames()
-        self._regrouped_ord = hi_ord
         mean, inv_std = self._key_scale()
         for g in range(self._layers_of_group.shape[0]):
             count = self._num_clusters[g]
-            last = self._table.last_ord[g, :count]
-            old = ((last >= lo_ord) & (last < hi_ord)).nonzero().flatten()  # [R] ascending
+            old = ((self._table.last_ord[g, :count] < hi_ord) & ~self._regrouped[g, :count]).nonzero().flatten()  # [R]
             if old.numel() == 0:
                 continue
             lo = int(self._table.first_pos[g, old].min())
             span = self._assign[g, lo : self._n]
-            member = torch.zeros(count + 1, dtype=torch.bool, device=self.device)
+            member = torch.zeros(count + 1, dtype=torch.bool, device=self.device)  # [C + 1]: the last is "none"
             member[old] = True
-            positions = (member[span.clamp(min=-1)] & (span >= 0)).nonzero().flatten() + lo  # ascending
-            keys = self._read_keys(positions)
-            feats = self._features(keys - mean[:, None], inv_std)[0 if self._layers_of_group.shape[0] == 1 else g]
-            labels, k = regroup_kmeans(feats, cfg.regroup_tokens, cfg.max_cluster_size)
-            ids = old[:k] if k <= old.numel() else torch.cat([old, self._allocate(torch.full((k - old.numel(),), g, device=self.device))])
-            was_marked = int(self._marked[g, old].sum())
+            positions = member[span].nonzero().flatten() + lo  # ascending; span == -1 reads member[C] = False
+            keys = self._read_keys(positions)  # [L, M, H, D]
+            layers = self._layers_of_group[g]  # only this group's layers (per_layer: one)
+            z = (keys[layers] - mean[layers][:, None]) * inv_std[layers][:, None, :, None]  # [Lg, M, H, D]
+            labels, k = regroup_kmeans(z.permute(1, 0, 2, 3).reshape(positions.numel(), -1), cfg.regroup_tokens,
+                                       cfg.max_cluster_size)
+            # everything that can fail is done: now the state changes
+            extra = max(k - old.numel(), 0)
+            ids = torch.cat([old, self._allocate(torch.full((extra,), g, device=self.device))])[:k]
+            self._num_marked -= int(self._marked[g, old].sum())
             self._marked[g, old] = False
-            self._num_marked -= was_marked
-            gs = torch.full_like(old, g)
-            self._table.clear(gs, old)
+            active = self._active[g]
+            self._active[g] = torch.where((active >= 0) & member[active.clamp(min=0)], -1, active)  # sealed: not active
+            self._table.clear(torch.full_like(old, g), old)
             self._add(torch.full_like(positions, g), ids[labels], positions, self._frame_ord[positions], keys,
                       torch.arange(positions.numel(), device=self.device))
+            self._regrouped[g, ids] = True
             if k < old.numel():
                 self._compact(g, old[k:])
-        self.num_regroups += 1
 
     def _compact(self, g: int, holes: torch.Tensor) -> None:
         """Close the emptied ids ``holes [h]`` (ascending) of group ``g``: the highest live ids move into
-        them (their table rows, marks, members and active entries), so ids stay dense."""
+        them (their table rows, marks, regrouped flags, members and active entries), so ids stay dense."""
         count = self._num_clusters[g]
         new_count = count - holes.numel()
         top = torch.arange(new_count, count, device=self.device)
@@ -140,8 +154,9 @@ class RegroupSealed:
             self._assign[g, lo : self._n] = torch.where(span >= 0, remap[span.clamp(min=0)], span)
             self._table.move(g, movers, targets)
             self._marked[g, targets] = self._marked[g, movers]
+            self._regrouped[g, targets] = self._regrouped[g, movers]
         self._marked[g, new_count:count] = False
-        active = self._active[g]
-        gone = (active >= 0) & is_hole[active.clamp(min=0)]  # (sealed clusters are not active; kept safe)
-        self._active[g] = torch.where((active >= 0) & ~gone, remap[active.clamp(min=0)], -1)
+        self._regrouped[g, new_count:count] = False
+        active = self._active[g]  # holes were sealed clusters, already out of the active set
+        self._active[g] = torch.where(active >= 0, remap[active.clamp(min=0)], -1)
         self._num_clusters[g] = new_count
