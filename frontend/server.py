@@ -82,6 +82,8 @@ class SGLangServer:
 
     def launch(self) -> "SGLangServer":
         """Start the process without waiting (several servers can then start at once; `wait_ready` each)."""
+        if self.alive():
+            raise RuntimeError(f"sglang server on port {self.port} is already running")
         log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
             self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
@@ -94,6 +96,7 @@ class SGLangServer:
         deadline = time.time() + self.startup_timeout_s
         while time.time() < deadline:
             if self.process.poll() is not None:
+                self.stop()  # what it started may still run
                 raise RuntimeError(
                     f"sglang server exited with code {self.process.returncode} during start-up"
                     + (f"; log: {self.log_path}" if self.log_path else "")
@@ -108,10 +111,18 @@ class SGLangServer:
         raise TimeoutError(f"sglang server did not become healthy in {self.startup_timeout_s:.0f} s")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Terminate the server and every process it started."""
-        if self.process is None or self.process.poll() is not None:
-            return
+        """Terminate the server and every process it started (also when the server itself already exited:
+        its scheduler processes may not have)."""
         import signal
+
+        if self.process is None:
+            return
+        if self.process.poll() is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)  # its own session: the group outlives the leader
+            except (ProcessLookupError, PermissionError):
+                pass
+            return
 
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
