@@ -386,8 +386,8 @@ class ClusterIndex(RegroupSealed, Retriever):
     # -- deferred splitting ----------------------------------------------------------------------
 
     def maintain(self, max_splits: int | None = None) -> int:
-        """Split up to ``max_splits`` (default ``config.split_work_per_step``) marked clusters, then (with
-        ``config.regroup_tokens``) regroup the sealed frames once ``config.regroup_frames`` of them wait.
+        """With ``config.regroup_tokens``, regroup the sealed frames (``config.regroup_frames`` at a time)
+        first; then split up to ``max_splits`` (default ``config.split_work_per_step``) marked clusters.
 
         Run at frame boundaries or idle time, never in a decode step. Each split is 2-means on the
         cluster's members (membership features, deterministic given ``config.seed``); the new child

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .table import add_rows
+from .split import segment_mean
 
 __all__ = ["regroup_kmeans", "RegroupSealed", "REGROUP_ITERS"]
 
@@ -43,9 +43,7 @@ def regroup_kmeans(features: torch.Tensor, tokens_per_cluster: int, max_cluster_
     for _ in range(REGROUP_ITERS):
         d2 = sq[:, None] - 2 * features @ centres.T + centres.square().sum(-1)[None, :]  # [M, K]
         labels = d2.argmin(1)
-        total = add_rows(torch.zeros_like(centres), labels, features)
-        count = add_rows(torch.zeros(k, device=device), labels, torch.ones(m, device=device))
-        centres = torch.where(count[:, None] > 0, total / count.clamp(min=1)[:, None], centres)  # empty: kept
+        centres = segment_mean(features, labels, torch.ones(m, dtype=torch.bool, device=device), centres)  # empty: kept
     return _dense_under_cap(labels, max_cluster_size)
 
 

@@ -9,7 +9,7 @@ import torch
 
 from .table import add_rows
 
-__all__ = ["two_means"]
+__all__ = ["two_means", "segment_mean"]
 
 LLOYD_ITERS = 8
 """Fixed iteration count: 2-means on at most a few hundred members settles in a handful of Lloyd
@@ -56,14 +56,14 @@ def two_means(
         dist_a = (features - centre_a[segment]).square().sum(-1)
         dist_b = (features - centre_b[segment]).square().sum(-1)
         right = dist_b < dist_a
-        centre_a = _segment_mean(features, segment, ~right, centre_a)
-        centre_b = _segment_mean(features, segment, right, centre_b)
+        centre_a = segment_mean(features, segment, ~right, centre_a)
+        centre_b = segment_mean(features, segment, right, centre_b)
     n_right = torch.zeros(num_segments, dtype=torch.long, device=device).index_add_(0, segment, right.long())
     ok = (n_right > 0) & (n_right < counts)
     return right, ok
 
 
-def _segment_mean(
+def segment_mean(
     features: torch.Tensor, segment: torch.Tensor, member: torch.Tensor, previous: torch.Tensor
 ) -> torch.Tensor:
     """``[S, F]`` mean of the selected members per segment; ``previous`` where a segment has none."""
