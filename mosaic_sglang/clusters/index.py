@@ -32,6 +32,7 @@ from . import select as selection
 from .inputs import check_append, check_queries, describe
 from .integrity import check_integrity, recompute_summaries
 from .layer_batch import select_layer_batch
+from .members import MemberLists, build_member_lists
 from .scoring import LayerSummaries
 from .select import ClusterChoice
 from .regroup import RegroupSealed
@@ -126,6 +127,7 @@ class ClusterIndex(RegroupSealed, Retriever):
         self._num_frames = 0
         self._regrouped_ord = 0  # frames below this ordinal were regrouped (clusters there are final)
         self._regrouped = torch.zeros(groups, 0, dtype=torch.bool, device=dev)  # [G, cap] a k-means cluster
+        self._members: MemberLists | None = None  # built on demand, dropped when membership changes
 
     @property
     def num_tokens(self) -> int:
@@ -283,6 +285,7 @@ class ClusterIndex(RegroupSealed, Retriever):
     def _add(self, g, cluster, positions, frame_ord, keys, key_row) -> None:
         self._table.add(g, cluster, positions, frame_ord, keys, key_row)
         self._assign[g, positions] = cluster
+        self._members = None
 
     def _append_active(self, g: torch.Tensor, ids: torch.Tensor) -> None:
         """Add clusters ``ids [P]`` of groups ``g [P]`` (ascending) to the active set."""
@@ -329,8 +332,8 @@ class ClusterIndex(RegroupSealed, Retriever):
         return IndexView(
             self.config, n, self._num_visual, self._frame_ids[:n], self._frame_ord[:n], self._assign[:, :n],
             self._num_clusters, self._layers_of_group, self._group_of_layer, self._table, self._marked,
-            self._num_marked, self._active, self._key_sum, self._key_sq, self._read_keys, self.num_kv_heads,
-            self.head_dim,
+            self._num_marked, self._active, self._key_sum, self._key_sq, self._read_keys, self.member_lists,
+            self.num_kv_heads, self.head_dim,
         )
 
     @property
@@ -381,7 +384,14 @@ class ClusterIndex(RegroupSealed, Retriever):
 
     def cluster_members(self, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """``(indptr [C + 1], positions [V])``: members of every cluster of ``group``, CSR by cluster id."""
-        return selection.cluster_members(self.view(), group)
+        return self.member_lists().group(group)
+
+    def member_lists(self) -> MemberLists:
+        """Members of every cluster of every group as CSR (`members.MemberLists`): built on the first call
+        after membership changed (O(V log V) per group), then reused (text appends keep it)."""
+        if self._members is None:
+            self._members = build_member_lists(self._assign[:, : self._n], self._num_clusters, self._num_visual)
+        return self._members
 
     # -- deferred splitting ----------------------------------------------------------------------
 
@@ -458,6 +468,10 @@ class ClusterIndex(RegroupSealed, Retriever):
         if not bool((self._assign[:, self._n :] == -1).all()):
             raise AssertionError("ClusterIndex integrity: positions beyond num_tokens must be unassigned")
         check_integrity(self.view())
+        if self._members is not None:  # the kept member lists must still describe the assignment
+            fresh = build_member_lists(self._assign[:, : self._n], self._num_clusters, self._num_visual)
+            if not all(torch.equal(a, b) for a, b in zip(self._members, fresh)):
+                raise AssertionError("ClusterIndex integrity: the kept member lists must equal the assignment's")
 
     def truncate(self, num_tokens: int) -> None:
         """Drop positions ``>= num_tokens``; the survivors keep their clusters (ids compacted,
@@ -468,6 +482,7 @@ class ClusterIndex(RegroupSealed, Retriever):
             return
         groups = self._layers_of_group.shape[0]
         self._assign[:, num_tokens : self._n] = -1
+        self._members = None
         self._frame_ids[num_tokens : self._n] = -1
         self._frame_ord[num_tokens : self._n] = -1
         self._n = num_tokens

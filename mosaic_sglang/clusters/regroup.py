@@ -150,6 +150,7 @@ class RegroupSealed:
             lo = int(self._table.first_pos[g, movers].min())
             span = self._assign[g, lo : self._n]
             self._assign[g, lo : self._n] = torch.where(span >= 0, remap[span.clamp(min=0)], span)
+            self._members = None
             self._table.move(g, movers, targets)
             self._marked[g, targets] = self._marked[g, movers]
             self._regrouped[g, targets] = self._regrouped[g, movers]

@@ -22,7 +22,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from ..csr import indptr_from_counts
+from mosaic_sglang.kernels.emit_members import eligible_bounds, emit_members
+
 from ..retrieval.base import always_attended_mask
 from ..retrieval.budget import fill_budget, fill_budget_exact, mass_budget
 from .mass import mass_shares
@@ -30,7 +31,7 @@ from .scoring import LayerSummaries, score_clusters
 from .view import IndexView
 
 __all__ = ["ClusterChoice", "layer_summaries", "choose_clusters", "attended_mask", "taken_mask", "emit_selected",
-           "cluster_members"]
+           "eligible_range", "cluster_members"]
 
 
 class ClusterChoice(NamedTuple):
@@ -139,19 +140,21 @@ def attended_mask(view: IndexView, layers: torch.Tensor, take: torch.Tensor, seq
     the (at most one per row) cluster with ``0 < take < cost`` its ``take`` lowest eligible positions.
     """
     always = always_attended_mask(view.frame_ids, view.config, seq_len=seq_len)  # [N]
-    return taken_mask(view, layers, take, always) | always[None, :]
+    return taken_mask(view, layers, take, seq_len) | always[None, :]
 
 
-def taken_mask(view: IndexView, layers: torch.Tensor, take: torch.Tensor, always: torch.Tensor) -> torch.Tensor:
+def taken_mask(view: IndexView, layers: torch.Tensor, take: torch.Tensor, seq_len: int | None = None) -> torch.Tensor:
     """``[R, N] bool`` the members ``take`` gives at ``layers [R]`` (`attended_mask` without the always
-    part; whole clusters' always-attended members included). ``always``: ``[N] bool`` the always mask.
-    No host synchronisation (fixed shapes, no data-dependent branch)."""
+    part; whole clusters' always-attended members included). No host synchronisation (fixed shapes, no
+    data-dependent branch); O(R · N): the question's path. Re-selection uses `emit_selected` (O(taken))."""
     assign = view.assign[view.group_of_layer[layers]]  # [R, N]
     num_c = take.shape[1]
     if num_c == 0:
         return torch.zeros_like(assign, dtype=torch.bool)
+    lo, hi = eligible_range(view, seq_len)
+    position = torch.arange(assign.shape[1], device=assign.device)
     safe = assign.clamp(min=0)
-    eligible = (assign >= 0) & ~always[None, :]
+    eligible = (assign >= 0) & (position >= lo) & (position < hi)
     cost = torch.zeros_like(take).scatter_add_(1, safe, eligible.long())  # [R, C] eligible members
     whole = (take > 0) & (take >= cost)
     mask = whole.gather(1, safe) & (assign >= 0)
@@ -162,22 +165,38 @@ def taken_mask(view: IndexView, layers: torch.Tensor, take: torch.Tensor, always
     return mask | (in_boundary & (torch.cumsum(in_boundary, 1) <= count))
 
 
+def eligible_range(view: IndexView, seq_len: int | None = None) -> tuple[int, int]:
+    """``[lo, hi)``, host ints: the positions a member may be selected from when serving a sequence that
+    ends at ``seq_len`` (default the index's end) — past the sinks, before the recent window and the
+    sequence's end (`kernels.emit_members.eligible_bounds`, clamped to the index). Members outside it are
+    exactly the members `always_attended_mask` keeps (a prefix shorter than the index included)."""
+    n = view.num_tokens
+    lo, hi = eligible_bounds(view.config.sink_tokens, view.config.recent_window, n if seq_len is None else seq_len)
+    lo = min(lo, n)
+    return lo, max(lo, min(hi, n))
+
+
 def emit_selected(view: IndexView, layers: torch.Tensor, take: torch.Tensor, seq_len: int | None,
                   out: torch.Tensor) -> None:
     """Write the selected positions of one row (``layers [1]``) ascending into ``out[:f]``, without a
-    host synchronisation: the taken members that are not always attended, exactly ``f`` of them (the
-    exact fill's ``min(budget, eligible)``, which the caller knows on the host).
+    host synchronisation: the taken eligible members, exactly ``f`` of them (the exact fill's
+    ``min(budget, eligible)``, which the caller knows on the host).
+
+    The members come from the index's member lists (K3, `emit_members`: each taken cluster's run of
+    eligible members), so the cost is O(clusters + f log f), not O(N); the ``f`` positions are then
+    sorted (attention reads them in position order, as the dense backend does).
 
     Args:
         take: ``[1, C] int64`` from `choose_clusters` (exact fill).
-        out: ``[f + 1] int64`` on the index's device; ``out[f]`` is scratch (where the positions that are
-            not selected are scattered).
+        out: ``[f + 1] int64`` on the index's device; ``out[f]`` is scratch.
     """
-    always = always_attended_mask(view.frame_ids, view.config, seq_len=seq_len)  # [N]
-    selected = taken_mask(view, layers, take, always)[0] & ~always  # [N]
-    rank = torch.cumsum(selected, 0) - 1
-    dest = torch.where(selected, rank, out.numel() - 1)
-    out.scatter_(0, dest, torch.arange(selected.numel(), device=selected.device))
+    members = view.member_lists()
+    lo, hi = eligible_range(view, seq_len)
+    row = take.new_zeros(1)
+    base = members.group_base[view.group_of_layer[layers]]  # [1]
+    f = out.numel() - 1
+    emitted = emit_members(members.indptr, members.positions, base, take, row + lo, row + hi, row, size=f)
+    out[:f] = emitted.sort().values
 
 
 def _mass_fill(view: IndexView, layers: torch.Tensor, queries: torch.Tensor, s: LayerSummaries, seq_len, fill):
@@ -197,26 +216,24 @@ def _whole(scores: torch.Tensor, costs: torch.Tensor, budget) -> torch.Tensor:
 
 
 def cluster_members(view: IndexView, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Members of every cluster of membership ``group``, CSR by cluster id.
+    """Members of every cluster of membership ``group``, CSR by cluster id (the view's member lists).
 
     Returns:
         ``(indptr [C + 1] int64, positions [V] int64)``; cluster ``c`` owns
         ``positions[indptr[c]:indptr[c + 1]]`` (ascending).
     """
-    assign = view.assign[group]
-    positions = (assign >= 0).nonzero().flatten()
-    ids = assign[positions]
-    order = torch.argsort(ids * (view.num_tokens + 1) + positions)
-    return indptr_from_counts(torch.bincount(ids, minlength=view.num_clusters[group])), positions[order]
+    return view.member_lists().group(group)
 
 
 def _covered_counts(view: IndexView, num_c: int, seq_len: int | None = None) -> torch.Tensor:
-    """``[G, C] int64`` members per cluster that are always attended anyway (sinks, the recent window
-    of a sequence ending at ``seq_len``): choosing their cluster costs no budget for them."""
-    always = always_attended_mask(view.frame_ids, view.config, seq_len=seq_len)  # [N]
-    a = view.assign  # [G, N], text is -1; every position is scattered (no mask indexing: no host sync)
+    """``[G, C] int64`` members per cluster outside `eligible_range` (sinks, the recent window of a
+    sequence ending at ``seq_len``): always attended anyway, so choosing their cluster costs no budget for
+    them. Reads only those positions (O(sinks + window)): no scan of the index per selection."""
+    lo, hi = eligible_range(view, seq_len)
+    a = view.assign  # [G, N], text is -1; every position read is scattered (no mask indexing: no host sync)
     counts = torch.zeros(a.shape[0], num_c + 1, dtype=torch.int64, device=view.device)
-    counts.scatter_add_(1, torch.where((a >= 0) & always[None, :], a, num_c), torch.ones_like(a))
+    for part in (a[:, :lo], a[:, hi:]):
+        counts.scatter_add_(1, torch.where(part >= 0, part, num_c), torch.ones_like(part))
     return counts[:, :num_c]
 
 

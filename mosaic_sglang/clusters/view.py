@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from ..config import MosaicConfig
+from .members import MemberLists
 from .table import ClusterTable
 
 __all__ = ["IndexView"]
@@ -37,6 +38,7 @@ class IndexView(NamedTuple):
         key_sum: ``[L, H, D] float64`` running sum of visual keys.
         key_sq: ``[L, H] float64`` running sum of their squared norms.
         read_keys: ``positions [M] int64 -> [L, M, H, D] float32`` keys (stored copy or the key reader).
+        member_lists: ``() -> MemberLists`` the members of every cluster as CSR (built once per membership).
         num_kv_heads, head_dim: the key shape.
     """
 
@@ -56,6 +58,7 @@ class IndexView(NamedTuple):
     key_sum: torch.Tensor
     key_sq: torch.Tensor
     read_keys: Callable[[torch.Tensor], torch.Tensor]
+    member_lists: Callable[[], MemberLists]
     num_kv_heads: int
     head_dim: int
 

@@ -1,4 +1,4 @@
-"""`emit_members` (K3) Triton kernel vs its plain-loop reference on seeded odd shapes, and the emitted
+"""`emit_members` (K3) Triton kernel and batched torch form vs the plain-loop reference on seeded odd shapes, and the emitted
 set against what `attended_mask` selects beyond the always part, from real small `ClusterIndex`es.
 
 Synthetic cases cover an empty cluster, a one-token cluster, clusters longer than one block, the
@@ -81,7 +81,7 @@ def _layout(take: torch.Tensor, gen) -> tuple[torch.Tensor, int]:
     return ends - take.sum(1), int(ends[-1]) + 2 if take.shape[0] else 2
 
 
-def _run_both(inputs, output: str, seed=0):
+def _run_both(inputs, output: str, seed=0, impl="triton"):
     indptr, positions, cluster_base, take, lo, hi = inputs
     gen = torch.Generator().manual_seed(seed + 1)
     offset, size = _layout(take, gen)
@@ -96,21 +96,23 @@ def _run_both(inputs, output: str, seed=0):
     want = torch.full((size,), POISON, dtype=dtype)
     emit_members_reference(indptr, positions, cluster_base, take, lo, hi, offset, req_to_token=r2t,
                            token_row=token_row, out=want)
-    got = torch.full((size,), POISON, dtype=dtype, device=DEVICE)
-    to = (lambda t: None if t is None else t.to(DEVICE))
+    device = DEVICE if impl == "triton" else "cpu"
+    got = torch.full((size,), POISON, dtype=dtype, device=device)
+    to = (lambda t: None if t is None else t.to(device))
     res = emit_members(*(to(t) for t in (indptr, positions, cluster_base, take, lo, hi, offset)),
-                       req_to_token=to(r2t), token_row=to(token_row), out=got, impl="triton")
+                       req_to_token=to(r2t), token_row=to(token_row), out=got, impl=impl)
     assert res.data_ptr() == got.data_ptr()
     return want, got.cpu(), offset
 
 
+@pytest.mark.parametrize("impl", ["triton", "vectorized"])
 @pytest.mark.parametrize("output", OUTPUTS)
 @pytest.mark.parametrize("case", CASES, ids=[f"R{r}-C{c}-N{n}-S{s}-W{w}" for r, c, n, s, w in CASES])
-def test_triton_equals_reference(case, output):
+def test_kernel_equals_reference(case, output, impl):
     inputs = _synthetic(case)
     take = inputs[3]
     assert (take == 0).all(1).any() or case[0] == 1, "a take=0 row is part of the case"
-    want, got, offset = _run_both(inputs, output)
+    want, got, offset = _run_both(inputs, output, impl=impl)
     written = torch.zeros(want.numel(), dtype=torch.bool)
     for r in range(take.shape[0]):
         written[int(offset[r]) : int(offset[r] + take[r].sum())] = True
@@ -129,8 +131,9 @@ def _index(membership: str, seed: int, budget: int):
     return index
 
 
+@pytest.mark.parametrize("impl", ["triton", "vectorized"])
 @pytest.mark.parametrize("budget", [0, 37, 10_000])
-def test_emitted_set_is_attended_mask_minus_always(budget):
+def test_emitted_set_is_attended_mask_minus_always(budget, impl):
     """Two requests (per-layer and shared membership, different served lengths), all layers as rows."""
     items = [(_index("per_layer", 0, budget), 12), (_index("shared", 1, budget), 0)]  # (index, tokens past it)
     takes, bases, bounds, expected, row_views = [], [], [], [], []
@@ -158,7 +161,7 @@ def test_emitted_set_is_attended_mask_minus_always(budget):
     take = torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in takes])  # padding takes 0
     lo, hi = (torch.tensor(b) for b in zip(*bounds))
     inputs = (torch.cat(indptr_parts), torch.cat(position_parts), torch.cat(bases), take, lo, hi)
-    want, got, offset = _run_both(inputs, "positions-int64", seed=budget)
+    want, got, offset = _run_both(inputs, "positions-int64", seed=budget, impl=impl)
     assert torch.equal(got, want)
     for r, (exp, (view, group)) in enumerate(zip(expected, row_views)):
         emitted = got[int(offset[r]) : int(offset[r] + take[r].sum())]
@@ -179,10 +182,10 @@ def test_dispatch_and_errors():
         emit_members(*args, size=1, impl="cuda")
     with pytest.raises(ValueError, match="size"):
         emit_members(*args)
-    assert emit_members(*args, size=3).shape == (3,)  # CPU tensors: the reference
+    assert emit_members(*args, size=3).shape == (3,)  # CPU tensors: the batched torch form
 
 
-@pytest.mark.parametrize("impl", ["reference", "triton"])
+@pytest.mark.parametrize("impl", ["reference", "triton", "vectorized"])
 def test_take_beyond_the_eligible_run_writes_only_eligible_members(impl):
     """A caller's overstated take never leaks window members or the next cluster's into the list."""
     indptr = torch.tensor([0, 10, 12])  # cluster 0: positions 0..9, cluster 1: 10, 11
