@@ -14,6 +14,8 @@ from typing import Sequence
 
 import torch
 
+from mosaic_sglang.kernels.emit_members import emit_members
+
 from . import select as selection
 from .inputs import check_queries, describe
 
@@ -60,6 +62,10 @@ def select_layer_into(
 ) -> None:
     """Selected parts of several sequences at one layer (exact fill), written without a host sync.
 
+    Scored in one batched call; every sequence's taken members are emitted by one K3 call over the
+    batch's member lists (concatenated once per batch composition, `_BatchMembers`) and sorted per
+    sequence by one sort: O(Σ C_i + Σ f_i log) per layer, nothing proportional to the contexts.
+
     Args:
         indexes, layer_id, queries, seq_lens: as `select_layer_batch` (``config.fill`` must be 'exact').
         outs: per sequence ``[f_i + 1] int64`` on its index's device, ``f_i = min(budget, eligible)`` (host
@@ -70,6 +76,73 @@ def select_layer_into(
         if index.config.fill != "exact" or index.config.budget_mode != "tokens":
             raise ValueError("select_layer_into: expected fill='exact' and budget_mode='tokens' (fixed lengths), "
                              f"got fill={index.config.fill!r}, budget_mode={index.config.budget_mode!r}")
+    if len(outs) != len(indexes):
+        raise ValueError(f"select_layer_into: expected one output per index, got {len(outs)} for {len(indexes)}")
+    if not indexes:
+        return
     views, layers, takes, seq_lens = _prepare(indexes, layer_id, queries, seq_lens, "select_layer_into")
-    for view, layer, take, seq_len, out in zip(views, layers, takes, seq_lens, outs):
-        selection.emit_selected(view, layer, take, seq_len, out)
+    device = views[0].device
+    members = _BATCH.get([v.member_lists() for v in views])
+    width = max(t.shape[1] for t in takes)
+    take = torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in takes])  # [R, C], pads take 0
+    groups = torch.cat([v.group_of_layer[l] for v, l in zip(views, layers)])  # [R]
+    base = members.cluster_base(groups)  # [R] global id of each row's cluster 0
+    bounds = [selection.eligible_range(v, n) for v, n in zip(views, seq_lens)]
+    lo, hi = (torch.tensor(b, dtype=torch.int64, device=device) for b in zip(*bounds))  # host ints: a copy, no sync
+    sizes = [out.numel() - 1 for out in outs]
+    starts = [0]
+    for f in sizes[:-1]:
+        starts.append(starts[-1] + f)
+    total = starts[-1] + sizes[-1]
+    offset = torch.tensor(starts, dtype=torch.int64, device=device)
+    flat = emit_members(members.indptr, members.positions, base, take, lo, hi, offset, size=total)
+    # one sort orders every sequence's part: key = (row, position)
+    stride = max(v.num_tokens for v in views) + 1
+    row = torch.repeat_interleave(torch.arange(len(outs), device=device), torch.tensor(sizes, device=device),
+                                  output_size=total)
+    ordered = (flat + row * stride).sort().values - row * stride
+    for out, start, f in zip(outs, starts, sizes):
+        out[:f].copy_(ordered[start : start + f])
+
+
+class _BatchMembers:
+    """The member lists of a batch's indexes as one CSR (global cluster ids item after item), kept while
+    the batch's lists are the same objects (a decode batch re-selecting step after step): rebuilt, O(Σ
+    members), only when the batch composition or a membership changes. One entry (the latest batch); it
+    holds the lists it was built from, so their ids cannot be reused while it is kept."""
+
+    def __init__(self) -> None:
+        self._lists: list = []
+        self.indptr = self.positions = self._group_base = self._item_first_group = None
+
+    def get(self, lists: list) -> "_BatchMembers":
+        if len(lists) != len(self._lists) or any(a is not b for a, b in zip(lists, self._lists)):
+            self._build(lists)
+        return self
+
+    def _build(self, lists: list) -> None:
+        if len(lists) == 1:  # one sequence: its own lists
+            (only,) = lists
+            self.indptr, self.positions, bases = only.indptr, only.positions, [only.group_base]
+        else:
+            indptr, positions, bases, clusters, members = [lists[0].indptr[:1]], [], [], 0, 0
+            for m in lists:
+                indptr.append(m.indptr[1:] + members)
+                positions.append(m.positions)
+                bases.append(m.group_base + clusters)
+                clusters, members = clusters + m.indptr.numel() - 1, members + m.positions.numel()
+            self.indptr, self.positions = torch.cat(indptr), torch.cat(positions)
+        self._group_base = torch.cat(bases)  # [Σ G_i] global id of each item's groups' cluster 0
+        first, at = [], 0
+        for b in bases:
+            first.append(at)
+            at += b.numel()
+        self._item_first_group = torch.tensor(first, dtype=torch.int64, device=self._group_base.device)  # [items]
+        self._lists = list(lists)
+
+    def cluster_base(self, groups: torch.Tensor) -> torch.Tensor:
+        """``[R]`` global id of cluster 0 of row ``i``'s membership group ``groups[i]`` (one row per item)."""
+        return self._group_base[self._item_first_group + groups]
+
+
+_BATCH = _BatchMembers()

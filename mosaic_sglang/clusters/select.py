@@ -22,7 +22,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from mosaic_sglang.kernels.emit_members import eligible_bounds, emit_members
+from mosaic_sglang.kernels.emit_members import eligible_bounds
 
 from ..retrieval.base import always_attended_mask
 from ..retrieval.budget import fill_budget, fill_budget_exact, mass_budget
@@ -30,7 +30,7 @@ from .mass import mass_shares
 from .scoring import LayerSummaries, score_clusters
 from .view import IndexView
 
-__all__ = ["ClusterChoice", "layer_summaries", "choose_clusters", "attended_mask", "taken_mask", "emit_selected",
+__all__ = ["ClusterChoice", "layer_summaries", "choose_clusters", "attended_mask", "taken_mask",
            "eligible_range", "cluster_members"]
 
 
@@ -146,7 +146,7 @@ def attended_mask(view: IndexView, layers: torch.Tensor, take: torch.Tensor, seq
 def taken_mask(view: IndexView, layers: torch.Tensor, take: torch.Tensor, seq_len: int | None = None) -> torch.Tensor:
     """``[R, N] bool`` the members ``take`` gives at ``layers [R]`` (`attended_mask` without the always
     part; whole clusters' always-attended members included). No host synchronisation (fixed shapes, no
-    data-dependent branch); O(R · N): the question's path. Re-selection uses `emit_selected` (O(taken))."""
+    data-dependent branch); O(R · N): the question's path. Re-selection emits from member lists instead (`layer_batch.select_layer_into`)."""
     assign = view.assign[view.group_of_layer[layers]]  # [R, N]
     num_c = take.shape[1]
     if num_c == 0:
@@ -174,29 +174,6 @@ def eligible_range(view: IndexView, seq_len: int | None = None) -> tuple[int, in
     lo, hi = eligible_bounds(view.config.sink_tokens, view.config.recent_window, n if seq_len is None else seq_len)
     lo = min(lo, n)
     return lo, max(lo, min(hi, n))
-
-
-def emit_selected(view: IndexView, layers: torch.Tensor, take: torch.Tensor, seq_len: int | None,
-                  out: torch.Tensor) -> None:
-    """Write the selected positions of one row (``layers [1]``) ascending into ``out[:f]``, without a
-    host synchronisation: the taken eligible members, exactly ``f`` of them (the exact fill's
-    ``min(budget, eligible)``, which the caller knows on the host).
-
-    The members come from the index's member lists (K3, `emit_members`: each taken cluster's run of
-    eligible members), so the cost is O(clusters + f log f), not O(N); the ``f`` positions are then
-    sorted (attention reads them in position order, as the dense backend does).
-
-    Args:
-        take: ``[1, C] int64`` from `choose_clusters` (exact fill).
-        out: ``[f + 1] int64`` on the index's device; ``out[f]`` is scratch.
-    """
-    members = view.member_lists()
-    lo, hi = eligible_range(view, seq_len)
-    row = take.new_zeros(1)
-    base = members.group_base[view.group_of_layer[layers]]  # [1]
-    f = out.numel() - 1
-    emitted = emit_members(members.indptr, members.positions, base, take, row + lo, row + hi, row, size=f)
-    out[:f] = emitted.sort().values
 
 
 def _mass_fill(view: IndexView, layers: torch.Tensor, queries: torch.Tensor, s: LayerSummaries, seq_len, fill):
