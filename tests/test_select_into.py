@@ -65,3 +65,33 @@ def test_select_into_refuses_fills_of_unknown_length():
     index.append(keys, frame_ids)
     with pytest.raises(ValueError, match="fill='exact'"):
         select_layer_into([index], 0, [torch.randn(1, HQ, D)], [None], [torch.empty(5, dtype=torch.int64)])
+
+
+def _expected_parts(indexes, layer, queries, seq_lens):
+    attended = select_layer_batch(indexes, layer, queries, seq_lens)
+    parts = []
+    for index, positions, n in zip(indexes, attended, seq_lens):
+        always = always_attended_mask(index.frame_ids, index.config, seq_len=n)
+        parts.append(positions[~always[positions]])
+    return parts
+
+
+def test_batch_member_lists_follow_a_changed_index_and_a_changed_batch():
+    """The batch's concatenated member lists are kept between calls; a membership change in one index (a new
+    frame) or another batch composition must not reuse them."""
+    g = torch.Generator().manual_seed(5)
+    indexes = _indexes("shared", "centroid")
+    more_keys, more_ids, _ = video_stream(seed=11, num_layers=L, num_kv_heads=H, head_dim=D, num_frames=2,
+                                          tokens_per_frame=21)
+    for step, batch in enumerate((indexes, indexes, indexes[1:], indexes[:1], indexes)):
+        if step == 1:  # the first index grows by two frames after the batch's lists were built
+            first = indexes[0]
+            first.append(more_keys, torch.where(more_ids >= 0, more_ids + int(first.frame_ids.max()) + 1, -1))
+        queries = [torch.randn(1, HQ, D, generator=g) for _ in batch]
+        seq_lens = [index.num_tokens for index in batch]
+        want = _expected_parts(batch, 1, queries, seq_lens)
+        outs = [torch.full((w.numel() + 1,), -7, dtype=torch.int64) for w in want]
+        with no_host_sync():
+            select_layer_into(batch, 1, queries, seq_lens, outs)
+        for w, out in zip(want, outs):
+            assert out[:-1].tolist() == w.tolist(), f"step {step}"
