@@ -95,6 +95,11 @@ def select_layer_into(
         starts.append(starts[-1] + f)
     total = starts[-1] + sizes[-1]
     offset = torch.tensor(starts, dtype=torch.int64, device=device)
+    # a row never writes past its planned length (into the next row's part), even if its fill disagreed
+    # with the plan: the takes are cut at f_i along the cluster order (a no-op when they agree, as tested)
+    planned = torch.tensor(sizes, dtype=torch.int64, device=device)[:, None]
+    reach = torch.cumsum(take, 1)
+    take = (reach.clamp(max=planned) - (reach - take)).clamp(min=0)
     flat = emit_members(members.indptr, members.positions, base, take, lo, hi, offset, size=total)
     # one sort orders every sequence's part: key = (row, position)
     stride = max(v.num_tokens for v in views) + 1
