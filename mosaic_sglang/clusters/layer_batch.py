@@ -88,26 +88,31 @@ def select_layer_into(
     groups = torch.cat([v.group_of_layer[l] for v, l in zip(views, layers)])  # [R]
     base = members.cluster_base(groups)  # [R] global id of each row's cluster 0
     bounds = [selection.eligible_range(v, n) for v, n in zip(views, seq_lens)]
-    lo, hi = (torch.tensor(b, dtype=torch.int64, device=device) for b in zip(*bounds))  # host ints: a copy, no sync
     sizes = [out.numel() - 1 for out in outs]
     starts = [0]
     for f in sizes[:-1]:
         starts.append(starts[-1] + f)
     total = starts[-1] + sizes[-1]
-    offset = torch.tensor(starts, dtype=torch.int64, device=device)
+    # every per-row host int in one copy; pinned + non_blocking on CUDA (a pageable copy waits for the stream)
+    lo, hi, offset, planned = _host_rows([[b[0] for b in bounds], [b[1] for b in bounds], starts, sizes], device)
     # a row never writes past its planned length (into the next row's part), even if its fill disagreed
     # with the plan: the takes are cut at f_i along the cluster order (a no-op when they agree, as tested)
-    planned = torch.tensor(sizes, dtype=torch.int64, device=device)[:, None]
     reach = torch.cumsum(take, 1)
-    take = (reach.clamp(max=planned) - (reach - take)).clamp(min=0)
+    take = (reach.clamp(max=planned[:, None]) - (reach - take)).clamp(min=0)
     flat = emit_members(members.indptr, members.positions, base, take, lo, hi, offset, size=total)
     # one sort orders every sequence's part: key = (row, position)
     stride = max(v.num_tokens for v in views) + 1
-    row = torch.repeat_interleave(torch.arange(len(outs), device=device), torch.tensor(sizes, device=device),
-                                  output_size=total)
+    row = torch.repeat_interleave(torch.arange(len(outs), device=device), planned, output_size=total)
     ordered = (flat + row * stride).sort().values - row * stride
     for out, start, f in zip(outs, starts, sizes):
         out[:f].copy_(ordered[start : start + f])
+
+
+def _host_rows(rows: list[list[int]], device: torch.device) -> list[torch.Tensor]:
+    """Host int rows as device int64 tensors in one copy that does not wait for the device: through pinned
+    memory with ``non_blocking`` on CUDA (a pageable ``torch.tensor(..., device=cuda)`` synchronises)."""
+    packed = torch.tensor(rows, dtype=torch.int64, pin_memory=device.type == "cuda")
+    return list(packed.to(device, non_blocking=True))
 
 
 class _BatchMembers:
@@ -142,7 +147,7 @@ class _BatchMembers:
         for b in bases:
             first.append(at)
             at += b.numel()
-        self._item_first_group = torch.tensor(first, dtype=torch.int64, device=self._group_base.device)  # [items]
+        (self._item_first_group,) = _host_rows([first], self._group_base.device)  # [items]
         self._lists = list(lists)
 
     def cluster_base(self, groups: torch.Tensor) -> torch.Tensor:

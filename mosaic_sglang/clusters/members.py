@@ -4,7 +4,7 @@ the members of its chosen clusters in O(selected) instead of scanning every posi
 `ClusterIndex.member_lists` builds `MemberLists` from the assignment when something asks for it (a
 selection, the offload planner) and keeps it until membership changes (a token joins or opens a
 cluster, a split, a regroup, a truncation); text appends and decode steps leave it valid. So the build
-(one stable sort of the visual positions, O(V log V) per group) happens once per extend at most, and a
+(one sort of G·N `(cluster, position)` keys) happens once per extend at most, and a
 decode step that re-selects at every layer reuses it.
 """
 
@@ -54,7 +54,7 @@ def build_member_lists(assign: torch.Tensor, num_clusters: list[int], num_member
     """
     device = assign.device
     groups, n = assign.shape
-    counts = torch.tensor(num_clusters, dtype=torch.int64, device=device)
+    counts = torch.tensor(num_clusters, dtype=torch.int64, pin_memory=device.type == "cuda").to(device, non_blocking=True)
     group_base = torch.cumsum(counts, 0) - counts  # [G]
     total = int(sum(num_clusters))
     cluster = torch.where(assign >= 0, group_base[:, None] + assign, total)  # [G, N] global id, text -> total

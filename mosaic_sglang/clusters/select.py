@@ -157,7 +157,7 @@ def taken_mask(view: IndexView, layers: torch.Tensor, take: torch.Tensor, seq_le
     eligible = (assign >= 0) & (position >= lo) & (position < hi)
     cost = torch.zeros_like(take).scatter_add_(1, safe, eligible.long())  # [R, C] eligible members
     whole = (take > 0) & (take >= cost)
-    mask = whole.gather(1, safe) & (assign >= 0)
+    mask = whole.gather(1, safe) & eligible  # members outside the range come back with the always part
     partial = (take > 0) & (take < cost)  # the exact fill's boundary cluster (rows without one: count 0)
     boundary = partial.long().argmax(1)  # [R]
     count = take.gather(1, boundary[:, None]) * partial.any(1, keepdim=True)  # [R, 1]
@@ -169,7 +169,8 @@ def eligible_range(view: IndexView, seq_len: int | None = None) -> tuple[int, in
     """``[lo, hi)``, host ints: the positions a member may be selected from when serving a sequence that
     ends at ``seq_len`` (default the index's end) — past the sinks, before the recent window and the
     sequence's end (`kernels.emit_members.eligible_bounds`, clamped to the index). Members outside it are
-    exactly the members `always_attended_mask` keeps (a prefix shorter than the index included)."""
+    the members `always_attended_mask` keeps, plus (a served prefix shorter than the index, no window)
+    the members past the prefix's end, which are never selected."""
     n = view.num_tokens
     lo, hi = eligible_bounds(view.config.sink_tokens, view.config.recent_window, n if seq_len is None else seq_len)
     lo = min(lo, n)
