@@ -31,8 +31,8 @@ def emit_members_vectorized(member_indptr: torch.Tensor, member_positions: torch
     dtype = torch.int64 if req_to_token is None else req_to_token.dtype
     out = output_buffer(out, size, dtype, take.device, "emit_members")
     rows, num_c = take.shape
-    if rows == 0 or num_c == 0 or out.numel() == 0:
-        return out
+    if rows == 0 or num_c == 0 or out.numel() == 0 or member_positions.numel() == 0:
+        return out  # nothing to write (no member is eligible without members)
     device = take.device
     take = take.to(torch.int64)
     indptr = member_indptr.to(torch.int64)
@@ -46,7 +46,7 @@ def emit_members_vectorized(member_indptr: torch.Tensor, member_positions: torch
     a, b = first.clone(), last.clone()
     for _ in range(max(1, positions.numel()).bit_length()):
         mid = (a + b) // 2
-        below = (mid < b) & (positions[mid.clamp(max=max(positions.numel() - 1, 0))] < lo) if positions.numel() else mid < 0
+        below = (mid < b) & (positions[mid.clamp(max=positions.numel() - 1)] < lo)
         a = torch.where(below, mid + 1, a)
         b = torch.where(below, b, mid)
     start = a  # [R, C]
@@ -57,11 +57,12 @@ def emit_members_vectorized(member_indptr: torch.Tensor, member_positions: torch
     cell = torch.searchsorted(inclusive, j, right=True).clamp(max=flat_take.numel() - 1)
     t = j - (inclusive[cell] - flat_take[cell])
     r, c = cell // num_c, cell % num_c
-    row_start = torch.cumsum(take.sum(1), 0) - take.sum(1)  # [R] first entry index of each row
+    per_row = take.sum(1)
+    row_start = torch.cumsum(per_row, 0) - per_row  # [R] first entry index of each row
     dest = out_offset.to(torch.int64)[r] + (j - row_start[r])
     src = start[r, c] + t
     ok = (j < inclusive[-1]) & (src < last[r, c])
-    pos = positions[src.clamp(max=max(positions.numel() - 1, 0))] if positions.numel() else torch.zeros_like(src)
+    pos = positions[src.clamp(max=positions.numel() - 1)]
     ok = ok & (pos < hi[r, 0])
     if req_to_token is None:
         value = pos

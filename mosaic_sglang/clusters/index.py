@@ -388,7 +388,7 @@ class ClusterIndex(RegroupSealed, Retriever):
 
     def member_lists(self) -> MemberLists:
         """Members of every cluster of every group as CSR (`members.MemberLists`): built on the first call
-        after membership changed (O(V log V) per group), then reused (text appends keep it)."""
+        after membership changed (one sort of G·N keys), then reused (text appends keep it)."""
         if self._members is None:
             self._members = build_member_lists(self._assign[:, : self._n], self._num_clusters, self._num_visual)
         return self._members

@@ -10,6 +10,7 @@ into a buffer the caller gives, with no host synchronisation (no ``.item()``, ``
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import torch
@@ -89,10 +90,8 @@ def select_layer_into(
     base = members.cluster_base(groups)  # [R] global id of each row's cluster 0
     bounds = [selection.eligible_range(v, n) for v, n in zip(views, seq_lens)]
     sizes = [out.numel() - 1 for out in outs]
-    starts = [0]
-    for f in sizes[:-1]:
-        starts.append(starts[-1] + f)
-    total = starts[-1] + sizes[-1]
+    starts = list(itertools.accumulate(sizes, initial=0))
+    total = starts.pop()
     # every per-row host int in one copy; pinned + non_blocking on CUDA (a pageable copy waits for the stream)
     lo, hi, offset, planned = _host_rows([[b[0] for b in bounds], [b[1] for b in bounds], starts, sizes], device)
     # a row never writes past its planned length (into the next row's part), even if its fill disagreed
@@ -143,10 +142,7 @@ class _BatchMembers:
                 clusters, members = clusters + m.indptr.numel() - 1, members + m.positions.numel()
             self.indptr, self.positions = torch.cat(indptr), torch.cat(positions)
         self._group_base = torch.cat(bases)  # [Σ G_i] global id of each item's groups' cluster 0
-        first, at = [], 0
-        for b in bases:
-            first.append(at)
-            at += b.numel()
+        first = list(itertools.accumulate((b.numel() for b in bases), initial=0))[:-1]
         (self._item_first_group,) = _host_rows([first], self._group_base.device)  # [items]
         self._lists = list(lists)
 

@@ -144,9 +144,9 @@ def attended_mask(view: IndexView, layers: torch.Tensor, take: torch.Tensor, seq
 
 
 def taken_mask(view: IndexView, layers: torch.Tensor, take: torch.Tensor, seq_len: int | None = None) -> torch.Tensor:
-    """``[R, N] bool`` the members ``take`` gives at ``layers [R]`` (`attended_mask` without the always
-    part; whole clusters' always-attended members included). No host synchronisation (fixed shapes, no
-    data-dependent branch); O(R · N): the question's path. Re-selection emits from member lists instead (`layer_batch.select_layer_into`)."""
+    """``[R, N] bool`` the eligible members ``take`` gives at ``layers [R]`` (`eligible_range`: `attended_mask`
+    without the always part). No host synchronisation (fixed shapes, no data-dependent branch); O(R · N):
+    the question's path. Re-selection emits from member lists instead (`layer_batch.select_layer_into`)."""
     assign = view.assign[view.group_of_layer[layers]]  # [R, N]
     num_c = take.shape[1]
     if num_c == 0:
