@@ -29,6 +29,7 @@ _CHOICES = {
     "score": ("centroid", "centroid_radius", "size_weighted"),
     "query_reduce": ("mean", "max"),
     "budget_mode": ("tokens", "mass"),
+    "selection_heads": ("shared", "per_kv_head"),
     "spill_backend": ("none", "file"),
 }
 
@@ -91,6 +92,11 @@ class MosaicConfig:
     reaches, in (0, 1]; 1 is the token mode."""
     query_reduce: str = "mean"
     """How the query tokens and the GQA heads of a layer are aggregated into one cluster score."""
+    selection_heads: str = "shared"
+    """'shared': one cluster selection per layer, scored by all query heads, attended by every KV head;
+    'per_kv_head': each KV head chooses its own clusters (scored by its GQA group, same budget per head),
+    attended as one list per (request, KV head) by the same kernels. Needs fill='exact', budget_mode=
+    'tokens', no offload, one tensor-parallel rank. Shared by default: measured in benchmarks/README.md."""
     reselect_every: int = 0
     """Decode: re-select every k steps with the current query; 0 keeps the question's selection."""
     select_in_prefill: bool = True
@@ -204,6 +210,13 @@ class MosaicConfig:
                 "mosaic config field 'score': expected 'size_weighted' with budget_mode='mass' (the rule that "
                 f"estimates attention mass), got {self.score!r}"
             )
+        if self.selection_heads == "per_kv_head":
+            for name, want in (("fill", "exact"), ("budget_mode", "tokens"), ("host_store_tokens", 0)):
+                if getattr(self, name) != want:
+                    raise MosaicConfigError(
+                        f"mosaic config field '{name}': expected {want!r} with selection_heads='per_kv_head' (one "
+                        f"fixed-length list per KV head, device-resident KV), got {getattr(self, name)!r}"
+                    )
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise MosaicConfigError(

@@ -353,16 +353,20 @@ class ClusterIndex(RegroupSealed, Retriever):
             `Selection` (CSR over layers, sorted unique positions); ``num_units`` = clusters used per
             layer. Per layer: exactly ``min(budget, eligible)`` selected tokens beyond the always-attended
             ones with ``fill='exact'`` (at most ``budget`` with ``'whole'``); everything when ``budget >=
-            num_visual_tokens``. Never splits or re-assigns (pure read of the index).
+            num_visual_tokens``. Never splits or re-assigns (pure read of the index). With
+            ``selection_heads='per_kv_head'`` the rows are ``L · H`` (row ``l · H + h``: KV head ``h`` of
+            layer ``l``).
         """
         layers = torch.arange(self.num_layers, device=self.device)
         view = self.view()
         queries = check_queries(queries, self.num_layers, self.num_kv_heads, self.head_dim, self.device)
-        (take,) = selection.choose_clusters([view], [layers], [queries], [seq_len])  # [L, C]
-        return Selection.from_mask(selection.attended_mask(view, layers, take, seq_len), (take > 0).sum(1))
+        (take,) = selection.choose_clusters([view], [layers], [queries], [seq_len])  # [L, C] (or [L·H, C])
+        rows = selection.row_layers(view, layers)
+        return Selection.from_mask(selection.attended_mask(view, rows, take, seq_len), (take > 0).sum(1))
 
     def select_layer(self, layer_id: int, queries: torch.Tensor, *, seq_len: int | None = None) -> torch.Tensor:
-        """One layer of `select`: ``queries [Tq, Hq, D]`` → ``[n] int64`` sorted attended positions."""
+        """One layer of `select`: ``queries [Tq, Hq, D]`` → ``[n] int64`` sorted attended positions
+        (``[H, n]`` with ``selection_heads='per_kv_head'``)."""
         if not isinstance(layer_id, int) or not 0 <= layer_id < self.num_layers:
             raise ValueError(f"ClusterIndex.select_layer: layer_id: expected 0 <= id < {self.num_layers}, got {layer_id!r}")
         if not isinstance(queries, torch.Tensor) or queries.dim() != 3:
@@ -375,8 +379,8 @@ class ClusterIndex(RegroupSealed, Retriever):
         layers = torch.arange(self.num_layers, device=self.device)
         queries = check_queries(queries, self.num_layers, self.num_kv_heads, self.head_dim, self.device)
         (take,) = selection.choose_clusters([self.view()], [layers], [queries], [seq_len])
-        layer_ids, cluster_ids = (take > 0).nonzero(as_tuple=True)
-        return ClusterChoice(indptr_from_ids(layer_ids, self.num_layers), cluster_ids)
+        layer_ids, cluster_ids = (take > 0).nonzero(as_tuple=True)  # rows: layers (or layer · H + head)
+        return ClusterChoice(indptr_from_ids(layer_ids, take.shape[0]), cluster_ids)
 
     def layer_summaries(self, layers: torch.Tensor) -> LayerSummaries:
         """What scoring needs for ``layers [R] int64`` (see `select.layer_summaries`)."""

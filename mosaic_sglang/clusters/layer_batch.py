@@ -51,10 +51,16 @@ def select_layer_batch(
 
     Returns:
         Per sequence ``[n_i] int64`` sorted positions ``< index.num_tokens`` (always attended ∪ taken
-        members); a sequence's result does not depend on the others in the batch.
+        members); a sequence's result does not depend on the others in the batch. With
+        ``selection_heads='per_kv_head'`` (exact fill: every head attends as many) ``[H, n_i]``, row ``h``
+        KV head ``h``'s positions.
     """
     views, layers, takes, seq_lens = _prepare(indexes, layer_id, queries, seq_lens, "select_layer_batch")
-    return [selection.attended_mask(v, l, t, n)[0].nonzero().flatten() for v, l, t, n in zip(views, layers, takes, seq_lens)]
+    out = []
+    for v, l, t, n in zip(views, layers, takes, seq_lens):
+        mask = selection.attended_mask(v, selection.row_layers(v, l), t, n)  # [1 or H, N]
+        out.append(mask[0].nonzero().flatten() if mask.shape[0] == 1 else torch.stack([m.nonzero().flatten() for m in mask]))
+    return out
 
 
 def select_layer_into(
@@ -71,7 +77,9 @@ def select_layer_into(
         indexes, layer_id, queries, seq_lens: as `select_layer_batch` (``config.fill`` must be 'exact').
         outs: per sequence ``[f_i + 1] int64`` on its index's device, ``f_i = min(budget, eligible)`` (host
             int, from the same always rule); ``outs[i][:f_i]`` receives the selected positions
-            (ascending, none always attended), ``outs[i][f_i]`` is scratch.
+            (ascending, none always attended), ``outs[i][f_i]`` is scratch. With
+            ``selection_heads='per_kv_head'``: ``[H · f_i + 1]``, KV head ``h``'s part at ``[h · f_i,
+            (h + 1) · f_i)`` (each ascending).
     """
     for index in indexes:
         if index.config.fill != "exact" or index.config.budget_mode != "tokens":
@@ -85,11 +93,17 @@ def select_layer_into(
     device = views[0].device
     members = _BATCH.get([v.member_lists() for v in views])
     width = max(t.shape[1] for t in takes)
+    # a row per sequence, or per (sequence, KV head) with selection_heads='per_kv_head' (row i·H + h)
     take = torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in takes])  # [R, C], pads take 0
-    groups = torch.cat([v.group_of_layer[l] for v, l in zip(views, layers)])  # [R]
-    base = members.cluster_base(groups)  # [R] global id of each row's cluster 0
-    bounds = [selection.eligible_range(v, n) for v, n in zip(views, seq_lens)]
-    sizes = [out.numel() - 1 for out in outs]
+    heads = [t.shape[0] for t in takes]  # rows of each sequence (1 or H)
+    groups = torch.cat([v.group_of_layer[selection.row_layers(v, l)] for v, l in zip(views, layers)])  # [R]
+    base = members.cluster_base(groups, heads)  # [R] global id of each row's cluster 0
+    bounds = [b for v, n, h in zip(views, seq_lens, heads) for b in [selection.eligible_range(v, n)] * h]
+    parts = [out.numel() - 1 for out in outs]
+    for f, h, i in zip(parts, heads, range(len(outs))):
+        if f % h:
+            raise ValueError(f"select_layer_into: outs[{i}]: expected {h} heads x f + 1 entries, got {f + 1}")
+    sizes = [f // h for f, h in zip(parts, heads) for _ in range(h)]  # planned length of every row
     starts = list(itertools.accumulate(sizes, initial=0))
     total = starts.pop()
     # every per-row host int in one copy; pinned + non_blocking on CUDA (a pageable copy waits for the stream)
@@ -101,9 +115,9 @@ def select_layer_into(
     flat = emit_members(members.indptr, members.positions, base, take, lo, hi, offset, size=total)
     # one sort orders every sequence's part: key = (row, position)
     stride = max(v.num_tokens for v in views) + 1
-    row = torch.repeat_interleave(torch.arange(len(outs), device=device), planned, output_size=total)
+    row = torch.repeat_interleave(torch.arange(len(sizes), device=device), planned, output_size=total)
     ordered = (flat + row * stride).sort().values - row * stride
-    for out, start, f in zip(outs, starts, sizes):
+    for out, start, f in zip(outs, itertools.accumulate(parts, initial=0), parts):
         out[:f].copy_(ordered[start : start + f])
 
 
@@ -146,9 +160,14 @@ class _BatchMembers:
         (self._item_first_group,) = _host_rows([first], self._group_base.device)  # [items]
         self._lists = list(lists)
 
-    def cluster_base(self, groups: torch.Tensor) -> torch.Tensor:
-        """``[R]`` global id of cluster 0 of row ``i``'s membership group ``groups[i]`` (one row per item)."""
-        return self._group_base[self._item_first_group + groups]
+    def cluster_base(self, groups: torch.Tensor, rows_per_item: list[int]) -> torch.Tensor:
+        """``[R]`` global id of cluster 0 of row ``i``'s membership group ``groups[i]``; item ``j`` has
+        ``rows_per_item[j]`` consecutive rows (1, or one per KV head)."""
+        first = self._item_first_group
+        if any(r != 1 for r in rows_per_item):
+            (repeats,) = _host_rows([rows_per_item], first.device)
+            first = first.repeat_interleave(repeats, output_size=len(groups))
+        return self._group_base[first + groups]
 
 
 _BATCH = _BatchMembers()

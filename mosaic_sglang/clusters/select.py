@@ -31,7 +31,7 @@ from .scoring import LayerSummaries, score_clusters
 from .view import IndexView
 
 __all__ = ["ClusterChoice", "layer_summaries", "choose_clusters", "attended_mask", "taken_mask",
-           "eligible_range", "cluster_members"]
+           "eligible_range", "cluster_members", "heads_as_rows", "summaries_per_head", "row_layers"]
 
 
 class ClusterChoice(NamedTuple):
@@ -92,16 +92,23 @@ def choose_clusters(
         Per item ``[R_i, C_i] int64`` eligible members to take per cluster (``C_i`` = the item's largest
         group count); per row the sum is ``min(budget, eligible)`` with the exact fill, at most the
         budget with the whole fill, and everything eligible in exact mode (budget >= visual tokens).
+        With ``selection_heads='per_kv_head'`` each KV head chooses its own clusters: ``[R_i · H, C_i]``,
+        row ``r · H + h`` for KV head ``h`` of row ``r`` (the same budget per head).
     """
     seq_lens = [None] * len(views) if seq_lens is None else seq_lens
     out: list[torch.Tensor | None] = [None] * len(views)
     by_length = defaultdict(list)
     for i, q in enumerate(queries):
         by_length[q.shape[1]].append(i)
+    per_head = bool(views) and views[0].config.selection_heads == "per_kv_head"
+    if per_head:  # every KV head is a row of its own, scored by its GQA group's query heads
+        queries = [heads_as_rows(q, v.num_kv_heads) for q, v in zip(queries, views)]
     for items in by_length.values():
         scored = []
         for i in items:
             summaries = layer_summaries(views[i], layers[i], seq_lens[i])
+            if per_head:
+                summaries = summaries_per_head(summaries, views[i].num_kv_heads)
             if summaries.full:
                 out[i] = summaries.cost
             else:
@@ -131,6 +138,39 @@ def choose_clusters(
         for (i, s), part in zip(scored, torch.split(take, rows)):
             out[i] = part[:, : s.cost.shape[1]]
     return out
+
+
+def row_layers(view: IndexView, layers: torch.Tensor) -> torch.Tensor:
+    """The layer of each row `choose_clusters` returns for ``layers [R]``: ``layers`` itself, or each
+    repeated once per KV head with ``selection_heads='per_kv_head'`` (``[R · H]``)."""
+    if view.config.selection_heads == "per_kv_head":
+        return layers.repeat_interleave(view.num_kv_heads)
+    return layers
+
+
+def heads_as_rows(queries: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """``[R, Tq, Hq, D]`` → ``[R · H, Tq, Hq / H, D]``: each KV head's GQA group of query heads as a row of
+    its own (row ``r · H + h``; query head ``i`` reads KV head ``i // (Hq / H)``, as in ``repeat_kv``)."""
+    r, tq, hq, d = queries.shape
+    if hq % num_kv_heads:
+        raise ValueError(f"heads_as_rows: expected query heads a multiple of {num_kv_heads} KV heads, got {hq}")
+    grouped = queries.reshape(r, tq, num_kv_heads, hq // num_kv_heads, d)
+    return grouped.transpose(1, 2).reshape(r * num_kv_heads, tq, hq // num_kv_heads, d)
+
+
+def summaries_per_head(s: LayerSummaries, num_kv_heads: int) -> LayerSummaries:
+    """`LayerSummaries` of ``R`` rows over ``H`` KV heads as ``R · H`` rows of one head each (row ``r · H +
+    h``, as `heads_as_rows`): the clusters are the same for every head; a head scores them by its own
+    centroids and spreads."""
+    def rows(x):
+        return x.repeat_interleave(num_kv_heads, 0)
+
+    if s.full:
+        return LayerSummaries(rows(s.valid), s.centroid, s.spread, rows(s.cost), True)
+    r, c, h, d = s.centroid.shape
+    centroid = s.centroid.permute(0, 2, 1, 3).reshape(r * h, c, 1, d)
+    spread = s.spread.permute(0, 2, 1).reshape(r * h, c, 1)
+    return LayerSummaries(rows(s.valid), centroid, spread, rows(s.cost), False)
 
 
 def attended_mask(view: IndexView, layers: torch.Tensor, take: torch.Tensor, seq_len: int | None = None) -> torch.Tensor:
