@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.engine, pytest.mark.timeout(480)]
 OPTIONS = {"sink_tokens": 4, "recent_window": 16, "max_cluster_size": 16}
 # the replay covers both budget modes, and regrouping (every sealed frame: the tiny video has few) rides on mass
 MODES = {"tokens": {}, "mass-regroup": {"budget_mode": "mass", "mass_target": 0.7, "regroup_tokens": 8, "regroup_frames": 1,
-                           "active_frames": 1}}
+                           "active_frames": 1},
+         "per-kv-head": {"selection_heads": "per_kv_head"}}
 BUDGET = 48
 CHUNK = 128  # tokens per prefill chunk: the ~300-token prompt takes several forwards
 
@@ -72,7 +73,7 @@ def test_server_selections_equal_offline_cluster_index(served):
     _, records, _, options = served
     cfg = MosaicConfig.from_dict({**options, "budget": BUDGET})
     offline: dict[int, ClusterIndex] = {}
-    selects = 0
+    selects = per_head_differs = 0
     for rec in records:
         if rec["event"] == "append":
             keys = rec["keys"]
@@ -89,14 +90,22 @@ def test_server_selections_equal_offline_cluster_index(served):
                 assert rec["index_tokens"] == 0
                 continue
             assert index.num_tokens == rec["index_tokens"]
-            expected = index.select_layer(rec["layer"], rec["queries"], seq_len=rec["seq_len"])
+            expected = index.select_layer(rec["layer"], rec["queries"], seq_len=rec["seq_len"])  # [n] or [H, n]
             assert torch.equal(expected, rec["selected"])
             full = index.select(rec["queries"][None].expand(index.num_layers, -1, -1, -1), seq_len=rec["seq_len"])
-            assert torch.equal(full.layer(rec["layer"]), expected)
+            if expected.dim() == 2:  # per KV head: rows layer · H + head
+                heads = index.num_kv_heads
+                assert expected.shape[0] == heads > 1
+                assert torch.equal(torch.stack([full.layer(rec["layer"] * heads + h) for h in range(heads)]), expected)
+                per_head_differs += int(any(not torch.equal(expected[0], row) for row in expected[1:]))
+            else:
+                assert torch.equal(full.layer(rec["layer"]), expected)
             selects += 1
     assert selects >= 2 * 2  # both questions, both layers, selected against a non-empty index
     if options.get("regroup_tokens"):  # the server's maintenance regrouped (positive control for the replay)
         assert sum(index.num_regroups for index in offline.values()) >= 1
+    if options.get("selection_heads") == "per_kv_head":  # the served heads really chose differently
+        assert per_head_differs >= 1
     appends = [r for r in records if r["event"] == "append"]
     assert len(appends) >= 2  # the first request's video was indexed chunk by chunk
     prefill_selects = [r for r in records if r["event"] == "select" and r["queries"].shape[0] > 1 and r["index_tokens"] > 0]

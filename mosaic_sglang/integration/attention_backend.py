@@ -41,6 +41,7 @@ from ..config import MOSAIC_CHECK_NO_SYNC, MOSAIC_TRITON_ATTENTION
 from ..offload import DevicePool, decode_host
 from .tensor_parallel import decision_log, head_gather
 from ..serving import ForwardPlan, RequestLayout
+from ..serving.head_major import head_slots, pool_heads_as_slots, rows_head_major, rows_token_major
 from ..testing.host_sync import no_host_sync
 from .frame_ids import frame_ids_from_mm_inputs
 from .runtime import get_runtime
@@ -137,14 +138,20 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         # Slot of every list entry, gathered on the device from SGLang's rows at each layer:
         # req_to_token[entry_rows[e], position[e]]; the plan's lists are already on the device.
         # Host-resident requests are resolved per layer.
+        # Per-KV-head lists (plan.heads > 1) are attended as H·B requests of one KV head each (`head_major`):
+        # queries head-major, KV heads viewed as slots (slot s of head h is s·H + h).
         device = req_to_token.device
+        attn = self._attn_plan = plan.head_major()
         self._row_ids = forward_batch.req_pool_indices.to(torch.int64)
-        self._entry_rows = self._row_ids[plan.kv_request]
-        self._q_indptr, self._q_positions = plan.q_indptr.to(device), plan.q_positions.to(device)
-        self._kv_indptr = plan.kv_indptr.to(device)  # every layer's, unless the plan is padded
+        batch = len(layouts)
+        self._entry_rows = self._row_ids[attn.kv_request % batch if plan.heads > 1 else attn.kv_request]
+        self._entry_head = attn.kv_request // batch if plan.heads > 1 else None
+        self._q_indptr, self._q_positions = attn.q_indptr.to(device), attn.q_positions.to(device)
+        self._kv_indptr = attn.kv_indptr.to(device)  # every layer's, unless the plan is padded
         self._host_requests = [i for i, req in enumerate(layouts) if self.runtime.rows.has_host(req.rid)]
+        assert plan.heads == 1 or not self._host_requests, "per-KV-head lists are served from device KV only"
         if self._triton and not is_decode and not plan.padded:
-            prefix_indptr, entries = plan.prefix_entries()
+            prefix_indptr, entries = attn.prefix_entries()
             self._prefix_indptr, self._prefix_entries = prefix_indptr.to(device), entries.to(device)
 
     def _frame_ids(self, rid: str, seq_len: int, mm_inputs) -> torch.Tensor:
@@ -205,7 +212,19 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             # host-resident entries (offloaded clusters): gather device and host rows into one scratch
             k_buffer, v_buffer = self._gather_mixed(local, slots, kv.kv_indptr, k_buffer, v_buffer)
             slots = torch.arange(slots.numel(), device=device)
-        self._attend(q, k, v, layer, forward_batch, k_buffer, v_buffer, kv, kv_indptr, slots, positions, out)
+        if k is not None and v is not None:
+            k = k.reshape(-1, layer.tp_k_head_num, layer.qk_head_dim)
+            v = v.reshape(-1, layer.tp_v_head_num, layer.v_head_dim)
+        heads = plan.heads
+        if heads == 1:
+            self._attend(q, k, v, forward_batch, k_buffer, v_buffer, kv, kv_indptr, slots, positions, out, layer.scaling)
+        else:  # one KV head per list: KV heads as requests (serving/head_major.py, see _plan_forward)
+            as_rows = lambda x: None if x is None else rows_head_major(x, heads)  # noqa: E731
+            out_heads = out.new_empty(heads * q.shape[0], layer.tp_q_head_num // heads, layer.v_head_dim)
+            self._attend(as_rows(q), as_rows(k), as_rows(v), forward_batch, pool_heads_as_slots(k_buffer),
+                         pool_heads_as_slots(v_buffer), kv, kv_indptr, head_slots(slots, self._entry_head, heads),
+                         positions, out_heads, layer.scaling)
+            out.copy_(rows_token_major(out_heads, heads))
         if layer.layer_id == self.last_layer:
             start = time.perf_counter()
             self.runtime.policy.end_forward()
@@ -213,25 +232,26 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             self.runtime.after_forward()
         return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
 
-    def _attend(self, q, k, v, layer, forward_batch, k_buffer, v_buffer, kv, kv_indptr, slots, positions, out):
-        """One attention call over the layer's lists (see ``self._triton``)."""
-        plan = self.plan
+    def _attend(self, q, k, v, forward_batch, k_buffer, v_buffer, kv, kv_indptr, slots, positions, out, scale):
+        """One attention call over the layer's lists (see ``self._triton``): ``q [nq, Hq, D]``, the
+        forward's own ``k``/``v [nq, Hk, D]`` (None in decode without a cache write), the pool's buffers
+        ``[S, Hk, D]``, ``slots``/``positions`` of every list entry, CSR ``kv_indptr`` (the attention plan's
+        requests: `ForwardPlan.head_major`)."""
+        plan = self._attn_plan
         if self._triton and forward_batch.forward_mode.is_decode():
-            sparse_decode(q, k_buffer, v_buffer, kv_indptr, slots, scale=layer.scaling, out=out, impl="triton")
+            sparse_decode(q, k_buffer, v_buffer, kv_indptr, slots, scale=scale, out=out, impl="triton")
             return
         if self._triton and k is not None and v is not None:
             if plan.padded:  # fill='whole': this layer's compacted lists
                 prefix_indptr, entries = (t.to(q.device) for t in plan.prefix_entries(kv))
             else:
                 prefix_indptr, entries = self._prefix_indptr, self._prefix_entries
-            sparse_extend(q, k.reshape(-1, layer.tp_k_head_num, layer.qk_head_dim),
-                          v.reshape(-1, layer.tp_v_head_num, layer.v_head_dim), k_buffer, v_buffer,
-                          self._q_indptr, prefix_indptr, slots[entries], max_extend_len=plan.max_q,
-                          scale=layer.scaling, out=out, impl="triton")
+            sparse_extend(q, k, v, k_buffer, v_buffer, self._q_indptr, prefix_indptr, slots[entries],
+                          max_extend_len=plan.max_q, scale=scale, out=out, impl="triton")
             return
         attended_attention(
             q, self._q_indptr, self._q_positions, k_buffer, v_buffer, kv_indptr, slots, positions,
-            scale=layer.scaling, out=out, max_q=plan.max_q, max_kv=plan.max_kv,
+            scale=scale, out=out, max_q=plan.max_q, max_kv=plan.max_kv,
         )
 
     def _gather_mixed(self, layer: int, slots: torch.Tensor, kv_indptr: torch.Tensor, k_buffer: torch.Tensor,

@@ -70,6 +70,8 @@ class ClusterAttendedSet(AttendedSetPolicy):
         self.host = host
         self.counters = counters if counters is not None else ProcessCounters()
         self.num_layers = num_layers
+        self.heads = num_kv_heads if config.selection_heads == "per_kv_head" else 1
+        """Lists per request in a plan (`ForwardPlan.heads`)."""
         self.videos = VideoRegistry(config, num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
                                     read_slot_keys=read_slot_keys, device=self.device)
         self._always_masks: Dict[int, torch.Tensor] = {}  # request index -> [covered] bool, this forward
@@ -110,7 +112,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
             counts.append(f)
         plan = build_plan(self.num_layers, [(r.prefix_len, r.seq_len) for r in requests], always, counts, kept=kept,
                           slab=self.selections, device=self.device,
-                          padded=self.config.fill == "whole" or self.config.budget_mode == "mass")
+                          padded=self.config.fill == "whole" or self.config.budget_mode == "mass", heads=self.heads)
         # host ints of each due request's query rows and selected span (a layer reads no tensor for them)
         q_bounds, kv_bounds, always_len = plan.q_indptr.tolist(), plan.kv_indptr.tolist(), plan.always_len.tolist()
         self._spans = {i: (q_bounds[i], q_bounds[i + 1], kv_bounds[i] + always_len[i], kv_bounds[i + 1])
@@ -158,12 +160,12 @@ class ClusterAttendedSet(AttendedSetPolicy):
             self._kept_always[req.rid] = always_ranges(req.frame_ids[:covered], sink_tokens=cfg.sink_tokens,
                                                        recent_window=cfg.recent_window, seq_len=req.seq_len)
             f = min(cfg.budget, int(((req.frame_ids[:covered] >= 0) & ~mask).sum()))
-            self.selections.reserve(req.rid, f, index.num_tokens)
+            self.selections.reserve(req.rid, self.heads * f, index.num_tokens)  # per-KV-head parts side by side
             return AlwaysPart(*self._kept_always[req.rid], covered), None, f
         # a kept selection keeps the always part it was chosen against: indexed positions that were in the
         # recent window then stay attended while the window moves on (no token drops out)
         return (AlwaysPart(*self._kept_always[req.rid], covered), self.selections.row(req.rid),
-                max(self.selections.counts(req.rid)))
+                max(self.selections.counts(req.rid)) // self.heads)
 
     # -- run --------------------------------------------------------------------------------------------
 
@@ -181,20 +183,24 @@ class ClusterAttendedSet(AttendedSetPolicy):
         if plan.padded:
             self._select_padded(plan, layer_id, indexes, qs, seq_lens)
             return plan.layer(layer_id)
-        outs = [torch.empty(self._spans[i][3] - self._spans[i][2] + 1, dtype=torch.int64, device=index.device)
-                for i, index in zip(due, indexes)]
+        heads = plan.heads
+        outs = [torch.empty(heads * (self._spans[i][3] - self._spans[i][2]) + 1, dtype=torch.int64,
+                            device=index.device) for i, index in zip(due, indexes)]
         select_layer_into(indexes, layer_id, qs, seq_lens, outs)
         for i, index, q, out in zip(due, indexes, qs, outs):
             req, (_, _, start, end) = self._requests[i], self._spans[i]
-            selected = out[: end - start]
-            plan.kv_positions[layer_id, start:end] = selected
+            selected = out[: heads * (end - start)]  # [H · f]: KV head h's part at [h · f, (h + 1) · f)
+            plan.kv_positions[layer_id].view(heads, -1)[:, start:end] = selected.view(heads, end - start)
             self.selections.write(req.rid, layer_id, selected)
             if self._logging_decisions():
                 self.decision_log("mosaic select rid=%s layer=%d %s", req.rid, layer_id, tensor_digest(selected))
             if self._dump.enabled:  # the attended positions inside the index, as `select_layer_batch` gives them
-                positions = torch.cat([self._always_masks[i].nonzero().flatten(), selected]).sort().values
-                self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, q, positions,
-                                  index.num_tokens, req.seq_len, video=self.videos[self._anchors[i]].uid)
+                always = self._always_masks[i].nonzero().flatten()
+                positions = torch.stack([torch.cat([always, part]).sort().values
+                                         for part in selected.view(heads, end - start)])
+                self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, q,
+                                  positions[0] if heads == 1 else positions, index.num_tokens, req.seq_len,
+                                  video=self.videos[self._anchors[i]].uid)
         return plan.layer(layer_id)
 
     def _select_padded(self, plan: ForwardPlan, layer_id: int, indexes, qs, seq_lens) -> None:

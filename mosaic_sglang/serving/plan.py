@@ -63,6 +63,9 @@ class ForwardPlan(NamedTuple):
         max_q: longest query segment; max_kv: longest attended list (host ints, for padded kernels).
         padded: some lists may end in ``-1`` padding (``fill='whole'`` selects up to ``f_b`` tokens, not
             exactly ``f_b``); `layer` then drops it (a host sync; never with the exact fill).
+        heads: ``H`` lists per request (``selection_heads='per_kv_head'``: KV head ``h``'s lists are the
+            block ``kv_positions[:, h · nnz:(h + 1) · nnz]``, each laid out by ``kv_indptr``, the always
+            parts equal); 1: one list per request for every KV head. `head_major` serves either.
     """
 
     q_indptr: torch.Tensor
@@ -75,6 +78,7 @@ class ForwardPlan(NamedTuple):
     max_q: int
     max_kv: int
     padded: bool = False
+    heads: int = 1
 
     def layer(self, layer: int) -> LayerKV:
         """Layer ``layer``'s lists (a view of the plan's buffer unless padded; then the ``-1`` padding is
@@ -86,6 +90,26 @@ class ForwardPlan(NamedTuple):
         counts = torch.zeros(self.kv_indptr.numel() - 1, dtype=torch.int64, device=positions.device)
         counts.index_add_(0, self.kv_request, keep.long())
         return LayerKV(indptr_from_counts(counts), positions[keep])
+
+    def head_major(self) -> "ForwardPlan":
+        """The plan as ``H · B`` requests of one KV head each (itself when ``heads == 1``): request ``h · B +
+        b`` is KV head ``h`` of request ``b``, whose queries are rows ``[h · nq + q_indptr[b], h · nq +
+        q_indptr[b + 1])`` of the queries laid out head-major (``q [nq, H, G, D]`` → ``[H · nq, G, D]``)
+        and whose list is its block of ``kv_positions`` (``[L, H · nnz]``, unchanged). Any attention
+        kernel over a CSR of slots then serves per-head lists with KV heads viewed as slots (``k [S, H, D]``
+        → ``[S · H, 1, D]``, slot ``s · H + h``). Host work of ``O(H · B)``; ``kv_request`` ``O(H · nnz)``."""
+        if self.heads == 1:
+            return self
+        heads, batch = self.heads, self.kv_indptr.numel() - 1
+        nq, nnz = int(self.q_indptr[-1]), int(self.kv_indptr[-1])
+
+        def blocks(indptr: torch.Tensor, n: int) -> torch.Tensor:
+            return torch.cat([indptr[:-1] + h * n for h in range(heads)] + [indptr.new_full((1,), heads * n)])
+
+        offsets = torch.arange(heads, device=self.kv_request.device).repeat_interleave(nnz) * batch
+        return ForwardPlan(blocks(self.q_indptr, nq), self.q_positions.repeat(heads), blocks(self.kv_indptr, nnz),
+                           self.kv_positions, self.kv_request.repeat(heads) + offsets, self.always_len.repeat(heads),
+                           (), self.max_q, self.max_kv, self.padded, 1)
 
     def prefix_entries(self, kv: Optional[LayerKV] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The list entries that are cached-prefix positions, CSR over requests (what a kernel that reads
@@ -149,6 +173,7 @@ def build_plan(
     slab: Optional["SelectionSlab"] = None,
     device: torch.device | str | None = None,
     padded: bool = False,
+    heads: int = 1,
 ) -> ForwardPlan:
     """Lay out a forward's lists: host lengths, device lists.
 
@@ -167,6 +192,8 @@ def build_plan(
         device: where ``kv_positions`` and ``kv_request`` live (default CPU).
         padded: lists may hold fewer than ``f_b`` selected positions (``fill='whole'``, mass budgets): the
             rest is ``-1``.
+        heads: lists per request (`ForwardPlan.heads`); a kept selection's slab row then holds the heads'
+            parts one after another (``H · f_b`` positions per layer).
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
     batch = len(extend)
@@ -184,15 +211,19 @@ def build_plan(
     if batch:
         assemble_always(ranges.indptr, ranges.starts, ranges.ends, to_device([p.indexed_end for p in always]),
                         to_device(seq_lens), kv_indptr[:-1].to(device), max_ranges=ranges.max_ranges, out=shared)
-    kv_positions = shared[None].expand(num_layers, nnz).clone() if num_layers > 1 else shared[None]
-    kept_requests = [b for b in range(batch) if kept[b] is not None]
+    if heads > 1:
+        shared = shared.repeat(heads)  # [H · nnz]: every head's lists share the always parts
+    width = heads * nnz
+    kv_positions = shared[None].expand(num_layers, width).clone() if num_layers > 1 else shared[None]
+    kept_requests = [(b, h) for b in range(batch) if kept[b] is not None for h in range(heads)]
     if kept_requests:
         assert slab is not None, "build_plan: kept selections need their slab"
-        slab.copy_into(kv_positions, [kept[b] for b in kept_requests],
-                       [int(kv_indptr[b] + a[b]) for b in kept_requests], [int(f[b]) for b in kept_requests])
+        slab.copy_into(kv_positions, [kept[b] for b, _ in kept_requests],
+                       [int(kv_indptr[b] + a[b]) + h * nnz for b, h in kept_requests],
+                       [int(f[b]) for b, _ in kept_requests], offsets=[h * int(f[b]) for b, h in kept_requests])
     due = tuple(b for b in range(batch) if kept[b] is None and num_selected[b])
     kv_request = torch.repeat_interleave(torch.arange(batch, device=device), (a + f).to(device), output_size=nnz)
     return ForwardPlan(
         indptr_from_counts(q_lens), q_positions, kv_indptr, kv_positions, kv_request, a, due,
-        int(q_lens.max()) if batch else 0, int((a + f).max()) if batch else 0, padded,
+        int(q_lens.max()) if batch else 0, int((a + f).max()) if batch else 0, padded, heads,
     )

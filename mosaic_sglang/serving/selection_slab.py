@@ -104,14 +104,15 @@ class SelectionSlab:
         return self._index_size.get(rid)
 
     def copy_into(self, kv_positions: torch.Tensor, rows: Sequence[int], starts: Sequence[int],
-                  counts: Sequence[int]) -> None:
+                  counts: Sequence[int], offsets: Optional[Sequence[int]] = None) -> None:
         """Copy kept selections into a forward's lists, every layer at once, without a host sync.
 
         Args:
             kv_positions: ``[L, nnz] int64`` on the slab's device (`ForwardPlan.kv_positions`).
             rows: per kept request its slab row; starts: where its selected part begins in every layer's
                 list; counts: its selected part's length ``f`` (≤ width; entries past a layer's own
-                count are ``-1``, the padding of a padded plan).
+                count are ``-1``, the padding of a padded plan); offsets: where in the slab row each part
+                starts (default 0; per-KV-head selections keep head ``h``'s part at ``h · f``).
         """
         if not rows:
             return
@@ -124,7 +125,8 @@ class SelectionSlab:
         row = torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)
         which = torch.repeat_interleave(torch.arange(len(rows), device=device), count, output_size=total)  # [F]
         col = torch.arange(total, device=device) - (torch.cumsum(count, 0) - count)[which]  # [F]
-        kv_positions[:, start[which] + col] = self.positions[row[which], :, col].T.to(kv_positions.dtype)
+        src = col if offsets is None else col + torch.tensor(offsets, dtype=torch.int64).to(device, non_blocking=True)[which]
+        kv_positions[:, start[which] + col] = self.positions[row[which], :, src].T.to(kv_positions.dtype)
 
     @property
     def nbytes(self) -> int:

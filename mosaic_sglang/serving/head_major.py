@@ -1,0 +1,42 @@
+"""Per-KV-head lists attended by kernels that take one list per request: KV heads as requests.
+
+With ``selection_heads='per_kv_head'`` a request has one attended list per KV head
+(`ForwardPlan.heads` blocks). Every attention kernel here (the torch reference, the split-K decode,
+SGLang's extend attention) — and FlashInfer's paged wrappers — takes one list per request over a pool
+of ``[S, H, D]`` slots. The lists are served unchanged by relabelling: request ``h · B + b`` is KV head
+``h`` of request ``b`` (`ForwardPlan.head_major`), its queries are that head's GQA group laid out
+head-major, and the pool is viewed as ``[S · H, 1, D]`` (slot ``s`` of head ``h`` is ``s · H + h``,
+a view: no copy of the pool). The cost is two small copies per layer (queries in, output out) and an
+``H`` times longer list of slots.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["rows_head_major", "rows_token_major", "pool_heads_as_slots", "head_slots"]
+
+
+def rows_head_major(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[n, H · G, D]`` → ``[H · n, G, D]``: row ``h · n + t`` holds token ``t``'s heads ``[h · G, (h + 1) · G)``
+    (KV head ``h``'s GQA group, as ``repeat_kv`` pairs them). A copy."""
+    n, width, d = x.shape
+    return x.view(n, heads, width // heads, d).transpose(0, 1).reshape(heads * n, width // heads, d)
+
+
+def rows_token_major(y: torch.Tensor, heads: int) -> torch.Tensor:
+    """The inverse of `rows_head_major`: ``[H · n, G, D]`` → ``[n, H · G, D]``."""
+    rows, group, d = y.shape
+    return y.view(heads, rows // heads, group, d).transpose(0, 1).reshape(rows // heads, heads * group, d)
+
+
+def pool_heads_as_slots(buffer: torch.Tensor) -> torch.Tensor:
+    """A layer's pool ``[S, H, D]`` (contiguous) viewed as ``[S · H, 1, D]``: slot ``s · H + h`` is head ``h`` of
+    slot ``s``."""
+    return buffer.view(-1, 1, buffer.shape[-1])
+
+
+def head_slots(slots: torch.Tensor, entry_head: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[nnz] int64`` pool slots of list entries whose KV head is ``entry_head [nnz]`` → slots of
+    `pool_heads_as_slots`."""
+    return slots * heads + entry_head
