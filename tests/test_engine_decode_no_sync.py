@@ -47,8 +47,9 @@ def test_kept_decode_layers_run_inside_the_guard(monkeypatch):
     assert MosaicAttnBackend._forward(fake, None, None, None, layer, batch, True) == 1.0
 
 
-@pytest.mark.parametrize("reselect_every", [0, 2], ids=["kept", "reselect-every-2"])
-def test_decode_steps_do_not_sync(tiny_vl_model, video_dir, monkeypatch, reselect_every):
+@pytest.mark.parametrize("reselect_every, heads", [(0, "shared"), (2, "shared"), (2, "per_kv_head")],
+                         ids=["kept", "reselect-every-2", "reselect-every-2-per-kv-head"])
+def test_decode_steps_do_not_sync(tiny_vl_model, video_dir, monkeypatch, reselect_every, heads):
     import sglang as sgl
 
     monkeypatch.setenv(MOSAIC_CHECK_NO_SYNC.name, "1")
@@ -56,7 +57,8 @@ def test_decode_steps_do_not_sync(tiny_vl_model, video_dir, monkeypatch, reselec
                      "max_new_tokens": 8}
     with strict_checks():
         engine = sgl.Engine(**cpu_engine_kwargs(tiny_vl_model, enable_mosaic=True, mosaic_budget=48,
-                                                mosaic_config={"recent_window": 16, "reselect_every": reselect_every}))
+                                                mosaic_config={"recent_window": 16, "reselect_every": reselect_every,
+                                                               "selection_heads": heads}))
         try:
             outputs = run_requests(engine, [ask("what happens?"), ask("what color?")])
         finally:
