@@ -26,6 +26,8 @@ Measured per context and engine, with the prompt cached (a warm-up question pref
 ``mosaic-reselect`` (only when asked for with ``--modes``): ``reselect_every = 1``, every decode
 step scores the clusters and fills the budget again at every layer (the device path without host syncs,
 `select_layer_into`), instead of copying the question's selection from the ``req_to_selection`` slab.
+``mosaic-per-head`` / ``mosaic-reselect-per-head`` (also only with ``--modes``): the same with
+``selection_heads='per_kv_head'`` (one list per KV head: the planning, metadata and attention cost of it).
 
     .venv/bin/python benchmarks/decode_step.py                   # 8K / 32K / 64K (~15-20 min on 2 cores)
     .venv/bin/python benchmarks/decode_step.py --quick           # 2K / 4K, 3 steps (smoke run, ~3 min)
@@ -44,7 +46,8 @@ from pathlib import Path
 TOKENS_PER_FRAME_PAIR = 256  # 448 px: 16 × 16 merged patches per temporal group of 2 frames
 VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 QUESTION = "what happens in the video?<|im_end|>\n<|im_start|>assistant\n"
-MODES = ("dense", "dense-video", "mosaic", "mosaic+host", "mosaic-reselect")
+MODES = ("dense", "dense-video", "mosaic", "mosaic+host", "mosaic-reselect", "mosaic-per-head",
+         "mosaic-reselect-per-head")
 
 
 def engine_kwargs(model: str, mode: str, args, max_context: int) -> dict:
@@ -59,9 +62,10 @@ def engine_kwargs(model: str, mode: str, args, max_context: int) -> dict:
         kwargs.update(attention_backend="torch_native", chunked_prefill_size=args.chunk)
     else:
         host = max_context + 1024 if mode == "mosaic+host" else 0
-        reselect = 1 if mode == "mosaic-reselect" else 0  # every decode step selects again at every layer
+        reselect = 1 if mode.startswith("mosaic-reselect") else 0  # every decode step selects again at every layer
+        heads = "per_kv_head" if mode.endswith("per-head") else "shared"
         kwargs.update(enable_mosaic=True, mosaic_budget=args.budget, chunked_prefill_size=args.chunk,
-                      mosaic_config={"host_store_tokens": host, "reselect_every": reselect})
+                      mosaic_config={"host_store_tokens": host, "reselect_every": reselect, "selection_heads": heads})
     return kwargs
 
 
@@ -147,7 +151,8 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=2048, help="Mosaic budget (selected tokens per layer)")
     p.add_argument("--chunk", type=int, default=2048, help="chunked prefill size of the video engines")
     p.add_argument("--steps", type=int, default=None, help="decode steps measured per context")
-    p.add_argument("--modes", nargs="*", default=[m for m in MODES if m != "mosaic-reselect"], choices=MODES)
+    p.add_argument("--modes", nargs="*", default=[m for m in MODES if "reselect" not in m and "per-head" not in m],
+                   choices=MODES)
     args = p.parse_args()
     contexts = args.contexts or ([2048, 4096] if args.quick else [8192, 32768, 65536])
     args.steps = args.steps or (3 if args.quick else 12)

@@ -7,7 +7,8 @@ the clusters are the same for every head) and, at each budget, two selections fr
 * ``shared`` (what Mosaic serves): one cluster ranking per layer from all query heads
   (`ClusterIndex.select`);
 * ``per-head``: per KV head its own ranking, from the query heads of its GQA group and that head's
-  centroids and spreads only (`score_clusters` on the head's slice), filled to the same budget.
+  centroids and spreads only, filled to the same budget (``selection_heads='per_kv_head'``, what the
+  server attends with that option).
 
 Quality per KV head against exact attention on that head (`selection_quality` on the head's slice of
 queries, keys and values), averaged over heads — the same weights `selection_quality` gives heads in the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import replace
 import sys
 import time
 from pathlib import Path
@@ -28,11 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mosaic_sglang.clusters import ClusterIndex  # noqa: E402
-from mosaic_sglang.clusters.scoring import score_clusters  # noqa: E402
-from mosaic_sglang.clusters.select import attended_mask  # noqa: E402
 from mosaic_sglang.config import MosaicConfig  # noqa: E402
 from mosaic_sglang.retrieval import Selection, always_attended_positions, selection_quality  # noqa: E402
-from mosaic_sglang.retrieval.budget import fill_budget_exact  # noqa: E402
 from mosaic_sglang.traces import Trace  # noqa: E402
 from trace_families import add_trace_arguments, ingest, load_traces, write_json  # noqa: E402
 
@@ -40,24 +39,19 @@ BUDGETS = (0.02, 0.05, 0.10, 0.25)
 
 
 def per_head_masks(index: ClusterIndex, queries: torch.Tensor) -> torch.Tensor:
-    """``[Hkv, L, N] bool``: each KV head's attended positions, ranked by its own query group."""
-    layers = torch.arange(index.num_layers)
-    view = index.view()
-    summaries = index.layer_summaries(layers)
-    hkv = index.num_kv_heads
-    group = queries.shape[2] // hkv
-    config = index.config
-    masks = []
-    for h in range(hkv):
-        if summaries.full:
-            take = summaries.cost
-        else:
-            scores = score_clusters(queries[:, :, h * group:(h + 1) * group], summaries.centroid[:, :, h:h + 1],
-                                    summaries.spread[:, :, h:h + 1], summaries.cost, rule=config.score,
-                                    reduce=config.query_reduce)
-            take = fill_budget_exact(scores, summaries.cost, config.budget)
-        masks.append(attended_mask(view, layers, take))
-    return torch.stack(masks)
+    """``[Hkv, L, N] bool``: each KV head's attended positions, ranked by its own query group — what
+    Mosaic serves with ``selection_heads='per_kv_head'`` (`ClusterIndex.select`, rows layer · H + head)."""
+    shared = index.config
+    index.config = replace(shared, selection_heads="per_kv_head")
+    try:
+        sel = index.select(queries)
+    finally:
+        index.config = shared
+    hkv, n = index.num_kv_heads, index.num_tokens
+    rows = torch.repeat_interleave(torch.arange(sel.num_layers), sel.sizes())
+    mask = torch.zeros(sel.num_layers, n, dtype=torch.bool)
+    mask[rows, sel.indices] = True
+    return mask.view(index.num_layers, hkv, n).transpose(0, 1)
 
 
 def _quality(trace: Trace, selections, hkv: int) -> dict:
