@@ -6,7 +6,9 @@ What it runs, each step's output saved under ``--out`` (default ``$OUT`` or ``gp
 1. ``machine.txt``: the card's name, CUDA / torch / Triton versions;
 2. ``kernel_tests.txt``: ``pytest tests/kernels`` compiled for the GPU (no ``TRITON_INTERPRET``): every
    Triton kernel against its torch reference in fp32 / fp16 / bf16, and the serving selection path on
-   CUDA (`tests/kernels/test_device_selection.py`); SGLang-only cases skip;
+   CUDA (`tests/kernels/test_device_selection.py`, including re-selecting decode layers, shared and per KV
+   head, under ``torch.cuda.set_sync_debug_mode('error')``: no synchronisation the CPU guard cannot see);
+   SGLang-only cases skip;
 3. ``gpu_decode_step.txt``: ``benchmarks/gpu_decode_step.py`` (dense SDPA vs the decode-step kernels).
 
     bash scripts/gpu_carry.sh                          # here: pytest and its pure-Python deps into .gpu_carry

@@ -5,6 +5,8 @@ they skip without one). No SGLang: this runs on a machine with torch + Triton on
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from cluster_trace import video_stream
@@ -98,3 +100,56 @@ def test_ingest_is_deterministic_on_the_device(device):
     assert a.num_clusters == b.num_clusters
     assert torch.equal(a.assign, b.assign)
     assert torch.equal(a.table.key_sum, b.table.key_sum) and torch.equal(a.table.sq_sum, b.table.sq_sum)
+
+
+@contextlib.contextmanager
+def _no_sync(device: str):
+    """No host synchronisation: the tensor-method guard everywhere, and on CUDA also the driver's own
+    check (`torch.cuda.set_sync_debug_mode('error')`), which sees what the guard cannot (a pageable
+    host→device copy, a blocking ``cudaMemcpy``)."""
+    with no_host_sync():
+        if device != "cuda":
+            yield
+            return
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("heads", ["shared", "per_kv_head"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_reselecting_decode_layers_do_not_sync(device, heads):
+    """A decode step that selects again at every layer (``reselect_every=1``): planned on the host, then
+    every layer's selection written on the device with no synchronisation (the property a CUDA graph of
+    the decode step needs), per-KV-head lists too."""
+    g = torch.Generator().manual_seed(4)
+    pool = torch.randn(L, 400, H, D, generator=g).to(device)
+    cfg = MosaicConfig(budget=24, sink_tokens=2, recent_window=4, max_cluster_size=8, reselect_every=1,
+                       selection_heads=heads)
+    policy = ClusterAttendedSet(cfg, num_layers=L, num_kv_heads=H, head_dim=D, device=device,
+                                read_slot_keys=lambda s: pool[:, s.to(device)])
+    frames = torch.tensor([-1] * 3 + [f for f in range(8) for _ in range(9)] + [-1] * 5)
+    slots = torch.arange(10, 10 + frames.numel())
+    n = frames.numel()
+    plan = policy.plan([_layout("a", slots, frames, 0, n)], False)
+    for layer in range(L):
+        policy.layer_kv(plan, layer, torch.randn(n, HQ, D, generator=g).to(device))
+    policy.end_forward()
+    for step in range(3):  # the first step builds the member lists, the later ones reuse them
+        frames = torch.cat([frames, torch.tensor([-1])])
+        slots = torch.cat([slots, torch.tensor([300 + step])])
+        plan = policy.plan([_layout("a", slots, frames, frames.numel() - 1, 1)], True)
+        assert plan.select_due == (0,) and plan.heads == (H if heads == "per_kv_head" else 1)
+        queries = [torch.randn(1, HQ, D, generator=g).to(device) for _ in range(L)]
+        with _no_sync(device):
+            lists = [policy.layer_kv(plan, layer, queries[layer]).kv_positions for layer in range(L)]
+        policy.end_forward()
+        start, end = plan.selected_span(0)
+        nnz = int(plan.kv_indptr[-1])
+        for layer, positions in enumerate(lists):
+            blocks = positions.cpu().view(plan.heads, nnz)
+            assert (blocks >= 0).all() and all(row.unique().numel() == nnz for row in blocks)
+            assert end - start == cfg.budget  # every head's selected part has its planned length
