@@ -101,3 +101,17 @@ def test_per_head_needs_fixed_length_device_lists(field, value):
         MosaicConfig(selection_heads="per_kv_head", **{field: value})
     with pytest.raises(MosaicConfigError, match="selection_heads"):
         MosaicConfig(selection_heads="per_query_head")
+
+
+def test_per_head_refused_under_tensor_parallelism():
+    """Each tensor-parallel rank attends its own KV heads: per-head lists are refused at bind time, with
+    the field named, rather than served wrong."""
+    from mosaic_sglang.integration.runtime import MosaicRuntime
+
+    runtime = MosaicRuntime(MosaicConfig(selection_heads="per_kv_head"))
+    bind = dict(num_layers=2, num_kv_heads=1, head_dim=8, v_head_dim=8, dtype=torch.float32, index_kv_heads=2,
+                read_slot_keys=lambda slots: torch.zeros(2, slots.numel(), 2, 8), read_slot_kv=None)
+    with pytest.raises(ValueError, match="'selection_heads'.*tp_size=2"):
+        runtime.bind_model(**bind, tp_rank=0, tp_size=2)
+    runtime.bind_model(**{**bind, "num_kv_heads": 2}, tp_size=1)
+    assert runtime.policy.heads == 2
