@@ -139,3 +139,17 @@ def test_offload_is_allowed_with_tensor_and_refused_with_pipeline_parallelism():
     for ranks in ({"tp_size": 1, "pp_size": 2}, {"tp_size": 2, "pp_size": 2}):
         with pytest.raises(MosaicConfigError, match="'host_store_tokens'.*expected 0 with pp_size"):
             check_parallelism(offload, SimpleNamespace(**ranks))
+
+
+def test_per_kv_head_selection_is_refused_at_launch_with_attention_tensor_parallelism():
+    from types import SimpleNamespace
+
+    from mosaic_sglang import MosaicConfig
+    from mosaic_sglang.integration.launch_flags import check_parallelism
+
+    per_head = MosaicConfig(selection_heads="per_kv_head")
+    check_parallelism(per_head, SimpleNamespace(tp_size=1, pp_size=1))
+    check_parallelism(per_head, SimpleNamespace(tp_size=2, dp_size=2, enable_dp_attention=True))  # attention TP 1
+    for ranks in ({"tp_size": 2}, {"tp_size": 4, "dp_size": 2, "enable_dp_attention": True}):
+        with pytest.raises(MosaicConfigError, match="'selection_heads'.*attention TP size 2"):
+            check_parallelism(per_head, SimpleNamespace(**ranks))

@@ -115,3 +115,49 @@ def test_per_head_refused_under_tensor_parallelism():
         runtime.bind_model(**bind, tp_rank=0, tp_size=2)
     runtime.bind_model(**{**bind, "num_kv_heads": 2}, tp_size=1)
     assert runtime.policy.heads == 2
+
+
+def test_policy_writes_each_heads_selection_into_its_block_and_keeps_it():
+    """Through the serving policy: at a question each KV head's block of the plan holds that head's
+    selection (as `select_layer_batch` gives it, minus the always part), and the next decode step's plan
+    copies every head's part back from the slab into the same block."""
+    from mosaic_sglang.serving import ClusterAttendedSet, RequestLayout
+
+    g = torch.Generator().manual_seed(2)
+    pool = torch.randn(L, 300, H, D, generator=g)
+    cfg = MosaicConfig(budget=20, sink_tokens=2, recent_window=4, max_cluster_size=8, selection_heads="per_kv_head")
+    policy = ClusterAttendedSet(cfg, num_layers=L, num_kv_heads=H, head_dim=D, read_slot_keys=lambda s: pool[:, s])
+    frames = torch.tensor([-1] * 3 + [f for f in range(7) for _ in range(9)] + [-1] * 5)
+    slots = torch.arange(10, 10 + frames.numel())
+    n = frames.numel()
+
+    def layout(prefix, frame_ids, slot_ids):
+        return RequestLayout("q", 1, prefix, frame_ids.numel() - prefix, frame_ids, slot_ids)
+
+    plan = policy.plan([RequestLayout("v", 1, 0, n, frames, slots)], False)  # indexes the video
+    for layer in range(L):
+        policy.layer_kv(plan, layer, torch.randn(n, H * GROUP, D, generator=g))
+    policy.end_forward()
+    index = policy.videos[policy._anchors[0]].index
+    plan = policy.plan([layout(n - 5, frames, slots)], False)  # the question: its 5 text tokens select
+    assert plan.select_due == (0,) and plan.heads == H
+    nnz, (start, end) = int(plan.kv_indptr[-1]), plan.selected_span(0)
+    always = always_attended_mask(index.frame_ids, cfg, seq_len=n)
+    chosen = []
+    for layer in range(L):
+        q = torch.randn(5, H * GROUP, D, generator=g)
+        blocks = policy.layer_kv(plan, layer, q).kv_positions.view(H, nnz)
+        (want,) = select_layer_batch([index], layer, [q], [n])
+        for h in range(H):
+            assert blocks[h, start:end].tolist() == want[h][~always[want[h]]].tolist()
+            assert blocks[h, :start].tolist() == blocks[0, :start].tolist()  # the always part, every head
+        chosen.append(blocks[:, start:end].clone())
+    assert any(not torch.equal(c[0], c[h]) for c in chosen for h in range(1, H))  # heads chose differently
+    policy.end_forward()
+    frames_d, slots_d = torch.cat([frames, torch.tensor([-1])]), torch.cat([slots, torch.tensor([299])])
+    plan = policy.plan([layout(n, frames_d, slots_d)], True)  # a decode step keeps the question's selection
+    assert plan.select_due == ()
+    nnz, (start, end) = int(plan.kv_indptr[-1]), plan.selected_span(0)
+    for layer in range(L):
+        blocks = policy.layer_kv(plan, layer, torch.randn(1, H * GROUP, D, generator=g)).kv_positions.view(H, nnz)
+        assert torch.equal(blocks[:, start:end], chosen[layer])

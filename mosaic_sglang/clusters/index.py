@@ -374,7 +374,8 @@ class ClusterIndex(RegroupSealed, Retriever):
         return select_layer_batch([self], layer_id, [queries], [seq_len])[0]
 
     def select_clusters(self, queries: torch.Tensor, *, seq_len: int | None = None) -> ClusterChoice:
-        """The clusters used per layer (what a transfer engine moves; the exact fill's boundary cluster
+        """The clusters used per layer (per (layer, KV head), rows ``l · H + h``, with
+        ``selection_heads='per_kv_head'``; what a transfer engine moves; the exact fill's boundary cluster
         included), as `ClusterChoice`."""
         layers = torch.arange(self.num_layers, device=self.device)
         queries = check_queries(queries, self.num_layers, self.num_kv_heads, self.head_dim, self.device)

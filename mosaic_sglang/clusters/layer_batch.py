@@ -17,6 +17,8 @@ import torch
 
 from mosaic_sglang.kernels.emit_members import emit_members
 
+from ..host_ints import host_ints_to_device
+
 from . import select as selection
 from .inputs import check_queries, describe
 
@@ -97,7 +99,6 @@ def select_layer_into(
     take = torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in takes])  # [R, C], pads take 0
     heads = [t.shape[0] for t in takes]  # rows of each sequence (1 or H)
     groups = torch.cat([v.group_of_layer[selection.row_layers(v, l)] for v, l in zip(views, layers)])  # [R]
-    base = members.cluster_base(groups, heads)  # [R] global id of each row's cluster 0
     bounds = [b for v, n, h in zip(views, seq_lens, heads) for b in [selection.eligible_range(v, n)] * h]
     parts = [out.numel() - 1 for out in outs]
     for f, h, i in zip(parts, heads, range(len(outs))):
@@ -107,7 +108,10 @@ def select_layer_into(
     starts = list(itertools.accumulate(sizes, initial=0))
     total = starts.pop()
     # every per-row host int in one copy; pinned + non_blocking on CUDA (a pageable copy waits for the stream)
-    lo, hi, offset, planned = _host_rows([[b[0] for b in bounds], [b[1] for b in bounds], starts, sizes], device)
+    first = [members.first_group[i] for i, h in enumerate(heads) for _ in range(h)]  # each row's item's group 0
+    lo, hi, offset, planned, first = host_ints_to_device(
+        [[b[0] for b in bounds], [b[1] for b in bounds], starts, sizes, first], device)
+    base = members.group_base[first + groups]  # [R] global id of each row's cluster 0
     # a row never writes past its planned length (into the next row's part), even if its fill disagreed
     # with the plan: the takes are cut at f_i along the cluster order (a no-op when they agree, as tested)
     reach = torch.cumsum(take, 1)
@@ -121,13 +125,6 @@ def select_layer_into(
         out[:f].copy_(ordered[start : start + f])
 
 
-def _host_rows(rows: list[list[int]], device: torch.device) -> list[torch.Tensor]:
-    """Host int rows as device int64 tensors in one copy that does not wait for the device: through pinned
-    memory with ``non_blocking`` on CUDA (a pageable ``torch.tensor(..., device=cuda)`` synchronises)."""
-    packed = torch.tensor(rows, dtype=torch.int64, pin_memory=device.type == "cuda")
-    return list(packed.to(device, non_blocking=True))
-
-
 class _BatchMembers:
     """The member lists of a batch's indexes as one CSR (global cluster ids item after item), kept while
     the batch's lists are the same objects (a decode batch re-selecting step after step): rebuilt, O(Σ
@@ -136,7 +133,9 @@ class _BatchMembers:
 
     def __init__(self) -> None:
         self._lists: list = []
-        self.indptr = self.positions = self._group_base = self._item_first_group = None
+        self.indptr = self.positions = self.group_base = None
+        self.first_group: list[int] = []
+        """Host ints: item ``j``'s first entry in ``group_base``."""
 
     def get(self, lists: list) -> "_BatchMembers":
         if len(lists) != len(self._lists) or any(a is not b for a, b in zip(lists, self._lists)):
@@ -155,19 +154,9 @@ class _BatchMembers:
                 bases.append(m.group_base + clusters)
                 clusters, members = clusters + m.indptr.numel() - 1, members + m.positions.numel()
             self.indptr, self.positions = torch.cat(indptr), torch.cat(positions)
-        self._group_base = torch.cat(bases)  # [Σ G_i] global id of each item's groups' cluster 0
-        first = list(itertools.accumulate((b.numel() for b in bases), initial=0))[:-1]
-        (self._item_first_group,) = _host_rows([first], self._group_base.device)  # [items]
+        self.group_base = torch.cat(bases)  # [Σ G_i] global id of each item's groups' cluster 0
+        self.first_group = list(itertools.accumulate((b.numel() for b in bases), initial=0))[:-1]
         self._lists = list(lists)
-
-    def cluster_base(self, groups: torch.Tensor, rows_per_item: list[int]) -> torch.Tensor:
-        """``[R]`` global id of cluster 0 of row ``i``'s membership group ``groups[i]``; item ``j`` has
-        ``rows_per_item[j]`` consecutive rows (1, or one per KV head)."""
-        first = self._item_first_group
-        if any(r != 1 for r in rows_per_item):
-            (repeats,) = _host_rows([rows_per_item], first.device)
-            first = first.repeat_interleave(repeats, output_size=len(groups))
-        return self._group_base[first + groups]
 
 
 _BATCH = _BatchMembers()

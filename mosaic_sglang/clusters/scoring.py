@@ -65,7 +65,8 @@ def score_clusters(
             of ``Σ_members exp(q·k/√D)``), divided by the cost after the reduction (mass per budget
             token: the greedy order of a fractional knapsack).
         reduce: ``'mean'`` or ``'max'`` over the Tq query tokens and all query heads of the row
-            (one attended set serves every head of a layer).
+            (one attended set serves every head of the row: a layer's KV heads, or one KV head's
+            GQA group with ``selection_heads='per_kv_head'``, `select.heads_as_rows`).
 
     Returns:
         ``[R, C]`` float32 priorities per budget token, higher is better; ``-inf`` where ``costs <= 0``.

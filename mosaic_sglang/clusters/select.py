@@ -35,11 +35,12 @@ __all__ = ["ClusterChoice", "layer_summaries", "choose_clusters", "attended_mask
 
 
 class ClusterChoice(NamedTuple):
-    """Clusters chosen per layer, CSR over layers (what a transfer engine moves).
+    """Clusters chosen per row, CSR over rows (what a transfer engine moves): a row is a layer, or with
+    ``selection_heads='per_kv_head'`` a (layer, KV head) pair, row ``l · H + h``.
 
     Attributes:
-        indptr: ``[num_layers + 1] int64``.
-        cluster_ids: ``[nnz] int64`` ids in the layer's membership group, ascending per layer.
+        indptr: ``[rows + 1] int64``.
+        cluster_ids: ``[nnz] int64`` ids in the row's membership group, ascending per row.
     """
 
     indptr: torch.Tensor

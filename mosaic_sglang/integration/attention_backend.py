@@ -41,7 +41,7 @@ from ..config import MOSAIC_CHECK_NO_SYNC, MOSAIC_TRITON_ATTENTION
 from ..offload import DevicePool, decode_host
 from .tensor_parallel import decision_log, head_gather
 from ..serving import ForwardPlan, RequestLayout
-from ..serving.head_major import head_slots, pool_heads_as_slots, rows_head_major, rows_token_major
+from ..serving.head_major import head_slots, pool_heads_as_slots, rows_head_major, write_token_major
 from ..testing.host_sync import no_host_sync
 from .frame_ids import frame_ids_from_mm_inputs
 from .runtime import get_runtime
@@ -219,12 +219,14 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         if heads == 1:
             self._attend(q, k, v, forward_batch, k_buffer, v_buffer, kv, kv_indptr, slots, positions, out, layer.scaling)
         else:  # one KV head per list: KV heads as requests (serving/head_major.py, see _plan_forward)
-            as_rows = lambda x: None if x is None else rows_head_major(x, heads)  # noqa: E731
+            # the chunk's own K/V only feed SGLang's extend kernel (the others read the pool)
+            own = self._triton and not forward_batch.forward_mode.is_decode() and k is not None and v is not None
+            as_rows = lambda x: rows_head_major(x, heads) if own else None  # noqa: E731
             out_heads = out.new_empty(heads * q.shape[0], layer.tp_q_head_num // heads, layer.v_head_dim)
-            self._attend(as_rows(q), as_rows(k), as_rows(v), forward_batch, pool_heads_as_slots(k_buffer),
+            self._attend(rows_head_major(q, heads), as_rows(k), as_rows(v), forward_batch, pool_heads_as_slots(k_buffer),
                          pool_heads_as_slots(v_buffer), kv, kv_indptr, head_slots(slots, self._entry_head, heads),
                          positions, out_heads, layer.scaling)
-            out.copy_(rows_token_major(out_heads, heads))
+            write_token_major(out_heads, out, heads)
         if layer.layer_id == self.last_layer:
             start = time.perf_counter()
             self.runtime.policy.end_forward()

@@ -6,15 +6,16 @@ SGLang's extend attention) — and FlashInfer's paged wrappers — takes one lis
 of ``[S, H, D]`` slots. The lists are served unchanged by relabelling: request ``h · B + b`` is KV head
 ``h`` of request ``b`` (`ForwardPlan.head_major`), its queries are that head's GQA group laid out
 head-major, and the pool is viewed as ``[S · H, 1, D]`` (slot ``s`` of head ``h`` is ``s · H + h``,
-a view: no copy of the pool). The cost is two small copies per layer (queries in, output out) and an
-``H`` times longer list of slots.
+a view: no copy of the pool). The cost per layer: the queries copied in and the output copied out (and
+in extend with SGLang's kernel the chunk's own K/V), an ``H`` times longer list of slots, and the
+always parts repeated in every head's block.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["rows_head_major", "rows_token_major", "pool_heads_as_slots", "head_slots"]
+__all__ = ["rows_head_major", "write_token_major", "pool_heads_as_slots", "head_slots"]
 
 
 def rows_head_major(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -24,10 +25,11 @@ def rows_head_major(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(n, heads, width // heads, d).transpose(0, 1).reshape(heads * n, width // heads, d)
 
 
-def rows_token_major(y: torch.Tensor, heads: int) -> torch.Tensor:
-    """The inverse of `rows_head_major`: ``[H · n, G, D]`` → ``[n, H · G, D]``."""
+def write_token_major(y: torch.Tensor, out: torch.Tensor, heads: int) -> torch.Tensor:
+    """The inverse of `rows_head_major`, into ``out``: ``y [H · n, G, D]`` → ``out [n, H · G, D]`` (one copy)."""
     rows, group, d = y.shape
-    return y.view(heads, rows // heads, group, d).transpose(0, 1).reshape(rows // heads, heads * group, d)
+    out.view(rows // heads, heads, group, d).copy_(y.view(heads, rows // heads, group, d).transpose(0, 1))
+    return out
 
 
 def pool_heads_as_slots(buffer: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ import torch
 from mosaic_sglang.kernels.assemble_always import assemble_always, pack_ranges
 
 from ..csr import indptr_from_counts
+from ..host_ints import host_ints_to_device
 
 if TYPE_CHECKING:
     from .selection_slab import SelectionSlab
@@ -38,7 +39,9 @@ class LayerKV(NamedTuple):
 
     Attributes:
         kv_indptr: ``[B + 1] int64``; request ``b`` attends ``kv_positions[kv_indptr[b]:kv_indptr[b+1]]``.
-        kv_positions: ``[nnz] int64`` positions in the request's sequence.
+        kv_positions: ``[nnz] int64`` positions in the request's sequence; with per-KV-head lists
+            (`ForwardPlan.heads` ``H > 1``) ``[H · nnz]``: ``H`` blocks of ``nnz``, each laid out by
+            ``kv_indptr`` (`ForwardPlan.head_major` gives the indptr over all of them).
     """
 
     kv_indptr: torch.Tensor
@@ -107,9 +110,9 @@ class ForwardPlan(NamedTuple):
             return torch.cat([indptr[:-1] + h * n for h in range(heads)] + [indptr.new_full((1,), heads * n)])
 
         offsets = torch.arange(heads, device=self.kv_request.device).repeat_interleave(nnz) * batch
-        return ForwardPlan(blocks(self.q_indptr, nq), self.q_positions.repeat(heads), blocks(self.kv_indptr, nnz),
-                           self.kv_positions, self.kv_request.repeat(heads) + offsets, self.always_len.repeat(heads),
-                           (), self.max_q, self.max_kv, self.padded, 1)
+        return self._replace(q_indptr=blocks(self.q_indptr, nq), q_positions=self.q_positions.repeat(heads),
+                             kv_indptr=blocks(self.kv_indptr, nnz), kv_request=self.kv_request.repeat(heads) + offsets,
+                             always_len=self.always_len.repeat(heads), select_due=(), heads=1)
 
     def prefix_entries(self, kv: Optional[LayerKV] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The list entries that are cached-prefix positions, CSR over requests (what a kernel that reads
@@ -206,11 +209,12 @@ def build_plan(
     kv_indptr = indptr_from_counts(a + f)
     nnz = int(kv_indptr[-1])
     ranges = pack_ranges([(part.starts, part.ends) for part in always]).to(device)
-    to_device = lambda values: torch.tensor(values, dtype=torch.int64).to(device, non_blocking=True)  # noqa: E731
     shared = torch.full((nnz,), -1, dtype=torch.int64, device=device)
     if batch:
-        assemble_always(ranges.indptr, ranges.starts, ranges.ends, to_device([p.indexed_end for p in always]),
-                        to_device(seq_lens), kv_indptr[:-1].to(device), max_ranges=ranges.max_ranges, out=shared)
+        indexed_end, ends, starts = host_ints_to_device(
+            [[p.indexed_end for p in always], seq_lens, kv_indptr[:-1].tolist()], device)
+        assemble_always(ranges.indptr, ranges.starts, ranges.ends, indexed_end, ends, starts,
+                        max_ranges=ranges.max_ranges, out=shared)
     if heads > 1:
         shared = shared.repeat(heads)  # [H · nnz]: every head's lists share the always parts
     width = heads * nnz

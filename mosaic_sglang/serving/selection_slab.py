@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..clusters.table import grow
+from ..host_ints import host_ints_to_device
 
 __all__ = ["SelectionSlab"]
 
@@ -108,7 +109,7 @@ class SelectionSlab:
         """Copy kept selections into a forward's lists, every layer at once, without a host sync.
 
         Args:
-            kv_positions: ``[L, nnz] int64`` on the slab's device (`ForwardPlan.kv_positions`).
+            kv_positions: ``[L, H · nnz] int64`` on the slab's device (`ForwardPlan.kv_positions`).
             rows: per kept request its slab row; starts: where its selected part begins in every layer's
                 list; counts: its selected part's length ``f`` (≤ width; entries past a layer's own
                 count are ``-1``, the padding of a padded plan); offsets: where in the slab row each part
@@ -120,13 +121,11 @@ class SelectionSlab:
         if total == 0:
             return
         device = self.device
-        count = torch.tensor(counts, dtype=torch.int64).to(device, non_blocking=True)  # [K]
-        start = torch.tensor(starts, dtype=torch.int64).to(device, non_blocking=True)
-        row = torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)
+        offsets = [0] * len(rows) if offsets is None else offsets
+        count, start, row, offset = host_ints_to_device([counts, starts, rows, offsets], device)  # [K] each
         which = torch.repeat_interleave(torch.arange(len(rows), device=device), count, output_size=total)  # [F]
         col = torch.arange(total, device=device) - (torch.cumsum(count, 0) - count)[which]  # [F]
-        src = col if offsets is None else col + torch.tensor(offsets, dtype=torch.int64).to(device, non_blocking=True)[which]
-        kv_positions[:, start[which] + col] = self.positions[row[which], :, src].T.to(kv_positions.dtype)
+        kv_positions[:, start[which] + col] = self.positions[row[which], :, col + offset[which]].T.to(kv_positions.dtype)
 
     @property
     def nbytes(self) -> int:

