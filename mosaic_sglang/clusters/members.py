@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 
 from ..csr import indptr_from_counts
+from ..host_ints import host_ints_to_device
 
 __all__ = ["MemberLists", "build_member_lists"]
 
@@ -54,7 +55,7 @@ def build_member_lists(assign: torch.Tensor, num_clusters: list[int], num_member
     """
     device = assign.device
     groups, n = assign.shape
-    counts = torch.tensor(num_clusters, dtype=torch.int64, pin_memory=device.type == "cuda").to(device, non_blocking=True)
+    (counts,) = host_ints_to_device([num_clusters], device)  # [G], one pinned copy: no sync
     group_base = torch.cumsum(counts, 0) - counts  # [G]
     total = int(sum(num_clusters))
     cluster = torch.where(assign >= 0, group_base[:, None] + assign, total)  # [G, N] global id, text -> total

@@ -11,7 +11,7 @@ import logging
 from collections import OrderedDict
 from typing import Optional
 
-from ..config import MosaicConfig
+from ..config import MosaicConfig, MosaicConfigError
 from ..serving import AttendedSetPolicy, FullAttendedSet, ProcessCounters, ProcessTotals, RequestStats
 from .options import config_from_env
 from .prometheus_metrics import MosaicMetrics
@@ -62,7 +62,7 @@ class MosaicRuntime:
 
         config = self.config
         if config.selection_heads == "per_kv_head" and tp_size > 1:
-            raise ValueError("mosaic config field 'selection_heads': expected 'shared' with tensor parallelism "
+            raise MosaicConfigError("mosaic config field 'selection_heads': expected 'shared' with tensor parallelism "
                              f"(tp_size={tp_size}: each rank attends its own KV heads), got 'per_kv_head'")
         if config.host_store_tokens:
             pin = device_pool is not None and device_pool.k_layers[0].is_cuda
