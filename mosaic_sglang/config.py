@@ -16,7 +16,8 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
 __all__ = ["MosaicConfig", "MosaicConfigError", "EnvVar", "ENV_VARS", "MOSAIC_CONFIG", "MOSAIC_DEBUG", "MOSAIC_DUMP_DIR",
-           "MOSAIC_CHECK_NO_SYNC", "MOSAIC_FORWARD_LOG_DIR", "MOSAIC_TRITON_ATTENTION"]
+           "MOSAIC_CHECK_NO_SYNC", "MOSAIC_FORWARD_LOG_DIR", "MOSAIC_TRITON_ATTENTION",
+           "MOSAIC_ATTENTION_RUNNER", "MOSAIC_FAKE_FLASHINFER_LOG"]
 
 
 class MosaicConfigError(ValueError):
@@ -295,7 +296,7 @@ def _at_least(cfg: MosaicConfig, name: str, low: int) -> None:
 
 # -- environment variables ---------------------------------------------------------------------------
 
-_ENV_KINDS = ("json", "flag", "path")
+_ENV_KINDS = ("json", "flag", "path", "choice")
 
 
 @dataclass(frozen=True)
@@ -303,15 +304,18 @@ class EnvVar:
     """One ``MOSAIC_*`` environment variable: its name, what it means and how its value reads.
 
     Kinds: ``'json'`` (a JSON text, returned as given), ``'flag'`` (``'1'`` on, ``''``/``'0'``/unset off;
-    anything else is an error naming the variable), ``'path'`` (a directory; unset or empty → None).
+    anything else is an error naming the variable), ``'path'`` (a directory; unset or empty → None),
+    ``'choice'`` (one of ``choices``; unset or empty → the first; anything else is an error naming the variable).
     """
 
     name: str
     kind: str
     doc: str
+    choices: tuple = ()
 
     def __post_init__(self) -> None:
         assert self.name.startswith("MOSAIC_") and self.kind in _ENV_KINDS, f"{self.name=} {self.kind=}"
+        assert (self.kind == "choice") == bool(self.choices), f"{self.name=}: choices go with kind 'choice'"
 
     def raw(self) -> str:
         return os.environ.get(self.name, "")
@@ -325,6 +329,11 @@ class EnvVar:
             return value == "1"
         if self.kind == "path":
             return value or None
+        if self.kind == "choice":
+            if value and value not in self.choices:
+                raise MosaicConfigError(f"environment variable {self.name}: expected one of {list(self.choices)}, "
+                                        f"got {value!r}")
+            return value or self.choices[0]
         return value
 
     def set(self, value: Optional[str]) -> None:
@@ -350,6 +359,15 @@ MOSAIC_FORWARD_LOG_DIR = EnvVar("MOSAIC_FORWARD_LOG_DIR", "path", "Time every mo
 MOSAIC_TRITON_ATTENTION = EnvVar("MOSAIC_TRITON_ATTENTION", "flag", "Run the Mosaic backend's attention through "
                                  "the Triton kernels (decode: sparse_decode; extend: SGLang's extend attention) "
                                  "on CPU too, as on CUDA; with TRITON_INTERPRET=1 (tests).")
+MOSAIC_ATTENTION_RUNNER = EnvVar(
+    "MOSAIC_ATTENTION_RUNNER", "choice", "The Mosaic backend's attention kernels: 'auto' (FlashInfer's paged "
+    "wrappers on CUDA when flashinfer imports, else the Triton kernels on CUDA, the torch reference on CPU), "
+    "'flashinfer', 'triton', 'reference', or 'fake-flashinfer' (tests: the FlashInfer route with "
+    "mosaic_sglang.testing.fake_flashinfer standing in for flashinfer, on CPU).",
+    choices=("auto", "flashinfer", "triton", "reference", "fake-flashinfer"))
+MOSAIC_FAKE_FLASHINFER_LOG = EnvVar("MOSAIC_FAKE_FLASHINFER_LOG", "path", "Where the fake FlashInfer wrappers "
+                                    "(MOSAIC_ATTENTION_RUNNER=fake-flashinfer) append one JSON line per plan and "
+                                    "per run (tests read them).")
 ENV_VARS = (MOSAIC_CONFIG, MOSAIC_DEBUG, MOSAIC_DUMP_DIR, MOSAIC_CHECK_NO_SYNC, MOSAIC_FORWARD_LOG_DIR,
-            MOSAIC_TRITON_ATTENTION)
+            MOSAIC_TRITON_ATTENTION, MOSAIC_ATTENTION_RUNNER, MOSAIC_FAKE_FLASHINFER_LOG)
 """Every ``MOSAIC_*`` variable the project reads."""

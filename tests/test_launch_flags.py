@@ -153,3 +153,20 @@ def test_per_kv_head_selection_is_refused_at_launch_with_attention_tensor_parall
     for ranks in ({"tp_size": 2}, {"tp_size": 4, "dp_size": 2, "enable_dp_attention": True}):
         with pytest.raises(MosaicConfigError, match="'selection_heads'.*attention TP size 2"):
             check_parallelism(per_head, SimpleNamespace(**ranks))
+
+
+def test_what_the_attention_backend_cannot_plan_is_refused_at_launch():
+    """Speculative decoding and DP attention would reach batches Mosaic does not plan: refused, naming the
+    option; data parallelism by replicas (``dp_size`` without DP attention) is not."""
+    from types import SimpleNamespace
+
+    from mosaic_sglang.config import MosaicConfigError
+    from mosaic_sglang.integration.launch_flags import check_unsupported
+
+    for options, name in (({"speculative_algorithm": "EAGLE"}, "speculative-algorithm"),
+                          ({"enable_dp_attention": True, "dp_size": 2}, "enable-dp-attention")):
+        with pytest.raises(MosaicConfigError, match=f"--{name}: expected"):
+            check_unsupported(SimpleNamespace(attention_backend="mosaic", **options))
+        check_unsupported(SimpleNamespace(attention_backend="flashinfer", **options))  # not ours to refuse
+    check_unsupported(SimpleNamespace(attention_backend="mosaic", dp_size=2, enable_dp_attention=False,
+                                      speculative_algorithm=None))

@@ -135,3 +135,37 @@ def test_generate_request_takes_a_routed_dp_rank():
     from sglang.srt.managers.io_struct import GenerateReqInput
 
     assert "routed_dp_rank" in {f.name for f in dataclasses.fields(GenerateReqInput)}
+
+
+def test_flashinfer_wrapper_api_the_mosaic_route_relies_on():
+    """The installed ``flashinfer`` (the version SGLang pins) still has what `FlashInferRunner` relies on: the
+    two fa2 paged wrappers, the private page-list attribute their ``run`` reads at run time (named once in
+    `attention/flashinfer_api.py`), and the parameters the runner passes; the fake FlashInfer the CPU tests
+    drive the route with takes the same parameters in the same order."""
+    import inspect
+
+    import flashinfer
+
+    from mosaic_sglang.attention import flashinfer_api as api
+    from mosaic_sglang.testing import fake_flashinfer
+
+    assert flashinfer.__version__ == "0.7.2"
+    attr = f"self.{api.INDICES_BUFFER_ATTR}"
+    for name in (api.DECODE_WRAPPER, api.PREFILL_WRAPPER):
+        real, fake = getattr(flashinfer, name), getattr(fake_flashinfer, name)
+        source = inspect.getsource(real)  # plan and run delegate to helpers of the class
+        assert f"{attr} = " in source, f"{name} no longer keeps its page list in {attr}"
+        assert f"{attr}," in source, f"{name} no longer hands {attr} to its kernels at run time"
+        assert '"fa2"' in source
+        for method in ("__init__", "plan", "forward"):
+            real_params = list(inspect.signature(getattr(real, method)).parameters)
+            fake_params = [p for p, v in inspect.signature(getattr(fake, method)).parameters.items()
+                           if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)]
+            assert real_params[:len(fake_params)] == fake_params, (name, method, real_params, fake_params)
+    decode, prefill = getattr(flashinfer, api.DECODE_WRAPPER), getattr(flashinfer, api.PREFILL_WRAPPER)
+    assert {"kv_layout", "backend", "use_tensor_cores"} <= set(inspect.signature(decode.__init__).parameters)
+    assert {"causal", "q_data_type", "kv_data_type", "non_blocking"} <= set(inspect.signature(prefill.plan).parameters)
+    decode_source = inspect.getsource(decode)  # its plan takes **kwargs: the names its helpers read
+    assert all(f"{key}:" in decode_source for key in ("q_data_type", "kv_data_type", "non_blocking"))
+    assert "sm_scale" in inspect.signature(decode.forward).parameters
+    assert {"causal", "sm_scale"} <= set(inspect.signature(prefill.forward).parameters)

@@ -17,10 +17,12 @@ the pool for every layer). A decode step that keeps its question's selection doe
 no host synchronisation inside a layer, and neither does a re-select step with the exact fill (the
 selected parts have their planned lengths, `select_layer_into`); checked with ``MOSAIC_CHECK_NO_SYNC=1``.
 
-Attention kernels: on CUDA (or with ``MOSAIC_TRITON_ATTENTION=1``, which the tests run under the Triton
-interpreter) decode goes through `sparse_decode` (split-K over the layer's CSR of slots) and extend
-through `sparse_extend` (SGLang's own extend attention: the chunk's K/V causally, plus the list's prefix
-entries, `ForwardPlan.prefix_entries`); elsewhere the torch reference `attended_attention`.
+Attention kernels (`attention_runners`): on CUDA FlashInfer's fa2 paged wrappers, planned once per
+forward and pointed at each layer's list (`mosaic_sglang.attention.FlashInferRunner`), or the Triton kernels
+(decode: `sparse_decode`, split-K over the layer's CSR of slots; extend: SGLang's extend attention over the
+chunk plus the list's prefix entries) where FlashInfer is absent or cannot serve a plan; on CPU the torch
+reference `attended_attention` (``MOSAIC_ATTENTION_RUNNER`` picks another: tests run the Triton route under
+the interpreter and the FlashInfer route with a fake FlashInfer).
 """
 
 from __future__ import annotations
@@ -35,14 +37,14 @@ from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBack
 from sglang.srt.layers.radix_attention import AttentionType
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
-from mosaic_sglang.kernels import attended_attention, sparse_decode, sparse_extend
-
-from ..config import MOSAIC_CHECK_NO_SYNC, MOSAIC_TRITON_ATTENTION
+from ..attention import LayerLists
+from ..config import MOSAIC_CHECK_NO_SYNC
 from ..offload import DevicePool, decode_host
 from .tensor_parallel import decision_log, head_gather
 from ..serving import ForwardPlan, RequestLayout
 from ..serving.head_major import head_slots, pool_heads_as_slots, rows_head_major, write_token_major
 from ..testing.host_sync import no_host_sync
+from .attention_runners import choose_runners
 from .frame_ids import frame_ids_from_mm_inputs
 from .runtime import get_runtime
 
@@ -89,9 +91,11 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         step of known requests) and which attention route ran; read by `forward_timer` with
         ``MOSAIC_FORWARD_LOG_DIR`` set."""
         self._check_no_sync = MOSAIC_CHECK_NO_SYNC.read()
-        # CUDA (or MOSAIC_TRITON_ATTENTION=1 under the interpreter): decode through the split-K kernel,
-        # extend through SGLang's extend attention over the selected prefix; else the torch reference
-        self._triton = k0.is_cuda or MOSAIC_TRITON_ATTENTION.read()
+        self._runners = choose_runners(
+            device=k0.device, num_layers=pool.layer_num, num_qo_heads=model_runner.model_config.num_attention_heads
+            // max(1, self._heads.size if self._heads else 1), num_kv_heads=k0.shape[1], head_dim=k0.shape[2],
+            dtype=k0.dtype)
+        self._runner = self._runners.primary
         if self.use_sliding_window_kv_pool:
             raise ValueError("mosaic attention backend: sliding-window KV pools are not supported")
 
@@ -102,7 +106,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         self._plan_forward(forward_batch)
         self.forward_timings = {"plan_s": time.perf_counter() - start, "select_s": 0.0, "index_s": 0.0,
                                 "rows_read": self.runtime.rows.reads - reads,
-                                "attention": "triton" if self._triton else "reference"}
+                                "attention": self._runner.name}
 
     def _plan_forward(self, forward_batch: "ForwardBatch") -> None:
         super().init_forward_metadata(forward_batch)
@@ -141,18 +145,17 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         # Per-KV-head lists (plan.heads > 1) are attended as H·B requests of one KV head each (`head_major`):
         # queries head-major, KV heads viewed as slots (slot s of head h is s·H + h).
         device = req_to_token.device
-        attn = self._attn_plan = plan.head_major()
+        attn = plan.head_major()
         self._row_ids = forward_batch.req_pool_indices.to(torch.int64)
         batch = len(layouts)
         self._entry_rows = self._row_ids[attn.kv_request % batch if plan.heads > 1 else attn.kv_request]
         self._entry_head = attn.kv_request // batch if plan.heads > 1 else None
-        self._q_indptr, self._q_positions = attn.q_indptr.to(device), attn.q_positions.to(device)
         self._kv_indptr = attn.kv_indptr.to(device)  # every layer's, unless the plan is padded
         self._host_requests = [i for i, req in enumerate(layouts) if self.runtime.rows.has_host(req.rid)]
         assert plan.heads == 1 or not self._host_requests, "per-KV-head lists are served from device KV only"
-        if self._triton and not is_decode and not plan.padded:
-            prefix_indptr, entries = attn.prefix_entries()
-            self._prefix_indptr, self._prefix_entries = prefix_indptr.to(device), entries.to(device)
+        primary = self._runners.primary
+        self._runner = primary if primary.serves(attn) else self._runners.fallback
+        self._runner.begin_forward(attn, is_decode, device, per_kv_head=plan.heads > 1)
 
     def _frame_ids(self, rid: str, seq_len: int, mm_inputs) -> torch.Tensor:
         """Frame ids of a request's positions: from its multimodal items at extend, else those of the
@@ -215,17 +218,19 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         if k is not None and v is not None:
             k = k.reshape(-1, layer.tp_k_head_num, layer.qk_head_dim)
             v = v.reshape(-1, layer.tp_v_head_num, layer.v_head_dim)
-        heads = plan.heads
+        heads, runner = plan.heads, self._runner
         if heads == 1:
-            self._attend(q, k, v, forward_batch, k_buffer, v_buffer, kv, kv_indptr, slots, positions, out, layer.scaling)
+            out = runner.run_layer(local, q, k, v, k_buffer, v_buffer, LayerLists(kv_indptr, slots, positions), out,
+                                   layer.scaling)
         else:  # one KV head per list: KV heads as requests (serving/head_major.py, see _plan_forward)
             # the chunk's own K/V only feed SGLang's extend kernel (the others read the pool)
-            own = self._triton and not forward_batch.forward_mode.is_decode() and k is not None and v is not None
+            own = runner.reads_own_kv and not forward_batch.forward_mode.is_decode() and k is not None and v is not None
             as_rows = lambda x: rows_head_major(x, heads) if own else None  # noqa: E731
             out_heads = out.new_empty(heads * q.shape[0], layer.tp_q_head_num // heads, layer.v_head_dim)
-            self._attend(rows_head_major(q, heads), as_rows(k), as_rows(v), forward_batch, pool_heads_as_slots(k_buffer),
-                         pool_heads_as_slots(v_buffer), kv, kv_indptr, head_slots(slots, self._entry_head, heads),
-                         positions, out_heads, layer.scaling)
+            lists = LayerLists(kv_indptr, head_slots(slots, self._entry_head, heads), positions)
+            out_heads = runner.run_layer(local, rows_head_major(q, heads), as_rows(k), as_rows(v),
+                                         pool_heads_as_slots(k_buffer), pool_heads_as_slots(v_buffer), lists, out_heads,
+                                         layer.scaling)
             write_token_major(out_heads, out, heads)
         if layer.layer_id == self.last_layer:
             start = time.perf_counter()
@@ -233,28 +238,6 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             self.forward_timings["index_s"] = time.perf_counter() - start
             self.runtime.after_forward()
         return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
-
-    def _attend(self, q, k, v, forward_batch, k_buffer, v_buffer, kv, kv_indptr, slots, positions, out, scale):
-        """One attention call over the layer's lists (see ``self._triton``): ``q [nq, Hq, D]``, the
-        forward's own ``k``/``v [nq, Hk, D]`` (None in decode without a cache write), the pool's buffers
-        ``[S, Hk, D]``, ``slots``/``positions`` of every list entry, CSR ``kv_indptr`` (the attention plan's
-        requests: `ForwardPlan.head_major`)."""
-        plan = self._attn_plan
-        if self._triton and forward_batch.forward_mode.is_decode():
-            sparse_decode(q, k_buffer, v_buffer, kv_indptr, slots, scale=scale, out=out, impl="triton")
-            return
-        if self._triton and k is not None and v is not None:
-            if plan.padded:  # fill='whole': this layer's compacted lists
-                prefix_indptr, entries = (t.to(q.device) for t in plan.prefix_entries(kv))
-            else:
-                prefix_indptr, entries = self._prefix_indptr, self._prefix_entries
-            sparse_extend(q, k, v, k_buffer, v_buffer, self._q_indptr, prefix_indptr, slots[entries],
-                          max_extend_len=plan.max_q, scale=scale, out=out, impl="triton")
-            return
-        attended_attention(
-            q, self._q_indptr, self._q_positions, k_buffer, v_buffer, kv_indptr, slots, positions,
-            scale=scale, out=out, max_q=plan.max_q, max_kv=plan.max_kv,
-        )
 
     def _gather_mixed(self, layer: int, slots: torch.Tensor, kv_indptr: torch.Tensor, k_buffer: torch.Tensor,
                       v_buffer: torch.Tensor):

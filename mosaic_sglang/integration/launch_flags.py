@@ -139,10 +139,22 @@ def check_unsupported(server_args) -> None:
 
     Raises:
         MosaicConfigError: encode/language disaggregation (the encoder loads media in a process without
-            Mosaic's media guard, before the tokenizer checks run).
+            Mosaic's media guard, before the tokenizer checks run); speculative decoding (a decode step of
+            Mosaic attends one new token per request: draft and verify batches are not planned); DP attention
+            (its gathered, padded batches and idle ranks are not planned; data parallelism by replicas,
+            ``--dp-size`` without it, is served).
     """
     if getattr(server_args, "attention_backend", None) != MOSAIC_BACKEND:
         return
+    algorithm = getattr(server_args, "speculative_algorithm", None)
+    if algorithm:
+        raise MosaicConfigError("--enable-mosaic with --speculative-algorithm: expected no speculative decoding "
+                                "(Mosaic plans one new token per request per decode step), got "
+                                f"speculative_algorithm={algorithm!r}")
+    if getattr(server_args, "enable_dp_attention", False):
+        raise MosaicConfigError("--enable-mosaic with --enable-dp-attention: expected DP attention off (its "
+                                "gathered, padded batches are not planned; --dp-size replicas are served), got "
+                                "enable_dp_attention=True")
     for name in ("language_only", "encoder_only"):
         if getattr(server_args, name, False):
             raise MosaicConfigError(f"--enable-mosaic with --{name.replace('_', '-')}: expected no encoder/language "

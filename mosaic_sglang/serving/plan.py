@@ -128,14 +128,43 @@ class ForwardPlan(NamedTuple):
         """
         kv_indptr, positions = (self.kv_indptr, self.kv_positions[0]) if kv is None else kv
         kv_indptr = kv_indptr.cpu()
+        q_lens, own = self._own_entries(kv_indptr, positions)
+        keep = torch.ones(int(kv_indptr[-1]), dtype=torch.bool)
+        keep[own] = False
+        return indptr_from_counts((kv_indptr[1:] - kv_indptr[:-1]) - q_lens), keep.nonzero().flatten()
+
+    def causal_order(self) -> torch.Tensor:
+        """A permutation of the list entries (the same for every layer) that lists each request's
+        cached-prefix entries first and its own tokens last, in query order: what an attention kernel
+        whose causal mask is aligned at the bottom right (FlashInfer's paged prefill, ``causal=True``)
+        needs to equal the position-causal mask, since every prefix entry precedes every query.
+        Unpadded plans only (one ``kv_indptr`` for every layer).
+
+        Returns:
+            ``[nnz] int64`` host tensor: entry ``order[j]`` of each layer's list goes to place ``j``.
+        """
+        assert not self.padded, "causal_order: every layer's lists must share kv_indptr"
+        kv_indptr = self.kv_indptr.cpu()
+        prefix_indptr, entries = self.prefix_entries()
+        q_lens, own = self._own_entries(kv_indptr, self.kv_positions[0])
+        prefix_lens = prefix_indptr[1:] - prefix_indptr[:-1]
+        starts = kv_indptr[:-1]
+        order = torch.empty(int(kv_indptr[-1]), dtype=torch.int64)
+        owner = torch.repeat_interleave(torch.arange(q_lens.numel()), prefix_lens)  # request of each prefix entry
+        order[starts[owner] + torch.arange(entries.numel()) - prefix_indptr[:-1][owner]] = entries
+        owner = torch.repeat_interleave(torch.arange(q_lens.numel()), q_lens)  # request of each query
+        order[starts[owner] + prefix_lens[owner] + torch.arange(own.numel()) - self.q_indptr[:-1][owner]] = own
+        return order
+
+    def _own_entries(self, kv_indptr: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(q_lens [B], own [nq])``: the list entries holding the forward's own tokens, in query order (each
+        always part ends with them; checked here on the host)."""
         q_lens = self.q_indptr[1:] - self.q_indptr[:-1]  # [B]
         own_start = kv_indptr[:-1] + self.always_len - q_lens  # [B]
         own = torch.repeat_interleave(own_start - self.q_indptr[:-1], q_lens) + torch.arange(int(self.q_indptr[-1]))
         assert torch.equal(positions[own.to(positions.device)].cpu(), self.q_positions), \
             "the always part must end with the queries"
-        keep = torch.ones(int(kv_indptr[-1]), dtype=torch.bool)
-        keep[own] = False
-        return indptr_from_counts((kv_indptr[1:] - kv_indptr[:-1]) - q_lens), keep.nonzero().flatten()
+        return q_lens, own
 
     def selected_span(self, request: int) -> tuple[int, int]:
         """``[start, end)`` of request ``request``'s selected part in every layer's list."""

@@ -1,0 +1,86 @@
+"""The Mosaic backend's FlashInfer route — what CUDA runs when ``flashinfer`` imports — through a real
+sgl.Engine on CPU, with `mosaic_sglang.testing.fake_flashinfer` standing in for FlashInfer's paged wrappers
+(``MOSAIC_ATTENTION_RUNNER=fake-flashinfer``). The fake keeps FlashInfer's contract (page list read at run
+time, bottom-right causal prefill) and kills the scheduler if the route breaks its own: a plan per forward,
+a page list per layer, equal lengths. At a budget covering the context it equals SGLang's dense
+``torch_native`` backend (video, chunked prefill); at a small budget with offload (host-resident clusters
+gathered into a scratch) it equals the torch reference route on the same selection."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from engine_support import VIDEO_PROMPT, cpu_engine_kwargs, run_requests
+from mosaic_sglang.integration.forward_timer import read_forward_log
+from mosaic_sglang.testing.fake_flashinfer import read_log
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
+
+LOGPROB_TOL = 4e-5  # as tests/test_engine_exactness.py: summation order only
+FULL_BUDGET = 1 << 20
+SPARSE = {"sink_tokens": 4, "recent_window": 16, "max_cluster_size": 16, "host_store_tokens": 1 << 14}
+
+
+def _run(model_path, requests, monkeypatch, *, runner=None, logs=None, **backend):
+    import sglang as sgl
+
+    with monkeypatch.context() as env:  # read when the scheduler process starts (it inherits this environment)
+        if runner is not None:
+            env.setenv("MOSAIC_ATTENTION_RUNNER", runner)
+        if logs is not None:
+            env.setenv("MOSAIC_FORWARD_LOG_DIR", str(logs / "forwards"))
+            env.setenv("MOSAIC_FAKE_FLASHINFER_LOG", str(logs / "flashinfer"))
+        engine = sgl.Engine(**cpu_engine_kwargs(model_path, **backend))
+    try:
+        return run_requests(engine, requests)
+    finally:
+        engine.shutdown()
+
+
+def _close(a, b):
+    for x, y in zip(a, b):
+        assert x["output_ids"] == y["output_ids"]
+        diff = max(abs(p - q) for p, q in zip(x["logprobs"], y["logprobs"]))
+        assert diff <= LOGPROB_TOL, f"max logprob difference {diff:.3g}"
+
+
+def _check_one_plan_per_forward(logs, num_layers: int) -> Counter:
+    """Every Mosaic forward ran the FlashInfer route under one plan with one run (and one page list) per
+    layer; returns the plans' kinds."""
+    forwards = read_forward_log(logs / "forwards")
+    records = read_log(logs / "flashinfer")
+    plans = [r for r in records if r["event"] == "plan"]
+    runs = Counter((r["pid"], r["plan"]) for r in records if r["event"] == "run")
+    buffers = {key: {r["buffer"] for r in records if r["event"] == "run" and (r["pid"], r["plan"]) == key}
+               for key in runs}
+    assert {f["attention"] for f in forwards} == {"flashinfer"}, forwards
+    assert len(plans) == len(forwards)
+    assert set(runs.values()) == {num_layers} and all(len(b) == num_layers for b in buffers.values())
+    return Counter(p["kind"] for p in plans)
+
+
+def test_flashinfer_route_equals_dense_and_reference(tiny_vl_model, video_dir, tmp_path, monkeypatch):
+    from transformers import AutoConfig
+
+    num_layers = AutoConfig.from_pretrained(tiny_vl_model).get_text_config().num_hidden_layers
+    a, b = str(video_dir / "a.mp4"), str(video_dir / "b.mp4")
+    ask = lambda text, video: {"inputs": {"prompt": VIDEO_PROMPT.format(question=text), "video_data": [video]},  # noqa: E731
+                               "max_new_tokens": 4}
+    requests = [ask("what happens?", a), ask("and then?", a), ask("what color?", b)]  # the second reuses a's prefix
+    dense = _run(tiny_vl_model, requests, monkeypatch, attention_backend="torch_native")
+    full = _run(tiny_vl_model, requests, monkeypatch, runner="fake-flashinfer", logs=tmp_path / "full",
+                enable_mosaic=True, mosaic_budget=FULL_BUDGET, chunked_prefill_size=128)
+    _close(dense, full)
+    kinds = _check_one_plan_per_forward(tmp_path / "full", num_layers)
+    assert kinds["prefill"] >= 4 and kinds["decode"] >= 6, kinds  # chunked prefills and decode steps
+    reference = _run(tiny_vl_model, requests, monkeypatch, runner="reference", enable_mosaic=True, mosaic_budget=48,
+                     mosaic_config=SPARSE)
+    sparse = _run(tiny_vl_model, requests, monkeypatch, runner="fake-flashinfer", logs=tmp_path / "sparse",
+                  enable_mosaic=True, mosaic_budget=48, mosaic_config=SPARSE)
+    _close(reference, sparse)
+    _check_one_plan_per_forward(tmp_path / "sparse", num_layers)
+    stats = [s["mosaic"][0] for s in sparse]
+    assert all(s["attended_tokens"] < s["context_tokens"] for s in stats)
+    assert any(s.get("host_tokens", 0) > 0 for s in stats), stats  # later questions read offloaded clusters
