@@ -12,6 +12,12 @@ position-causal mask of the reference. Per-KV-head plans arrive as ``H · B`` re
 
 Plans whose layers differ in length (``padded``: ``fill='whole'``, mass budgets) are not served
 (`serves`); the backend hands them to its fallback runner.
+
+Captured decode steps (CUDA graphs): `init_graphs` makes one decode wrapper per captured batch size in
+FlashInfer's CUDA-graph mode, over fixed ``indptr`` / last-page buffers and a fixed per-layer page-list
+buffer; before each replay `plan_graph` plans the step's lengths (host work, out of the graph); inside the
+graph `run_graph_layer` writes the layer's slots (`StaticDecodeLists.slots`) into its row and runs: device
+work of fixed shape only.
 """
 
 from __future__ import annotations
@@ -48,7 +54,9 @@ class FlashInferRunner(AttentionRunner):
         self._decode = getattr(flashinfer, DECODE_WRAPPER)(workspace, "NHD", backend=FA2,
                                                            use_tensor_cores=use_tensor_cores)
         self._prefill = getattr(flashinfer, PREFILL_WRAPPER)(workspace, "NHD", backend=FA2)
+        self._flashinfer, self._workspace, self._use_tensor_cores = flashinfer, workspace, use_tensor_cores
         self._heads = (num_qo_heads, num_kv_heads, head_dim)
+        self._graph_wrappers: dict = {}
         self._dtype, self._device = dtype, workspace.device
         self._num_layers = num_layers
         self._indices = torch.empty(num_layers, 0, dtype=torch.int32, device=self._device)
@@ -95,3 +103,42 @@ class FlashInferRunner(AttentionRunner):
         if self._is_decode:
             return wrapper.forward(q, (k_buffer, v_buffer), sm_scale=scale)
         return wrapper.forward(q, (k_buffer, v_buffer), causal=True, sm_scale=scale)
+
+    # -- captured decode steps (CUDA graphs) ------------------------------------------------------------
+
+    def init_graphs(self, batch_sizes, capacity: int) -> None:
+        """Fixed state for captured decode steps of ``batch_sizes`` requests with up to ``capacity`` entries
+        each per layer: page lists ``[L, max_bs · capacity] int32``, ``indptr [max_bs + 1]``, last pages."""
+        max_bs = max(batch_sizes)
+        self._graph_capacity = capacity
+        self._graph_indices = torch.zeros(self._num_layers, max_bs * capacity, dtype=torch.int32, device=self._device)
+        self._graph_indptr = torch.zeros(max_bs + 1, dtype=torch.int32, device=self._device)
+        self._graph_last_page = torch.ones(max_bs, dtype=torch.int32, device=self._device)
+        decode = getattr(self._flashinfer, DECODE_WRAPPER)
+        self._graph_wrappers = {
+            bs: decode(self._workspace, "NHD", use_cuda_graph=True, use_tensor_cores=self._use_tensor_cores,
+                       paged_kv_indptr_buffer=self._graph_indptr[:bs + 1],
+                       paged_kv_indices_buffer=self._graph_indices[0],
+                       paged_kv_last_page_len_buffer=self._graph_last_page[:bs], backend=FA2)
+            for bs in batch_sizes}
+
+    def plan_graph(self, batch_size: int, kv_indptr: torch.Tensor) -> None:
+        """Out of the graph, before a replay: plan the step's lengths, ``kv_indptr [batch_size + 1]`` (host;
+        `StaticDecodeLists.stage`). FlashInfer copies them into the fixed buffers the graph reads."""
+        wrapper = self._graph_wrappers[batch_size]
+        num_qo, num_kv, head_dim = self._heads
+        use_layer_indices(wrapper, self._graph_indices[0])  # the plan's own page-list copy lands in row 0
+        nnz = int(kv_indptr[-1])
+        wrapper.plan(kv_indptr.to(torch.int32), self._graph_indices[0, :nnz], torch.ones(batch_size, dtype=torch.int32),
+                     num_qo, num_kv, head_dim, 1, q_data_type=self._dtype, kv_data_type=self._dtype, non_blocking=True)
+        self.plans += 1
+
+    def run_graph_layer(self, layer: int, batch_size: int, q: torch.Tensor, k_buffer: torch.Tensor,
+                        v_buffer: torch.Tensor, slots: torch.Tensor, scale: float) -> torch.Tensor:
+        """Inside the graph: layer ``layer``'s attention for ``q [batch_size, Hq, D]`` over ``slots
+        [batch_size · capacity]`` (`StaticDecodeLists.slots`; entries past the planned lists are never read)."""
+        wrapper = self._graph_wrappers[batch_size]
+        row = self._graph_indices[layer, : batch_size * self._graph_capacity]
+        row.copy_(slots)
+        use_layer_indices(wrapper, row)
+        return wrapper.forward(q, (k_buffer, v_buffer), sm_scale=scale)

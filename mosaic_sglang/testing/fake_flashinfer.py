@@ -12,7 +12,10 @@ test fails) when it is broken:
 * every run has a plan, queries of the planned shape and head counts, and a page list of at least the
   planned length whose entries are rows of the cache;
 * within one plan every run reads a page list at a different address (one buffer per layer: a layer can
-  never attend the previous layer's list by accident) — so one plan serves a whole forward.
+  never attend the previous layer's list by accident) — so one plan serves a whole forward;
+* in CUDA-graph mode (decode), fixed ``indptr`` / page-list / last-page buffers given to the constructor,
+  plans of the fixed batch size copied into them, and runs that read the fixed buffers: inside an
+  `EmulatedGraph` a run is one opaque kernel reading q, the caches and those buffers (`graph_kernel`).
 
 Outputs come from the project's torch references (`sparse_decode_reference`, and
 `attended_attention_reference` with positions ``0..n-1`` for the list and ``n-q..n-1`` for the queries,
@@ -34,6 +37,7 @@ from mosaic_sglang.kernels.attended_attention import attended_attention_referenc
 from mosaic_sglang.kernels.sparse_decode import sparse_decode_reference
 
 from ..config import MOSAIC_FAKE_FLASHINFER_LOG
+from .graph_capture import graph_kernel
 
 __all__ = ["BatchDecodeWithPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper", "FakeFlashInferError",
            "read_log"]
@@ -73,13 +77,19 @@ class _PagedWrapper:
     kind = "abstract"
 
     def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
-                 paged_kv_indices_buffer: Optional[torch.Tensor] = None, backend: str = "auto", **_: object) -> None:
+                 paged_kv_indices_buffer: Optional[torch.Tensor] = None, backend: str = "auto",
+                 indptr_buffer: Optional[torch.Tensor] = None, last_page_len_buffer: Optional[torch.Tensor] = None) -> None:
         _check(kv_layout == "NHD", f"kv_layout: expected 'NHD' (SGLang's pool), got {kv_layout!r}")
         _check(backend == "fa2", f"backend: expected 'fa2' (the only one that reads the page list at run time), "
                                  f"got {backend!r}")
-        _check(not use_cuda_graph, "use_cuda_graph: not served by the fake")
+        if use_cuda_graph:
+            _check(all(torch.is_tensor(b) for b in (indptr_buffer, paged_kv_indices_buffer, last_page_len_buffer)),
+                   "cudagraph mode: expected fixed indptr, page-list and last-page buffers")
+            _check(indptr_buffer.numel() == last_page_len_buffer.numel() + 1, "cudagraph mode: indptr is batch + 1")
         self.device = float_workspace_buffer.device
+        self._use_cuda_graph = use_cuda_graph
         self._paged_kv_indices_buf = paged_kv_indices_buffer
+        self._paged_kv_indptr_buf, self._paged_kv_last_page_len_buf = indptr_buffer, last_page_len_buffer
         self._planned: Optional[dict] = None
 
     def _plan(self, kv_indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size, **extra):
@@ -89,7 +99,14 @@ class _PagedWrapper:
         _check(num_qo_heads % num_kv_heads == 0, f"heads: {num_qo_heads} query heads over {num_kv_heads} KV heads")
         indptr = kv_indptr.cpu().to(torch.int64)
         _check(last_page_len.numel() == indptr.numel() - 1, "last_page_len: one per request")
-        self._paged_kv_indices_buf = indices.to(self.device)  # as FlashInfer does outside CUDA graphs
+        if self._use_cuda_graph:  # as FlashInfer does: copied into the fixed buffers the graph reads
+            _check(indptr.numel() == self._paged_kv_indptr_buf.numel(), "cudagraph mode: the batch size is fixed")
+            _check(indices.numel() <= self._paged_kv_indices_buf.numel(), "cudagraph mode: page list too long")
+            self._paged_kv_indptr_buf.copy_(kv_indptr)
+            self._paged_kv_last_page_len_buf.copy_(last_page_len)
+            self._paged_kv_indices_buf[: indices.numel()].copy_(indices)
+        else:
+            self._paged_kv_indices_buf = indices.to(self.device)  # as FlashInfer does outside CUDA graphs
         self._planned = dict(id=next(_PLAN_IDS), kv_indptr=indptr, heads=(num_qo_heads, num_kv_heads, head_dim),
                              buffers=set(), **extra)
         _log({"event": "plan", "kind": self.kind, "plan": self._planned["id"], "pid": os.getpid(),
@@ -126,18 +143,23 @@ class BatchDecodeWithPagedKVCacheWrapper(_PagedWrapper):
     def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
                  use_tensor_cores: bool = False, paged_kv_indptr_buffer=None, paged_kv_indices_buffer=None,
                  paged_kv_last_page_len_buffer=None, backend: str = "auto", jit_args=None) -> None:
-        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, paged_kv_indices_buffer, backend)
+        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, paged_kv_indices_buffer, backend,
+                         paged_kv_indptr_buffer, paged_kv_last_page_len_buffer)
 
     def plan(self, indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size, **kwargs) -> None:
         self._plan(indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size)
 
     def forward(self, q, paged_kv_cache, pos_encoding_mode="NONE", q_scale=None, k_scale=None, v_scale=None,
                 window_left=-1, logits_soft_cap=None, sm_scale=None, rope_scale=None, rope_theta=None) -> torch.Tensor:
-        k, v, slots = self._page_list(q, paged_kv_cache, sm_scale)
-        indptr = self._planned["kv_indptr"]
-        _check(q.shape[0] == indptr.numel() - 1, f"q: expected one row per planned request ({indptr.numel() - 1}), "
-                                                 f"got {q.shape[0]}")
-        return sparse_decode_reference(q, k, v, indptr.to(q.device), slots, scale=sm_scale)
+        fixed = [self._paged_kv_indptr_buf, self._paged_kv_last_page_len_buf] if self._use_cuda_graph else []
+        with graph_kernel("flashinfer.decode", reads=[q, *paged_kv_cache, self._paged_kv_indices_buf, *fixed]) as produced:
+            k, v, slots = self._page_list(q, paged_kv_cache, sm_scale)
+            # a graph replays with the fixed device indptr (FlashInfer's kernels read it); else the planned one
+            indptr = self._paged_kv_indptr_buf.cpu().to(torch.int64) if self._use_cuda_graph else self._planned["kv_indptr"]
+            _check(torch.equal(indptr, self._planned["kv_indptr"]), "cudagraph mode: indptr buffer differs from the plan")
+            _check(q.shape[0] == indptr.numel() - 1, f"q: expected one row per planned request ({indptr.numel() - 1}), "
+                                                     f"got {q.shape[0]}")
+            return produced(sparse_decode_reference(q, k, v, indptr.to(q.device), slots, scale=sm_scale))
 
 
 class BatchPrefillWithPagedKVCacheWrapper(_PagedWrapper):
@@ -149,6 +171,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_PagedWrapper):
                  qo_indptr_buf=None, paged_kv_indptr_buf=None, paged_kv_indices_buf=None,
                  paged_kv_last_page_len_buf=None, custom_mask_buf=None, mask_indptr_buf=None,
                  backend: str = "auto", jit_args=None) -> None:
+        _check(not use_cuda_graph, "prefill in cudagraph mode: not served by the fake (Mosaic captures decode only)")
         super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, paged_kv_indices_buf, backend)
 
     def plan(self, qo_indptr, paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len, num_qo_heads, num_kv_heads,
@@ -163,6 +186,10 @@ class BatchPrefillWithPagedKVCacheWrapper(_PagedWrapper):
     def forward(self, q, paged_kv_cache, causal=False, pos_encoding_mode="NONE", use_fp16_qk_reduction=False,
                 k_scale=None, v_scale=None, window_left=-1, logits_soft_cap=None, sm_scale=None, rope_scale=None,
                 rope_theta=None) -> torch.Tensor:
+        with graph_kernel("flashinfer.prefill", reads=[q, *paged_kv_cache, self._paged_kv_indices_buf]) as produced:
+            return produced(self._prefill(q, paged_kv_cache, causal, sm_scale))
+
+    def _prefill(self, q, paged_kv_cache, causal: bool, sm_scale) -> torch.Tensor:
         k, v, slots = self._page_list(q, paged_kv_cache, sm_scale)
         plan = self._planned
         _check(causal == plan["causal"], f"causal: planned {plan['causal']}, run with {causal}")
