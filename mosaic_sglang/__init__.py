@@ -2,7 +2,7 @@
 
 The tree follows the data path: `config` (knobs, ``MOSAIC_*`` variables) → `clusters` (the index over
 a video's keys: assignment, splits, selection) → `retrieval` (the `Retriever` contract, budget rule,
-baselines, quality metrics) → `serving` (what the attention backend asks per forward) → `offload` (host
+baselines, quality metrics) → `serving` (what the attention backend asks per forward) → `attention` (runners: torch, Triton, FlashInfer) → `offload` (host
 tier and device cluster caches) → `media` (what a server may open, fetch and decode) → `integration` (the only package that touches SGLang); kernels in
 `mosaic_sglang.kernels`, clients in `mosaic_sglang.frontend`.
 

@@ -6,7 +6,9 @@ that read this KV head are scored with one ``tl.dot`` per block (padded to 16 ro
 softmax keeps the running max / sum / weighted values; the split writes its normalised output and
 log-sum-exp. Stage 2, one program per (sequence, query head): splits are merged with weights
 ``exp(lse_s - max lse)``. Empty lists (or splits) give ``lse = -inf`` and contribute nothing; a
-sequence with nothing to attend gets zeros. Accumulation is fp32 whatever the input dtype.
+sequence with nothing to attend gets zeros. Accumulation is fp32 whatever the input dtype; the dots run
+in IEEE fp32 for fp32 inputs (a GPU would otherwise take TF32 and move fp32 results by ~1e-3) and in TF32
+for fp16/bf16 inputs (upcast on load; TF32 keeps more mantissa than the inputs have).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def _split_kernel(
     stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
     scale, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -52,7 +55,7 @@ def _split_kernel(
         slot = tl.load(slots_ptr + n, mask=n_ok, other=0)
         k = tl.load(k_ptr + slot[:, None] * stride_ks + kv_head * stride_kh + d[None, :],
                     mask=n_ok[:, None] & (d[None, :] < HEAD_DIM), other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_D]
-        qk = tl.dot(q, tl.trans(k)) * scale  # [BLOCK_G, BLOCK_N]
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale  # [BLOCK_G, BLOCK_N]
         qk = tl.where(n_ok[None, :], qk, float("-inf"))
         m_new = tl.maximum(m, tl.max(qk, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -60,7 +63,7 @@ def _split_kernel(
         alpha = tl.exp(m - m_safe)
         v = tl.load(v_ptr + slot[:, None] * stride_vs + kv_head * stride_vh + dv[None, :],
                     mask=n_ok[:, None] & (dv[None, :] < V_DIM), other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_DV]
-        acc = acc * alpha[:, None] + tl.dot(p, v)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
         l = l * alpha + tl.sum(p, 1)
         m = m_new
 
@@ -121,6 +124,7 @@ def sparse_decode_triton(q, k_buffer, v_buffer, kv_indptr, kv_slots, *, scale=No
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
         scale, GROUP=group, HEAD_DIM=head_dim, V_DIM=v_dim, NUM_SPLITS=num_splits,
         BLOCK_G=block_g, BLOCK_D=block_d, BLOCK_DV=block_dv, BLOCK_N=block_n,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
     _merge_kernel[(batch, num_qo_heads)](
         mid_o, mid_lse, out, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
