@@ -188,7 +188,7 @@ def served_rows(rows: "FlashInferRows", s: Setup, lists: BudgetLists, q, measure
         runner = FlashInferRunner(rows.fi, workspace, num_layers=num_layers, num_qo_heads=args.q_heads,
                                   num_kv_heads=args.kv_heads, head_dim=args.head_dim, dtype=rows.dtype,
                                   use_tensor_cores=True)
-        runner.init_graphs([bs], a)
+        runner.init_graphs(bs, a)
         static = StaticDecodeLists(num_layers, bs, a, rows.device)
         plan, row_ids = served_plan(s, lists), torch.arange(bs, device=rows.device)
         scale = args.head_dim ** -0.5

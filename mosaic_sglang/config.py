@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional
 
 __all__ = ["MosaicConfig", "MosaicConfigError", "EnvVar", "ENV_VARS", "MOSAIC_CONFIG", "MOSAIC_DEBUG", "MOSAIC_DUMP_DIR",
            "MOSAIC_CHECK_NO_SYNC", "MOSAIC_FORWARD_LOG_DIR", "MOSAIC_TRITON_ATTENTION",
-           "MOSAIC_ATTENTION_RUNNER", "MOSAIC_FAKE_FLASHINFER_LOG"]
+           "MOSAIC_ATTENTION_RUNNER", "MOSAIC_FAKE_FLASHINFER_LOG", "MOSAIC_EMULATE_DECODE_GRAPHS"]
 
 
 class MosaicConfigError(ValueError):
@@ -101,6 +101,12 @@ class MosaicConfig:
     KV (+6.6-8.8 synthetic) for up to 1.17x per decode step, and offload cannot serve it (benchmarks/README.md)."""
     reselect_every: int = 0
     """Decode: re-select every k steps with the current query; 0 keeps the question's selection."""
+    graph_text_tokens: int = 0
+    """0: every step runs eagerly (``--enable-mosaic`` keeps SGLang's decode CUDA graphs off). N > 0:
+    decode CUDA graphs stay on; a decode step that keeps its question's selection replays a captured graph
+    when each request attends at most ``budget + sink_tokens + recent_window + N`` tokens per layer (N
+    covers the text and the tokens not indexed yet), on the FlashInfer route; other steps run eagerly
+    (integration/decode_graphs.py). Off by default: no GPU has run it yet."""
     select_in_prefill: bool = True
     """Video prefill chunks attend sinks + window + clusters selected by the chunk's own queries;
     False makes prefill dense (the attended set is everything before the chunk)."""
@@ -156,19 +162,11 @@ class MosaicConfig:
                 raise MosaicConfigError(
                     f"mosaic config field '{f.name}': expected {expected}, got {value!r} ({type(value).__name__})"
                 )
-        _at_least(self, "budget", 0)
-        _at_least(self, "sink_tokens", 0)
-        _at_least(self, "recent_window", 0)
-        _at_least(self, "max_cluster_size", 1)
-        _at_least(self, "active_frames", 1)
-        _at_least(self, "split_work_per_step", 1)
-        _at_least(self, "regroup_tokens", 0)
-        _at_least(self, "regroup_frames", 1)
-        _at_least(self, "reselect_every", 0)
-        _at_least(self, "seed", 0)
-        _at_least(self, "host_store_tokens", 0)
-        _at_least(self, "cluster_cache_videos", 1)
-        _at_least(self, "spill_tokens", 0)
+        for name in ("budget", "sink_tokens", "recent_window", "regroup_tokens", "reselect_every", "graph_text_tokens",
+                     "seed", "host_store_tokens", "spill_tokens"):
+            _at_least(self, name, 0)
+        for name in ("max_cluster_size", "active_frames", "split_work_per_step", "regroup_frames", "cluster_cache_videos"):
+            _at_least(self, name, 1)
         if self.spill_backend != "none" and self.spill_backend in _CHOICES["spill_backend"]:
             if not self.host_store_tokens:
                 raise MosaicConfigError(
@@ -365,9 +363,12 @@ MOSAIC_ATTENTION_RUNNER = EnvVar(
     "'flashinfer', 'triton', 'reference', or 'fake-flashinfer' (tests: the FlashInfer route with "
     "mosaic_sglang.testing.fake_flashinfer standing in for flashinfer, on CPU).",
     choices=("auto", "flashinfer", "triton", "reference", "fake-flashinfer"))
+MOSAIC_EMULATE_DECODE_GRAPHS = EnvVar("MOSAIC_EMULATE_DECODE_GRAPHS", "flag", "Run every decode step that "
+                                      "could replay a CUDA graph (graph_text_tokens > 0, FlashInfer route) through "
+                                      "an emulated capture/replay on CPU (tests: integration/decode_graphs.py).")
 MOSAIC_FAKE_FLASHINFER_LOG = EnvVar("MOSAIC_FAKE_FLASHINFER_LOG", "path", "Where the fake FlashInfer wrappers "
                                     "(MOSAIC_ATTENTION_RUNNER=fake-flashinfer) append one JSON line per plan and "
                                     "per run (tests read them).")
 ENV_VARS = (MOSAIC_CONFIG, MOSAIC_DEBUG, MOSAIC_DUMP_DIR, MOSAIC_CHECK_NO_SYNC, MOSAIC_FORWARD_LOG_DIR,
-            MOSAIC_TRITON_ATTENTION, MOSAIC_ATTENTION_RUNNER, MOSAIC_FAKE_FLASHINFER_LOG)
+            MOSAIC_TRITON_ATTENTION, MOSAIC_ATTENTION_RUNNER, MOSAIC_FAKE_FLASHINFER_LOG, MOSAIC_EMULATE_DECODE_GRAPHS)
 """Every ``MOSAIC_*`` variable the project reads."""

@@ -53,7 +53,7 @@ class _Step:
         self.runner = FlashInferRunner(fake_flashinfer, torch.empty(16, dtype=torch.uint8), num_layers=L,
                                        num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, dtype=torch.float32,
                                        use_tensor_cores=True)
-        self.runner.init_graphs([1, 2, MAX_BS], CAPACITY)
+        self.runner.init_graphs(MAX_BS, CAPACITY)
 
     def stage(self, plan, rows, q):
         """Out of the graph: the step's lists, lengths and queries into the fixed buffers."""

@@ -84,3 +84,51 @@ def test_flashinfer_route_equals_dense_and_reference(tiny_vl_model, video_dir, t
     stats = [s["mosaic"][0] for s in sparse]
     assert all(s["attended_tokens"] < s["context_tokens"] for s in stats)
     assert any(s.get("host_tokens", 0) > 0 for s in stats), stats  # later questions read offloaded clusters
+
+
+def test_emulated_decode_graphs_equal_dense(tiny_vl_model, video_dir, tmp_path, monkeypatch):
+    """``graph_text_tokens > 0``: decode steps that keep their selection replay captured graphs — on CPU an
+    `EmulatedGraph` per (batch size, layer) (``MOSAIC_EMULATE_DECODE_GRAPHS=1``): no host sync inside, every
+    read at the captured address, FlashInfer's CUDA-graph wrapper (fake) planned once per step. Two requests
+    decode together (padded to a captured batch of 4), and the answers equal dense at full budget."""
+    a, b = str(video_dir / "a.mp4"), str(video_dir / "b.mp4")
+    requests = [{"inputs": {"prompt": [VIDEO_PROMPT.format(question="what happens?")] * 3,
+                            "video_data": [[a], [b], [a]]}, "max_new_tokens": 8}]
+    dense = _run_batch(tiny_vl_model, requests, monkeypatch, attention_backend="torch_native")
+    with monkeypatch.context() as env:
+        env.setenv("MOSAIC_EMULATE_DECODE_GRAPHS", "1")
+        graphs = _run_batch(tiny_vl_model, requests, monkeypatch, runner="fake-flashinfer", logs=tmp_path,
+                            enable_mosaic=True, mosaic_budget=FULL_BUDGET, mosaic_config={"graph_text_tokens": 64})
+    for d, g in zip(dense, graphs):
+        assert g["output_ids"] == d["output_ids"]
+        assert max(abs(x - y) for x, y in zip(g["logprobs"], d["logprobs"])) <= LOGPROB_TOL
+    forwards = read_forward_log(tmp_path / "forwards")
+    graph_steps = [f for f in forwards if f["attention"] == "flashinfer-graph"]
+    # the first decode step after a question may select (eager); the kept steps after it replay (padded 3 → 4)
+    assert len(graph_steps) >= 5 and {f["batch"] for f in graph_steps} == {3}, forwards
+    assert all(f["mode"] == "decode" for f in graph_steps)
+    assert {f["attention"] for f in forwards if f["mode"] != "decode"} == {"flashinfer"}
+
+
+def _run_batch(model_path, requests, monkeypatch, **kwargs):
+    """`_run` for batched requests: each ``inputs`` holds lists (one generate call decodes them together)."""
+    import sglang as sgl
+
+    runner, logs = kwargs.pop("runner", None), kwargs.pop("logs", None)
+    with monkeypatch.context() as env:
+        if runner is not None:
+            env.setenv("MOSAIC_ATTENTION_RUNNER", runner)
+        if logs is not None:
+            env.setenv("MOSAIC_FORWARD_LOG_DIR", str(logs / "forwards"))
+            env.setenv("MOSAIC_FAKE_FLASHINFER_LOG", str(logs / "flashinfer"))
+        engine = sgl.Engine(**cpu_engine_kwargs(model_path, **kwargs))
+    try:
+        outputs = []
+        for req in requests:
+            outs = engine.generate(sampling_params={"max_new_tokens": req["max_new_tokens"], "temperature": 0.0},
+                                   return_logprob=True, **req["inputs"])
+            outputs += [{"output_ids": list(o["output_ids"]),
+                         "logprobs": [float(x[0]) for x in o["meta_info"]["output_token_logprobs"]]} for o in outs]
+        return outputs
+    finally:
+        engine.shutdown()

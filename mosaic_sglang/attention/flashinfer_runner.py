@@ -106,26 +106,30 @@ class FlashInferRunner(AttentionRunner):
 
     # -- captured decode steps (CUDA graphs) ------------------------------------------------------------
 
-    def init_graphs(self, batch_sizes, capacity: int) -> None:
-        """Fixed state for captured decode steps of ``batch_sizes`` requests with up to ``capacity`` entries
-        each per layer: page lists ``[L, max_bs · capacity] int32``, ``indptr [max_bs + 1]``, last pages."""
-        max_bs = max(batch_sizes)
+    def init_graphs(self, max_batch: int, capacity: int) -> None:
+        """Fixed state for captured decode steps of up to ``max_batch`` requests with up to ``capacity``
+        entries each per layer: page lists ``[L, max_batch · capacity] int32``, ``indptr``, last pages; one
+        CUDA-graph decode wrapper per batch size, made at its first plan."""
         self._graph_capacity = capacity
-        self._graph_indices = torch.zeros(self._num_layers, max_bs * capacity, dtype=torch.int32, device=self._device)
-        self._graph_indptr = torch.zeros(max_bs + 1, dtype=torch.int32, device=self._device)
-        self._graph_last_page = torch.ones(max_bs, dtype=torch.int32, device=self._device)
-        decode = getattr(self._flashinfer, DECODE_WRAPPER)
-        self._graph_wrappers = {
-            bs: decode(self._workspace, "NHD", use_cuda_graph=True, use_tensor_cores=self._use_tensor_cores,
-                       paged_kv_indptr_buffer=self._graph_indptr[:bs + 1],
-                       paged_kv_indices_buffer=self._graph_indices[0],
-                       paged_kv_last_page_len_buffer=self._graph_last_page[:bs], backend=FA2)
-            for bs in batch_sizes}
+        self._graph_indices = torch.zeros(self._num_layers, max_batch * capacity, dtype=torch.int32,
+                                          device=self._device)
+        self._graph_indptr = torch.zeros(max_batch + 1, dtype=torch.int32, device=self._device)
+        self._graph_last_page = torch.ones(max_batch, dtype=torch.int32, device=self._device)
+        self._graph_wrappers = {}
+
+    def _graph_wrapper(self, bs: int):
+        wrapper = self._graph_wrappers.get(bs)
+        if wrapper is None:
+            wrapper = self._graph_wrappers[bs] = getattr(self._flashinfer, DECODE_WRAPPER)(
+                self._workspace, "NHD", use_cuda_graph=True, use_tensor_cores=self._use_tensor_cores,
+                paged_kv_indptr_buffer=self._graph_indptr[:bs + 1], paged_kv_indices_buffer=self._graph_indices[0],
+                paged_kv_last_page_len_buffer=self._graph_last_page[:bs], backend=FA2)
+        return wrapper
 
     def plan_graph(self, batch_size: int, kv_indptr: torch.Tensor) -> None:
         """Out of the graph, before a replay: plan the step's lengths, ``kv_indptr [batch_size + 1]`` (host;
         `StaticDecodeLists.stage`). FlashInfer copies them into the fixed buffers the graph reads."""
-        wrapper = self._graph_wrappers[batch_size]
+        wrapper = self._graph_wrapper(batch_size)
         num_qo, num_kv, head_dim = self._heads
         use_layer_indices(wrapper, self._graph_indices[0])  # the plan's own page-list copy lands in row 0
         nnz = int(kv_indptr[-1])

@@ -37,14 +37,15 @@ from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBack
 from sglang.srt.layers.radix_attention import AttentionType
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
-from ..attention import LayerLists
-from ..config import MOSAIC_CHECK_NO_SYNC
+from ..attention import FlashInferRunner, LayerLists
+from ..config import MOSAIC_CHECK_NO_SYNC, MOSAIC_EMULATE_DECODE_GRAPHS, MosaicConfigError
 from ..offload import DevicePool, decode_host
 from .tensor_parallel import decision_log, head_gather
 from ..serving import ForwardPlan, RequestLayout
 from ..serving.head_major import head_slots, pool_heads_as_slots, rows_head_major, write_token_major
 from ..testing.host_sync import no_host_sync
 from .attention_runners import choose_runners
+from .decode_graphs import DecodeGraphs, EmulatedDecodeGraphs, graph_batch_sizes
 from .frame_ids import frame_ids_from_mm_inputs
 from .runtime import get_runtime
 
@@ -96,6 +97,13 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             // max(1, self._heads.size if self._heads else 1), num_kv_heads=k0.shape[1], head_dim=k0.shape[2],
             dtype=k0.dtype)
         self._runner = self._runners.primary
+        self._graphs: DecodeGraphs | None = None
+        self._graph_bs: int | None = None  # this decode step replays the graph of this batch size
+        if MOSAIC_EMULATE_DECODE_GRAPHS.read() and self.runtime.config.graph_text_tokens:
+            self._graphs = EmulatedDecodeGraphs(
+                self._flashinfer_runner(), pool.layer_num, self._graph_capacity(), graph_batch_sizes(8), k0.device,
+                num_qo_heads=model_runner.model_config.num_attention_heads // max(1, self._heads.size if self._heads else 1),
+                head_dim=k0.shape[2], v_head_dim=v0.shape[-1], dtype=k0.dtype)
         if self.use_sliding_window_kv_pool:
             raise ValueError("mosaic attention backend: sliding-window KV pools are not supported")
 
@@ -106,9 +114,10 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         self._plan_forward(forward_batch)
         self.forward_timings = {"plan_s": time.perf_counter() - start, "select_s": 0.0, "index_s": 0.0,
                                 "rows_read": self.runtime.rows.reads - reads,
-                                "attention": self._runner.name}
+                                "attention": self._runner.name if self._graph_bs is None else "flashinfer-graph"}
 
     def _plan_forward(self, forward_batch: "ForwardBatch") -> None:
+        self._graph_bs = None
         super().init_forward_metadata(forward_batch)
         mode = forward_batch.forward_mode
         if mode.is_idle():
@@ -153,6 +162,11 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         self._kv_indptr = attn.kv_indptr.to(device)  # every layer's, unless the plan is padded
         self._host_requests = [i for i, req in enumerate(layouts) if self.runtime.rows.has_host(req.rid)]
         assert plan.heads == 1 or not self._host_requests, "per-KV-head lists are served from device KV only"
+        self._graph_bs = self._graphs.fits(plan, bool(self._host_requests)) if self._graphs and is_decode else None
+        if self._graph_bs is not None:  # out of the graph: the step's lists into the static buffers
+            self._graphs.stage(plan, self._row_ids, self._graph_bs)
+            self._runner = self._runners.primary
+            return
         primary = self._runners.primary
         self._runner = primary if primary.serves(attn) else self._runners.fallback
         self._runner.begin_forward(attn, is_decode, device, per_kv_head=plan.heads > 1)
@@ -195,6 +209,9 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         q = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
         out = q.new_empty(q.shape[0], layer.tp_q_head_num, layer.v_head_dim)
         local = layer.layer_id - self.start_layer
+        if self._graph_bs is not None:
+            out = self._graph_layer(local, q, layer)
+            return self._end_layer(layer, out)
         plan = self.plan
         start = time.perf_counter()
         # a layer that selects scores every rank's query heads (tensor parallel: gathered, see tensor_parallel.py)
@@ -232,12 +249,39 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
                                          pool_heads_as_slots(k_buffer), pool_heads_as_slots(v_buffer), lists, out_heads,
                                          layer.scaling)
             write_token_major(out_heads, out, heads)
+        return self._end_layer(layer, out)
+
+    def _end_layer(self, layer: "RadixAttention", out: torch.Tensor) -> torch.Tensor:
         if layer.layer_id == self.last_layer:
             start = time.perf_counter()
             self.runtime.policy.end_forward()
             self.forward_timings["index_s"] = time.perf_counter() - start
             self.runtime.after_forward()
         return out.view(-1, layer.tp_q_head_num * layer.v_head_dim)
+
+    # -- captured decode steps (integration/decode_graphs.py) ----------------------------------------------
+
+    def _graph_capacity(self) -> int:
+        config = self.runtime.config
+        return config.budget + config.sink_tokens + config.recent_window + config.graph_text_tokens
+
+    def _flashinfer_runner(self) -> FlashInferRunner:
+        runner = self._runners.primary
+        if not isinstance(runner, FlashInferRunner):
+            raise MosaicConfigError("mosaic config field 'graph_text_tokens': captured decode steps run on the "
+                                    f"FlashInfer route, expected FlashInfer's paged wrappers, got the {runner.name} "
+                                    "runner (graph_text_tokens=0 keeps decode eager)")
+        return runner
+
+    def _graph_layer(self, local: int, q: torch.Tensor, layer: "RadixAttention") -> torch.Tensor:
+        """A decode layer of a captured step: fixed-shape gathers and FlashInfer's graph wrapper only."""
+        k_buffer = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
+        v_buffer = self.token_to_kv_pool.get_value_buffer(layer.layer_id)
+        req_to_token = self.req_to_token_pool.req_to_token
+        graphs = self._graphs
+        if isinstance(graphs, EmulatedDecodeGraphs):
+            return graphs.run_layer(local, self._graph_bs, q, k_buffer, v_buffer, req_to_token, layer.scaling)
+        return graphs.layer(local, self._graph_bs, q, k_buffer, v_buffer, req_to_token, layer.scaling)
 
     def _gather_mixed(self, layer: int, slots: torch.Tensor, kv_indptr: torch.Tensor, k_buffer: torch.Tensor,
                       v_buffer: torch.Tensor):
