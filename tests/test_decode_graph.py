@@ -132,3 +132,26 @@ def test_emulation_catches_what_a_real_replay_would_get_wrong():
     n[0] = 5
     with pytest.raises(GraphReplayError):
         sliced.replay()
+
+
+def test_decode_graphs_capture_with_sglangs_dummy_batch_then_replay_real_steps():
+    """`DecodeGraphs` in SGLang's order: `stage_capture` (every dummy request one entry at row 0), the layers
+    captured, then per step `stage` and a replay — equal to eager, padded rows included."""
+    from mosaic_sglang.integration.decode_graphs import DecodeGraphs
+
+    g = torch.Generator().manual_seed(4)
+    step = _Step(g)
+    graphs = DecodeGraphs(step.runner, L, CAPACITY, [MAX_BS], "cpu")
+    graphs.stage_capture(torch.zeros(MAX_BS, dtype=torch.int64), MAX_BS)
+    graph = EmulatedGraph()
+    graph.capture(lambda: torch.stack([graphs.layer(layer, MAX_BS, step.q[layer], step.k[layer], step.v[layer],
+                                                    step.req_to_token, SCALE) for layer in range(L)]))
+    for seq_lens in ([40, 23], [12, 50, 9, 60]):
+        plan, rows = _decode_plan(seq_lens, g), torch.arange(1, len(seq_lens) + 1)
+        q = torch.randn(L, len(seq_lens), HQ, D, generator=g)
+        assert graphs.fits(plan, has_host_requests=False) == MAX_BS and graphs.fits(plan, True) is None
+        graphs.stage(plan, rows, MAX_BS)
+        step.q.zero_()
+        step.q[:, : len(seq_lens)].copy_(q)
+        torch.testing.assert_close(graph.replay()[:, : len(seq_lens)], step.eager(plan, rows, q), rtol=1e-5, atol=1e-5)
+    assert graphs.steps == 2

@@ -111,6 +111,8 @@ def test_engine_kwargs_are_consumed_and_validated(monkeypatch):
         apply_mosaic_kwargs({"model_path": "m", "mosaic_budget": 5})
     with pytest.raises(MosaicConfigError, match="budget given twice"):
         apply_mosaic_kwargs({"enable_mosaic": True, "mosaic_budget": 5, "mosaic_config": {"budget": 4}})
+    graphs = apply_mosaic_kwargs({"enable_mosaic": True, "mosaic_config": {"graph_text_tokens": 256}})
+    assert "disable_decode_cuda_graph" not in graphs and graphs["disable_prefill_cuda_graph"]  # decode graphs stay on
     assert "attention_backend" not in apply_mosaic_kwargs({"model_path": "m"})  # plain SGLang untouched
     apply_mosaic_kwargs({"attention_backend": "mosaic", "mosaic_budget": 5})  # the backend flag enables it too
 

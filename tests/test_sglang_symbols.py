@@ -169,3 +169,22 @@ def test_flashinfer_wrapper_api_the_mosaic_route_relies_on():
     assert all(f"{key}:" in decode_source for key in ("q_data_type", "kv_data_type", "non_blocking"))
     assert "sm_scale" in inspect.signature(decode.forward).parameters
     assert {"causal", "sm_scale"} <= set(inspect.signature(prefill.forward).parameters)
+
+
+def test_decode_graph_runner_pads_and_asks_as_the_hook_assumes():
+    """`decode_graph_hook` pads a batch as the runner's ``load_batch`` does (``_pad_to_bucket(raw_bs,
+    self.capture_bs)``), reads the runner's ``attn_backend``, and the runner builds the replay's metadata
+    through the backend's ``init_forward_metadata_out_graph`` after ``can_run_graph`` (a padded view without
+    request ids: the hook is where the real batch is planned)."""
+    import inspect
+
+    from sglang.srt.model_executor.runner import decode_cuda_graph_runner as dcr
+    from sglang.srt.model_executor.runner.base_cuda_graph_runner import BaseCudaGraphRunner
+
+    source = inspect.getsource(dcr.DecodeCudaGraphRunner)
+    assert "self._pad_to_bucket(raw_bs, self.capture_bs)" in source
+    assert "self.attn_backend.init_cuda_graph_state(self.max_bs, self.max_num_token)" in source
+    assert "init_forward_metadata_out_graph(fb_view)" in source
+    assert BaseCudaGraphRunner._pad_to_bucket(3, [1, 2, 4, 8]) == 4
+    view = inspect.getsource(dcr.build_replay_fb_view)
+    assert "rids" not in view and "batch_size=bs" in view

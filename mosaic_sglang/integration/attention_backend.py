@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, List
 
 import torch
@@ -99,6 +100,8 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         self._runner = self._runners.primary
         self._graphs: DecodeGraphs | None = None
         self._graph_bs: int | None = None  # this decode step replays the graph of this batch size
+        self._graph_pending = None  # (plan, row ids) of the step SGLang's graph runner replays next
+        self._preplanned = False
         if MOSAIC_EMULATE_DECODE_GRAPHS.read() and self.runtime.config.graph_text_tokens:
             self._graphs = EmulatedDecodeGraphs(
                 self._flashinfer_runner(), pool.layer_num, self._graph_capacity(), graph_batch_sizes(8), k0.device,
@@ -110,14 +113,21 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
     # -- plan (once per forward) ---------------------------------------------------------------------
 
     def init_forward_metadata(self, forward_batch: "ForwardBatch") -> None:
+        if isinstance(self._graphs, EmulatedDecodeGraphs) and self._emulate_graph_step(forward_batch):
+            return
+        if self._preplanned:  # the decode-graph hook planned this batch and sent it down the eager path
+            self._preplanned = False
+            return
         start, reads = time.perf_counter(), self.runtime.rows.reads
         self._plan_forward(forward_batch)
         self.forward_timings = {"plan_s": time.perf_counter() - start, "select_s": 0.0, "index_s": 0.0,
                                 "rows_read": self.runtime.rows.reads - reads,
                                 "attention": self._runner.name if self._graph_bs is None else "flashinfer-graph"}
 
-    def _plan_forward(self, forward_batch: "ForwardBatch") -> None:
-        self._graph_bs = None
+    def _plan_forward(self, forward_batch: "ForwardBatch", graph_bs: int | None = None) -> None:
+        """Plan the forward; ``graph_bs``: SGLang's decode graph runner would replay it padded to this batch
+        size (`prepare_graph_step`): when it fits, the plan waits in ``_graph_pending`` for `out_graph`."""
+        self._graph_bs, self._graph_pending = None, None
         super().init_forward_metadata(forward_batch)
         mode = forward_batch.forward_mode
         if mode.is_idle():
@@ -162,11 +172,10 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         self._kv_indptr = attn.kv_indptr.to(device)  # every layer's, unless the plan is padded
         self._host_requests = [i for i, req in enumerate(layouts) if self.runtime.rows.has_host(req.rid)]
         assert plan.heads == 1 or not self._host_requests, "per-KV-head lists are served from device KV only"
-        self._graph_bs = self._graphs.fits(plan, bool(self._host_requests)) if self._graphs and is_decode else None
-        if self._graph_bs is not None:  # out of the graph: the step's lists into the static buffers
-            self._graphs.stage(plan, self._row_ids, self._graph_bs)
-            self._runner = self._runners.primary
-            return
+        if graph_bs is not None:  # SGLang's graph runner: staged by out_graph, replayed if it fits
+            if not self._host_requests and self._graphs.lists.fits(plan, graph_bs):
+                self._graph_pending = (plan, self._row_ids)
+                return
         primary = self._runners.primary
         self._runner = primary if primary.serves(attn) else self._runners.fallback
         self._runner.begin_forward(attn, is_decode, device, per_kv_head=plan.heads > 1)
@@ -196,7 +205,8 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
     def _forward(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool):
         if layer.sliding_window_size is not None and layer.sliding_window_size > -1:
             raise ValueError("mosaic attention backend: sliding-window layers are not supported")
-        if self._check_no_sync and forward_batch.forward_mode.is_decode() and not self.plan.padded:
+        if (self._check_no_sync and forward_batch.forward_mode.is_decode() and self._graph_bs is None
+                and not self.plan.padded):
             with no_host_sync():  # MOSAIC_CHECK_NO_SYNC=1: a decode layer (kept or re-selected, exact fill) must not sync
                 return self._run_layer(q, k, v, layer, forward_batch, save_kv_cache)
         return self._run_layer(q, k, v, layer, forward_batch, save_kv_cache)
@@ -252,7 +262,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         return self._end_layer(layer, out)
 
     def _end_layer(self, layer: "RadixAttention", out: torch.Tensor) -> torch.Tensor:
-        if layer.layer_id == self.last_layer:
+        if layer.layer_id == self.last_layer and self._graph_bs is None:  # (a graph step counts when staged)
             start = time.perf_counter()
             self.runtime.policy.end_forward()
             self.forward_timings["index_s"] = time.perf_counter() - start
@@ -272,6 +282,68 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
                                     f"FlashInfer route, expected FlashInfer's paged wrappers, got the {runner.name} "
                                     "runner (graph_text_tokens=0 keeps decode eager)")
         return runner
+
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int, kv_indices_buf=None) -> None:
+        """SGLang's decode graph runner starts (``graph_text_tokens > 0``): the static lists for ``max_bs``."""
+        if not self.runtime.config.graph_text_tokens:
+            raise MosaicConfigError("mosaic config field 'graph_text_tokens': expected N > 0 with decode CUDA graphs "
+                                    "on (or --disable-decode-cuda-graph), got 0")
+        device = self.token_to_kv_pool.get_key_buffer(self.start_layer).device
+        self._graphs = DecodeGraphs(self._flashinfer_runner(), self.last_layer - self.start_layer + 1,
+                                    self._graph_capacity(), [max_bs], device)
+
+    def get_cuda_graph_seq_len_fill_value(self) -> int:
+        return 1  # padded rows attend one entry (row 0, position 0), as FlashInfer's backend pads
+
+    def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False) -> None:
+        """Before capturing or replaying a decode graph of ``forward_batch.batch_size`` (padded) requests: the
+        lists into the static buffers and their lengths into the graph's plan (host work, out of the graph)."""
+        bs = int(forward_batch.batch_size)
+        self.swa_out_cache_loc = None  # no sliding-window pools (refused at init)
+        self._graph_bs = bs
+        if in_capture:
+            self._graphs.stage_capture(forward_batch.req_pool_indices[:bs].to(torch.int64), bs)
+            return
+        assert self._graph_pending is not None, "mosaic: a decode graph replays a step its hook did not plan"
+        plan, row_ids = self._graph_pending
+        self._graph_pending = None
+        self._graphs.stage(plan, row_ids, bs)
+        self.runtime.after_forward()  # no Python runs at replay: the step's totals now
+
+    def prepare_graph_step(self, forward_batch: "ForwardBatch", padded_bs: int) -> bool:
+        """From the decode graph runner's ``can_run_graph`` (`decode_graph_hook`): plan this decode step now;
+        True when it replays the graph of ``padded_bs`` requests, False when it must run eagerly (then the
+        eager ``init_forward_metadata`` keeps this plan instead of planning again)."""
+        start, reads = time.perf_counter(), self.runtime.rows.reads
+        self._plan_forward(forward_batch, graph_bs=padded_bs)
+        replay = self._graph_pending is not None
+        self.forward_timings = {"plan_s": time.perf_counter() - start, "select_s": 0.0, "index_s": 0.0,
+                                "rows_read": self.runtime.rows.reads - reads,
+                                "attention": "flashinfer-graph" if replay else self._runner.name}
+        self._preplanned = not replay
+        return replay
+
+    def _emulate_graph_step(self, forward_batch: "ForwardBatch") -> bool:
+        """``MOSAIC_EMULATE_DECODE_GRAPHS``: SGLang's replay sequence on CPU — the hook's `prepare_graph_step`,
+        then `init_forward_metadata_out_graph` on a padded view without request ids; False: run eagerly."""
+        padded = self._graphs.padded_batch(int(forward_batch.batch_size))
+        if not forward_batch.forward_mode.is_decode() or padded is None:
+            return False
+        if not self.prepare_graph_step(forward_batch, padded):
+            return False  # planned: the eager call that follows keeps this plan
+        rows = forward_batch.req_pool_indices
+        view = SimpleNamespace(batch_size=padded, req_pool_indices=torch.cat([rows, rows.new_zeros(padded - rows.numel())]))
+        self.init_forward_metadata_out_graph(view)
+        return True
+
+    def shared_read_ends(self, fm):
+        """Captured decode layers read SGLang's ``req_to_token`` rows inside the graph: the scheduler may write
+        them only after the replay."""
+        from sglang.srt.layers.attention.base_attn_backend import SharedReadEnds
+
+        if self._graphs is not None and not isinstance(self._graphs, EmulatedDecodeGraphs) and fm.is_decode():
+            return SharedReadEnds.POST_REPLAY
+        return super().shared_read_ends(fm)
 
     def _graph_layer(self, local: int, q: torch.Tensor, layer: "RadixAttention") -> torch.Tensor:
         """A decode layer of a captured step: fixed-shape gathers and FlashInfer's graph wrapper only."""

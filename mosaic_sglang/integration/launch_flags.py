@@ -108,7 +108,7 @@ def prepare_server_args_with_mosaic(original, argv: List[str]):
                 print(f"error: --enable-mosaic: expected {flag} {MOSAIC_BACKEND} or none, got {chosen!r}", file=sys.stderr)
                 raise SystemExit(2)
     if _flag_value(rest, "--attention-backend") == MOSAIC_BACKEND:
-        rest += [f for f in _GRAPH_FLAGS if not _has_flag(rest, f)]
+        rest += [f for f in _graph_flags(config) if not _has_flag(rest, f)]
         if not _has_flag(rest, _CACHE_REPORT_FLAG):
             rest.append(_CACHE_REPORT_FLAG)  # follow-up turns show what the prefix cache served
     export_config(config)
@@ -120,6 +120,11 @@ def prepare_server_args_with_mosaic(original, argv: List[str]):
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     return server_args
+
+
+def _graph_flags(config) -> tuple:
+    """SGLang's CUDA graphs Mosaic turns off: prefill always; decode unless ``graph_text_tokens > 0``."""
+    return _GRAPH_FLAGS if not config.graph_text_tokens else ("--disable-prefill-cuda-graph",)
 
 
 def _check_enabled(enabled: bool, *, budget, config, style: str) -> None:
@@ -218,7 +223,8 @@ def _consume_mosaic_kwargs(kwargs: dict):
                 raise ValueError(f"enable_mosaic=True: expected {key}={MOSAIC_BACKEND!r} or unset, got {chosen!r}")
             kwargs[key] = MOSAIC_BACKEND
     if kwargs.get("attention_backend") == MOSAIC_BACKEND:
-        kwargs.setdefault("disable_decode_cuda_graph", True)
+        if not config.graph_text_tokens:  # decode graphs only for Mosaic steps that fit (decode_graphs.py)
+            kwargs.setdefault("disable_decode_cuda_graph", True)
         kwargs.setdefault("disable_prefill_cuda_graph", True)
         kwargs.setdefault("enable_cache_report", True)
     export_config(config)

@@ -67,6 +67,11 @@ HOOKED_SYMBOLS = (
     "sglang.srt.layers.attention.vision.VisionSdpaAttention.forward",
     "sglang.srt.multimodal.processors.qwen_vl._get_processor_video_config",
     "sglang.srt.multimodal.processors.base_processor.BaseMultimodalProcessor.process_mm_data",
+    "sglang.srt.model_executor.runner.decode_cuda_graph_runner.DecodeCudaGraphRunner.can_run_graph",
+    "sglang.srt.model_executor.runner.base_cuda_graph_runner.BaseCudaGraphRunner._pad_to_bucket",
+    "sglang.srt.layers.attention.base_attn_backend.SharedReadEnds.POST_REPLAY",
+    "sglang.srt.layers.attention.base_attn_backend.AttentionBackend.shared_read_ends",
+    "sglang.srt.layers.attention.base_attn_backend.AttentionBackend.init_forward_metadata_out_graph",
 )
 
 _STREAMER_TARGET = "sglang.srt.managers.scheduler.Scheduler.get_output_streamer_class"
@@ -83,6 +88,7 @@ def register() -> None:
 
     from .launch_flags import MosaicEngineArgs, add_mosaic_cli_args, prepare_server_args_with_mosaic
     from .cpu_compat.vision_attention import register_vision_attention
+    from .decode_graph_hook import register_decode_graph_hook
     from .forward_timer import register_forward_timer
     from .media_guard import register_media_guard
     from .openai_stats import register_openai_stats
@@ -107,6 +113,7 @@ def register() -> None:
     register_media_guard(HookRegistry, HookType)
     register_openai_stats(HookRegistry, HookType)
     register_forward_timer(HookRegistry, HookType)  # only with MOSAIC_FORWARD_LOG_DIR set
+    register_decode_graph_hook(HookRegistry, HookType)  # Mosaic's decode steps replay only when they fit
     register_vision_attention(HookRegistry, HookType)  # only without CUDA
     register_video_timestamps(HookRegistry, HookType)  # Qwen2.5-VL: the sampled frames' real time span
     # A documented class attribute meant for this (not a HookRegistry REPLACE: that would also rebind
