@@ -69,3 +69,12 @@ def strict_checks():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def assert_same_answers(expected: list[dict], got: list[dict], tol: float) -> None:
+    """The same tokens, and every logprob within ``tol``, request by request (`run_requests` outputs)."""
+    assert len(expected) == len(got)
+    for x, y in zip(expected, got):
+        assert x["output_ids"] == y["output_ids"]
+        diff = max(abs(p - q) for p, q in zip(x["logprobs"], y["logprobs"]))
+        assert diff <= tol, f"max logprob difference {diff:.3g}"

@@ -8,11 +8,12 @@ gathered into a scratch) it equals the torch reference route on the same selecti
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 import pytest
 
-from engine_support import VIDEO_PROMPT, cpu_engine_kwargs, run_requests
+from engine_support import VIDEO_PROMPT, assert_same_answers, cpu_engine_kwargs, run_requests
 from mosaic_sglang.integration.forward_timer import read_forward_log
 from mosaic_sglang.testing.fake_flashinfer import read_log
 
@@ -23,10 +24,13 @@ FULL_BUDGET = 1 << 20
 SPARSE = {"sink_tokens": 4, "recent_window": 16, "max_cluster_size": 16, "host_store_tokens": 1 << 14}
 
 
-def _run(model_path, requests, monkeypatch, *, runner=None, logs=None, **backend):
+@contextlib.contextmanager
+def _engine(model_path, monkeypatch, *, runner=None, logs=None, **backend):
+    """An ``sgl.Engine`` whose scheduler sees ``MOSAIC_ATTENTION_RUNNER=runner`` and, with ``logs``, writes
+    the forward log and the fake FlashInfer's log there (read when the scheduler starts: it inherits)."""
     import sglang as sgl
 
-    with monkeypatch.context() as env:  # read when the scheduler process starts (it inherits this environment)
+    with monkeypatch.context() as env:
         if runner is not None:
             env.setenv("MOSAIC_ATTENTION_RUNNER", runner)
         if logs is not None:
@@ -34,16 +38,14 @@ def _run(model_path, requests, monkeypatch, *, runner=None, logs=None, **backend
             env.setenv("MOSAIC_FAKE_FLASHINFER_LOG", str(logs / "flashinfer"))
         engine = sgl.Engine(**cpu_engine_kwargs(model_path, **backend))
     try:
-        return run_requests(engine, requests)
+        yield engine
     finally:
         engine.shutdown()
 
 
-def _close(a, b):
-    for x, y in zip(a, b):
-        assert x["output_ids"] == y["output_ids"]
-        diff = max(abs(p - q) for p, q in zip(x["logprobs"], y["logprobs"]))
-        assert diff <= LOGPROB_TOL, f"max logprob difference {diff:.3g}"
+def _run(model_path, requests, monkeypatch, **kwargs):
+    with _engine(model_path, monkeypatch, **kwargs) as engine:
+        return run_requests(engine, requests)
 
 
 def _check_one_plan_per_forward(logs, num_layers: int) -> Counter:
@@ -72,14 +74,14 @@ def test_flashinfer_route_equals_dense_and_reference(tiny_vl_model, video_dir, t
     dense = _run(tiny_vl_model, requests, monkeypatch, attention_backend="torch_native")
     full = _run(tiny_vl_model, requests, monkeypatch, runner="fake-flashinfer", logs=tmp_path / "full",
                 enable_mosaic=True, mosaic_budget=FULL_BUDGET, chunked_prefill_size=128)
-    _close(dense, full)
+    assert_same_answers(dense, full, LOGPROB_TOL)
     kinds = _check_one_plan_per_forward(tmp_path / "full", num_layers)
     assert kinds["prefill"] >= 4 and kinds["decode"] >= 6, kinds  # chunked prefills and decode steps
     reference = _run(tiny_vl_model, requests, monkeypatch, runner="reference", enable_mosaic=True, mosaic_budget=48,
                      mosaic_config=SPARSE)
     sparse = _run(tiny_vl_model, requests, monkeypatch, runner="fake-flashinfer", logs=tmp_path / "sparse",
                   enable_mosaic=True, mosaic_budget=48, mosaic_config=SPARSE)
-    _close(reference, sparse)
+    assert_same_answers(reference, sparse, LOGPROB_TOL)
     _check_one_plan_per_forward(tmp_path / "sparse", num_layers)
     stats = [s["mosaic"][0] for s in sparse]
     assert all(s["attended_tokens"] < s["context_tokens"] for s in stats)
@@ -99,9 +101,7 @@ def test_emulated_decode_graphs_equal_dense(tiny_vl_model, video_dir, tmp_path, 
         env.setenv("MOSAIC_EMULATE_DECODE_GRAPHS", "1")
         graphs = _run_batch(tiny_vl_model, requests, monkeypatch, runner="fake-flashinfer", logs=tmp_path,
                             enable_mosaic=True, mosaic_budget=FULL_BUDGET, mosaic_config={"graph_text_tokens": 64})
-    for d, g in zip(dense, graphs):
-        assert g["output_ids"] == d["output_ids"]
-        assert max(abs(x - y) for x, y in zip(g["logprobs"], d["logprobs"])) <= LOGPROB_TOL
+    assert_same_answers(dense, graphs, LOGPROB_TOL)
     forwards = read_forward_log(tmp_path / "forwards")
     graph_steps = [f for f in forwards if f["attention"] == "flashinfer-graph"]
     # the first decode step after a question may select (eager); the kept steps after it replay (padded 3 → 4)
@@ -112,23 +112,11 @@ def test_emulated_decode_graphs_equal_dense(tiny_vl_model, video_dir, tmp_path, 
 
 def _run_batch(model_path, requests, monkeypatch, **kwargs):
     """`_run` for batched requests: each ``inputs`` holds lists (one generate call decodes them together)."""
-    import sglang as sgl
-
-    runner, logs = kwargs.pop("runner", None), kwargs.pop("logs", None)
-    with monkeypatch.context() as env:
-        if runner is not None:
-            env.setenv("MOSAIC_ATTENTION_RUNNER", runner)
-        if logs is not None:
-            env.setenv("MOSAIC_FORWARD_LOG_DIR", str(logs / "forwards"))
-            env.setenv("MOSAIC_FAKE_FLASHINFER_LOG", str(logs / "flashinfer"))
-        engine = sgl.Engine(**cpu_engine_kwargs(model_path, **kwargs))
-    try:
-        outputs = []
+    outputs = []
+    with _engine(model_path, monkeypatch, **kwargs) as engine:
         for req in requests:
             outs = engine.generate(sampling_params={"max_new_tokens": req["max_new_tokens"], "temperature": 0.0},
                                    return_logprob=True, **req["inputs"])
             outputs += [{"output_ids": list(o["output_ids"]),
                          "logprobs": [float(x[0]) for x in o["meta_info"]["output_token_logprobs"]]} for o in outs]
-        return outputs
-    finally:
-        engine.shutdown()
+    return outputs

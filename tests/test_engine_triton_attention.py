@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine_support import VIDEO_PROMPT, cpu_engine_kwargs, run_requests
+from engine_support import VIDEO_PROMPT, assert_same_answers, cpu_engine_kwargs, run_requests
 from mosaic_sglang.integration.forward_timer import read_forward_log
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
@@ -33,13 +33,6 @@ def _run(model_path, requests, monkeypatch, *, triton: bool, log_dir=None, **bac
         engine.shutdown()
 
 
-def _close(a, b):
-    for x, y in zip(a, b):
-        assert x["output_ids"] == y["output_ids"]
-        diff = max(abs(p - q) for p, q in zip(x["logprobs"], y["logprobs"]))
-        assert diff <= LOGPROB_TOL, f"max logprob difference {diff:.3g}"
-
-
 def test_triton_route_equals_dense_and_reference(tiny_vl_model, tmp_path, monkeypatch):
     from mosaic_sglang.frontend.video import make_synthetic_video
 
@@ -52,12 +45,12 @@ def test_triton_route_equals_dense_and_reference(tiny_vl_model, tmp_path, monkey
     dense = _run(tiny_vl_model, requests, monkeypatch, triton=False, attention_backend="torch_native")
     full = _run(tiny_vl_model, requests, monkeypatch, triton=True, log_dir=tmp_path / "fwd", enable_mosaic=True,
                 mosaic_budget=FULL_BUDGET, chunked_prefill_size=48)
-    _close(dense, full)
+    assert_same_answers(dense, full, LOGPROB_TOL)
     forwards = read_forward_log(tmp_path / "fwd")
     # every forward took the Triton route: several prefill chunks, then decode steps
     assert {f["attention"] for f in forwards} == {"triton"}, forwards
     assert sum(f["mode"] == "decode" for f in forwards) >= 4 and sum(f["mode"] != "decode" for f in forwards) >= 3
     sparse_ref = _run(tiny_vl_model, requests, monkeypatch, triton=False, enable_mosaic=True, mosaic_budget=16)
     sparse = _run(tiny_vl_model, requests, monkeypatch, triton=True, enable_mosaic=True, mosaic_budget=16)
-    _close(sparse_ref, sparse)
+    assert_same_answers(sparse_ref, sparse, LOGPROB_TOL)
     assert all(s["mosaic"][0]["attended_tokens"] < s["mosaic"][0]["context_tokens"] for s in sparse)
