@@ -12,8 +12,8 @@ if [ ! -x "$PY" ]; then
   python3 -m venv "$VENV"
 fi
 # pip, quietly: a failed install prints everything; a successful one drops the resolver's list of
-# sglang's CUDA-only requirements (expected here: sglang is installed --no-deps and its CPU runtime list
-# is installed instead) and says so in one line.
+# sglang's and flashinfer's CUDA-only requirements (expected here: both are installed --no-deps, and
+# sglang's CPU runtime list is installed instead) and says so in one line.
 pip_install() {
   local log
   log="$(mktemp)"
@@ -21,10 +21,10 @@ pip_install() {
     cat "$log"; rm -f "$log"; return 1
   fi
   if grep -q "dependency resolver does not currently take into account" "$log"; then
-    echo "[setup] note: pip reports sglang's CUDA-only requirements as missing or conflicting; expected on CPU"
+    echo "[setup] note: pip reports sglang's and flashinfer's CUDA-only requirements as missing or conflicting; expected on CPU"
   fi
   grep -v -e "^WARNING: Location '" -e "dependency resolver does not currently" \
-       -e "^sglang .* requires " -e "^[A-Za-z0-9_.-]* [0-9][^ ]* requires .*, but you have " "$log" || true
+       -e "^sglang .* requires " -e "^flashinfer-python .* requires " -e "^[A-Za-z0-9_.-]* [0-9][^ ]* requires .*, but you have " "$log" || true
   rm -f "$log"
 }
 
