@@ -106,7 +106,8 @@ class MosaicConfig:
     decode CUDA graphs stay on; a decode step that keeps its question's selection replays a captured graph
     when each request attends at most ``budget + sink_tokens + recent_window + N`` tokens per layer (N
     covers the text and the tokens not indexed yet), on the FlashInfer route; other steps run eagerly
-    (integration/decode_graphs.py). Off by default: no GPU has run it yet."""
+    (integration/decode_graphs.py). Static buffers: 8 bytes per (layer, request slot, entry) for
+    SGLang's largest captured batch, outside --mem-fraction-static. Off by default: no GPU has run it yet."""
     select_in_prefill: bool = True
     """Video prefill chunks attend sinks + window + clusters selected by the chunk's own queries;
     False makes prefill dense (the attended set is everything before the chunk)."""
@@ -167,6 +168,9 @@ class MosaicConfig:
             _at_least(self, name, 0)
         for name in ("max_cluster_size", "active_frames", "split_work_per_step", "regroup_frames", "cluster_cache_videos"):
             _at_least(self, name, 1)
+        if self.graph_text_tokens and self.selection_heads == "per_kv_head":
+            raise MosaicConfigError("mosaic config field 'graph_text_tokens': expected 0 with selection_heads="
+                                    f"'per_kv_head' (per-head lists are not captured), got {self.graph_text_tokens}")
         if self.spill_backend != "none" and self.spill_backend in _CHOICES["spill_backend"]:
             if not self.host_store_tokens:
                 raise MosaicConfigError(

@@ -58,9 +58,11 @@ def _run(runner, plan, q, k_pool, v_pool, slot_of, is_decode, heads=1):
 
 
 def _inputs(plan, g):
+    """Queries and pools, the same at every layer: layers' outputs then differ only through their lists."""
     nq = int(plan.q_indptr[-1])
-    q = torch.randn(L, nq, HQ, D, generator=g)
-    k_pool, v_pool = torch.randn(L, S, HKV, D, generator=g), torch.randn(L, S, HKV, D, generator=g)
+    q = torch.randn(1, nq, HQ, D, generator=g).expand(L, -1, -1, -1).contiguous()
+    k_pool = torch.randn(1, S, HKV, D, generator=g).expand(L, -1, -1, -1).contiguous()
+    v_pool = torch.randn(1, S, HKV, D, generator=g).expand(L, -1, -1, -1).contiguous()
     slot_of = 1 + torch.randperm(S - 1, generator=g)[:2 * 64].view(2, 64)  # [B, positions] → slot
     return q, k_pool, v_pool, slot_of
 
@@ -83,7 +85,7 @@ def test_flashinfer_route_equals_reference(is_decode, heads, tmp_path, monkeypat
     expected = _run(TorchRunner(), plan, q, k_pool, v_pool, slot_of, is_decode, heads)
     got = _run(runner, plan, q, k_pool, v_pool, slot_of, is_decode, heads)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    # the layers attended different lists: layer 1's result with layer 0's list would differ
+    # same queries and pools at every layer: the outputs differ only because each layer attended its own list
     assert not torch.allclose(expected[0], expected[1])
     records = read_log(tmp_path)
     plans = [r for r in records if r["event"] == "plan"]

@@ -46,8 +46,9 @@ class _Step:
 
     def __init__(self, g):
         self.req_to_token = (1 + torch.randperm(S - 1, generator=g)[: ROWS * MAX_LEN]).view(ROWS, MAX_LEN).to(torch.int32)
-        self.k = torch.randn(L, S, HKV, D, generator=g)
-        self.v = torch.randn(L, S, HKV, D, generator=g)
+        # the same pools at every layer: layers' outputs differ only through their lists
+        self.k = torch.randn(1, S, HKV, D, generator=g).expand(L, -1, -1, -1).contiguous()
+        self.v = torch.randn(1, S, HKV, D, generator=g).expand(L, -1, -1, -1).contiguous()
         self.q = torch.zeros(L, MAX_BS, HQ, D)  # the graph's static input (SGLang's runner copies into its own)
         self.lists = StaticDecodeLists(L, MAX_BS, CAPACITY, "cpu")
         self.runner = FlashInferRunner(fake_flashinfer, torch.empty(16, dtype=torch.uint8), num_layers=L,
@@ -90,12 +91,12 @@ def test_captured_decode_steps_replay_equal_eager():
     for seq_lens in ([40, 23, 31], [12, 50, 9, 60], [33]):  # padded rows, a full batch, one request
         plan = _decode_plan(seq_lens, g)
         rows = torch.arange(1, len(seq_lens) + 1)
-        q = torch.randn(L, len(seq_lens), HQ, D, generator=g)
+        q = torch.randn(1, len(seq_lens), HQ, D, generator=g).expand(L, -1, -1, -1).contiguous()
         assert step.lists.fits(plan, MAX_BS)
         step.stage(plan, rows, q)
         got = graph.replay()[:, : len(seq_lens)]
         torch.testing.assert_close(got, step.eager(plan, rows, q), rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(got[0], got[1])  # layers attended different lists
+    assert not torch.allclose(got[0], got[1])  # same queries and pools: layers differ only by their lists
 
 
 def test_plans_that_do_not_fit_run_eagerly():

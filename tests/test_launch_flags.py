@@ -172,3 +172,34 @@ def test_what_the_attention_backend_cannot_plan_is_refused_at_launch():
         check_unsupported(SimpleNamespace(attention_backend="flashinfer", **options))  # not ours to refuse
     check_unsupported(SimpleNamespace(attention_backend="mosaic", dp_size=2, enable_dp_attention=False,
                                       speculative_algorithm=None))
+
+
+def test_quantized_kv_and_graph_incompatible_options_are_refused():
+    from types import SimpleNamespace
+
+    from mosaic_sglang import MosaicConfig
+    from mosaic_sglang.config import MosaicConfigError
+    from mosaic_sglang.integration.launch_flags import check_graph_options, check_unsupported
+
+    with pytest.raises(MosaicConfigError, match="--kv-cache-dtype fp8_e4m3: expected"):
+        check_unsupported(SimpleNamespace(attention_backend="mosaic", kv_cache_dtype="fp8_e4m3"))
+    check_unsupported(SimpleNamespace(attention_backend="mosaic", kv_cache_dtype="auto"))
+    graphs, eager = MosaicConfig(graph_text_tokens=256), MosaicConfig()
+    for name in ("enable_two_batch_overlap", "enable_pdmux"):
+        args = SimpleNamespace(attention_backend="mosaic", **{name: True})
+        with pytest.raises(MosaicConfigError, match=f"'graph_text_tokens': expected 0 with --{name.replace('_', '-')}"):
+            check_graph_options(graphs, args)
+        check_graph_options(eager, args)  # eager decode: nothing replays
+    with pytest.raises(MosaicConfigError, match="'graph_text_tokens'.*per_kv_head"):
+        MosaicConfig(graph_text_tokens=8, selection_heads="per_kv_head")
+
+
+def test_the_decode_graph_hook_keeps_sglangs_answer_for_other_backends_and_idle_batches():
+    from types import SimpleNamespace
+
+    from mosaic_sglang.integration.decode_graph_hook import can_run_graph_hook
+
+    batch = SimpleNamespace(forward_mode=SimpleNamespace(is_decode=lambda: True), batch_size=3)
+    other = SimpleNamespace(attn_backend=object(), capture_bs=[1, 2, 4])
+    assert can_run_graph_hook(lambda runner, fb: True, other, batch) is True
+    assert can_run_graph_hook(lambda runner, fb: False, other, batch) is False

@@ -156,6 +156,8 @@ def test_flashinfer_wrapper_api_the_mosaic_route_relies_on():
         source = inspect.getsource(real)  # plan and run delegate to helpers of the class
         assert f"{attr} = " in source, f"{name} no longer keeps its page list in {attr}"
         assert f"{attr}," in source, f"{name} no longer hands {attr} to its kernels at run time"
+        if name == api.DECODE_WRAPPER:  # its tensor-core and CUDA-core run paths each hand it to a kernel
+            assert source.count(f"{attr},") >= 2, f"{name}: a run path no longer reads {attr}"
         assert '"fa2"' in source
         for method in ("__init__", "plan", "forward"):
             real_params = list(inspect.signature(getattr(real, method)).parameters)

@@ -23,8 +23,10 @@ def can_run_graph_hook(original, runner, forward_batch) -> bool:
     if not original(runner, forward_batch):
         return False
     backend = getattr(runner, "attn_backend", None)
-    if not isinstance(backend, MosaicAttnBackend) or not forward_batch.forward_mode.is_decode():
+    if not isinstance(backend, MosaicAttnBackend):
         return True
+    if not forward_batch.forward_mode.is_decode():  # idle batches (and anything else) run eagerly
+        return False
     padded = runner._pad_to_bucket(int(forward_batch.batch_size), runner.capture_bs)
     return backend.prepare_graph_step(forward_batch, padded)
 

@@ -15,6 +15,7 @@ Three hooks, installed by `mosaic_sglang.integration.plugin.register`:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, List, Optional
 
@@ -29,6 +30,7 @@ __all__ = [
     "MOSAIC_KWARGS",
     "check_parallelism",
     "check_unsupported",
+    "check_graph_options",
 ]
 
 MOSAIC_KWARGS = ("enable_mosaic", "mosaic_budget", "mosaic_config")
@@ -116,6 +118,7 @@ def prepare_server_args_with_mosaic(original, argv: List[str]):
     try:
         check_parallelism(config, server_args)
         check_unsupported(server_args)
+        check_graph_options(config, server_args)
     except MosaicConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -160,6 +163,32 @@ def check_unsupported(server_args) -> None:
         raise MosaicConfigError("--enable-mosaic with --enable-dp-attention: expected DP attention off (its "
                                 "gathered, padded batches are not planned; --dp-size replicas are served), got "
                                 "enable_dp_attention=True")
+    kv_dtype = str(getattr(server_args, "kv_cache_dtype", "auto") or "auto")
+    if kv_dtype.startswith(("fp8", "fp4")):
+        raise MosaicConfigError(f"--enable-mosaic with --kv-cache-dtype {kv_dtype}: expected K/V in the model's "
+                                f"dtype ('auto'; Mosaic's attention and cluster summaries read it as is), got {kv_dtype!r}")
+
+
+def check_graph_options(config, server_args) -> None:
+    """Captured decode steps (``graph_text_tokens > 0``) assume SGLang's plain decode graph runner: one
+    attention backend, one replay metadata call per step after ``can_run_graph`` (`decode_graph_hook`).
+
+    Raises:
+        MosaicConfigError: with ``graph_text_tokens > 0``: two-batch overlap or PD multiplexing (the runner
+            replays through other backend objects), SGLang's metadata glue graph (it captures the host-side
+            metadata call), per-KV-head selection (its lists are never captured).
+    """
+    if not config.graph_text_tokens or getattr(server_args, "attention_backend", None) != MOSAIC_BACKEND:
+        return
+    for name in ("enable_two_batch_overlap", "enable_pdmux"):
+        if getattr(server_args, name, False):
+            raise MosaicConfigError(f"mosaic config field 'graph_text_tokens': expected 0 with --"
+                                    f"{name.replace('_', '-')} (its graphs replay through other attention backends), "
+                                    f"got {config.graph_text_tokens}")
+    if os.environ.get("SGLANG_ENABLE_METADATA_GLUE_GRAPH", "").lower() in ("1", "true", "yes"):
+        raise MosaicConfigError("mosaic config field 'graph_text_tokens': expected 0 with "
+                                "SGLANG_ENABLE_METADATA_GLUE_GRAPH on (it captures the host-side planning of a step), "
+                                f"got {config.graph_text_tokens}")
     for name in ("language_only", "encoder_only"):
         if getattr(server_args, name, False):
             raise MosaicConfigError(f"--enable-mosaic with --{name.replace('_', '-')}: expected no encoder/language "
@@ -242,4 +271,5 @@ class MosaicEngineArgs:
         server_args = ServerArgs(**kwargs)
         check_parallelism(config, server_args)
         check_unsupported(server_args)
+        check_graph_options(config, server_args)
         return server_args

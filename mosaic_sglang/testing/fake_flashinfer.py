@@ -152,7 +152,8 @@ class BatchDecodeWithPagedKVCacheWrapper(_PagedWrapper):
     def forward(self, q, paged_kv_cache, pos_encoding_mode="NONE", q_scale=None, k_scale=None, v_scale=None,
                 window_left=-1, logits_soft_cap=None, sm_scale=None, rope_scale=None, rope_theta=None) -> torch.Tensor:
         fixed = [self._paged_kv_indptr_buf, self._paged_kv_last_page_len_buf] if self._use_cuda_graph else []
-        with graph_kernel("flashinfer.decode", reads=[q, *paged_kv_cache, self._paged_kv_indices_buf, *fixed]) as produced:
+        with graph_kernel("flashinfer.decode", reads=[q, *paged_kv_cache, self._paged_kv_indices_buf, *fixed],
+                          scalars=(sm_scale,)) as produced:
             k, v, slots = self._page_list(q, paged_kv_cache, sm_scale)
             # a graph replays with the fixed device indptr (FlashInfer's kernels read it); else the planned one
             indptr = self._paged_kv_indptr_buf.cpu().to(torch.int64) if self._use_cuda_graph else self._planned["kv_indptr"]
@@ -186,7 +187,8 @@ class BatchPrefillWithPagedKVCacheWrapper(_PagedWrapper):
     def forward(self, q, paged_kv_cache, causal=False, pos_encoding_mode="NONE", use_fp16_qk_reduction=False,
                 k_scale=None, v_scale=None, window_left=-1, logits_soft_cap=None, sm_scale=None, rope_scale=None,
                 rope_theta=None) -> torch.Tensor:
-        with graph_kernel("flashinfer.prefill", reads=[q, *paged_kv_cache, self._paged_kv_indices_buf]) as produced:
+        with graph_kernel("flashinfer.prefill", reads=[q, *paged_kv_cache, self._paged_kv_indices_buf],
+                          scalars=(sm_scale, causal)) as produced:
             return produced(self._prefill(q, paged_kv_cache, causal, sm_scale))
 
     def _prefill(self, q, paged_kv_cache, causal: bool, sm_scale) -> torch.Tensor:

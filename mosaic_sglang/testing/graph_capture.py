@@ -9,10 +9,10 @@ baked in at capture (lengths, slices) must not need to change.
 
 On the CPU there is no graph, so the emulation re-runs the captured Python at each `replay` and checks
 both conditions instead: it runs under `no_host_sync`, and a `TorchDispatchMode` records, for every ATen op,
-each tensor argument as either *internal* (its storage was made by an earlier op of the region: in a real
+its non-tensor arguments (sizes, slice bounds, scalars: baked in at capture) and each tensor argument as either *internal* (its storage was made by an earlier op of the region: in a real
 graph it lives in the graph's private pool, so its address is fixed by construction) or *external* (its
-storage address, shape, strides and offset). A replay must issue the same ops with internal arguments of
-the same provenance and external arguments at the same places; any difference raises `GraphReplayError`
+storage address, shape, strides and offset). A replay must issue the same ops with the same non-tensor arguments, internal
+arguments of the same provenance and external arguments at the same places; any difference raises `GraphReplayError`
 naming the op. Opaque kernels (a stand-in for a FlashInfer launch) declare what they read with
 `graph_kernel`, which records one pseudo-op and suspends both checks while the stand-in computes.
 """
@@ -62,8 +62,8 @@ class _Tracer(TorchDispatchMode):
             return ("internal", self._internal[key]) + meta
         return ("external", key) + meta
 
-    def note(self, name: str, inputs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> None:
-        entry = (name, tuple(self._describe(t) for t in inputs))
+    def note(self, name: str, inputs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], scalars=()) -> None:
+        entry = (name, tuple(self._describe(t) for t in inputs), tuple(scalars))
         for t in outputs:
             self._internal[_storage(t)] = self._made
             self._made += 1
@@ -80,12 +80,14 @@ class _Tracer(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        self.note(str(func), _tensors((args, kwargs)), _tensors(out))
+        leaves = tree_flatten((args, kwargs))[0]
+        scalars = [x for x in leaves if not isinstance(x, torch.Tensor)]  # baked into a real graph at capture
+        self.note(str(func), [x for x in leaves if isinstance(x, torch.Tensor)], _tensors(out), scalars)
         return out
 
 
 @contextlib.contextmanager
-def graph_kernel(name: str, reads: Sequence[torch.Tensor]):
+def graph_kernel(name: str, reads: Sequence[torch.Tensor], scalars: Sequence = ()):
     """Inside an `EmulatedGraph` region: one opaque kernel ``name`` that reads ``reads``; the block computes
     its result with neither check active and hands every tensor it returns to the yielded ``produced`` (in a
     real graph its memory comes from the graph's pool: later reads of it are internal). Elsewhere a no-op.
@@ -98,7 +100,7 @@ def graph_kernel(name: str, reads: Sequence[torch.Tensor]):
         yield lambda t: t
         return
     tracer = _ACTIVE[-1]
-    tracer.note(f"kernel:{name}", list(reads), ())
+    tracer.note(f"kernel:{name}", list(reads), (), scalars)
 
     def produced(t: torch.Tensor) -> torch.Tensor:
         tracer.note(f"kernel-output:{name}", (), (t,))
