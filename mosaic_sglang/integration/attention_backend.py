@@ -38,6 +38,8 @@ from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBack
 from sglang.srt.layers.radix_attention import AttentionType
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
+from mosaic_sglang.kernels.extent_copy import gather_slots, layer_table
+
 from ..attention import FlashInferRunner, LayerLists
 from ..config import MOSAIC_CHECK_NO_SYNC, MOSAIC_EMULATE_DECODE_GRAPHS, MosaicConfigError
 from ..offload import DevicePool, decode_host
@@ -101,6 +103,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         self._graphs: DecodeGraphs | None = None
         self._graph_bs: int | None = None  # this decode step replays the graph of this batch size
         self._graph_pending = None  # (plan, row ids) of the step SGLang's graph runner replays next
+        self._pool_tables = None  # K7 layer pointer tables of the pool (CUDA offload reads)
         self._preplanned = False
         if MOSAIC_EMULATE_DECODE_GRAPHS.read() and self.runtime.config.graph_text_tokens:
             self._graphs = EmulatedDecodeGraphs(
@@ -380,13 +383,24 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         return k, v
 
     def read_slot_kv(self, slots: torch.Tensor):
-        """``([L, M, H, D], [L, M, H, Dv])`` cached K/V (CPU) at device ``slots [M] int64`` (all ``> 0``)."""
+        """``([L, M, H, D], [L, M, H, Dv])`` cached K/V (CPU) at device ``slots [M] int64`` (all ``> 0``): what
+        offload moves to the host. On CUDA every layer's rows are gathered in one launch (K7 `gather_slots`
+        over the pool's layer pointer tables) into a staging tensor, then copied to the host once; on CPU
+        one indexed read per layer."""
         pool = self.token_to_kv_pool
-        slots = slots.to(pool.get_key_buffer(self.start_layer).device)
         layers = range(self.start_layer, self.last_layer + 1)
-        k = torch.stack([pool.get_key_buffer(layer_id)[slots] for layer_id in layers]).cpu()
-        v = torch.stack([pool.get_value_buffer(layer_id)[slots] for layer_id in layers]).cpu()
-        return k, v
+        k_layers = [pool.get_key_buffer(layer_id) for layer_id in layers]
+        v_layers = [pool.get_value_buffer(layer_id) for layer_id in layers]
+        slots = slots.to(k_layers[0].device)
+        if not k_layers[0].is_cuda:
+            return torch.stack([k[slots] for k in k_layers]), torch.stack([v[slots] for v in v_layers])
+        if self._pool_tables is None:  # once: SGLang allocates its pool once
+            self._pool_tables = (layer_table(k_layers, name="k_buffer"), layer_table(v_layers, name="v_buffer"))
+        k_table, v_table = self._pool_tables
+        out_k = k_layers[0].new_empty((len(k_layers), slots.numel()) + tuple(k_layers[0].shape[1:]))
+        out_v = v_layers[0].new_empty((len(v_layers), slots.numel()) + tuple(v_layers[0].shape[1:]))
+        gather_slots(k_layers, v_layers, slots, out_k, out_v, k_table=k_table, v_table=v_table)
+        return out_k.cpu(), out_v.cpu()
 
     def read_slot_keys(self, slots: torch.Tensor) -> torch.Tensor:
         """``[num_layers, M, num_kv_heads, head_dim]`` cached keys, on the pool's device, at host ``slots [M]
