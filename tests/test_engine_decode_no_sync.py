@@ -34,7 +34,7 @@ def test_kept_decode_layers_run_inside_the_guard(monkeypatch):
 
     from mosaic_sglang.integration.attention_backend import MosaicAttnBackend
 
-    fake = SimpleNamespace(_check_no_sync=True, plan=SimpleNamespace(select_due=(), padded=False),
+    fake = SimpleNamespace(_check_no_sync=True, _graph_bs=None, plan=SimpleNamespace(select_due=(), padded=False),
                            _run_layer=lambda *a: torch.ones(1).item())
     layer = SimpleNamespace(sliding_window_size=None)
     batch = SimpleNamespace(forward_mode=SimpleNamespace(is_decode=lambda: True))
