@@ -20,7 +20,10 @@ pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
 TP = 2
 OPTIONS = {"sink_tokens": 4, "recent_window": 16, "max_cluster_size": 16}
-LOGPROB_TOL = 1e-5
+LOGPROB_TOL = 4e-5
+"""As tests/test_engine_exactness.py: summation order only. On a fresh install on 2026-12-06 the TP=2 full
+budget run differed from dense TP=2 by 1.11e-5 (the same with the code of the previous landing, e3b653e:
+an unpinned dependency moved); a wrong attended set moves logprobs far more (tokens are compared exactly)."""
 
 
 def _requests(video_dir):
