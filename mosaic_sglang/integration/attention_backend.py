@@ -324,6 +324,9 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
                                 "rows_read": self.runtime.rows.reads - reads,
                                 "attention": "flashinfer-graph" if replay else self._runner.name}
         self._preplanned = not replay
+        log = getattr(self.runtime.policy, "decision_log", None)
+        if log is not None and log.active():  # under TP every rank must take the same path (its graph has collectives)
+            log("mosaic decode graph replay=%s batch=%d padded=%d", replay, int(forward_batch.batch_size), padded_bs)
         return replay
 
     def _emulate_graph_step(self, forward_batch: "ForwardBatch") -> bool:
