@@ -154,6 +154,11 @@ def check_unsupported(server_args) -> None:
     """
     if getattr(server_args, "attention_backend", None) != MOSAIC_BACKEND:
         return
+    for name in ("language_only", "encoder_only"):
+        if getattr(server_args, name, False):
+            raise MosaicConfigError(f"--enable-mosaic with --{name.replace('_', '-')}: expected no encoder/language "
+                                    "disaggregation (its encoder would load media outside Mosaic's media guard), "
+                                    f"got {name}=True")
     algorithm = getattr(server_args, "speculative_algorithm", None)
     if algorithm:
         raise MosaicConfigError("--enable-mosaic with --speculative-algorithm: expected no speculative decoding "
@@ -189,11 +194,6 @@ def check_graph_options(config, server_args) -> None:
         raise MosaicConfigError("mosaic config field 'graph_text_tokens': expected 0 with "
                                 "SGLANG_ENABLE_METADATA_GLUE_GRAPH on (it captures the host-side planning of a step), "
                                 f"got {config.graph_text_tokens}")
-    for name in ("language_only", "encoder_only"):
-        if getattr(server_args, name, False):
-            raise MosaicConfigError(f"--enable-mosaic with --{name.replace('_', '-')}: expected no encoder/language "
-                                    "disaggregation (its encoder would load media outside Mosaic's media guard), "
-                                    f"got {name}=True")
 
 
 def check_parallelism(config, server_args) -> None:
