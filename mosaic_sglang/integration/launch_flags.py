@@ -181,7 +181,7 @@ def check_graph_options(config, server_args) -> None:
     Raises:
         MosaicConfigError: with ``graph_text_tokens > 0``: two-batch overlap or PD multiplexing (the runner
             replays through other backend objects), SGLang's metadata glue graph (it captures the host-side
-            metadata call), per-KV-head selection (its lists are never captured).
+            metadata call). (Per-KV-head selection with it is refused by `MosaicConfig`.)
     """
     if not config.graph_text_tokens or getattr(server_args, "attention_backend", None) != MOSAIC_BACKEND:
         return
