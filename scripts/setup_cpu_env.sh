@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of the CPU development environment in ./.venv (or $MOSAIC_VENV):
-# torch 2.13 CPU, sglang==0.5.23 and flashinfer-python==0.7.2 without their CUDA dependency sets, the runtime list SGLang needs on
+# torch 2.13 CPU, sglang==0.5.23 without its CUDA dependency set (flashinfer-python==0.7.2 beside it in
+# .venv/flashinfer-api, for the symbol test only), the runtime list SGLang needs on
 # CPU, this project (editable), the two CPU shims, and the embedded tiny models (built offline).
 # Re-running skips the pip work when requirements/ and pyproject.toml are unchanged.
 set -euo pipefail
@@ -34,6 +35,8 @@ if [ ! -f "$stamp" ]; then
   pip_install --upgrade pip
   pip_install -c requirements/constraints-cpu.txt torch==2.13.0
   pip_install --no-deps -r requirements/cpu-no-deps.txt
+  rm -rf "$VENV/flashinfer-api"
+  pip_install --no-deps --target "$VENV/flashinfer-api" -r requirements/flashinfer-api.txt
   pip_install -c requirements/constraints-cpu.txt -r requirements/sglang-cpu-runtime.txt -r requirements/dev.txt
   # the project's own editable build: setuptools' packaging advice is for maintainers; shown on failure
   log="$(mktemp)"; "$PY" -m pip install -q --no-deps -e . >"$log" 2>&1 || { cat "$log"; exit 1; }; rm -f "$log"

@@ -137,14 +137,19 @@ def test_generate_request_takes_a_routed_dp_rank():
     assert "routed_dp_rank" in {f.name for f in dataclasses.fields(GenerateReqInput)}
 
 
-def test_flashinfer_wrapper_api_the_mosaic_route_relies_on():
+def test_flashinfer_wrapper_api_the_mosaic_route_relies_on(monkeypatch):
     """The installed ``flashinfer`` (the version SGLang pins) still has what `FlashInferRunner` relies on: the
     two fa2 paged wrappers, the private page-list attribute their ``run`` reads at run time (named once in
     `attention/flashinfer_api.py`), and the parameters the runner passes; the fake FlashInfer the CPU tests
     drive the route with takes the same parameters in the same order."""
     import inspect
+    import sys
+    from pathlib import Path
 
-    import flashinfer
+    api_dir = Path(sys.prefix) / "flashinfer-api"  # scripts/setup_cpu_env.sh: outside SGLang's path
+    if api_dir.is_dir():
+        monkeypatch.syspath_prepend(str(api_dir))
+    import flashinfer  # fails here if neither that folder nor an installed flashinfer exists
 
     from mosaic_sglang.attention import flashinfer_api as api
     from mosaic_sglang.testing import fake_flashinfer
