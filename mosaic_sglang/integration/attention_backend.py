@@ -123,9 +123,12 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             return
         start, reads = time.perf_counter(), self.runtime.rows.reads
         self._plan_forward(forward_batch)
+        self._record_plan(start, reads, self._runner.name if self._graph_bs is None else "flashinfer-graph")
+
+    def _record_plan(self, start: float, reads: int, attention: str) -> None:
+        """This forward's `forward_timings` after planning (started at ``start``, ``reads`` rows read before)."""
         self.forward_timings = {"plan_s": time.perf_counter() - start, "select_s": 0.0, "index_s": 0.0,
-                                "rows_read": self.runtime.rows.reads - reads,
-                                "attention": self._runner.name if self._graph_bs is None else "flashinfer-graph"}
+                                "rows_read": self.runtime.rows.reads - reads, "attention": attention}
 
     def _plan_forward(self, forward_batch: "ForwardBatch", graph_bs: int | None = None) -> None:
         """Plan the forward; ``graph_bs``: SGLang's decode graph runner would replay it padded to this batch
@@ -320,9 +323,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         start, reads = time.perf_counter(), self.runtime.rows.reads
         self._plan_forward(forward_batch, graph_bs=padded_bs)
         replay = self._graph_pending is not None
-        self.forward_timings = {"plan_s": time.perf_counter() - start, "select_s": 0.0, "index_s": 0.0,
-                                "rows_read": self.runtime.rows.reads - reads,
-                                "attention": "flashinfer-graph" if replay else self._runner.name}
+        self._record_plan(start, reads, "flashinfer-graph" if replay else self._runner.name)
         self._preplanned = not replay
         log = getattr(self.runtime.policy, "decision_log", None)
         if log is not None and log.active():  # under TP every rank must take the same path (its graph has collectives)
