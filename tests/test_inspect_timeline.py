@@ -49,3 +49,22 @@ def test_errors_name_the_problem(tmp_path):
     records = load_records(_dump(tmp_path / "d"))
     with pytest.raises(ValueError, match=r"video 9: expected one of \[1\]"):
         read_timeline(records, 9)
+
+
+def test_a_record_interrupted_mid_write_leaves_no_readable_file(tmp_path, monkeypatch):
+    """An engine shut down while a rank writes its last record must not leave a truncated ``*.pt``."""
+    dump = SelectionDump(str(tmp_path))
+    dump.config(MosaicConfig().to_json())
+    real_save = torch.save
+
+    def save_then_die(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"PK\x03")  # the first bytes of a record, then the process stops
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        dump.offload(0, 1, torch.arange(3))
+    monkeypatch.setattr(torch, "save", real_save)
+    written = sorted(p.name for p in tmp_path.glob("*.pt"))
+    assert len(written) == 1 and torch.load(tmp_path / written[0], weights_only=False)["event"] == "config"

@@ -61,6 +61,11 @@ class SelectionDump:
                         "seq_len": seq_len})
 
     def _save(self, record: dict) -> None:
+        """Write the record under a name readers skip, then rename it into place: a process stopped mid-write
+        (an engine shut down while its last offload is being recorded) leaves no truncated ``*.pt``."""
         os.makedirs(self.directory, exist_ok=True)
-        torch.save(record, os.path.join(self.directory, f"{os.getpid()}-{self._count:06d}.pt"))
+        name = os.path.join(self.directory, f"{os.getpid()}-{self._count:06d}.pt")
+        partial = name + ".partial"
+        torch.save(record, partial)
+        os.replace(partial, name)
         self._count += 1
