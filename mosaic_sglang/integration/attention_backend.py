@@ -47,6 +47,7 @@ from .tensor_parallel import decision_log, head_gather
 from ..serving import ForwardPlan, RequestLayout
 from ..serving.head_major import head_slots, pool_heads_as_slots, rows_head_major, write_token_major
 from ..testing.host_sync import no_host_sync
+from .attention_layers import check_attention_layers
 from .attention_runners import choose_runners
 from .decode_graphs import DecodeGraphs, EmulatedDecodeGraphs, graph_batch_sizes
 from .frame_ids import frame_ids_from_mm_inputs
@@ -67,6 +68,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
 
     def __init__(self, model_runner: "ModelRunner") -> None:
         super().__init__(model_runner)
+        check_attention_layers(model_runner.model)
         self.runtime = get_runtime()
         pool = self.token_to_kv_pool
         self.start_layer = getattr(pool, "start_layer", 0)
@@ -209,8 +211,6 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         return self._forward(q, k, v, layer, forward_batch, save_kv_cache)
 
     def _forward(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch", save_kv_cache: bool):
-        if layer.sliding_window_size is not None and layer.sliding_window_size > -1:
-            raise ValueError("mosaic attention backend: sliding-window layers are not supported")
         if (self._check_no_sync and forward_batch.forward_mode.is_decode() and self._graph_bs is None
                 and not self.plan.padded):
             with no_host_sync():  # MOSAIC_CHECK_NO_SYNC=1: a decode layer (kept or re-selected, exact fill) must not sync
