@@ -127,11 +127,15 @@ class ForwardPlan(NamedTuple):
             ``(prefix_indptr [B + 1] int64, entries [nnz_prefix] int64)`` indices into the layer's list.
         """
         kv_indptr, positions = (self.kv_indptr, self.kv_positions[0]) if kv is None else kv
-        kv_indptr = kv_indptr.cpu()
+        prefix_indptr, entries, _, _ = self._split_entries(kv_indptr.cpu(), positions)
+        return prefix_indptr, entries
+
+    def _split_entries(self, kv_indptr: torch.Tensor, positions: torch.Tensor):
+        """``(prefix_indptr, entries, q_lens, own)``: `prefix_entries` and `_own_entries` from one check."""
         q_lens, own = self._own_entries(kv_indptr, positions)
         keep = torch.ones(int(kv_indptr[-1]), dtype=torch.bool)
         keep[own] = False
-        return indptr_from_counts((kv_indptr[1:] - kv_indptr[:-1]) - q_lens), keep.nonzero().flatten()
+        return indptr_from_counts((kv_indptr[1:] - kv_indptr[:-1]) - q_lens), keep.nonzero().flatten(), q_lens, own
 
     def causal_order(self) -> torch.Tensor:
         """A permutation of the list entries (the same for every layer) that lists each request's
@@ -145,8 +149,7 @@ class ForwardPlan(NamedTuple):
         """
         assert not self.padded, "causal_order: every layer's lists must share kv_indptr"
         kv_indptr = self.kv_indptr.cpu()
-        prefix_indptr, entries = self.prefix_entries()
-        q_lens, own = self._own_entries(kv_indptr, self.kv_positions[0])
+        prefix_indptr, entries, q_lens, own = self._split_entries(kv_indptr, self.kv_positions[0])
         prefix_lens = prefix_indptr[1:] - prefix_indptr[:-1]
         starts = kv_indptr[:-1]
         order = torch.empty(int(kv_indptr[-1]), dtype=torch.int64)
