@@ -48,6 +48,7 @@ class FlashInferRunner(AttentionRunner):
     """
 
     name = "flashinfer"
+    slot_dtype = torch.int32  # page lists are int32: slots gathered from req_to_token (int32) are copied as they are
 
     def __init__(self, flashinfer: Any, workspace: torch.Tensor, *, num_layers: int, num_qo_heads: int,
                  num_kv_heads: int, head_dim: int, dtype: torch.dtype, use_tensor_cores: bool) -> None:

@@ -24,7 +24,8 @@ class LayerLists(NamedTuple):
 
     Attributes:
         kv_indptr: ``[B + 1] int64`` on the model's device (the plan's, or the layer's own when padded).
-        slots: ``[nnz] int64`` KV-pool row of each entry (rows of ``k_buffer``/``v_buffer`` given beside).
+        slots: ``[nnz]`` KV-pool row of each entry (rows of ``k_buffer``/``v_buffer`` given beside), in the
+            runner's `AttentionRunner.slot_dtype` (int64 where the backend had to build them itself).
         positions: ``[nnz] int64`` sequence position of each entry (position-causal kernels).
     """
 
@@ -39,6 +40,8 @@ class AttentionRunner(ABC):
     name: str = "abstract"
     reads_own_kv: bool = False
     """Whether extend reads the forward's own tokens from ``k``/``v`` (else from the pool, like the lists)."""
+    slot_dtype: torch.dtype = torch.int64
+    """The index dtype the runner's kernels take for ``LayerLists.slots`` (the backend gathers them in it)."""
 
     def serves(self, plan: "ForwardPlan") -> bool:
         """Whether this runner can serve ``plan`` (else the backend uses its fallback for the forward)."""

@@ -241,7 +241,9 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             entry_rows = torch.repeat_interleave(self._row_ids, kv_indptr[1:] - kv_indptr[:-1])
         else:
             kv_indptr, entry_rows = self._kv_indptr, self._entry_rows
-        slots = self.req_to_token_pool.req_to_token[entry_rows, positions].to(torch.int64)
+        # the runner's index dtype (FlashInfer's page lists are int32, like req_to_token: no cast round trip)
+        slot_dtype = torch.int64 if self._host_requests else self._runner.slot_dtype
+        slots = self.req_to_token_pool.req_to_token[entry_rows, positions].to(slot_dtype)
         k_buffer = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
         v_buffer = self.token_to_kv_pool.get_value_buffer(layer.layer_id)
         if self._host_requests:
