@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_cpu_env.sh
 PY="${MOSAIC_VENV:-.venv}/bin/python"
-"$PY" -m pytest -q -p no:cacheprovider --timeout=900 --ignore=tests/kernels "$@"
+"$PY" -m pytest -q -p no:cacheprovider --timeout=900 --durations=25 --ignore=tests/kernels "$@"
 TRITON_INTERPRET=1 "$PY" -m pytest -q -p no:cacheprovider --timeout=600 tests/kernels
