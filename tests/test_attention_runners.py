@@ -127,10 +127,16 @@ def test_fake_refuses_what_flashinfer_would_serve_wrong():
     wrapper = fake_flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend="fa2")
     indptr = torch.tensor([0, 3], dtype=torch.int32)
     wrapper.plan(torch.tensor([0, 2], dtype=torch.int32), indptr, torch.tensor([1, 2, 3], dtype=torch.int32),
-                 torch.ones(1, dtype=torch.int32), 2, 1, 4, 1, causal=True)
+                 torch.ones(1, dtype=torch.int32), 2, 1, 4, 1, causal=True, q_data_type=torch.float32)
     k = torch.randn(5, 1, 4)
     with pytest.raises(FakeFlashInferError, match="causal"):
         wrapper.forward(torch.randn(2, 2, 4), (k, k), causal=False, sm_scale=0.5)
+    with pytest.raises(FakeFlashInferError, match="dtypes: planned q/kv"):  # queries in another dtype than planned
+        wrapper.forward(torch.randn(2, 2, 4, dtype=torch.float64), (k, k), causal=True, sm_scale=0.5)
+    wrapper.plan(torch.tensor([0, 2], dtype=torch.int32), indptr, torch.tensor([1, 2, 3], dtype=torch.int32),
+                 torch.ones(1, dtype=torch.int32), 2, 1, 4, 1, causal=True)  # FlashInfer's default: fp16
+    with pytest.raises(FakeFlashInferError, match="dtypes: planned q/kv"):
+        wrapper.forward(torch.randn(2, 2, 4), (k, k), causal=True, sm_scale=0.5)
     with pytest.raises(FakeFlashInferError, match="page_size"):
         wrapper.plan(torch.tensor([0, 2], dtype=torch.int32), indptr, torch.tensor([1, 2, 3], dtype=torch.int32),
                      torch.ones(1, dtype=torch.int32), 2, 1, 4, 16, causal=True)

@@ -192,6 +192,26 @@ def test_quantized_kv_and_graph_incompatible_options_are_refused():
         check_graph_options(eager, args)  # eager decode: nothing replays
     with pytest.raises(MosaicConfigError, match="'graph_text_tokens'.*per_kv_head"):
         MosaicConfig(graph_text_tokens=8, selection_heads="per_kv_head")
+    for kv_dtype in ("mxfp8", "nvfp4", "fp4_e2m1"):  # every quantized KV dtype SGLang offers, not only fp8*
+        with pytest.raises(MosaicConfigError, match=f"--kv-cache-dtype {kv_dtype}: expected"):
+            check_unsupported(SimpleNamespace(attention_backend="mosaic", kv_cache_dtype=kv_dtype))
+
+
+@pytest.mark.parametrize("value", ["1", "true", "y"])
+def test_sglangs_metadata_glue_graph_is_refused_as_sglang_reads_the_variable(monkeypatch, value):
+    from types import SimpleNamespace
+
+    from mosaic_sglang import MosaicConfig
+    from mosaic_sglang.config import MosaicConfigError
+    from mosaic_sglang.integration.launch_flags import check_graph_options
+
+    args = SimpleNamespace(attention_backend="mosaic")
+    monkeypatch.setenv("SGLANG_ENABLE_METADATA_GLUE_GRAPH", value)
+    with pytest.raises(MosaicConfigError, match="SGLANG_ENABLE_METADATA_GLUE_GRAPH on"):
+        check_graph_options(MosaicConfig(graph_text_tokens=256), args)
+    check_graph_options(MosaicConfig(), args)  # eager decode: nothing is captured
+    monkeypatch.setenv("SGLANG_ENABLE_METADATA_GLUE_GRAPH", "0")
+    check_graph_options(MosaicConfig(graph_text_tokens=256), args)
 
 
 def test_the_decode_graph_hook_keeps_sglangs_answer_for_other_backends_and_idle_batches():

@@ -166,9 +166,14 @@ def test_flashinfer_wrapper_api_the_mosaic_route_relies_on(monkeypatch):
         assert '"fa2"' in source
         for method in ("__init__", "plan", "forward"):
             real_params = list(inspect.signature(getattr(real, method)).parameters)
-            fake_params = [p for p, v in inspect.signature(getattr(fake, method)).parameters.items()
-                           if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)]
+            fake_sig = inspect.signature(getattr(fake, method)).parameters.items()
+            fake_params = [p for p, v in fake_sig if v.kind == v.POSITIONAL_OR_KEYWORD]
             assert real_params[:len(fake_params)] == fake_params, (name, method, real_params, fake_params)
+            keyword_only = {p: v.default for p, v in fake_sig if v.kind == v.KEYWORD_ONLY}
+            real_defaults = {p: v.default for p, v in inspect.signature(getattr(real, method)).parameters.items()}
+            for key, default in keyword_only.items():  # real names (and defaults where the real method shows them)
+                assert key in real_defaults or f"{key}:" in source, (name, method, key)
+                assert key not in real_defaults or real_defaults[key] == default, (name, method, key, default)
     decode, prefill = getattr(flashinfer, api.DECODE_WRAPPER), getattr(flashinfer, api.PREFILL_WRAPPER)
     assert {"kv_layout", "backend", "use_tensor_cores"} <= set(inspect.signature(decode.__init__).parameters)
     assert {"causal", "q_data_type", "kv_data_type", "non_blocking"} <= set(inspect.signature(prefill.plan).parameters)
@@ -195,3 +200,20 @@ def test_decode_graph_runner_pads_and_asks_as_the_hook_assumes():
     assert BaseCudaGraphRunner._pad_to_bucket(3, [1, 2, 4, 8]) == 4
     view = inspect.getsource(dcr.build_replay_fb_view)
     assert "rids" not in view and "batch_size=bs" in view
+
+
+def test_resolved_graph_config_the_backend_checks():
+    """`graph_phases` reads SGLang's resolved CUDA-graph configuration where SGLang's graph setup decides
+    which runners to start (``check_cuda_graph_backend``), not the ``--disable-*-cuda-graph`` switches."""
+    import inspect
+
+    from sglang.srt.model_executor import cuda_graph_config
+    from sglang.srt.model_executor.model_runner_components import cuda_graph_setup
+
+    from mosaic_sglang.integration.graph_phases import resolved_graph_config
+
+    assert "get_exec().graph.cuda_graph_config" in inspect.getsource(cuda_graph_config.check_cuda_graph_backend)
+    setup = inspect.getsource(cuda_graph_setup)
+    assert "check_cuda_graph_backend(Phase.PREFILL, Backend.DISABLED)" in setup
+    assert "Phase.DECODE, Backend.DISABLED" in setup
+    assert resolved_graph_config() is None  # not published in this (test) process: nothing to check

@@ -51,6 +51,7 @@ from .attention_layers import check_attention_layers
 from .attention_runners import choose_runners
 from .decode_graphs import DecodeGraphs, EmulatedDecodeGraphs, graph_batch_sizes
 from .frame_ids import frame_ids_from_mm_inputs
+from .graph_phases import check_graph_phases, resolved_graph_config
 from .runtime import get_runtime
 
 if TYPE_CHECKING:
@@ -70,10 +71,15 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         super().__init__(model_runner)
         check_attention_layers(model_runner.model)
         self.runtime = get_runtime()
+        check_graph_phases(resolved_graph_config(), self.runtime.config.graph_text_tokens)
         pool = self.token_to_kv_pool
         self.start_layer = getattr(pool, "start_layer", 0)
         self.last_layer = self.start_layer + pool.layer_num - 1
         k0, v0 = pool.get_key_buffer(self.start_layer), pool.get_value_buffer(self.start_layer)
+        model_dtype = model_runner.model_config.dtype
+        if k0.dtype != model_dtype:  # every runner (and FlashInfer's plan) takes queries and K/V in one dtype
+            raise MosaicConfigError(f"--enable-mosaic with --kv-cache-dtype: expected K/V in the model's dtype "
+                                    f"({model_dtype}; 'auto' on an unquantized checkpoint), got a KV pool of {k0.dtype}")
         allocator = model_runner.token_to_kv_pool_allocator
         layers = range(self.start_layer, self.start_layer + pool.layer_num)
         device_pool = DevicePool(
@@ -314,8 +320,8 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             return
         assert self._graph_pending is not None, "mosaic: a decode graph replays a step its hook did not plan"
         plan, row_ids = self._graph_pending
-        self._graph_pending = None
         self._graphs.stage(plan, row_ids, bs)
+        self._graph_pending = None  # after staging: a failed stage leaves the step planned for a retry
         self.runtime.after_forward()  # no Python runs at replay: the step's totals now
 
     def prepare_graph_step(self, forward_batch: "ForwardBatch", padded_bs: int) -> bool:

@@ -15,7 +15,6 @@ Three hooks, installed by `mosaic_sglang.integration.plugin.register`:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any, List, Optional
 
@@ -169,7 +168,7 @@ def check_unsupported(server_args) -> None:
                                 "gathered, padded batches are not planned; --dp-size replicas are served), got "
                                 "enable_dp_attention=True")
     kv_dtype = str(getattr(server_args, "kv_cache_dtype", "auto") or "auto")
-    if kv_dtype.startswith(("fp8", "fp4")):
+    if kv_dtype.startswith(("fp8", "fp4", "mxfp8", "nvfp4")):
         raise MosaicConfigError(f"--enable-mosaic with --kv-cache-dtype {kv_dtype}: expected K/V in the model's "
                                 f"dtype ('auto'; Mosaic's attention and cluster summaries read it as is), got {kv_dtype!r}")
 
@@ -190,7 +189,9 @@ def check_graph_options(config, server_args) -> None:
             raise MosaicConfigError(f"mosaic config field 'graph_text_tokens': expected 0 with --"
                                     f"{name.replace('_', '-')} (its graphs replay through other attention backends), "
                                     f"got {config.graph_text_tokens}")
-    if os.environ.get("SGLANG_ENABLE_METADATA_GLUE_GRAPH", "").lower() in ("1", "true", "yes"):
+    from sglang.srt.environ import envs
+
+    if envs.SGLANG_ENABLE_METADATA_GLUE_GRAPH.get():  # SGLang's own parsing of the variable
         raise MosaicConfigError("mosaic config field 'graph_text_tokens': expected 0 with "
                                 "SGLANG_ENABLE_METADATA_GLUE_GRAPH on (it captures the host-side planning of a step), "
                                 f"got {config.graph_text_tokens}")

@@ -92,8 +92,13 @@ class _PagedWrapper:
         self._paged_kv_indptr_buf, self._paged_kv_last_page_len_buf = indptr_buffer, last_page_len_buffer
         self._planned: Optional[dict] = None
 
-    def _plan(self, kv_indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size, **extra):
+    def _plan(self, kv_indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size, *,
+              q_data_type="float16", kv_data_type=None, **extra):
         _check(page_size == 1, f"page_size: expected 1, got {page_size}")
+        # as FlashInfer: dtypes are fixed at plan time (default fp16, KV as Q) and every run must match them
+        q_dtype = getattr(torch, q_data_type) if isinstance(q_data_type, str) else q_data_type
+        kv_dtype = q_dtype if kv_data_type is None else (
+            getattr(torch, kv_data_type) if isinstance(kv_data_type, str) else kv_data_type)
         _check(kv_indptr.dtype == torch.int32 and indices.dtype == torch.int32, "indptr/indices: expected int32")
         _check(bool((last_page_len == 1).all()), "last_page_len: expected all ones at page size 1")
         _check(num_qo_heads % num_kv_heads == 0, f"heads: {num_qo_heads} query heads over {num_kv_heads} KV heads")
@@ -108,7 +113,7 @@ class _PagedWrapper:
         else:
             self._paged_kv_indices_buf = indices.to(self.device)  # as FlashInfer does outside CUDA graphs
         self._planned = dict(id=next(_PLAN_IDS), kv_indptr=indptr, heads=(num_qo_heads, num_kv_heads, head_dim),
-                             buffers=set(), **extra)
+                             dtypes=(q_dtype, kv_dtype), buffers=set(), **extra)
         _log({"event": "plan", "kind": self.kind, "plan": self._planned["id"], "pid": os.getpid(),
               "batch": indptr.numel() - 1, "nnz": int(indptr[-1]), "kv_heads": num_kv_heads})
 
@@ -122,6 +127,8 @@ class _PagedWrapper:
         num_qo, num_kv, head_dim = plan["heads"]
         _check(tuple(q.shape[1:]) == (num_qo, head_dim), f"q: expected [*, {num_qo}, {head_dim}], got {tuple(q.shape)}")
         _check(k.shape[1:] == (num_kv, head_dim), f"cache: expected [S, {num_kv}, {head_dim}], got {tuple(k.shape)}")
+        _check((q.dtype, k.dtype) == plan["dtypes"], f"dtypes: planned q/kv {plan['dtypes']}, run with "
+                                                     f"{(q.dtype, k.dtype)}")
         buf = self._paged_kv_indices_buf
         nnz = int(plan["kv_indptr"][-1])
         _check(buf.dtype == torch.int32 and buf.dim() == 1 and buf.numel() >= nnz,
@@ -146,8 +153,10 @@ class BatchDecodeWithPagedKVCacheWrapper(_PagedWrapper):
         super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, paged_kv_indices_buffer, backend,
                          paged_kv_indptr_buffer, paged_kv_last_page_len_buffer)
 
-    def plan(self, indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size, **kwargs) -> None:
-        self._plan(indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size)
+    def plan(self, indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size, *,
+             q_data_type="float16", kv_data_type=None, **kwargs) -> None:
+        self._plan(indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size,
+                   q_data_type=q_data_type, kv_data_type=kv_data_type)
 
     def forward(self, q, paged_kv_cache, pos_encoding_mode="NONE", q_scale=None, k_scale=None, v_scale=None,
                 window_left=-1, logits_soft_cap=None, sm_scale=None, rope_scale=None, rope_theta=None) -> torch.Tensor:
@@ -176,13 +185,13 @@ class BatchPrefillWithPagedKVCacheWrapper(_PagedWrapper):
         super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, paged_kv_indices_buf, backend)
 
     def plan(self, qo_indptr, paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len, num_qo_heads, num_kv_heads,
-             head_dim_qk, page_size, head_dim_vo=None, custom_mask=None, packed_custom_mask=None, causal=False,
-             **kwargs) -> None:
+             head_dim_qk, page_size, head_dim_vo=None, custom_mask=None, packed_custom_mask=None, causal=False, *,
+             q_data_type="float16", kv_data_type=None, **kwargs) -> None:
         _check(custom_mask is None and packed_custom_mask is None, "custom masks: not served by the fake")
         q_indptr = qo_indptr.cpu().to(torch.int64)
         _check(q_indptr.numel() == paged_kv_indptr.numel(), "qo_indptr and paged_kv_indptr: one request count")
         self._plan(paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len, num_qo_heads, num_kv_heads, head_dim_qk,
-                   page_size, qo_indptr=q_indptr, causal=causal)
+                   page_size, q_data_type=q_data_type, kv_data_type=kv_data_type, qo_indptr=q_indptr, causal=causal)
 
     def forward(self, q, paged_kv_cache, causal=False, pos_encoding_mode="NONE", use_fp16_qk_reduction=False,
                 k_scale=None, v_scale=None, window_left=-1, logits_soft_cap=None, sm_scale=None, rope_scale=None,
