@@ -223,3 +223,29 @@ def test_the_decode_graph_hook_keeps_sglangs_answer_for_other_backends_and_idle_
     other = SimpleNamespace(attn_backend=object(), capture_bs=[1, 2, 4])
     assert can_run_graph_hook(lambda runner, fb: True, other, batch) is True
     assert can_run_graph_hook(lambda runner, fb: False, other, batch) is False
+
+
+def test_offload_is_refused_with_what_frees_or_copies_its_slots_behind_it():
+    """Offload frees single slots and rewrites tree values in place: refused with paged KV, SGLang's
+    hierarchical cache and its host-pool retraction backup (each names the field, expected and got)."""
+    from types import SimpleNamespace
+
+    from mosaic_sglang import MosaicConfig
+    from mosaic_sglang.config import MosaicConfigError
+    from mosaic_sglang.integration.launch_flags import check_offload, check_unsupported
+
+    offload = MosaicConfig(host_store_tokens=1 << 14)
+    plain = dict(attention_backend="mosaic", page_size=None)
+    check_offload(offload, SimpleNamespace(**plain))
+    check_offload(offload, SimpleNamespace(**{**plain, "page_size": 1}))
+    for options, named in [({"page_size": 16}, "--page-size 16"),
+                           ({"enable_hierarchical_cache": True}, "--enable-hierarchical-cache"),
+                           ({"disaggregation_decode_retraction_backup": "host_pool"},
+                            "--disaggregation-decode-retraction-backup host_pool")]:
+        args = SimpleNamespace(**{**plain, **options})
+        with pytest.raises(MosaicConfigError, match=f"'host_store_tokens': .*expected 0 with {named}.*got 16384"):
+            check_offload(offload, args)
+        check_offload(MosaicConfig(), args)  # no offload: nothing frees slots behind SGLang
+    with pytest.raises(MosaicConfigError, match="--disaggregation-mode decode: expected no prefill/decode"):
+        check_unsupported(SimpleNamespace(attention_backend="mosaic", disaggregation_mode="decode"))
+    check_unsupported(SimpleNamespace(attention_backend="mosaic", disaggregation_mode="null"))

@@ -219,3 +219,50 @@ def test_random_puts_reads_and_releases_match_a_reference(tmp_path, debug, seed)
     tier.release(torch.tensor(sorted(truth)))
     assert backend.num_files() == 0 and tier.rows.num_used == 0
     tier.check_integrity()
+
+
+_HOLD_A_SPILL_DIRECTORY = """
+import sys, time
+from mosaic_sglang.integration.hicache_spill import HiCacheSpillBackend
+backend = HiCacheSpillBackend("file", sys.argv[1], model_name="tiny")
+print(backend.owned_directory, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_spill_directory_is_removed_only_when_its_owner_is_gone(tmp_path):
+    """Owners are read from the directory's lock, not from the pid in its name: a live owner's directory
+    (even one whose pid this process cannot see: another container or host) survives a new server's start
+    and a flush; a SIGKILLed owner's (SGLang stops its schedulers so) is removed by the next start."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mosaic_sglang.integration.hicache_spill import OWNER_FILE, _make_owned_dir
+
+    child = subprocess.Popen([sys.executable, "-c", _HOLD_A_SPILL_DIRECTORY, str(tmp_path)], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        child_dir = child.stdout.readline().strip()
+        assert os.path.isdir(os.path.join(child_dir, "blobs"))
+        elsewhere, owner = _make_owned_dir(str(tmp_path))  # a live owner whose pid does not exist here
+        unseen_pid = os.path.join(str(tmp_path), "mosaic-999999999-feedbeef")
+        os.rename(elsewhere, unseen_pid)
+        foreign = tmp_path / "mosaic-notes"  # not made by Mosaic (no owner file): never touched
+        foreign.mkdir()
+        backend = HiCacheSpillBackend("file", str(tmp_path), model_name="tiny")
+        assert os.path.isdir(child_dir) and os.path.isdir(unseen_pid) and foreign.is_dir()
+        backend.clear()  # the backend's clear empties the blobs only: the owner file stays
+        assert os.path.isfile(os.path.join(backend.owned_directory, OWNER_FILE))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        HiCacheSpillBackend("file", str(tmp_path), model_name="tiny")
+        assert not os.path.exists(child_dir)  # its owner died: the next start removes it
+        assert os.path.isdir(unseen_pid) and os.path.isdir(backend.owned_directory) and foreign.is_dir()
+        os.close(owner)
+        HiCacheSpillBackend("file", str(tmp_path), model_name="tiny")
+        assert not os.path.exists(unseen_pid)
+    finally:
+        child.kill()
+        child.wait()

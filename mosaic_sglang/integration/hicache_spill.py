@@ -7,11 +7,15 @@ backend SGLang's own hierarchical cache would use; Mosaic writes one blob per cl
 SGLang host pool, which Mosaic's cluster-contiguous store is not; they plug in here by adapting their
 page interface to `SpillBackend`.
 
-Each process writes into its own fresh subdirectory of ``spill_path`` (``mosaic-<pid>-<random>``):
+Each process writes into its own fresh subdirectory of ``spill_path`` (``mosaic-<pid>-<random>/blobs``):
 `HiCacheFile.clear` deletes every file of its directory, and a flush must never touch another
-server's (or SGLang HiCache's) files. The subdirectory is removed at a clean exit (``atexit``); SGLang
-stops its scheduler processes with SIGKILL, which skips that, so a new process first removes the
-subdirectories of processes that no longer exist (their blobs back a radix tree that died with them).
+server's (or SGLang HiCache's) files. The process holds an exclusive ``flock`` on the subdirectory's
+``.owner`` file (beside ``blobs``, out of the backend's reach) for its whole life (the directory is made and locked under a hidden name, then renamed into
+place, so no other process ever sees it unlocked). The subdirectory is removed at a clean exit
+(``atexit``); SGLang stops its scheduler processes with SIGKILL, which skips that but releases the lock,
+so a new process removes every subdirectory whose lock it can take (its blobs back a radix tree that died
+with its process). Whether the owner lives is read from the lock, never from the pid in the name: a server
+in another container or on another host that shares ``spill_path`` has a pid this process cannot see.
 
 `HiCacheFile` has no ``delete``: a freed cluster's file is removed by its path (the backend's key
 suffix, `_get_suffixed_key`, resolved in the symbol test). Its own LRU eviction (``max_size`` /
@@ -21,6 +25,7 @@ suffix, `_get_suffixed_key`, resolved in the symbol test). Its own LRU eviction 
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
 import shutil
 import uuid
@@ -53,9 +58,10 @@ class HiCacheSpillBackend:
         self.name = f"hicache:{backend}"
         root = os.path.abspath(spill_path)
         _remove_dead_process_dirs(root)
-        self.directory = os.path.join(root, f"mosaic-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.makedirs(self.directory)  # spill_path itself is created if missing
-        atexit.register(shutil.rmtree, self.directory, True)
+        self.owned_directory, self._owner = _make_owned_dir(root)
+        self.directory = os.path.join(self.owned_directory, "blobs")
+        """Where the file backend writes the blobs (its ``clear`` empties it; the owner file stays)."""
+        atexit.register(shutil.rmtree, self.owned_directory, True)
         config = HiCacheStorageConfig(
             tp_rank=tp_rank, tp_size=tp_size, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1,
             is_mla_model=False, enable_storage_metrics=False, is_page_first_layout=True, model_name=model_name,
@@ -102,19 +108,43 @@ class HiCacheSpillBackend:
         return sum(1 for name in os.listdir(self.directory) if name.endswith(".bin"))
 
 
+OWNER_FILE = ".owner"
+"""The file in each process's spill subdirectory its process holds an exclusive ``flock`` on."""
+
+
+def _make_owned_dir(root: str):
+    """``(path, owner fd)``: a new ``root/mosaic-<pid>-<random>`` directory, locked before it is visible under
+    that name (made and locked as ``root/.mosaic-...``, which `_remove_dead_process_dirs` never reads)."""
+    name = f"mosaic-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    hidden, path = os.path.join(root, f".{name}"), os.path.join(root, name)
+    os.makedirs(os.path.join(hidden, "blobs"))  # spill_path itself is created if missing
+    owner = os.open(os.path.join(hidden, OWNER_FILE), os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh file: nobody else holds it
+    os.rename(hidden, path)  # the lock stays with the file
+    return path, owner
+
+
 def _remove_dead_process_dirs(root: str) -> None:
-    """Delete ``root/mosaic-<pid>-*`` directories whose process is gone."""
+    """Delete the ``root/mosaic-*`` directories whose owner lock is free (their process is gone); a
+    directory without an owner file (not made by this code) is left alone."""
     try:
         names = os.listdir(root)
     except FileNotFoundError:
         return
     for name in names:
-        parts = name.split("-")
-        if len(parts) != 3 or parts[0] != "mosaic" or not parts[1].isdigit():
+        if not name.startswith("mosaic-"):
+            continue
+        directory = os.path.join(root, name)
+        try:
+            fd = os.open(os.path.join(directory, OWNER_FILE), os.O_RDWR)
+        except OSError:  # no owner file, or not ours to open
             continue
         try:
-            os.kill(int(parts[1]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-        except PermissionError:  # alive, another user's
-            pass
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its process lives (here, in another container or on another host)
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(directory, ignore_errors=True)
+        finally:
+            os.close(fd)

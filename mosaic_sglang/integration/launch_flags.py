@@ -28,6 +28,7 @@ __all__ = [
     "apply_mosaic_kwargs",
     "MOSAIC_KWARGS",
     "check_parallelism",
+    "check_offload",
     "check_unsupported",
     "check_graph_options",
 ]
@@ -116,6 +117,7 @@ def prepare_server_args_with_mosaic(original, argv: List[str]):
     server_args = original(rest)
     try:
         check_parallelism(config, server_args)
+        check_offload(config, server_args)
         check_unsupported(server_args)
         check_graph_options(config, server_args)
     except MosaicConfigError as e:
@@ -149,7 +151,8 @@ def check_unsupported(server_args) -> None:
             Mosaic's media guard, before the tokenizer checks run); speculative decoding (a decode step of
             Mosaic attends one new token per request: draft and verify batches are not planned); DP attention
             (its gathered, padded batches and idle ranks are not planned; data parallelism by replicas,
-            ``--dp-size`` without it, is served).
+            ``--dp-size`` without it, is served); prefill/decode disaggregation (the decode server would
+            hold KV without its cluster index); a quantized KV cache.
     """
     if getattr(server_args, "attention_backend", None) != MOSAIC_BACKEND:
         return
@@ -163,6 +166,11 @@ def check_unsupported(server_args) -> None:
         raise MosaicConfigError("--enable-mosaic with --speculative-algorithm: expected no speculative decoding "
                                 "(Mosaic plans one new token per request per decode step), got "
                                 f"speculative_algorithm={algorithm!r}")
+    mode = getattr(server_args, "disaggregation_mode", "null") or "null"
+    if mode != "null":
+        raise MosaicConfigError(f"--enable-mosaic with --disaggregation-mode {mode}: expected no prefill/decode "
+                                "disaggregation (a decode server would receive KV without the cluster index the "
+                                f"prefill server built), got disaggregation_mode={mode!r}")
     if getattr(server_args, "enable_dp_attention", False):
         raise MosaicConfigError("--enable-mosaic with --enable-dp-attention: expected DP attention off (its "
                                 "gathered, padded batches are not planned; --dp-size replicas are served), got "
@@ -228,6 +236,32 @@ def check_parallelism(config, server_args) -> None:
         )
 
 
+def check_offload(config, server_args) -> None:
+    """Offload (``host_store_tokens > 0``) frees single KV slots of cached prefixes and rewrites their tree
+    values to host encodings in place. Refused with what that breaks:
+
+    Raises:
+        MosaicConfigError: ``--page-size`` above 1 (SGLang's paged allocator frees whole pages: the
+            neighbours of an offloaded token would be freed while live); ``--enable-hierarchical-cache`` or
+            ``--disaggregation-decode-retraction-backup host_pool`` (SGLang's write-through copies a node's
+            slots to its own host pool later, from the node's value: it would read freed slots).
+    """
+    if not config.host_store_tokens or getattr(server_args, "attention_backend", None) != MOSAIC_BACKEND:
+        return
+    got = config.host_store_tokens
+    page_size = getattr(server_args, "page_size", None)
+    if page_size not in (None, 1):
+        raise MosaicConfigError(f"mosaic config field 'host_store_tokens': offload frees single KV slots, expected 0 "
+                                f"with --page-size {page_size} (or --page-size 1), got {got}")
+    if getattr(server_args, "enable_hierarchical_cache", False):
+        raise MosaicConfigError("mosaic config field 'host_store_tokens': expected 0 with --enable-hierarchical-cache "
+                                f"(SGLang's write-through would copy slots Mosaic offloaded and freed), got {got}")
+    if getattr(server_args, "disaggregation_decode_retraction_backup", None) == "host_pool":
+        raise MosaicConfigError("mosaic config field 'host_store_tokens': expected 0 with "
+                                "--disaggregation-decode-retraction-backup host_pool (a HiCache host pool copies "
+                                f"slots Mosaic offloaded and freed), got {got}")
+
+
 def apply_mosaic_kwargs(kwargs: dict) -> dict:
     """Engine keyword arguments with the mosaic ones consumed (validated, exported, translated).
 
@@ -271,6 +305,7 @@ class MosaicEngineArgs:
         kwargs, config = _consume_mosaic_kwargs(kwargs)
         server_args = ServerArgs(**kwargs)
         check_parallelism(config, server_args)
+        check_offload(config, server_args)
         check_unsupported(server_args)
         check_graph_options(config, server_args)
         return server_args

@@ -17,8 +17,11 @@ When full: `allocate` raises `HostStoreFullError` naming the capacity, the reque
 the largest hole. We chose a clear error over oldest-session eviction because the host store holds the
 *only* copy of an offloaded cluster (its device slots were returned to SGLang's allocator): evicting it
 would silently lose KV of a live or cached prefix that the radix tree still matches. Only the cache
-(radix tree / session owner) knows which prefixes are unreferenced, so eviction belongs there — it
-catches the error, evicts a cached prefix (freeing its extents) and retries.
+(radix tree / session owner) knows which prefixes are unreferenced, so eviction belongs there. What
+happens today: the policy catches the error and leaves the clusters that did not fit on the device (a
+``host_store_full_events`` count); host extents come back when SGLang evicts a cached prefix for device
+memory (its host rows are freed with it) or on a flush, or, with a spill tier, the least recently read
+extents move to disk (`host_tier`). The store never evicts by itself.
 
 Cost: `allocate` is O(free extents) (a linear first-fit scan), `free` is O(log F) search plus a list
 insert. Not thread-safe (SGLang's scheduler is one Python thread).
