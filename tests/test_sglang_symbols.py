@@ -217,3 +217,20 @@ def test_resolved_graph_config_the_backend_checks():
     assert "check_cuda_graph_backend(Phase.PREFILL, Backend.DISABLED)" in setup
     assert "Phase.DECODE, Backend.DISABLED" in setup
     assert resolved_graph_config() is None  # not published in this (test) process: nothing to check
+
+
+def test_idle_leak_check_the_host_row_check_extends():
+    """`host_row_check` runs after SGLang's idle request-pool check and reports through its ``_report_leak``
+    (which raises under the strict idle check): both keep their signatures, and the idle path still calls
+    the request-pool check."""
+    import inspect
+
+    from sglang.srt.managers import scheduler
+    from sglang.srt.managers.scheduler_components.invariant_checker import SchedulerInvariantChecker
+    from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
+
+    assert list(inspect.signature(SchedulerInvariantChecker._check_req_pool).parameters) == ["self"]
+    assert list(inspect.signature(SchedulerInvariantChecker._report_leak).parameters) == ["self", "pool_name",
+                                                                                           "token_msg"]
+    assert list(inspect.signature(UnifiedRadixCache.all_values_flatten).parameters) == ["self"]
+    assert "self.invariant_checker._check_req_pool()" in inspect.getsource(scheduler)

@@ -38,6 +38,9 @@ HOOKED_SYMBOLS = (
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.protected_size",
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.full_protected_size",
     "sglang.srt.session.streaming_session.is_virtual_node",
+    "sglang.srt.managers.scheduler_components.invariant_checker.SchedulerInvariantChecker._check_req_pool",
+    "sglang.srt.managers.scheduler_components.invariant_checker.SchedulerInvariantChecker._report_leak",
+    "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.all_values_flatten",
     "sglang.srt.mem_cache.allocator.base.BaseTokenToKVPoolAllocator.alloc",
     "sglang.srt.mem_cache.allocator.base.BaseTokenToKVPoolAllocator.free",
     "sglang.srt.mem_cache.unified_cache.components.full.FullComponent.apply_component_action",
@@ -90,6 +93,7 @@ def register() -> None:
     from .cpu_compat.vision_attention import register_vision_attention
     from .decode_graph_hook import register_decode_graph_hook
     from .forward_timer import register_forward_timer
+    from .host_row_check import register_host_row_check
     from .media_guard import register_media_guard
     from .openai_stats import register_openai_stats
     from .options import MOSAIC_BACKEND
@@ -116,6 +120,7 @@ def register() -> None:
     register_decode_graph_hook(HookRegistry, HookType)  # Mosaic's decode steps replay only when they fit
     register_vision_attention(HookRegistry, HookType)  # only without CUDA
     register_video_timestamps(HookRegistry, HookType)  # Qwen2.5-VL: the sampled frames' real time span
+    register_host_row_check(HookRegistry, HookType)  # SGLang's idle leak check also covers the host tier
     # A documented class attribute meant for this (not a HookRegistry REPLACE: that would also rebind
     # every module's `ServerArgs` name to the replacement).
     Engine.server_args_class = MosaicEngineArgs

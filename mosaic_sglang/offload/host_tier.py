@@ -139,6 +139,12 @@ class HostTier:
         return self.store.num_used
 
     @property
+    def live_rows(self) -> int:
+        """Host rows some tree position still holds (placed or spilled): what the radix tree's values must
+        encode, one row per position (`integration/host_row_check.py` compares the two at idle)."""
+        return sum(held.live for held in self._held.values())
+
+    @property
     def spilled_tokens(self) -> int:
         """Tokens of live extents that are spilled now."""
         return self.rows.num_used - self.store.num_used
