@@ -45,7 +45,8 @@ def check_graph_phases(graph_config: Optional[Any], graph_text_tokens: int) -> N
 
 def resolved_graph_config() -> Optional[Any]:
     """SGLang's resolved ``CudaGraphConfig`` in this scheduler process, where its graph setup reads it
-    (``check_cuda_graph_backend``); None before SGLang published it (then no graph runner starts either)."""
+    (``check_cuda_graph_backend``); None before SGLang published it (nothing to check here then; the
+    backend's ``init_cuda_graph_state`` still refuses decode graphs without ``graph_text_tokens``)."""
     from sglang.srt.runtime_context import get_exec
 
     try:

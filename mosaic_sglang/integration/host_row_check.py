@@ -7,12 +7,21 @@ else warns). Offloaded tokens are not slots: each is a host row that one tree po
 encodings in the tree's values and compares them with the rows the host tier holds live
 (`HostTier.live_rows`); a difference is reported through the same checker, so it is as loud as a slot leak
 (an abort, eviction or flush path that drops tree values without giving their host rows back, or gives
-them back twice). One pass over the tree's values, at idle only, with offload on.
+them back twice). SGLang runs its idle check on every pass of its idle loop; this one walks the tree's
+values, so it runs once per idle period: only when a forward ran or a request was released since the
+last check (what offloads, evicts and releases host rows: offload at a chunk's checkpoint or a request's
+release, eviction while a batch is scheduled; a flush clears the tree and the tier together). With offload
+on only.
 """
 
 from __future__ import annotations
 
+import weakref
+
 __all__ = ["CHECK_REQ_POOL", "check_host_rows_hook", "register_host_row_check", "host_rows_in_tree"]
+
+_LAST_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+"""Runtime -> its ``(forwards, releases)`` at the last check."""
 
 CHECK_REQ_POOL = "sglang.srt.managers.scheduler_components.invariant_checker.SchedulerInvariantChecker._check_req_pool"
 
@@ -30,9 +39,14 @@ def check_host_rows_hook(result, checker):
     from .runtime import get_runtime
 
     cache = checker.tree_cache
-    host = get_runtime().host
+    runtime = get_runtime()
+    host = runtime.host
     if not isinstance(cache, MosaicRadixCache) or host is None:
         return result
+    activity = (runtime.counters.forwards, runtime.releases)
+    if activity == _LAST_CHECKED.get(runtime):
+        return result  # nothing ran since the last idle check
+    _LAST_CHECKED[runtime] = activity
     in_tree, live = host_rows_in_tree(cache), host.live_rows
     if in_tree != live:
         checker._report_leak("mosaic host tier", f"the radix tree encodes {in_tree} host rows but the host tier "

@@ -45,6 +45,8 @@ class MosaicRuntime:
         sums the processes' series."""
         self.counters = ProcessCounters()
         """The process's running totals (the policy adds to them where events happen)."""
+        self.releases = 0
+        """Requests released so far (`release`); with ``counters.forwards``, what may have changed the tree."""
 
     def bind_model(self, *, num_layers: int, num_kv_heads: int, head_dim: int, v_head_dim: int, dtype,
                    read_slot_keys, read_slot_kv, device_pool=None, device=None, index_kv_heads=None,
@@ -97,6 +99,7 @@ class MosaicRuntime:
 
     def release(self, rid: str) -> None:
         """A request finished or was aborted: keep its final stats for the response, drop its state."""
+        self.releases += 1
         stats = self.policy.request_stats(rid)
         if stats is not None:
             self._finished_stats[rid] = stats
