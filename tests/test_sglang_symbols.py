@@ -208,9 +208,8 @@ def test_resolved_graph_config_the_backend_checks():
     import inspect
 
     from sglang.srt.model_executor import cuda_graph_config
-    from sglang.srt.model_executor.model_runner_components import cuda_graph_setup
-
     from sglang.srt.model_executor.cuda_graph_config import Backend
+    from sglang.srt.model_executor.model_runner_components import cuda_graph_setup
 
     from mosaic_sglang.integration.graph_phases import resolved_graph_config
 

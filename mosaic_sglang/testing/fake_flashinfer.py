@@ -96,9 +96,9 @@ class _PagedWrapper:
               q_data_type="float16", kv_data_type=None, **extra):
         _check(page_size == 1, f"page_size: expected 1, got {page_size}")
         # as FlashInfer: dtypes are fixed at plan time (default fp16, KV as Q) and every run must match them
-        q_dtype = getattr(torch, q_data_type) if isinstance(q_data_type, str) else q_data_type
-        kv_dtype = q_dtype if kv_data_type is None else (
-            getattr(torch, kv_data_type) if isinstance(kv_data_type, str) else kv_data_type)
+        as_dtype = lambda d: getattr(torch, d) if isinstance(d, str) else d  # "float16" or torch.float16
+        q_dtype = as_dtype(q_data_type)
+        kv_dtype = q_dtype if kv_data_type is None else as_dtype(kv_data_type)
         _check(kv_indptr.dtype == torch.int32 and indices.dtype == torch.int32, "indptr/indices: expected int32")
         _check(bool((last_page_len == 1).all()), "last_page_len: expected all ones at page size 1")
         _check(num_qo_heads % num_kv_heads == 0, f"heads: {num_qo_heads} query heads over {num_kv_heads} KV heads")
