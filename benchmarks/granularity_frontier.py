@@ -14,6 +14,14 @@ frames (``per 16 frames``): candidates for coarse groups formed off the decode p
 frames``: the served option (`MosaicConfig.regroup_tokens`/`regroup_frames`): the online index whose
 `maintain` regroups every F sealed frames by k-means in its own membership geometry (shared over layers,
 z-scored keys); the unsettled tail (active and not yet due frames) keeps its online clusters.
+
+Two more columns per row bound what a better scorer could buy at that granularity. ``per-head``: the same
+index selected with ``selection_heads='per_kv_head'`` (each KV head ranks the clusters from its own GQA
+group; quality per head, averaged). ``exact-mass ceiling``: the same memberships ranked by each cluster's
+*true* attention mass per eligible token (the question's exact attention averaged over its tokens and
+query heads; the exact fill as Mosaic's), the optimal order for one shared selection per layer: no
+cluster scorer recalls more than this (up to the boundary cluster) with these clusters and this budget.
+When it falls short of the goal, the gap is the clustering's, not the scorer's.
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ from mosaic_sglang.retrieval import Selection, always_attended_positions, select
 from mosaic_sglang.retrieval.baselines import ClusterKVRetriever  # noqa: E402
 from mosaic_sglang.retrieval.budget import fill_budget_exact  # noqa: E402
 from mosaic_sglang.traces import Trace  # noqa: E402
-from trace_families import add_trace_arguments, ingest, load_traces, write_json  # noqa: E402
+from per_head_selection import per_head_masks, quality_per_head  # noqa: E402
+from trace_families import add_trace_arguments, exact_mean_probs, ingest, load_traces, write_json  # noqa: E402
 
 JOIN_THRESHOLDS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 MAX_CLUSTER_SIZES = (64, 256)
@@ -46,8 +55,9 @@ REGROUP_POINTS = ((8, 16), (16, 16), (16, 4), (32, 16))
 BUDGET = 0.10
 
 
-def point(trace: Trace, join: float, max_size: int, regroup_tokens: int = 0,
+def point(trace: Trace, probs: torch.Tensor, join: float, max_size: int, regroup_tokens: int = 0,
           regroup_frames: int = KMEANS_WINDOW_FRAMES) -> dict:
+    """One online index (``probs``: `exact_mean_probs` of the trace, for the ceiling column)."""
     num_layers, n, hkv, d = trace.keys.shape
     config = MosaicConfig(budget=max(1, round(BUDGET * n)), join_threshold=join, split_threshold=1.5 * join,
                           max_cluster_size=max_size, regroup_tokens=regroup_tokens, regroup_frames=regroup_frames)
@@ -58,12 +68,66 @@ def point(trace: Trace, join: float, max_size: int, regroup_tokens: int = 0,
     selection = index.select(trace.queries)
     quality = selection_quality(trace.queries, trace.keys, trace.values, selection,
                                 query_positions=trace.query_positions).mean()
-    selected = selection.sizes().float() - always_attended_positions(trace.frame_ids.clone(), config).numel()
+    always = always_attended_positions(trace.frame_ids.clone(), config)
+    selected = selection.sizes().float() - always.numel()
+    view = index.view()
+    assign = view.assign[view.group_of_layer].clone()  # [L, N] each layer's membership
+    assign[:, always] = -1  # eligible members only, as the costs count them
+    heads = per_head_masks(index, trace.queries)
+    per_head = quality_per_head(trace, [Selection.from_mask(m, torch.zeros(num_layers)) for m in heads], hkv)
     label = join if not regroup_tokens else f"{join} + regroup/{regroup_tokens} per {regroup_frames} frames"
     return {"join_threshold": label, "max_cluster_size": max_size, "mass_recall": quality.mass_recall.item(),
             "top10_recall": quality.topk_recall.item(), "clusters": index.num_clusters,
             "tokens_per_selected_cluster": (selected.sum() / selection.num_units.sum().clamp(min=1)).item(),
+            "per_head_mass_recall": per_head["mass_recall"],
+            "ceiling_mass_recall": exact_rank_recall(trace, probs, assign, config.budget, always),
             "ingest_ms_per_frame": ingest_ms}
+
+
+def select_members(trace: Trace, assign: torch.Tensor, scores: torch.Tensor, budget: int,
+                   always: torch.Tensor) -> tuple[Selection, torch.Tensor]:
+    """Mosaic's exact fill over given memberships: ``assign [L, N] int64`` (``-1``: not eligible),
+    ``scores [L, C]`` per cluster (higher first). Whole clusters by rank, then the boundary cluster's
+    lowest positions, ``budget`` eligible tokens per layer; ``always [M]`` positions are added.
+
+    Returns:
+        ``(selection, chosen [L, N] bool)``: the attended sets and the selected members alone.
+    """
+    num_layers, n = assign.shape
+    num_c = scores.shape[1]
+    member = assign >= 0
+    safe = assign.clamp(min=0)
+    cost = torch.zeros(num_layers, num_c, dtype=torch.int64).scatter_add_(1, safe, member.long())
+    take = fill_budget_exact(scores, cost, budget)  # [L, C] tokens per cluster, lowest positions first
+    rank = torch.zeros_like(assign)  # position rank within its cluster, to truncate the boundary cluster
+    for layer in range(num_layers):
+        key = torch.where(member[layer], assign[layer], num_c) * (n + 1) + torch.arange(n)
+        order = torch.argsort(key)
+        cluster = key[order] // (n + 1)
+        counts = torch.bincount(cluster, minlength=num_c + 1)
+        starts = torch.cumsum(counts, 0) - counts
+        rank[layer, order] = torch.arange(n) - starts[cluster]
+    chosen = member & (rank < take.gather(1, safe))
+    mask = chosen.clone()
+    mask[:, always] = True
+    return Selection.from_mask(mask, (take > 0).sum(1)), chosen
+
+
+def exact_rank_recall(trace: Trace, probs: torch.Tensor, assign: torch.Tensor, budget: int,
+                      always: torch.Tensor) -> float:
+    """Mass recall of the memberships ``assign [L, N]`` (``-1``: not eligible) ranked by each cluster's exact
+    mass per eligible token (``probs [L, N]``, `exact_mean_probs`) and filled as Mosaic fills, with the
+    ``always [M]`` positions attended."""
+    num_layers = assign.shape[0]
+    num_c = int(assign.max()) + 1
+    member = assign >= 0
+    safe = assign.clamp(min=0)
+    mass = torch.zeros(num_layers, num_c).scatter_add_(1, safe, torch.where(member, probs, 0.0))
+    cost = torch.zeros(num_layers, num_c).scatter_add_(1, safe, member.float())
+    scores = torch.where(cost > 0, mass / cost.clamp(min=1), float("-inf"))
+    selection, _ = select_members(trace, assign, scores, budget, always)
+    return selection_quality(trace.queries, trace.keys, trace.values, selection,
+                             query_positions=trace.query_positions).mean().mass_recall.item()
 
 
 def _kmeans_memberships(trace: Trace, config: MosaicConfig, tokens_per_cluster: int, window_frames) -> torch.Tensor:
@@ -96,7 +160,7 @@ def _kmeans_memberships(trace: Trace, config: MosaicConfig, tokens_per_cluster: 
     return out
 
 
-def kmeans_point(trace: Trace, tokens_per_cluster: int, window_frames=None) -> dict:
+def kmeans_point(trace: Trace, probs: torch.Tensor, tokens_per_cluster: int, window_frames=None) -> dict:
     """Mosaic's scoring and exact fill over k-means memberships instead of its online ones: does a coarse
     membership formed off the decode path keep the recall (over the whole index, or per span of frames)?"""
     num_layers, n, hkv, d = trace.keys.shape
@@ -117,26 +181,16 @@ def kmeans_point(trace: Trace, tokens_per_cluster: int, window_frames=None) -> d
     spread = squares / size.clamp(min=1)[..., None] - centroid.square().sum(-1)
     cost = size.long()
     scores = score_clusters(trace.queries, centroid, spread, cost, rule=config.score, reduce=config.query_reduce)
-    take = fill_budget_exact(scores, cost, config.budget)  # [L, C] tokens per cluster, lowest positions first
-    rank = torch.zeros_like(assign)  # position rank within its cluster, to truncate the boundary cluster
-    for layer in range(num_layers):
-        key = torch.where(member[layer], assign[layer], num_c) * (n + 1) + torch.arange(n)
-        order = torch.argsort(key)
-        cluster = key[order] // (n + 1)
-        counts = torch.bincount(cluster, minlength=num_c + 1)
-        starts = torch.cumsum(counts, 0) - counts
-        rank[layer, order] = torch.arange(n) - starts[cluster]
-    chosen = member & (rank < take.gather(1, safe))
     always = always_attended_positions(trace.frame_ids.clone(), config)
-    mask = chosen.clone()
-    mask[:, always] = True
-    selection = Selection.from_mask(mask, (take > 0).sum(1))
+    selection, chosen = select_members(trace, assign, scores, config.budget, always)
     quality = selection_quality(trace.queries, trace.keys, trace.values, selection,
                                 query_positions=trace.query_positions).mean()
     where = "" if window_frames is None else f" per {window_frames} frames"
     return {"join_threshold": f"k-means/{tokens_per_cluster}{where}", "max_cluster_size": "-",
             "mass_recall": quality.mass_recall.item(), "top10_recall": quality.topk_recall.item(), "clusters": num_c,
             "tokens_per_selected_cluster": (chosen.sum() / selection.num_units.sum().clamp(min=1)).item(),
+            "per_head_mass_recall": float("nan"),
+            "ceiling_mass_recall": exact_rank_recall(trace, probs, assign, config.budget, always),
             "ingest_ms_per_frame": float("nan")}
 
 
@@ -150,21 +204,22 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     rows = []
     for name, trace in load_traces(args):
+        probs = exact_mean_probs(trace)
         for max_size in sizes:
             for join in joins:
-                rows.append({"trace": name, **point(trace, join, max_size)})
+                rows.append({"trace": name, **point(trace, probs, join, max_size)})
         for tokens, frames in regroup_points:
-            rows.append({"trace": name, **point(trace, MosaicConfig().join_threshold, 64, tokens, frames)})
+            rows.append({"trace": name, **point(trace, probs, MosaicConfig().join_threshold, 64, tokens, frames)})
         for window in (None, KMEANS_WINDOW_FRAMES):
             for per_cluster in kmeans_sizes:
-                rows.append({"trace": name, **kmeans_point(trace, per_cluster, window)})
+                rows.append({"trace": name, **kmeans_point(trace, probs, per_cluster, window)})
     print("| trace | max_cluster_size | join_threshold | mass recall | top-10 recall | clusters | "
-          "tokens / selected cluster | ingest ms / frame |")
-    print("|---|---|---|---|---|---|---|---|")
+          "tokens / selected cluster | per-head mass recall | exact-mass ceiling | ingest ms / frame |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['trace']} | {r['max_cluster_size']} | {r['join_threshold']} | {r['mass_recall']:.3f} | "
               f"{r['top10_recall']:.3f} | {r['clusters']} | {r['tokens_per_selected_cluster']:.1f} | "
-              f"{r['ingest_ms_per_frame']:.2f} |")
+              f"{r['per_head_mass_recall']:.3f} | {r['ceiling_mass_recall']:.3f} | {r['ingest_ms_per_frame']:.2f} |")
     print(f"total {time.perf_counter() - started:.0f} s")
     write_json(args.out, {"rows": rows})
     return 0

@@ -34,9 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mosaic_sglang.clusters import ClusterIndex  # noqa: E402
 from mosaic_sglang.config import MosaicConfig  # noqa: E402
 from mosaic_sglang.retrieval import Selection, always_attended_positions, selection_quality  # noqa: E402
-from mosaic_sglang.retrieval.gqa import group_queries  # noqa: E402
 from mosaic_sglang.traces import Trace  # noqa: E402
-from trace_families import add_trace_arguments, ingest, load_traces, write_json  # noqa: E402
+from trace_families import add_trace_arguments, exact_mean_probs, ingest, load_traces, write_json  # noqa: E402
 
 BUDGETS = (0.02, 0.05, 0.10, 0.25)
 CAP = 0.25
@@ -58,19 +57,6 @@ def _row(trace: Trace, index: ClusterIndex, config: MosaicConfig, always: int, m
             "selected_tokens": extra.mean().item(), "selected_min": extra.min().item(),
             "selected_max": extra.max().item(), "clusters": units.mean().item(),
             "tokens_per_cluster": (extra.sum() / units.sum().clamp(min=1)).item()}
-
-
-def _mean_probs(trace: Trace) -> torch.Tensor:
-    """``[L, N]`` exact attention probabilities averaged over the question's tokens and query heads
-    (causal, as `selection_quality`): mass recall of a set is the sum of this over the set."""
-    num_layers, n, hkv, d = trace.keys.shape
-    visible = torch.arange(n)[None, :] <= trace.query_positions[:, None]  # [Tq, N]
-    out = []
-    for layer in range(num_layers):
-        q = group_queries(trace.queries[layer:layer + 1], hkv)[0]  # [Hkv, g, Tq, D]
-        logits = q @ trace.keys[layer].float().permute(1, 2, 0)[:, None] / d ** 0.5  # [Hkv, g, Tq, N]
-        out.append(torch.softmax(logits.masked_fill(~visible, float("-inf")), -1).mean((0, 1, 2)))
-    return torch.stack(out)
 
 
 def _oracle_selection(probs: torch.Tensor, always: torch.Tensor, *, budget: int | None = None,
@@ -139,7 +125,7 @@ def trace_rows(name: str, trace: Trace, targets) -> list[dict]:
         config = base.replace(budget=cap, budget_mode="mass", mass_target=p)
         rows.append(_row(trace, index, config, always, "mass", f"p={p:g}"))
     positions = always_attended_positions(trace.frame_ids.clone(), base)
-    probs = _mean_probs(trace)
+    probs = exact_mean_probs(trace)
     rows += _oracle_rows(trace, positions, max(1, round(REFERENCE * n)), targets, probs)
     for row in rows:
         row["trace"] = name

@@ -54,7 +54,7 @@ def per_head_masks(index: ClusterIndex, queries: torch.Tensor) -> torch.Tensor:
     return mask.view(index.num_layers, hkv, n).transpose(0, 1)
 
 
-def _quality(trace: Trace, selections, hkv: int) -> dict:
+def quality_per_head(trace: Trace, selections, hkv: int) -> dict:
     """Mean over KV heads of each head's quality; ``selections[h]`` serves head ``h`` (or one for all)."""
     group = trace.queries.shape[2] // hkv
     per = []
@@ -86,7 +86,7 @@ def trace_rows(name: str, trace: Trace, repeats: int) -> list[dict]:
             timings["per-head"].append(time.perf_counter() - t1)
         union = masks.any(0).sum(1).float() - always  # [L]
         for mode, sel, moved in (("shared", shared, shared.sizes().float() - always), ("per-head", heads, union)):
-            rows.append({"trace": name, "budget": f"{100 * frac:g} %", "mode": mode, **_quality(trace, sel, hkv),
+            rows.append({"trace": name, "budget": f"{100 * frac:g} %", "mode": mode, **quality_per_head(trace, sel, hkv),
                          "union_tokens": moved.mean().item(), "budget_tokens": index.config.budget,
                          "select_ms": 1e3 * statistics.median(timings[mode])})
     return rows

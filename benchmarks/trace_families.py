@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mosaic_sglang.traces import SyntheticTraceSpec, Trace, synthetic_trace  # noqa: E402
 
-__all__ = ["add_trace_arguments", "load_traces", "ingest", "write_json"]
+__all__ = ["add_trace_arguments", "load_traces", "ingest", "exact_mean_probs", "write_json"]
 
 QUICK_SYNTHETIC_FRAMES, QUICK_CAPTION_FRAMES = 16, 12
 """``--quick`` trace sizes (a CI smoke run)."""
@@ -57,6 +57,21 @@ def ingest(index, trace: Trace) -> int:
         index.append(trace.keys[:, a:b], trace.frame_ids[a:b])
         index.maintain()
     return len(chunks)
+
+
+def exact_mean_probs(trace: Trace) -> torch.Tensor:
+    """``[L, N] float32`` exact attention probabilities averaged over the question's tokens and query heads
+    (causal, as `selection_quality`): the mass recall of a set of positions is the sum of this over them."""
+    from mosaic_sglang.retrieval.gqa import group_queries
+
+    num_layers, n, hkv, d = trace.keys.shape
+    visible = torch.arange(n)[None, :] <= trace.query_positions[:, None]  # [Tq, N]
+    out = []
+    for layer in range(num_layers):
+        q = group_queries(trace.queries[layer:layer + 1], hkv)[0]  # [Hkv, g, Tq, D]
+        logits = q @ trace.keys[layer].float().permute(1, 2, 0)[:, None] / d ** 0.5  # [Hkv, g, Tq, N]
+        out.append(torch.softmax(logits.masked_fill(~visible, float("-inf")), -1).mean((0, 1, 2)))
+    return torch.stack(out)
 
 
 def write_json(path: Path | None, payload: dict) -> None:

@@ -173,3 +173,36 @@ def _gauge(server, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not on /metrics")
+
+
+def test_session_closed_mid_turn_releases_everything_when_the_turn_ends(server, clips):
+    """``/close_session`` while a chunk of the session is still running: SGLang defers the close until the
+    turn finishes; the turn then answers in full, and everything Mosaic held for the session (request
+    records, selection rows, the host tier's locked rows) is released with it."""
+    clean_new = _clean(server, lambda: _session_run(server, [clips["short"], clips["short"]]))
+    sid = _post(server, "/open_session", {"capacity_of_str_len": 100000, "streaming": True}).json()
+    first = _post(server, "/generate", _body("<|im_start|>user\n" + CHUNK, clips["short"], tokens=1,
+                                             session={"id": sid, "rid": None}))
+    assert first.status_code == 200, first.text[:300]
+    body = _body(CHUNK, clips["long"], tokens=64, rid=f"closing-{sid}",
+                 session={"id": sid, "rid": first.json()["meta_info"]["id"]})
+    result, before = {}, _forwards(server)
+    worker = threading.Thread(target=lambda: result.update(r=_post(server, "/generate", body)))
+    worker.start()
+    deadline = time.monotonic() + 120
+    while _forwards(server) <= before:  # the event: the chunk is in the scheduler
+        assert worker.is_alive() and time.monotonic() < deadline, "the server never started the chunk"
+        time.sleep(0.02)
+    assert _post(server, "/close_session", {"session_id": sid}).status_code == 200
+    worker.join(timeout=300)
+    turn = result["r"]
+    assert turn.status_code == 200, turn.text[:300]
+    assert turn.json()["meta_info"]["finish_reason"]["type"] in ("length", "stop")  # the turn ran to its end
+    _healthy(server)
+    # the close took effect when the turn ended: SGLang refuses a further turn, naming the session
+    after = _post(server, "/generate", _body(QUESTION, session={"id": sid, "rid": turn.json()["meta_info"]["id"]}))
+    assert after.status_code == 400 and f"session id {sid} does not exist" in after.text, after.text[:300]
+    assert _session_run(server, [clips["short"], clips["short"]]) == clean_new  # a new session afterwards
+    _healthy(server)
+    assert _post(server, "/generate", _body("hello", tokens=1)).status_code == 200
+    assert _gauge(server, "mosaic:live_requests") == 1  # only the probe, in its own forward

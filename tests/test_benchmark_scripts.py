@@ -71,6 +71,9 @@ def test_granularity_frontier_benchmark_smoke(tmp_path):
     assert (fine["join_threshold"], coarse["join_threshold"]) == (0.2, 1.6)
     assert coarse["clusters"] < fine["clusters"]  # a looser join threshold makes fewer, larger clusters
     assert coarse["tokens_per_selected_cluster"] > fine["tokens_per_selected_cluster"]
+    for row in (fine, coarse, regrouped, kmeans, windowed):  # true masses rank the same clusters at least as well
+        assert row["mass_recall"] - 0.005 <= row["ceiling_mass_recall"] <= 1
+    assert all(0 < row["per_head_mass_recall"] <= 1 for row in (fine, coarse, regrouped))
 
 
 @pytest.mark.timeout(600)
