@@ -10,7 +10,9 @@ transfer moves), and ingest time per frame. The issue's goal reads off the table
 clusters whose mass recall stays within 1 point of the defaults' (≥ 16 tokens on the synthetic trace,
 ≥ 8 on the captions). Rows ``k-means/T``: Mosaic's scoring and exact fill over memberships from k-means
 at ~T tokens per cluster over the whole index (`ClusterKVRetriever`'s clustering), or per span of 16
-frames (``per 16 frames``): candidates for coarse groups formed off the decode path. Rows ``+ regroup/T per F
+frames (``per 16 frames``): candidates for coarse groups formed off the decode path, and the same with
+``+ online tail``: the frames a stream has not regrouped by the question (the active frames and the
+sealed ones after the last complete span) keep the online clusters. Rows ``+ regroup/T per F
 frames``: the served option (`MosaicConfig.regroup_tokens`/`regroup_frames`): the online index whose
 `maintain` regroups every F sealed frames by k-means in its own membership geometry (shared over layers,
 z-scored keys); the unsettled tail (active and not yet due frames) keeps its online clusters.
@@ -160,12 +162,38 @@ def _kmeans_memberships(trace: Trace, config: MosaicConfig, tokens_per_cluster: 
     return out
 
 
-def kmeans_point(trace: Trace, probs: torch.Tensor, tokens_per_cluster: int, window_frames=None) -> dict:
+def kmeans_point(trace: Trace, probs: torch.Tensor, tokens_per_cluster: int, window_frames=None,
+                 online_tail: bool = False) -> dict:
     """Mosaic's scoring and exact fill over k-means memberships instead of its online ones: does a coarse
-    membership formed off the decode path keep the recall (over the whole index, or per span of frames)?"""
+    membership formed off the decode path keep the recall (over the whole index, or per span of frames)?
+
+    ``online_tail``: the frames a served index has not regrouped yet at the question (the last
+    `active_frames`, and the sealed frames after the last complete span of ``window_frames``) keep the
+    online index's clusters (default config), as `MosaicConfig.regroup_tokens` leaves them."""
     num_layers, n, hkv, d = trace.keys.shape
     config = MosaicConfig(budget=max(1, round(BUDGET * n)))
     assign = _kmeans_memberships(trace, config, tokens_per_cluster, window_frames)  # [L, N], -1: always attended
+    always = always_attended_positions(trace.frame_ids.clone(), config)
+    if online_tail:
+        assign = _with_online_tail(trace, assign, config, window_frames, always)
+    selection, chosen = select_members(trace, assign, _mosaic_scores(trace, assign, config), config.budget, always)
+    quality = selection_quality(trace.queries, trace.keys, trace.values, selection,
+                                query_positions=trace.query_positions).mean()
+    where = "" if window_frames is None else f" per {window_frames} frames"
+    tail = " + online tail" if online_tail else ""
+    return {"join_threshold": f"k-means/{tokens_per_cluster}{where}{tail}", "max_cluster_size": "-",
+            "mass_recall": quality.mass_recall.item(), "top10_recall": quality.topk_recall.item(),
+            "clusters": int(assign[0][assign[0] >= 0].unique().numel()),  # layer 0's (k-means: per layer)
+            "tokens_per_selected_cluster": (chosen.sum() / selection.num_units.sum().clamp(min=1)).item(),
+            "per_head_mass_recall": float("nan"),
+            "ceiling_mass_recall": exact_rank_recall(trace, probs, assign, config.budget, always),
+            "ingest_ms_per_frame": float("nan")}
+
+
+def _mosaic_scores(trace: Trace, assign: torch.Tensor, config: MosaicConfig) -> torch.Tensor:
+    """``[L, C]`` Mosaic's cluster scores (``config.score``: size-weighted log-mass with spread) of the
+    memberships ``assign [L, N]`` (``-1``: not eligible), summaries computed from the trace's keys."""
+    num_layers, n, hkv, d = trace.keys.shape
     num_c = int(assign.max()) + 1
     keys = trace.keys.float()
     member = assign >= 0
@@ -179,19 +207,26 @@ def kmeans_point(trace: Trace, probs: torch.Tensor, tokens_per_cluster: int, win
         squares[layer].index_add_(0, assign[layer, rows], keys[layer, rows].square().sum(-1))
     centroid = sums / size.clamp(min=1)[..., None, None]
     spread = squares / size.clamp(min=1)[..., None] - centroid.square().sum(-1)
-    cost = size.long()
-    scores = score_clusters(trace.queries, centroid, spread, cost, rule=config.score, reduce=config.query_reduce)
-    always = always_attended_positions(trace.frame_ids.clone(), config)
-    selection, chosen = select_members(trace, assign, scores, config.budget, always)
-    quality = selection_quality(trace.queries, trace.keys, trace.values, selection,
-                                query_positions=trace.query_positions).mean()
-    where = "" if window_frames is None else f" per {window_frames} frames"
-    return {"join_threshold": f"k-means/{tokens_per_cluster}{where}", "max_cluster_size": "-",
-            "mass_recall": quality.mass_recall.item(), "top10_recall": quality.topk_recall.item(), "clusters": num_c,
-            "tokens_per_selected_cluster": (chosen.sum() / selection.num_units.sum().clamp(min=1)).item(),
-            "per_head_mass_recall": float("nan"),
-            "ceiling_mass_recall": exact_rank_recall(trace, probs, assign, config.budget, always),
-            "ingest_ms_per_frame": float("nan")}
+    return score_clusters(trace.queries, centroid, spread, size.long(), rule=config.score, reduce=config.query_reduce)
+
+
+def _with_online_tail(trace: Trace, assign: torch.Tensor, config: MosaicConfig, window_frames: int,
+                      always: torch.Tensor) -> torch.Tensor:
+    """``assign [L, N]`` with the positions of the not yet regrouped frames (see `kmeans_point`) taken from
+    the online index (default config, frame by frame; ids offset past ``assign``'s)."""
+    num_layers, n, hkv, d = trace.keys.shape
+    index = ClusterIndex(config, num_layers=num_layers, num_kv_heads=hkv, head_dim=d)
+    ingest(index, trace)
+    view = index.view()
+    online = view.assign[view.group_of_layer].clone()  # [L, N]
+    online[:, always] = -1
+    visual = trace.frame_ids >= 0
+    starts = visual & torch.cat([torch.ones(1, dtype=torch.bool), trace.frame_ids[1:] != trace.frame_ids[:-1]])
+    frame = torch.cumsum(starts.long(), 0) - 1  # frame number of each position (text: the frame before)
+    sealed = int(frame.max()) + 1 - config.active_frames
+    settled = (sealed // window_frames) * window_frames  # frames in complete regrouped spans
+    tail = (frame >= settled)[None, :]
+    return torch.where(tail, torch.where(online >= 0, online + int(assign.max()) + 1, -1), assign)
 
 
 def main(argv=None) -> int:
@@ -213,6 +248,8 @@ def main(argv=None) -> int:
         for window in (None, KMEANS_WINDOW_FRAMES):
             for per_cluster in kmeans_sizes:
                 rows.append({"trace": name, **kmeans_point(trace, probs, per_cluster, window)})
+        for per_cluster in kmeans_sizes:  # the windowed rows as a stream would have them at the question
+            rows.append({"trace": name, **kmeans_point(trace, probs, per_cluster, KMEANS_WINDOW_FRAMES, online_tail=True)})
     print("| trace | max_cluster_size | join_threshold | mass recall | top-10 recall | clusters | "
           "tokens / selected cluster | per-head mass recall | exact-mass ceiling | ingest ms / frame |")
     print("|---|---|---|---|---|---|---|---|---|---|")
