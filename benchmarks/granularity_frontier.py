@@ -12,7 +12,9 @@ clusters whose mass recall stays within 1 point of the defaults' (≥ 16 tokens 
 at ~T tokens per cluster over the whole index (`ClusterKVRetriever`'s clustering), or per span of 16
 frames (``per 16 frames``): candidates for coarse groups formed off the decode path, and the same with
 ``+ online tail``: the frames a stream has not regrouped by the question (the active frames and the
-sealed ones after the last complete span) keep the online clusters. Rows ``+ regroup/T per F
+sealed ones after the last complete span) keep the online clusters. Rows ``+ tail at the question``: the
+served regrouping, and when the question arrives `ClusterIndex.regroup_tail` regroups what is still online
+(its time: ``tail ms``), with one membership for all layers or one per layer (``per-layer``). Rows ``+ regroup/T per F
 frames``: the served option (`MosaicConfig.regroup_tokens`/`regroup_frames`): the online index whose
 `maintain` regroups every F sealed frames by k-means in its own membership geometry (shared over layers,
 z-scored keys); the unsettled tail (active and not yet due frames) keeps its online clusters.
@@ -54,19 +56,28 @@ KMEANS_WINDOW_FRAMES = 16
 """Frames per span of the windowed k-means rows (clusters never cross a span: frame locality)."""
 REGROUP_POINTS = ((8, 16), (16, 16), (16, 4), (32, 16))
 """``(regroup_tokens, regroup_frames)`` of the served regrouping rows (`MosaicConfig`, default join)."""
+TAIL_POINTS = (("shared", 16, 16), ("shared", 16, 32), ("per_layer", 16, 16), ("per_layer", 16, 32))
+"""``(membership, regroup_tokens, regroup_frames)`` of the rows whose tail is regrouped at the question."""
 BUDGET = 0.10
 
 
 def point(trace: Trace, probs: torch.Tensor, join: float, max_size: int, regroup_tokens: int = 0,
-          regroup_frames: int = KMEANS_WINDOW_FRAMES) -> dict:
-    """One online index (``probs``: `exact_mean_probs` of the trace, for the ceiling column)."""
+          regroup_frames: int = KMEANS_WINDOW_FRAMES, membership: str = "shared", tail: bool = False) -> dict:
+    """One online index (``probs``: `exact_mean_probs` of the trace, for the ceiling column); ``tail``: the
+    frames not regrouped yet are regrouped when the question arrives (`ClusterIndex.regroup_tail`, its
+    time in ``tail_ms``)."""
     num_layers, n, hkv, d = trace.keys.shape
     config = MosaicConfig(budget=max(1, round(BUDGET * n)), join_threshold=join, split_threshold=1.5 * join,
-                          max_cluster_size=max_size, regroup_tokens=regroup_tokens, regroup_frames=regroup_frames)
+                          max_cluster_size=max_size, regroup_tokens=regroup_tokens, regroup_frames=regroup_frames,
+                          membership=membership)
     index = ClusterIndex(config, num_layers=num_layers, num_kv_heads=hkv, head_dim=d)
     started = time.perf_counter()
     frames = ingest(index, trace)
     ingest_ms = 1e3 * (time.perf_counter() - started) / frames
+    started = time.perf_counter()
+    if tail:
+        index.regroup_tail()
+    tail_ms = 1e3 * (time.perf_counter() - started)
     selection = index.select(trace.queries)
     quality = selection_quality(trace.queries, trace.keys, trace.values, selection,
                                 query_positions=trace.query_positions).mean()
@@ -77,13 +88,19 @@ def point(trace: Trace, probs: torch.Tensor, join: float, max_size: int, regroup
     assign[:, always] = -1  # eligible members only, as the costs count them
     heads = per_head_masks(index, trace.queries)
     per_head = quality_per_head(trace, [Selection.from_mask(m, torch.zeros(num_layers)) for m in heads], hkv)
+    index.config = config.replace(selection_heads="per_kv_head")  # its units: clusters per (layer, head) row
+    by_head = index.select(trace.queries)
+    index.config = config
+    head_units = ((by_head.sizes().float() - always.numel()).sum() / by_head.num_units.sum().clamp(min=1)).item()
     label = join if not regroup_tokens else f"{join} + regroup/{regroup_tokens} per {regroup_frames} frames"
+    if tail or membership != "shared":
+        label = f"{label}{' + tail at the question' if tail else ''}{' (per-layer)' if membership == 'per_layer' else ''}"
     return {"join_threshold": label, "max_cluster_size": max_size, "mass_recall": quality.mass_recall.item(),
             "top10_recall": quality.topk_recall.item(), "clusters": index.num_clusters,
             "tokens_per_selected_cluster": (selected.sum() / selection.num_units.sum().clamp(min=1)).item(),
-            "per_head_mass_recall": per_head["mass_recall"],
+            "per_head_mass_recall": per_head["mass_recall"], "per_head_tokens_per_selected_cluster": head_units,
             "ceiling_mass_recall": exact_rank_recall(trace, probs, assign, config.budget, always),
-            "ingest_ms_per_frame": ingest_ms}
+            "ingest_ms_per_frame": ingest_ms, "tail_ms": tail_ms}
 
 
 def select_members(trace: Trace, assign: torch.Tensor, scores: torch.Tensor, budget: int,
@@ -185,9 +202,9 @@ def kmeans_point(trace: Trace, probs: torch.Tensor, tokens_per_cluster: int, win
             "mass_recall": quality.mass_recall.item(), "top10_recall": quality.topk_recall.item(),
             "clusters": int(assign[0][assign[0] >= 0].unique().numel()),  # layer 0's (k-means: per layer)
             "tokens_per_selected_cluster": (chosen.sum() / selection.num_units.sum().clamp(min=1)).item(),
-            "per_head_mass_recall": float("nan"),
+            "per_head_mass_recall": float("nan"), "per_head_tokens_per_selected_cluster": float("nan"),
             "ceiling_mass_recall": exact_rank_recall(trace, probs, assign, config.budget, always),
-            "ingest_ms_per_frame": float("nan")}
+            "ingest_ms_per_frame": float("nan"), "tail_ms": float("nan")}
 
 
 def _mosaic_scores(trace: Trace, assign: torch.Tensor, config: MosaicConfig) -> torch.Tensor:
@@ -234,8 +251,10 @@ def main(argv=None) -> int:
     add_trace_arguments(parser)
     args = parser.parse_args(argv)
     joins, sizes, kmeans_sizes, regroup_points = JOIN_THRESHOLDS, MAX_CLUSTER_SIZES, KMEANS_TOKENS_PER_CLUSTER, REGROUP_POINTS
-    if args.quick:  # two points, one k-means row, one regrouping row
+    tail_points = TAIL_POINTS
+    if args.quick:  # two points, one k-means row, one regrouping row, one with its tail regrouped
         joins, sizes, kmeans_sizes, regroup_points = (0.2, 1.6), (64,), (16,), ((16, 4),)
+        tail_points = (("shared", 16, 4),)
     started = time.perf_counter()
     rows = []
     for name, trace in load_traces(args):
@@ -245,18 +264,23 @@ def main(argv=None) -> int:
                 rows.append({"trace": name, **point(trace, probs, join, max_size)})
         for tokens, frames in regroup_points:
             rows.append({"trace": name, **point(trace, probs, MosaicConfig().join_threshold, 64, tokens, frames)})
+        for membership, tokens, frames in tail_points:
+            rows.append({"trace": name, **point(trace, probs, MosaicConfig().join_threshold, 64, tokens, frames,
+                                                membership, tail=True)})
         for window in (None, KMEANS_WINDOW_FRAMES):
             for per_cluster in kmeans_sizes:
                 rows.append({"trace": name, **kmeans_point(trace, probs, per_cluster, window)})
         for per_cluster in kmeans_sizes:  # the windowed rows as a stream would have them at the question
             rows.append({"trace": name, **kmeans_point(trace, probs, per_cluster, KMEANS_WINDOW_FRAMES, online_tail=True)})
     print("| trace | max_cluster_size | join_threshold | mass recall | top-10 recall | clusters | "
-          "tokens / selected cluster | per-head mass recall | exact-mass ceiling | ingest ms / frame |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "tokens / selected cluster | per-head mass recall (tokens / cluster) | exact-mass ceiling | ingest ms / frame "
+          "| tail ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['trace']} | {r['max_cluster_size']} | {r['join_threshold']} | {r['mass_recall']:.3f} | "
               f"{r['top10_recall']:.3f} | {r['clusters']} | {r['tokens_per_selected_cluster']:.1f} | "
-              f"{r['per_head_mass_recall']:.3f} | {r['ceiling_mass_recall']:.3f} | {r['ingest_ms_per_frame']:.2f} |")
+              f"{r['per_head_mass_recall']:.3f} ({r['per_head_tokens_per_selected_cluster']:.1f}) | {r['ceiling_mass_recall']:.3f} | {r['ingest_ms_per_frame']:.2f} | "
+              f"{r['tail_ms']:.0f} |")
     print(f"total {time.perf_counter() - started:.0f} s")
     write_json(args.out, {"rows": rows})
     return 0

@@ -73,6 +73,13 @@ class MosaicConfig:
     the decode path; offload waits for it). Off by default: measured in clusters/README.md."""
     regroup_frames: int = 16
     """Sealed frames regrouped together (one k-means per span of this many frames)."""
+    regroup_tail: bool = False
+    """With `regroup_tokens`: when a request's prompt has been prefilled, its video's frames not regrouped yet
+    (the active ones and a partial span) are regrouped too (`ClusterIndex.regroup_tail`, in that extend
+    forward, never in decode), and its first decode step selects against them. A question mostly reads the
+    recent frames, where online clusters are smallest. SmolLM2 captions: 13-15-token units at -0.3 to -1.1 points
+    (-0.8 with per-layer membership); synthetic trace: -8 points, hence off. Every streaming-session chunk
+    is a prompt, so chunks shorter than `regroup_frames` make shorter spans (benchmarks/README.md)."""
     membership: str = "shared"
     """'shared': one membership for all layers; 'per_layer': one per layer."""
     score: str = "size_weighted"
@@ -168,6 +175,9 @@ class MosaicConfig:
             _at_least(self, name, 0)
         for name in ("max_cluster_size", "active_frames", "split_work_per_step", "regroup_frames", "cluster_cache_videos"):
             _at_least(self, name, 1)
+        if self.regroup_tail and not self.regroup_tokens:
+            raise MosaicConfigError("mosaic config field 'regroup_tokens': expected an integer >= 1 with "
+                                    "regroup_tail=True (the tail is regrouped like the sealed spans), got 0")
         if self.graph_text_tokens and self.selection_heads == "per_kv_head":
             raise MosaicConfigError("mosaic config field 'graph_text_tokens': expected 0 with selection_heads="
                                     f"'per_kv_head' (per-head lists are not captured), got {self.graph_text_tokens}")

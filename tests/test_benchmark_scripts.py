@@ -62,7 +62,11 @@ def test_per_head_selection_benchmark_smoke(tmp_path):
 
 def test_granularity_frontier_benchmark_smoke(tmp_path):
     _run("granularity_frontier.py", "--quick", "--skip-real", "--out", str(tmp_path / "g.json"))
-    fine, coarse, regrouped, kmeans, windowed, tail = __import__("json").loads((tmp_path / "g.json").read_text())["rows"]
+    fine, coarse, regrouped, at_question, kmeans, windowed, tail = __import__("json").loads((tmp_path / "g.json").read_text())["rows"]
+    assert at_question["join_threshold"] == "0.2 + regroup/16 per 4 frames + tail at the question"
+    # the tail regrouped at the question: fewer, larger clusters than the same regrouping left online there
+    assert at_question["clusters"] < regrouped["clusters"]
+    assert at_question["tokens_per_selected_cluster"] > regrouped["tokens_per_selected_cluster"]
     assert windowed["join_threshold"] == "k-means/16 per 16 frames"
     # the quick trace's 16 frames are all tail (12 sealed < one 16-frame span): the online clusters throughout
     assert tail["join_threshold"] == "k-means/16 per 16 frames + online tail"
@@ -76,9 +80,9 @@ def test_granularity_frontier_benchmark_smoke(tmp_path):
     assert (fine["join_threshold"], coarse["join_threshold"]) == (0.2, 1.6)
     assert coarse["clusters"] < fine["clusters"]  # a looser join threshold makes fewer, larger clusters
     assert coarse["tokens_per_selected_cluster"] > fine["tokens_per_selected_cluster"]
-    for row in (fine, coarse, regrouped, kmeans, windowed, tail):  # true masses rank the same clusters at least as well
+    for row in (fine, coarse, regrouped, at_question, kmeans, windowed, tail):  # true masses rank the same clusters at least as well
         assert row["mass_recall"] - 0.005 <= row["ceiling_mass_recall"] <= 1
-    assert all(0 < row["per_head_mass_recall"] <= 1 for row in (fine, coarse, regrouped))
+    assert all(0 < row["per_head_mass_recall"] <= 1 for row in (fine, coarse, regrouped, at_question))
 
 
 @pytest.mark.timeout(600)

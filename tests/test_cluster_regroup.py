@@ -169,3 +169,56 @@ def test_offload_moves_only_settled_clusters(trace):
     for cid in settled.nonzero().flatten().tolist():  # every settled cluster moved whole (its non-sink members)
         pos = (assign == cid).nonzero().flatten()
         assert all(p in members for p in pos.tolist() if p >= 4)
+
+
+@pytest.mark.parametrize("membership, chunk", [("shared", None), ("per_layer", None), ("shared", 37)])
+def test_regroup_tail_regroups_the_active_frames_and_the_stream_goes_on(trace, membership, chunk):
+    """`regroup_tail` (a pause in the stream, e.g. a question): every frame is regrouped, the active ones
+    and the sealed ones short of a span included; appends afterwards (a continued frame with ``chunk``)
+    start fresh clusters, settled clusters never change again, and a later tail takes them in."""
+    index = _index(trace, membership)
+    n = trace.keys.shape[1]
+    pieces = trace.frame_chunks() if chunk is None else [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+    half = len(pieces) // 2
+    for a, b in pieces[:half]:
+        index.append(trace.keys[:, a:b], trace.frame_ids[a:b])
+        index.maintain()
+    frames = int(index.view().frame_ord[: index.num_tokens].max()) + 1
+    due = index.num_regroups
+    assert 0 < index.settled_frames < frames  # the active frames (and a partial span) are still online
+    online = index.num_clusters
+    assert index.settled_frames == 6 * due  # complete spans only
+    assert index.regroup_tail() == frames - 6 * due  # the rest, in one more span
+    index.check_integrity()
+    _check_settled_are_final(index)
+    assert index.settled_frames == frames and index.num_regroups == due + 1
+    assert index.num_clusters < online
+    for g in range(len(index.cluster_counts)):
+        count = index.cluster_counts[g]
+        assert bool(index.settled_clusters(g)[:count].all())  # every cluster is final
+        assert int((index.view().active[g] >= 0).sum()) == 0  # none takes joins
+    assert index.regroup_tail() == 0  # nothing pending
+    settled = _settled_partitions(index)
+    for a, b in pieces[half:]:
+        index.append(trace.keys[:, a:b], trace.frame_ids[a:b])
+        index.maintain()
+        index.check_integrity()
+        _check_settled_are_final(index)
+        now = _settled_partitions(index)
+        assert all(before <= after for before, after in zip(settled, now)), "a settled cluster changed"
+        settled = now
+    index.regroup_tail()
+    index.check_integrity()
+    assert all(bool(index.settled_clusters(g)[: index.cluster_counts[g]].all()) for g in range(len(index.cluster_counts)))
+    index.config = index.config.replace(budget=10_000)  # exact mode still attends everything
+    selection = index.select(trace.queries)
+    assert torch.equal(selection.layer(0), torch.arange(index.num_tokens))
+
+
+def test_regroup_tail_without_regrouping_changes_nothing(trace):
+    index = _index(trace, regroup_tokens=0)
+    for a, b in trace.frame_chunks()[:10]:
+        index.append(trace.keys[:, a:b], trace.frame_ids[a:b])
+        index.maintain()
+    before = index.view().assign.clone()
+    assert index.regroup_tail() == 0 and torch.equal(index.view().assign, before) and index.num_regroups == 0

@@ -16,10 +16,11 @@ from mosaic_sglang.config import MOSAIC_DUMP_DIR
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(480)]
 
 OPTIONS = {"sink_tokens": 4, "recent_window": 16, "max_cluster_size": 16}
-# the replay covers both budget modes, and regrouping (every sealed frame: the tiny video has few) rides on mass
+# the replay covers both budget modes, and regrouping (every sealed frame: the tiny video has few; the active
+# frame when a prompt ends) rides on mass
 MODES = {"tokens": {}, "mass-regroup": {"budget_mode": "mass", "mass_target": 0.7, "regroup_tokens": 8, "regroup_frames": 1,
-                           "active_frames": 1},
-         "per-kv-head": {"selection_heads": "per_kv_head"}}
+                           "active_frames": 1, "regroup_tail": True},
+         "per-kv-head": {"selection_heads": "per_kv_head", "regroup_tokens": 8, "regroup_frames": 2, "regroup_tail": True}}
 BUDGET = 48
 CHUNK = 128  # tokens per prefill chunk: the ~300-token prompt takes several forwards
 
@@ -84,6 +85,9 @@ def test_server_selections_equal_offline_cluster_index(served):
             index.append(keys, rec["frame_ids"])
             index.maintain()
             index.check_integrity()
+        elif rec["event"] == "regroup_tail":  # a prompt ended: the server regrouped what was still online
+            assert offline[rec["anchor"]].regroup_tail() == rec["frames"]
+            offline[rec["anchor"]].check_integrity()
         elif rec["event"] == "select":
             index = offline.get(rec["anchor"])
             if index is None:
@@ -104,6 +108,11 @@ def test_server_selections_equal_offline_cluster_index(served):
     assert selects >= 2 * 2  # both questions, both layers, selected against a non-empty index
     if options.get("regroup_tokens"):  # the server's maintenance regrouped (positive control for the replay)
         assert sum(index.num_regroups for index in offline.values()) >= 1
+    if options.get("regroup_tail"):  # each prompt's end regrouped its tail; the first one had frames left online
+        tails = [r for r in records if r["event"] == "regroup_tail"]
+        assert len(tails) >= 2 and tails[0]["frames"] >= 1
+        after = records.index(tails[0])  # the first question's decode selected against the regrouped tail
+        assert any(r["event"] == "select" and r["queries"].shape[0] == 1 for r in records[after:])
     if options.get("selection_heads") == "per_kv_head":  # the served heads really chose differently
         assert per_head_differs >= 1
     appends = [r for r in records if r["event"] == "append"]

@@ -236,3 +236,19 @@ def test_idle_leak_check_the_host_row_check_extends():
                                                                                            "token_msg"]
     assert list(inspect.signature(UnifiedRadixCache.all_values_flatten).parameters) == ["self"]
     assert "self.invariant_checker._check_req_pool()" in inspect.getsource(scheduler)
+
+
+def test_forward_batch_fields_the_backend_plans_from():
+    """`_plan_forward` reads these per forward; ``orig_seq_lens`` (a request's unchunked length: its prompt
+    ends in the forward whose seq_len reaches it) is what `regroup_tail` waits for."""
+    import dataclasses
+    import inspect
+
+    from sglang.srt.managers.schedule_batch import ScheduleBatch
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+
+    fields = {f.name for f in dataclasses.fields(ForwardBatch)}
+    assert {"orig_seq_lens", "seq_lens", "seq_lens_cpu", "extend_prefix_lens", "extend_prefix_lens_cpu",
+            "req_pool_indices", "out_cache_loc", "mm_inputs", "rids", "forward_mode"} <= fields
+    # the scheduler sets it to max(extend end, prompt length) per request of an extend batch
+    assert "max(r.extend_end, len(r.origin_input_ids))" in inspect.getsource(ScheduleBatch)

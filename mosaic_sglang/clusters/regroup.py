@@ -100,6 +100,32 @@ class RegroupSealed:
             self._regrouped_ord += span  # only once the span is done
             self.num_regroups += 1
 
+    def regroup_tail(self) -> int:
+        """Regroup every frame not regrouped yet, the active ones included: what `maintain` leaves online
+        until a whole span of ``regroup_frames`` is sealed. For when the stream pauses (a question
+        arrives; never in a decode step): a question's selection takes much of its budget from the recent
+        frames, where online clusters are smallest (benchmarks/README.md, granularity section).
+
+        Complete spans go first, as `maintain` would; the rest (at most ``regroup_frames - 1`` sealed
+        frames plus the active ones) is one more k-means span. Afterwards no cluster takes joins: tokens
+        appended later (a frame continued, the next frames) start fresh clusters, and the next span falls
+        due ``regroup_frames`` sealed frames after this point; a piece of a continued frame is regrouped
+        with it.
+
+        Returns:
+            Frames regrouped by the tail span (0 without ``regroup_tokens`` or when none is pending).
+        """
+        if not self.config.regroup_tokens:
+            return 0
+        self._regroup_due()
+        pending = self._num_frames - self._regrouped_ord
+        if pending <= 0:
+            return 0
+        self._regroup_span(self._num_frames)
+        self._regrouped_ord = self._num_frames
+        self.num_regroups += 1
+        return pending
+
     def _regroup_span(self, hi_ord: int) -> None:
         """Replace every not yet regrouped cluster whose last member lies before frame ``hi_ord`` (the span's
         own clusters, and any piece a split left behind earlier) by k-means clusters of about

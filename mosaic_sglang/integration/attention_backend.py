@@ -156,6 +156,10 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         else:
             prefix_lens = _cpu_list(forward_batch.extend_prefix_lens_cpu, forward_batch.extend_prefix_lens)
         mm_inputs = forward_batch.mm_inputs or [None] * len(rows)
+        # a request's prompt ends in this extend forward when its length reaches SGLang's unchunked one
+        # (max(extend end, prompt length): a chunked request's is longer than its seq_len)
+        whole = forward_batch.orig_seq_lens
+        prompt_lens = whole.tolist() if not is_decode and whole is not None and whole.numel() == len(rows) else None
         req_to_token = self.req_to_token_pool.req_to_token
         # decode: each request's host copy grows by the slot SGLang just allocated (one [B] read, not a row each)
         one_each = is_decode and forward_batch.out_cache_loc.numel() == len(rows)
@@ -168,7 +172,8 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
                 read_frame_ids=lambda: self._frame_ids(rid, seq_len, None if is_decode else mm_inputs[i]),
             )
             layouts.append(RequestLayout(rid=rid, row=row, prefix_len=prefix_len, extend_len=seq_len - prefix_len,
-                                         frame_ids=frame_ids, slots=slots, counts=self.runtime.rows.counts(rid)))
+                                         frame_ids=frame_ids, slots=slots, counts=self.runtime.rows.counts(rid),
+                                         prompt_done=prompt_lens is not None and seq_len >= prompt_lens[i]))
         self.layouts = layouts
         plan = self.runtime.policy.plan(layouts, is_decode)
         self.plan = plan

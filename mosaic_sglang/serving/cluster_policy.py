@@ -275,10 +275,22 @@ class ClusterAttendedSet(AttendedSetPolicy):
             if appended is not None:
                 self._dump.append(anchor, *appended, video=self.videos[anchor].uid)
             index = self.videos[anchor].index
+            if self.config.regroup_tail and req.prompt_done:
+                self._regroup_tail(req, anchor, index)
             self._records[req.rid].clusters = index.num_clusters
             if self._logging_decisions():
                 self.decision_log("mosaic index video=%s tokens=%d clusters=%d", self.videos[anchor].uid,
                                   index.num_tokens, index.num_clusters)
+
+    def _regroup_tail(self, req: RequestLayout, anchor: int, index) -> None:
+        """The request's prompt is in: regroup what its video index left online (`ClusterIndex.regroup_tail`).
+        A selection this prompt's chunks made before is dropped when anything was regrouped, so the first
+        decode step selects against the coarse clusters (a selection, not maintenance, in that step)."""
+        frames = index.regroup_tail()
+        self._dump.regroup_tail(anchor, frames, video=self.videos[anchor].uid)
+        if frames and req.rid in self.selections:
+            self.selections.release(req.rid)
+            self._kept_always.pop(req.rid, None)
 
     # -- offload ----------------------------------------------------------------------------------------
 

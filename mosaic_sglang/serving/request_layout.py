@@ -49,6 +49,8 @@ class RequestLayout(NamedTuple):
         frame_ids: ``[prefix_len + extend_len] int64`` frame id per position, ``-1`` for text.
         slots: ``[prefix_len + extend_len] int64`` KV-pool slot of each position (CPU copy of the row).
         counts: `RowCounts` of ``frame_ids``/``slots`` when the caller keeps them (else counted on use).
+        prompt_done: this extend forward holds the last chunk of the request's prompt (what follows is
+            decode); False in decode forwards and when SGLang does not say.
     """
 
     rid: str
@@ -58,6 +60,7 @@ class RequestLayout(NamedTuple):
     frame_ids: torch.Tensor
     slots: torch.Tensor
     counts: Optional[RowCounts] = None
+    prompt_done: bool = False
 
     @property
     def seq_len(self) -> int:

@@ -22,7 +22,8 @@ class SelectionDump:
     ``{"event": "forward", "forward", "rids", "is_decode"}`` (which requests ran together),
     ``{"event": "append", "anchor", "video", "start", "keys", "frame_ids"}``, ``{"event": "select",
     "forward", "rid", "anchor", "video", "layer", "queries", "selected", "index_tokens", "seq_len"}`` and
-    ``{"event": "offload", "forward", "video", "positions"}`` (positions whose KV went to the host tier).
+    ``{"event": "offload", "forward", "video", "positions"}`` (positions whose KV went to the host tier) and
+    ``{"event": "regroup_tail", "anchor", "video", "frames"}`` (`ClusterIndex.regroup_tail` ran at a prompt's end).
     ``anchor`` is the video's key at that moment (it changes when its first token is offloaded);
     ``video`` is its stable uid. `mosaic_sglang.inspect` plots a dump.
     """
@@ -51,6 +52,10 @@ class SelectionDump:
         if self.enabled:
             self._save({"event": "append", "anchor": anchor, "video": video, "start": start, "keys": keys.cpu(),
                         "frame_ids": frame_ids.cpu()})
+
+    def regroup_tail(self, anchor: int, frames: int, *, video: int) -> None:
+        if self.enabled:
+            self._save({"event": "regroup_tail", "anchor": anchor, "video": video, "frames": frames})
 
     def select(self, forward: int, rid: str, anchor: int, layer: int, queries: torch.Tensor, selected: torch.Tensor,
                index_tokens: int, seq_len: int, *, video: int) -> None:

@@ -1,0 +1,66 @@
+"""`MosaicConfig.regroup_tail` through the serving policy: when a request's prompt ends (its last prefill
+chunk), its video's frames still online are regrouped (`ClusterIndex.regroup_tail`) and the question's
+selection is dropped, so its first decode step selects against the coarse clusters; a chunk that does
+not end the prompt, or the option off, changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mosaic_sglang import MosaicConfig
+from mosaic_sglang.config import MosaicConfigError
+from mosaic_sglang.serving import ClusterAttendedSet, RequestLayout
+
+L, H, D, GROUP = 2, 2, 8, 2
+
+
+def test_regroup_tail_needs_regrouping():
+    with pytest.raises(MosaicConfigError, match="'regroup_tokens'.*regroup_tail=True.*got 0"):
+        MosaicConfig(regroup_tail=True)
+    assert MosaicConfig(regroup_tail=True, regroup_tokens=8).regroup_tail
+
+
+def _question(tail: bool, prompt_done: bool):
+    """Index a 7-frame video (one request), then ask about it (a second request: the video cached, 5 text
+    tokens, ``prompt_done``), then plan its first decode step. Returns (index, decode plan, regroups
+    before the question, after it)."""
+    g = torch.Generator().manual_seed(3)
+    pool = torch.randn(L, 300, H, D, generator=g)
+    cfg = MosaicConfig(budget=20, sink_tokens=2, recent_window=4, max_cluster_size=8, regroup_tokens=8,
+                       regroup_frames=2, regroup_tail=tail)
+    policy = ClusterAttendedSet(cfg, num_layers=L, num_kv_heads=H, head_dim=D, read_slot_keys=lambda s: pool[:, s])
+    frames = torch.tensor([-1] * 3 + [f for f in range(7) for _ in range(9)] + [-1] * 5)
+    slots = torch.arange(10, 10 + frames.numel())
+    n = frames.numel()
+    video = RequestLayout("v", 1, 0, n - 5, frames[: n - 5], slots[: n - 5])  # its prompt goes on: not done
+    plan = policy.plan([video], False)
+    for layer in range(L):
+        policy.layer_kv(plan, layer, torch.randn(n - 5, H * GROUP, D, generator=g))
+    policy.end_forward()
+    index = policy.videos[policy._anchors[0]].index
+    before = index.num_regroups
+    question = RequestLayout("q", 2, n - 5, 5, frames, slots, prompt_done=prompt_done)
+    plan = policy.plan([question], False)
+    assert plan.select_due == (0,)  # the question's own chunk selects (select_in_prefill)
+    for layer in range(L):
+        policy.layer_kv(plan, layer, torch.randn(5, H * GROUP, D, generator=g))
+    policy.end_forward()
+    after = index.num_regroups
+    decode = RequestLayout("q", 2, n, 1, torch.cat([frames, torch.tensor([-1])]), torch.cat([slots, torch.tensor([299])]))
+    return index, policy.plan([decode], True), before, after
+
+
+def test_prompt_end_regroups_the_tail_and_the_first_decode_step_selects_again():
+    index, decode, before, after = _question(tail=True, prompt_done=True)
+    assert after == before + 1 and index.settled_frames == 7  # the active frames were regrouped too
+    assert all(bool(index.settled_clusters(g)[: index.cluster_counts[g]].all()) for g in range(len(index.cluster_counts)))
+    index.check_integrity()
+    assert decode.select_due == (0,)  # the question's selection was made before: chosen again
+
+
+@pytest.mark.parametrize("tail, prompt_done", [(False, True), (True, False)])
+def test_no_tail_regroup_without_the_option_or_before_the_prompt_ends(tail, prompt_done):
+    index, decode, before, after = _question(tail=tail, prompt_done=prompt_done)
+    assert after == before and index.settled_frames < 7
+    assert decode.select_due == ()  # decode keeps the question's selection
