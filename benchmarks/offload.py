@@ -13,7 +13,8 @@ window and text stay on the device for everyone.
 - ``mosaic-join0.3`` / ``mosaic-regroup16``: Mosaic with coarser clusters: a looser join threshold, or the
   online clusters of every 16 sealed frames regrouped by k-means into ~16-token clusters
   (`MosaicConfig.regroup_tokens`; without prefetch, the config's default); ``--coarse-join 0`` /
-  ``--regroup-tokens 0`` leave them out.
+  ``--regroup-tokens 0`` leave them out. ``mosaic-regroup16-tail``: the same, with the frames still online
+  regrouped when the question arrives (`MosaicConfig.regroup_tail`; ``--no-regroup-tail`` leaves it out).
 - ``token``: oracle token top-k (`OracleTokenTopK`) with a token LRU; one copy per missed token per layer
   (``runs`` = missed tokens coalesced into contiguous position runs: the fewest copies any DMA engine
   could issue for the same misses). Executed as one batched gather per layer (its best case on CPU).
@@ -250,6 +251,13 @@ def bench_history(length: int, args) -> dict:
         regrouped = ClusterIndex(cfg.replace(regroup_tokens=args.regroup_tokens), num_layers=num_layers,
                                  num_kv_heads=heads, head_dim=dim)
         stream(trace, [regrouped])
+    tail = None
+    if args.regroup_tokens and args.regroup_tail:
+        # ... and the frames still online regrouped when the question arrives (MosaicConfig.regroup_tail)
+        tail = ClusterIndex(cfg.replace(regroup_tokens=args.regroup_tokens, regroup_tail=True), num_layers=num_layers,
+                            num_kv_heads=heads, head_dim=dim)
+        stream(trace, [tail])
+        tail.regroup_tail()
 
     q_all = trace.queries  # [L, Tq, Hq, D]: decode step t uses question token t (Tq = 1)
     steps = min(args.steps, q_all.shape[1])
@@ -281,6 +289,11 @@ def bench_history(length: int, args) -> dict:
         regrouped_extents = offload_clusters(regrouped, trace, store)
         results.append(run_units(f"mosaic-regroup{args.regroup_tokens}", units_of(regrouped), regrouped_extents, store,
                                  cfg, queries, num_layers, prefetch=False))  # MosaicConfig's default
+        store.clear()
+    if tail is not None:
+        tail_extents = offload_clusters(tail, trace, store)
+        results.append(run_units(f"mosaic-regroup{args.regroup_tokens}-tail", units_of(tail), tail_extents, store,
+                                 cfg, queries, num_layers, prefetch=False))
         store.clear()
     frame_extents, fids = offload_frames(trace, store)
 
@@ -345,6 +358,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--coarse-join", type=float, default=0.3,
                    help="also run Mosaic with this join_threshold (0 to skip): the cluster-size sensitivity")
+    p.add_argument("--no-regroup-tail", dest="regroup_tail", action="store_false",
+                   help="leave out the mosaic-regroup<T>-tail row (the regrouping row's index with its tail regrouped "
+                        "at the question: MosaicConfig.regroup_tail)")
     p.add_argument("--regroup-tokens", type=int, default=16,
                    help="add a mosaic row whose index regroups sealed frames (MosaicConfig.regroup_tokens; 0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: tiny ops thrash with 2 on 2 shared cores)")

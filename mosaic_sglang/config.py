@@ -77,9 +77,10 @@ class MosaicConfig:
     """With `regroup_tokens`: when a request's prompt has been prefilled, its video's frames not regrouped yet
     (the active ones and a partial span) are regrouped too (`ClusterIndex.regroup_tail`, in that extend
     forward, never in decode), and its first decode step selects against them. A question mostly reads the
-    recent frames, where online clusters are smallest. SmolLM2 captions: 13-15-token units at -0.3 to -1.1 points
-    (-0.8 with per-layer membership); synthetic trace: -8 points, hence off. Every streaming-session chunk
-    is a prompt, so chunks shorter than `regroup_frames` make shorter spans (benchmarks/README.md)."""
+    recent frames, where online clusters are smallest. SmolLM2 captions: 14.5-token units at -0.8 point with
+    per-layer membership (regroup 16 per 16), -1.1 shared (16 per 32); synthetic trace: 6-9 points under,
+    hence off. Every streaming-session chunk is a prompt, so chunks shorter than `regroup_frames` make
+    shorter spans (benchmarks/README.md, granularity section)."""
     membership: str = "shared"
     """'shared': one membership for all layers; 'per_layer': one per layer."""
     score: str = "size_weighted"

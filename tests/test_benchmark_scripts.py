@@ -23,9 +23,9 @@ def _run(script: str, *args: str, timeout: int = 300) -> str:
 
 def test_offload_benchmark_smoke(tmp_path):
     stdout = _run("offload.py", "--quick", "--histories", "2048", "--steps", "3", "--out", str(tmp_path / "o.json"))
-    for method in ("mosaic", "mosaic-nopf", "mosaic-join0.3", "mosaic-regroup16", "frame", "token"):
+    for method in ("mosaic", "mosaic-nopf", "mosaic-join0.3", "mosaic-regroup16", "mosaic-regroup16-tail", "frame", "token"):
         assert f"| {method} |" in stdout
-    assert "token ops / mosaic ops" in stdout and "token ops / mosaic-regroup16 ops" in stdout
+    assert "token ops / mosaic ops" in stdout and "token ops / mosaic-regroup16-tail ops" in stdout
     assert (tmp_path / "o.json").stat().st_size > 0
 
 
