@@ -46,9 +46,12 @@ def video_runs(tiny_vl_model, video_dir):
     mosaic = _run(tiny_vl_model, requests, enable_mosaic=True, mosaic_budget=FULL_BUDGET)
     # chunked prefill: the video is indexed chunk by chunk and each chunk selects (everything, here)
     chunked = _run(tiny_vl_model, requests, enable_mosaic=True, mosaic_budget=FULL_BUDGET, chunked_prefill_size=128)
-    # one list per KV head, attended as KV heads relabelled as requests (serving/head_major.py)
+    # one list per KV head, attended as KV heads relabelled as requests (serving/head_major.py), over clusters
+    # regrouped span by span and, when each prompt ends, its tail (MosaicConfig.regroup_tail): the first
+    # decode step selects again
     per_head = _run(tiny_vl_model, requests, enable_mosaic=True, mosaic_budget=FULL_BUDGET, chunked_prefill_size=128,
-                    mosaic_config={"selection_heads": "per_kv_head"})
+                    mosaic_config={"selection_heads": "per_kv_head", "regroup_tokens": 8, "regroup_frames": 2,
+                                   "regroup_tail": True})
     return dense, mosaic, chunked, per_head
 
 
@@ -62,7 +65,7 @@ def _video_span(model_path: str) -> tuple[int, int]:
     return len(tok(before)["input_ids"]), len(tok(prompt)["input_ids"]) - 1
 
 
-@pytest.mark.parametrize("variant", [1, 2, 3], ids=["mosaic", "mosaic-chunked-prefill", "mosaic-per-kv-head"])
+@pytest.mark.parametrize("variant", [1, 2, 3], ids=["mosaic", "mosaic-chunked-prefill", "mosaic-per-kv-head-regroup-tail"])
 def test_video_tokens_and_logprobs_equal_dense(video_runs, variant):
     dense, mosaic = video_runs[0], video_runs[variant]
     for d, m in zip(dense, mosaic):
