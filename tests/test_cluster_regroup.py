@@ -188,7 +188,8 @@ def test_regroup_tail_regroups_the_active_frames_and_the_stream_goes_on(trace, m
     assert 0 < index.settled_frames < frames  # the active frames (and a partial span) are still online
     online = index.num_clusters
     assert index.settled_frames == 6 * due  # complete spans only
-    assert index.regroup_tail() == frames - 6 * due  # the rest, in one more span
+    pending = sum(int((~index.settled_clusters(g)[:count]).sum()) for g, count in enumerate(index.cluster_counts))
+    assert pending > 0 and index.regroup_tail() == pending  # the rest, in one more span
     index.check_integrity()
     _check_settled_are_final(index)
     assert index.settled_frames == frames and index.num_regroups == due + 1
@@ -222,3 +223,46 @@ def test_regroup_tail_without_regrouping_changes_nothing(trace):
         index.maintain()
     before = index.view().assign.clone()
     assert index.regroup_tail() == 0 and torch.equal(index.view().assign, before) and index.num_regroups == 0
+
+
+def test_truncate_after_a_tail_regroup_keeps_the_tail_final(trace):
+    """A cut inside the regrouped tail (a shorter cached prefix of the same video): the regrouped clusters
+    stay final — not marked, not join candidates — and the re-appended tokens start fresh clusters."""
+    index = _index(trace)
+    pieces = trace.frame_chunks()[:20]
+    for a, b in pieces:
+        index.append(trace.keys[:, a:b], trace.frame_ids[a:b])
+        index.maintain()
+    index.regroup_tail()
+    n = index.num_tokens
+    before = [{tuple(p for p in c if p < n - 3) for c in part} - {()} for part in _settled_partitions(index)]
+    index.truncate(n - 3)  # three tokens of the last frame
+    index.check_integrity()
+    _check_settled_are_final(index)
+    assert not bool(index.view().marked.any())
+    assert [_settled_partitions(index)[g] for g in range(len(before))] == before
+    index.append(trace.keys[:, n - 3 : n], trace.frame_ids[n - 3 : n])  # the frame goes on
+    index.maintain()
+    index.check_integrity()
+    _check_settled_are_final(index)
+    assert all(b <= a for b, a in zip(before, _settled_partitions(index)))  # no settled cluster changed
+    assert index.regroup_tail() > 0  # the re-appended piece was online: the next tail takes it in
+
+
+def test_mid_prefill_offload_leaves_the_active_frames_after_a_tail_regroup(trace):
+    """`regroup_tail` settles the active frames too, but a mid-prefill offload (``sealed_only``) keeps
+    clusters reaching the last active_frames frames on the device: a question reads them most."""
+    index = _index(trace)
+    for a, b in trace.frame_chunks()[:20]:
+        index.append(trace.keys[:, a:b], trace.frame_ids[a:b])
+        index.maintain()
+    index.regroup_tail()
+    path = torch.arange(1, index.num_tokens + 1)
+    moved = torch.cat(clusters_to_offload(index, path, sink_tokens=4, sealed_only=True))
+    assign = index.view().assign[0]
+    last = index.view().table.last_ord[0, : index.cluster_counts[0]]
+    recent = last >= 20 - index.config.active_frames
+    assert bool(recent.any()) and not bool(recent[assign[moved]].any())
+    assert bool(index.movable_clusters(0).any()) and bool(index.settled_clusters(0).all())
+    everything = torch.cat(clusters_to_offload(index, path, sink_tokens=4, sealed_only=False))
+    assert bool(recent[assign[everything]].any())  # at the request's end they move too

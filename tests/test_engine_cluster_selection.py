@@ -86,7 +86,7 @@ def test_server_selections_equal_offline_cluster_index(served):
             index.maintain()
             index.check_integrity()
         elif rec["event"] == "regroup_tail":  # a prompt ended: the server regrouped what was still online
-            assert offline[rec["anchor"]].regroup_tail() == rec["frames"]
+            assert offline[rec["anchor"]].regroup_tail() == rec["clusters"]
             offline[rec["anchor"]].check_integrity()
         elif rec["event"] == "select":
             index = offline.get(rec["anchor"])
@@ -109,8 +109,8 @@ def test_server_selections_equal_offline_cluster_index(served):
     if options.get("regroup_tokens"):  # the server's maintenance regrouped (positive control for the replay)
         assert sum(index.num_regroups for index in offline.values()) >= 1
     if options.get("regroup_tail"):  # each prompt's end regrouped its tail; the first one had frames left online
-        tails = [r for r in records if r["event"] == "regroup_tail"]
-        assert len(tails) >= 2 and tails[0]["frames"] >= 1
+        tails = [r for r in records if r["event"] == "regroup_tail"]  # written when clusters were replaced
+        assert len(tails) >= 1 and all(t["clusters"] >= 1 for t in tails)
         after = records.index(tails[0])  # the first question's decode selected against the regrouped tail
         assert any(r["event"] == "select" and r["queries"].shape[0] == 1 for r in records[after:])
     if options.get("selection_heads") == "per_kv_head":  # the served heads really chose differently

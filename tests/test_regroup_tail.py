@@ -64,3 +64,64 @@ def test_no_tail_regroup_without_the_option_or_before_the_prompt_ends(tail, prom
     index, decode, before, after = _question(tail=tail, prompt_done=prompt_done)
     assert after == before and index.settled_frames < 7
     assert decode.select_due == ()  # decode keeps the question's selection
+
+
+def _policy(tail=True):
+    g = torch.Generator().manual_seed(4)
+    pool = torch.randn(L, 400, H, D, generator=g)
+    cfg = MosaicConfig(budget=20, sink_tokens=2, recent_window=4, max_cluster_size=8, regroup_tokens=8,
+                       regroup_frames=2, regroup_tail=tail)
+    policy = ClusterAttendedSet(cfg, num_layers=L, num_kv_heads=H, head_dim=D, read_slot_keys=lambda s: pool[:, s])
+    return policy, g
+
+
+def _run(policy, g, layouts, is_decode=False):
+    plan = policy.plan(layouts, is_decode)
+    total = sum(x.extend_len for x in layouts)
+    for layer in range(L):
+        policy.layer_kv(plan, layer, torch.randn(total, H * GROUP, D, generator=g))
+    policy.end_forward()
+    return plan
+
+
+def test_two_questions_on_one_video_in_one_forward_both_select_again():
+    """The first prompt's end regroups the shared video's tail; the second's finds nothing left online,
+    but its selection was made against the same old clusters: both are dropped."""
+    policy, g = _policy()
+    frames = torch.tensor([-1] * 3 + [f for f in range(7) for _ in range(9)] + [-1] * 5)
+    slots = torch.arange(10, 10 + frames.numel())
+    n = frames.numel()
+    _run(policy, g, [RequestLayout("v", 1, 0, n - 5, frames[: n - 5], slots[: n - 5])])
+    index = policy.videos[policy._anchors[0]].index
+    questions = [RequestLayout(rid, row, n - 5, 5, frames, slots, prompt_done=True) for rid, row in (("a", 2), ("b", 3))]
+    _run(policy, g, questions)
+    assert index.settled_frames == 7
+    step = [RequestLayout(q.rid, q.row, n, 1, torch.cat([frames, torch.tensor([-1])]),
+                          torch.cat([slots, torch.tensor([300 + q.row])])) for q in questions]
+    assert policy.plan(step, True).select_due == (0, 1)
+
+
+def test_a_prompt_ends_once_even_when_a_mixed_forward_says_so_again(monkeypatch):
+    """A decode row in a mixed (extend) forward reaches its unchunked length too (SGLang's orig_seq_lens grows
+    with it): only the first end of a prompt regroups and drops the selection."""
+    policy, g = _policy()
+    frames = torch.tensor([-1] * 3 + [f for f in range(7) for _ in range(9)] + [-1] * 5)
+    slots = torch.arange(10, 10 + frames.numel())
+    n = frames.numel()
+    _run(policy, g, [RequestLayout("q", 1, 0, n, frames, slots, prompt_done=True)])
+    index = policy.videos[policy._anchors[0]].index
+    assert index.settled_frames == 7
+    decode = [RequestLayout("q", 1, n, 1, torch.cat([frames, torch.tensor([-1])]), torch.cat([slots, torch.tensor([299])]))]
+    _run(policy, g, decode, is_decode=True)  # the first decode step selects against the regrouped tail
+    kept = policy.selections.index_size("q")
+
+    def refuse():
+        raise AssertionError("regroup_tail ran again for a prompt that had ended")
+
+    monkeypatch.setattr(index, "regroup_tail", refuse)
+    mixed = [RequestLayout("q", 1, n + 1, 1, torch.cat([frames, torch.tensor([-1, -1])]),
+                           torch.cat([slots, torch.tensor([299, 298])]), prompt_done=True)]
+    _run(policy, g, mixed)  # an extend forward with q's decode row in it
+    assert policy.selections.index_size("q") == kept
+    policy.release("q")  # a new request under that rid is a new prompt
+    assert "q" not in policy._prompt_ended

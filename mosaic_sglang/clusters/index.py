@@ -508,13 +508,17 @@ class ClusterIndex(RegroupSealed, Retriever):
         self._marked = torch.zeros(groups, cap, dtype=torch.bool, device=self.device)
         self._num_marked = 0
         live = torch.arange(cap, device=self.device)[None, :] < torch.tensor(self._num_clusters, device=self.device)[:, None]
-        g, c = (live & (self._table.last_ord > self._num_frames - 1 - self.config.active_frames)).nonzero(as_tuple=True)
+        # frames regrouped before stay regrouped (`regroup_tail` may have settled the active ones): ids were
+        # compacted, so flags are rebuilt from the frames (every cluster ending before the regrouped ones'
+        # end counts as regrouped; an online piece there stays online, a quality loss only)
+        self._regrouped_ord = min(self._regrouped_ord, self._num_frames)
+        self._regrouped = live & (self._table.last_ord < self._regrouped_ord) & bool(self.config.regroup_tokens)
+        # join candidates: the recent clusters that are not final (a re-appended piece of a cut, regrouped
+        # frame starts fresh clusters, as after `regroup_tail`)
+        recent = self._table.last_ord > self._num_frames - 1 - self.config.active_frames
+        g, c = (live & recent & ~self._regrouped).nonzero(as_tuple=True)
         self._active = self._pad_by_group(g, c)
         self._active_ord = self._num_frames - 1
-        self._regrouped_ord = min(self._regrouped_ord, self._sealed_frames())
-        # ids were compacted: flags rebuilt from the frames (every cluster ending before the regrouped ones'
-        # end counts as regrouped; an online piece there stays online, a quality loss only)
-        self._regrouped = live & (self._table.last_ord < self._regrouped_ord) & bool(self.config.regroup_tokens)
         mean, inv_std = self._key_scale()
         # regrouped clusters are k-means groups, not spread-bounded: marking them would split them back
         g, c = (live & ~self._regrouped).nonzero(as_tuple=True)

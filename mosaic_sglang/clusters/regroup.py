@@ -101,30 +101,37 @@ class RegroupSealed:
             self.num_regroups += 1
 
     def regroup_tail(self) -> int:
-        """Regroup every frame not regrouped yet, the active ones included: what `maintain` leaves online
+        """Regroup every cluster not regrouped yet, the active frames' included: what `maintain` leaves online
         until a whole span of ``regroup_frames`` is sealed. For when the stream pauses (a question
         arrives; never in a decode step): a question's selection takes much of its budget from the recent
         frames, where online clusters are smallest (benchmarks/README.md, granularity section).
 
         Complete spans go first, as `maintain` would; the rest (at most ``regroup_frames - 1`` sealed
-        frames plus the active ones) is one more k-means span. Afterwards no cluster takes joins: tokens
-        appended later (a frame continued, the next frames) start fresh clusters, and the next span falls
-        due ``regroup_frames`` sealed frames after this point; a piece of a continued frame is regrouped
-        with it.
+        frames plus the active ones, and any piece of a frame continued after an earlier tail) is one more
+        k-means span. Afterwards no cluster takes joins: tokens appended later (a frame continued, the next
+        frames) start fresh clusters, and the next span falls due ``regroup_frames`` sealed frames after
+        this point.
 
         Returns:
-            Frames regrouped by the tail span (0 without ``regroup_tokens`` or when none is pending).
+            Clusters the tail span replaced, over all membership groups (0 without ``regroup_tokens`` or
+            when every cluster was regrouped already).
         """
         if not self.config.regroup_tokens:
             return 0
         self._regroup_due()
-        pending = self._num_frames - self._regrouped_ord
-        if pending <= 0:
-            return 0
-        self._regroup_span(self._num_frames)
-        self._regrouped_ord = self._num_frames
-        self.num_regroups += 1
-        return pending
+        online = sum(int((~self._regrouped[g, :count]).sum()) for g, count in enumerate(self._num_clusters))
+        if online:
+            self._regroup_span(self._num_frames)
+            self.num_regroups += 1
+        self._regrouped_ord = max(self._regrouped_ord, self._num_frames)
+        return online
+
+    def movable_clusters(self, group: int = 0) -> torch.Tensor:
+        """``[C_g] bool``: settled clusters with no member in the last `active_frames` frames, what an
+        offload may move before the request ends. The recent frames are what a question reads most, so
+        they stay on the device even when `regroup_tail` has settled them."""
+        count = self._num_clusters[group]
+        return self.settled_clusters(group) & (self._table.last_ord[group, :count] < self._sealed_frames())
 
     def _regroup_span(self, hi_ord: int) -> None:
         """Replace every not yet regrouped cluster whose last member lies before frame ``hi_ord`` (the span's

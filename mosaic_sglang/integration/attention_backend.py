@@ -157,9 +157,11 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             prefix_lens = _cpu_list(forward_batch.extend_prefix_lens_cpu, forward_batch.extend_prefix_lens)
         mm_inputs = forward_batch.mm_inputs or [None] * len(rows)
         # a request's prompt ends in this extend forward when its length reaches SGLang's unchunked one
-        # (max(extend end, prompt length): a chunked request's is longer than its seq_len)
-        whole = forward_batch.orig_seq_lens
-        prompt_lens = whole.tolist() if not is_decode and whole is not None and whole.numel() == len(rows) else None
+        # (max(extend end, prompt length): a chunked request's is longer than its seq_len); read only for
+        # `regroup_tail` (a host copy per extend forward); decode rows of a mixed forward also reach it, and
+        # the policy acts once per request
+        whole = forward_batch.orig_seq_lens if self.runtime.config.regroup_tail and not is_decode else None
+        prompt_lens = whole.tolist() if whole is not None and whole.numel() == len(rows) else None
         req_to_token = self.req_to_token_pool.req_to_token
         # decode: each request's host copy grows by the slot SGLang just allocated (one [B] read, not a row each)
         one_each = is_decode and forward_batch.out_cache_loc.numel() == len(rows)

@@ -1,8 +1,9 @@
 """Which clustered tokens of a cached video leave the device: the offload plan, one group per cluster.
 
 Called when a request ends (every clustered token moves) and after each prefill chunk is checkpointed
-into the radix tree (``sealed_only``: only settled clusters: no member in the last ``active_frames``
-frames, so no token can join them; with regrouping on, the regrouped ones). Sinks and tokens already on the host stay where they are.
+into the radix tree (``sealed_only``: only settled clusters — no token can join them; with regrouping on,
+the regrouped ones — with no member in the last ``active_frames`` frames, `ClusterIndex.movable_clusters`).
+Sinks and tokens already on the host stay where they are.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ def clusters_to_offload(index: ClusterIndex, path: torch.Tensor, *, sink_tokens:
         path: ``[P] int64`` tree values of the request's cached path (device slots ``> 0``, host
             encodings ``< 0``), ``P >= index.num_tokens``.
         sink_tokens: positions below this never move (attention sinks stay on the device).
-        sealed_only: move settled clusters only (mid-prefill: `ClusterIndex.settled_clusters`, which no
-            token can join and no regroup will change), else every clustered token (request end).
+        sealed_only: move settled clusters outside the active frames only (mid-prefill:
+            `ClusterIndex.movable_clusters`: no token can join them and no regroup will change them),
+            else every clustered token (request end).
     """
     indptr, members = (t.cpu() for t in index.cluster_members(0))  # the extent map is host bookkeeping
     on_device = (path[members] > 0) & (members >= sink_tokens)
     if sealed_only:
-        on_device &= settled_members(indptr, index.settled_clusters(0).cpu())
+        on_device &= settled_members(indptr, index.movable_clusters(0).cpu())
     return groups_to_move(indptr, members, on_device)
 
 

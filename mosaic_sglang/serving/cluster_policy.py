@@ -81,6 +81,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
         self._anchors: list[Optional[int]] = []
         self._is_decode = False
         self._decode_steps: Dict[str, int] = {}
+        self._prompt_ended: set = set()  # rids whose prompt's end regrouped the tail (`regroup_tail`) already
         self.selections = SelectionSlab(num_layers, self.device)
         """``req_to_selection``: each live request's selection per layer, kept for its decode steps."""
         self._records: Dict[str, RequestRecord] = {}
@@ -265,9 +266,11 @@ class ClusterAttendedSet(AttendedSetPolicy):
         return read.k, read.v
 
     def end_forward(self) -> None:
-        """Index the forward's new video-span tokens; run deferred splits (extend forwards only)."""
+        """Index the forward's new video-span tokens; run deferred splits (extend forwards only); with
+        ``regroup_tail``, regroup the tails of the videos whose requests' prompts ended here."""
         if self._is_decode:
             return
+        ended = []
         for req, anchor in zip(self._requests, self._anchors):
             if anchor is None:
                 continue
@@ -275,22 +278,33 @@ class ClusterAttendedSet(AttendedSetPolicy):
             if appended is not None:
                 self._dump.append(anchor, *appended, video=self.videos[anchor].uid)
             index = self.videos[anchor].index
-            if self.config.regroup_tail and req.prompt_done:
-                self._regroup_tail(req, anchor, index)
+            if self.config.regroup_tail and req.prompt_done and req.rid not in self._prompt_ended:
+                ended.append((req.rid, anchor))
             self._records[req.rid].clusters = index.num_clusters
             if self._logging_decisions():
                 self.decision_log("mosaic index video=%s tokens=%d clusters=%d", self.videos[anchor].uid,
                                   index.num_tokens, index.num_clusters)
+        if ended:
+            self._regroup_tails(ended)
 
-    def _regroup_tail(self, req: RequestLayout, anchor: int, index) -> None:
-        """The request's prompt is in: regroup what its video index left online (`ClusterIndex.regroup_tail`).
-        A selection this prompt's chunks made before is dropped when anything was regrouped, so the first
-        decode step selects against the coarse clusters (a selection, not maintenance, in that step)."""
-        frames = index.regroup_tail()
-        self._dump.regroup_tail(anchor, frames, video=self.videos[anchor].uid)
-        if frames and req.rid in self.selections:
-            self.selections.release(req.rid)
-            self._kept_always.pop(req.rid, None)
+    def _regroup_tails(self, ended: list) -> None:
+        """``ended``: ``(rid, anchor)`` of the requests whose prompt ended in this forward (each once: a decode
+        row of a mixed forward also reaches its unchunked length). Each video's index regroups what it left
+        online (`ClusterIndex.regroup_tail`); the selections those prompts made before are dropped when
+        their video changed, so each first decode step selects against the coarse clusters (a selection,
+        not maintenance, in that step)."""
+        changed = set()
+        for anchor in dict.fromkeys(anchor for _, anchor in ended):
+            video = self.videos[anchor]
+            replaced = video.index.regroup_tail()
+            if replaced:
+                changed.add(anchor)
+                self._dump.regroup_tail(self._forward, anchor, replaced, video=video.uid)
+        for rid, anchor in ended:
+            self._prompt_ended.add(rid)
+            if anchor in changed:
+                self.selections.release(rid)
+                self._kept_always.pop(rid, None)
 
     # -- offload ----------------------------------------------------------------------------------------
 
@@ -345,6 +359,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
         self.videos.forget(rid)
         self._kept_always.pop(rid, None)
         self._decode_steps.pop(rid, None)
+        self._prompt_ended.discard(rid)
         self._records.pop(rid, None)
 
     def on_slots_freed(self, slots: torch.Tensor) -> None:

@@ -23,7 +23,8 @@ class SelectionDump:
     ``{"event": "append", "anchor", "video", "start", "keys", "frame_ids"}``, ``{"event": "select",
     "forward", "rid", "anchor", "video", "layer", "queries", "selected", "index_tokens", "seq_len"}`` and
     ``{"event": "offload", "forward", "video", "positions"}`` (positions whose KV went to the host tier) and
-    ``{"event": "regroup_tail", "anchor", "video", "frames"}`` (`ClusterIndex.regroup_tail` ran at a prompt's end).
+    ``{"event": "regroup_tail", "forward", "anchor", "video", "clusters"}`` (`ClusterIndex.regroup_tail` replaced
+    that many online clusters when a prompt ended).
     ``anchor`` is the video's key at that moment (it changes when its first token is offloaded);
     ``video`` is its stable uid. `mosaic_sglang.inspect` plots a dump.
     """
@@ -53,9 +54,10 @@ class SelectionDump:
             self._save({"event": "append", "anchor": anchor, "video": video, "start": start, "keys": keys.cpu(),
                         "frame_ids": frame_ids.cpu()})
 
-    def regroup_tail(self, anchor: int, frames: int, *, video: int) -> None:
+    def regroup_tail(self, forward: int, anchor: int, clusters: int, *, video: int) -> None:
         if self.enabled:
-            self._save({"event": "regroup_tail", "anchor": anchor, "video": video, "frames": frames})
+            self._save({"event": "regroup_tail", "forward": forward, "anchor": anchor, "video": video,
+                        "clusters": clusters})
 
     def select(self, forward: int, rid: str, anchor: int, layer: int, queries: torch.Tensor, selected: torch.Tensor,
                index_tokens: int, seq_len: int, *, video: int) -> None:
