@@ -6,7 +6,10 @@ families of `retrieval_quality.py` (synthetic video-like KV; the real SmolLM2-13
 
 * ``tokens``: the fixed budget at 2, 5, 10 and 25 % of the context (``budget_mode='tokens'``);
 * ``mass``: ``budget_mode='mass'`` at each ``--targets`` p with the 25 % budget as the cap: per layer the
-  fewest clusters (in score order) whose estimated share of the clusters' attention mass reaches p.
+  fewest clusters (in score order) whose estimated share of the clusters' attention mass reaches p;
+* ``tokens-per-head`` (the 10 % budget) and ``mass-per-head`` (each target): the same with
+  ``selection_heads='per_kv_head'``: each KV head ranks and fills on its own, quality measured per head on
+  that head's attention, tokens per (layer, head) list (what each head attends).
 
 Per row: attention-mass recall, top-10 recall and output error against exact attention (the same
 `selection_quality` as `retrieval_quality.py`), selected tokens per layer beyond the always-attended set
@@ -35,6 +38,7 @@ from mosaic_sglang.clusters import ClusterIndex  # noqa: E402
 from mosaic_sglang.config import MosaicConfig  # noqa: E402
 from mosaic_sglang.retrieval import Selection, always_attended_positions, selection_quality  # noqa: E402
 from mosaic_sglang.traces import Trace  # noqa: E402
+from per_head_selection import quality_per_head  # noqa: E402
 from trace_families import add_trace_arguments, exact_mean_probs, ingest, load_traces, write_json  # noqa: E402
 
 BUDGETS = (0.02, 0.05, 0.10, 0.25)
@@ -54,6 +58,26 @@ def _row(trace: Trace, index: ClusterIndex, config: MosaicConfig, always: int, m
     units = selection.num_units.float()
     return {"mode": mode, "setting": setting, "budget": config.budget, "mass_recall": quality.mass_recall.item(),
             "top10_recall": quality.topk_recall.item(), "output_error": quality.output_error.item(),
+            "selected_tokens": extra.mean().item(), "selected_min": extra.min().item(),
+            "selected_max": extra.max().item(), "clusters": units.mean().item(),
+            "tokens_per_cluster": (extra.sum() / units.sum().clamp(min=1)).item()}
+
+
+def _per_head_row(trace: Trace, index: ClusterIndex, config: MosaicConfig, always: int, mode: str, setting: str) -> dict:
+    """As `_row` with ``selection_heads='per_kv_head'``: quality per KV head on that head's attention
+    (`quality_per_head`), selected tokens and clusters per (layer, head) list."""
+    index.config = config
+    selection = index.select(trace.queries)  # rows l · H + h
+    num_layers, n, hkv, _ = trace.keys.shape
+    rows = torch.repeat_interleave(torch.arange(selection.num_layers), selection.sizes())
+    mask = torch.zeros(selection.num_layers, n, dtype=torch.bool)
+    mask[rows, selection.indices] = True
+    heads = [Selection.from_mask(m, torch.zeros(num_layers)) for m in mask.view(num_layers, hkv, n).transpose(0, 1)]
+    quality = quality_per_head(trace, heads, hkv)
+    extra = selection.sizes().float() - always
+    units = selection.num_units.float()
+    return {"mode": mode, "setting": setting, "budget": config.budget, "mass_recall": quality["mass_recall"],
+            "top10_recall": quality["top10_recall"], "output_error": quality["output_error"],
             "selected_tokens": extra.mean().item(), "selected_min": extra.min().item(),
             "selected_max": extra.max().item(), "clusters": units.mean().item(),
             "tokens_per_cluster": (extra.sum() / units.sum().clamp(min=1)).item()}
@@ -124,6 +148,13 @@ def trace_rows(name: str, trace: Trace, targets) -> list[dict]:
     for p in targets:
         config = base.replace(budget=cap, budget_mode="mass", mass_target=p)
         rows.append(_row(trace, index, config, always, "mass", f"p={p:g}"))
+    per_head = base.replace(selection_heads="per_kv_head")
+    rows.append(_per_head_row(trace, index, per_head.replace(budget=max(1, round(REFERENCE * n))), always,
+                              "tokens-per-head", f"{100 * REFERENCE:g} %"))
+    for p in targets:
+        config = per_head.replace(budget=cap, budget_mode="mass", mass_target=p)
+        rows.append(_per_head_row(trace, index, config, always, "mass-per-head", f"p={p:g}"))
+    index.config = base
     positions = always_attended_positions(trace.frame_ids.clone(), base)
     probs = exact_mean_probs(trace)
     rows += _oracle_rows(trace, positions, max(1, round(REFERENCE * n)), targets, probs)
@@ -170,7 +201,7 @@ def main(argv=None) -> int:
         part, ceiling = trace_rows(name, trace, args.targets)
         rows += part
         ceilings.append(ceiling)
-        matches += [matched(part), matched(part, "oracle-tokens", "oracle-mass")]
+        matches += [matched(part), matched(part, "tokens", "mass-per-head"), matched(part, "oracle-tokens", "oracle-mass")]
     print_table(rows)
     print()
     for m in matches:

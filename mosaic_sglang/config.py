@@ -94,8 +94,9 @@ class MosaicConfig:
     """'tokens': every layer attends min(budget, eligible) selected tokens; 'mass': at each selection, per
     layer, the fewest tokens (whole clusters in score order) that, with the always-attended part, reach
     `mass_target` of the estimated total attention mass, at most `budget` (needs score='size_weighted', the
-    rule that estimates mass; clusters/mass.py). Decode keeps the question's selection. Off by default:
-    1.21x / 0.95x fewer tokens at equal recall on the two traces (benchmarks/README.md, mass_budget.py)."""
+    rule that estimates mass; clusters/mass.py); per KV head with selection_heads='per_kv_head'. Decode
+    keeps the question's selection. Off by default: 1.21x / 0.95x fewer tokens at equal recall on the
+    captions / synthetic traces (per KV head 1.32x / 1.27x; benchmarks/README.md, mass_budget.py)."""
     mass_target: float = 0.9
     """Share of the estimated total attention mass (always-attended part included) a 'mass' selection
     reaches, in (0, 1]; 1 is the token mode."""
@@ -104,8 +105,8 @@ class MosaicConfig:
     selection_heads: str = "shared"
     """'shared': one cluster selection per layer, scored by all query heads, attended by every KV head;
     'per_kv_head': each KV head chooses its own clusters (scored by its GQA group, same budget per head),
-    attended as one list per (request, KV head) by the same kernels. Needs fill='exact', budget_mode=
-    'tokens', no offload, one tensor-parallel rank. Shared by default: +0.7-1.0 point of mass recall on real
+    attended as one list per (request, KV head) by the same kernels; with budget_mode='mass' each head
+    reaches the target on its own. Needs fill='exact', no offload, one tensor-parallel rank. Shared by default: +0.7-1.0 point of mass recall on real
     KV (+6.6-8.8 synthetic) for up to 1.17x per decode step, and offload cannot serve it (benchmarks/README.md)."""
     reselect_every: int = 0
     """Decode: re-select every k steps with the current query; 0 keeps the question's selection."""
@@ -226,11 +227,11 @@ class MosaicConfig:
                 f"estimates attention mass), got {self.score!r}"
             )
         if self.selection_heads == "per_kv_head":
-            for name, want in (("fill", "exact"), ("budget_mode", "tokens"), ("host_store_tokens", 0)):
+            for name, want in (("fill", "exact"), ("host_store_tokens", 0)):
                 if getattr(self, name) != want:
                     raise MosaicConfigError(
                         f"mosaic config field '{name}': expected {want!r} with selection_heads='per_kv_head' (one "
-                        f"fixed-length list per KV head, device-resident KV), got {getattr(self, name)!r}"
+                        f"list per KV head, device-resident KV), got {getattr(self, name)!r}"
                     )
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:

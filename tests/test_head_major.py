@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 
 from mosaic_sglang.kernels import attended_attention
-from mosaic_sglang.serving.head_major import head_slots, pool_heads_as_slots, rows_head_major, write_token_major
+from mosaic_sglang.serving.head_major import (head_major_entries, head_slots, pool_heads_as_slots, rows_head_major,
+                                               write_token_major)
 from mosaic_sglang.serving.plan import AlwaysPart, ForwardPlan, build_plan
 from mosaic_sglang.serving.selection_slab import SelectionSlab
 
@@ -58,6 +59,42 @@ def test_heads_as_requests_equal_attending_each_head_alone():
     assert not torch.allclose(expected[:, G:2 * G], attended_attention(
         q[:, G:2 * G], plan.q_indptr, plan.q_positions, k_pool[:, 1:2].contiguous(), v_pool[:, 1:2].contiguous(),
         plan.kv_indptr, slot_of[plan.kv_request, plan.kv_positions[0, :nnz]], plan.kv_positions[0, :nnz]))
+
+
+def test_padded_per_head_lists_compact_head_major_and_attend_each_head_alone():
+    """Mass budgets per KV head: each head's list has its own length (``-1`` padding in its block).
+    `ForwardPlan.layer` compacts them head-major, `head_major_entries` gives each entry its row and head,
+    and attention over them equals attending each head alone over its own list."""
+    g = torch.Generator().manual_seed(1)
+    plan, slot_of = _plan(g)
+    nnz = int(plan.kv_indptr[-1])
+    positions = plan.kv_positions.clone()
+    positions[0, nnz + 4 : nnz + 6] = -1  # head 1, request 0: two entries shorter
+    positions[0, 9] = -1  # head 0, request 1: one shorter
+    plan = plan._replace(kv_positions=positions, padded=True)
+    kv = plan.layer(0)
+    # lists (h, b) in order (0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1); full lengths 6 and 4
+    assert kv.kv_indptr.tolist() == [0, 6, 9, 13, 17, 23, 27]
+    row_ids = torch.tensor([5, 3])  # req_to_token rows of the two requests
+    rows, head = head_major_entries(kv.kv_indptr, row_ids, H)
+    assert head.tolist() == [0] * 9 + [1] * 8 + [2] * 10
+    assert rows.tolist() == [5] * 6 + [3] * 3 + [5] * 4 + [3] * 4 + [5] * 6 + [3] * 4
+    q = torch.randn(3, H * G, D, generator=g)
+    k_pool, v_pool = torch.randn(S, H, D, generator=g), torch.randn(S, H, D, generator=g)
+    slot_of_row = {5: slot_of[0], 3: slot_of[1]}
+    slots = torch.stack([slot_of_row[int(r)][int(p)] for r, p in zip(rows, kv.kv_positions)])
+    attn = plan.head_major()
+    out = attended_attention(rows_head_major(q, H), attn.q_indptr, attn.q_positions, pool_heads_as_slots(k_pool),
+                             pool_heads_as_slots(v_pool), kv.kv_indptr, head_slots(slots, head, H), kv.kv_positions)
+    expected = torch.empty(3, H * G, D)
+    for h in range(H):
+        own = kv.kv_indptr[h * 2 : h * 2 + 3] - kv.kv_indptr[h * 2]
+        pos = kv.kv_positions[kv.kv_indptr[h * 2] : kv.kv_indptr[h * 2 + 2]]
+        request = torch.repeat_interleave(torch.arange(2), own[1:] - own[:-1])
+        expected[:, h * G:(h + 1) * G] = attended_attention(
+            q[:, h * G:(h + 1) * G], plan.q_indptr, plan.q_positions, k_pool[:, h:h + 1].contiguous(),
+            v_pool[:, h:h + 1].contiguous(), own, slot_of[request, pos], pos)
+    torch.testing.assert_close(write_token_major(out, torch.empty(3, H * G, D), H), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_row_layouts_invert():

@@ -95,7 +95,7 @@ def test_select_into_refuses_outputs_that_are_not_one_part_per_head():
         select_layer_into([index], 0, [torch.randn(1, H * GROUP, D)], [None], [torch.empty(9, dtype=torch.int64)])
 
 
-@pytest.mark.parametrize("field, value", [("fill", "whole"), ("budget_mode", "mass"), ("host_store_tokens", 64)])
+@pytest.mark.parametrize("field, value", [("fill", "whole"), ("host_store_tokens", 64)])
 def test_per_head_needs_fixed_length_device_lists(field, value):
     with pytest.raises(MosaicConfigError, match=f"field '{field}'.*per_kv_head"):
         MosaicConfig(selection_heads="per_kv_head", **{field: value})
@@ -161,3 +161,56 @@ def test_policy_writes_each_heads_selection_into_its_block_and_keeps_it():
     for layer in range(L):
         blocks = policy.layer_kv(plan, layer, torch.randn(1, H * GROUP, D, generator=g)).kv_positions.view(H, nnz)
         assert torch.equal(blocks[:, start:end], chosen[layer])
+
+
+def test_policy_serves_mass_budgets_per_head_as_head_major_lists():
+    """budget_mode='mass' with per-KV-head selection: each head takes what reaches the target on its own
+    head (lengths differ), its block of the plan holds it (``-1`` after), `ForwardPlan.layer` drops the
+    padding head-major (``H · B`` lists), and the next decode step's plan keeps every head's part."""
+    from mosaic_sglang.serving import ClusterAttendedSet, RequestLayout
+
+    g = torch.Generator().manual_seed(5)
+    pool = torch.randn(L, 300, H, D, generator=g)
+    cfg = MosaicConfig(budget=40, sink_tokens=2, recent_window=4, max_cluster_size=8, selection_heads="per_kv_head",
+                       budget_mode="mass", mass_target=0.6)
+    policy = ClusterAttendedSet(cfg, num_layers=L, num_kv_heads=H, head_dim=D, read_slot_keys=lambda s: pool[:, s])
+    frames = torch.tensor([-1] * 3 + [f for f in range(7) for _ in range(9)] + [-1] * 5)
+    slots = torch.arange(10, 10 + frames.numel())
+    n = frames.numel()
+    plan = policy.plan([RequestLayout("v", 1, 0, n - 5, frames[: n - 5], slots[: n - 5])], False)
+    for layer in range(L):
+        policy.layer_kv(plan, layer, torch.randn(n - 5, H * GROUP, D, generator=g))
+    policy.end_forward()
+    index = policy.videos[policy._anchors[0]].index
+    plan = policy.plan([RequestLayout("q", 1, n - 5, 5, frames, slots)], False)
+    assert plan.padded and plan.heads == H and plan.select_due == (0,)
+    start, end = plan.selected_span(0)
+    a = int(plan.always_len[0])
+    always = always_attended_mask(index.frame_ids, cfg, seq_len=n)
+    lengths, chosen = set(), []
+    for layer in range(L):
+        q = torch.randn(5, H * GROUP, D, generator=g)
+        kv = policy.layer_kv(plan, layer, q)
+        (want,) = select_layer_batch([index], layer, [q], [n])  # [H, n] rows ending in -1
+        assert kv.kv_indptr.numel() == H + 1  # head-major: one list per (head, request)
+        for h in range(H):
+            row = want[h][want[h] >= 0]
+            own = row[~always[row]]
+            got = kv.kv_positions[kv.kv_indptr[h] : kv.kv_indptr[h + 1]]
+            assert got[a:].tolist() == own.tolist() and int(kv.kv_indptr[h + 1] - kv.kv_indptr[h]) == a + own.numel()
+            assert own.numel() <= end - start
+            lengths.add(own.numel())
+        chosen.append(kv)
+    assert len(lengths) > 1  # the heads (or layers) reached the target with different counts
+    policy.end_forward()
+    frames_d, slots_d = torch.cat([frames, torch.tensor([-1])]), torch.cat([slots, torch.tensor([299])])
+    plan = policy.plan([RequestLayout("q", 1, n, 1, frames_d, slots_d)], True)  # decode keeps the selection
+    assert plan.select_due == ()
+    a_decode = int(plan.always_len[0])  # the always part as kept, plus the new token
+    for layer in range(L):
+        kept = policy.layer_kv(plan, layer, torch.randn(1, H * GROUP, D, generator=g))
+        before = chosen[layer]
+        for h in range(H):
+            old = before.kv_positions[before.kv_indptr[h] : before.kv_indptr[h + 1]]
+            new = kept.kv_positions[kept.kv_indptr[h] : kept.kv_indptr[h + 1]]
+            assert new[a_decode:].tolist() == old[a:].tolist()  # each head's own selection, its own length

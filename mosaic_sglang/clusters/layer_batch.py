@@ -54,14 +54,23 @@ def select_layer_batch(
     Returns:
         Per sequence ``[n_i] int64`` sorted positions ``< index.num_tokens`` (always attended ∪ taken
         members); a sequence's result does not depend on the others in the batch. With
-        ``selection_heads='per_kv_head'`` (exact fill: every head attends as many) ``[H, n_i]``, row ``h``
-        KV head ``h``'s positions.
+        ``selection_heads='per_kv_head'`` ``[H, n_i]``, row ``h`` KV head ``h``'s positions (token budgets:
+        every head attends as many; mass budgets: shorter rows end in ``-1``).
     """
     views, layers, takes, seq_lens = _prepare(indexes, layer_id, queries, seq_lens, "select_layer_batch")
     out = []
     for v, l, t, n in zip(views, layers, takes, seq_lens):
         mask = selection.attended_mask(v, selection.row_layers(v, l), t, n)  # [1 or H, N]
-        out.append(mask[0].nonzero().flatten() if mask.shape[0] == 1 else torch.stack([m.nonzero().flatten() for m in mask]))
+        out.append(mask[0].nonzero().flatten() if mask.shape[0] == 1 else _rows_padded([m.nonzero().flatten() for m in mask]))
+    return out
+
+
+def _rows_padded(rows: list[torch.Tensor]) -> torch.Tensor:
+    """``[len(rows), max n]`` int64: the rows stacked, shorter ones ending in ``-1``."""
+    width = max(r.numel() for r in rows)
+    out = rows[0].new_full((len(rows), width), -1)
+    for h, r in enumerate(rows):
+        out[h, : r.numel()] = r
     return out
 
 

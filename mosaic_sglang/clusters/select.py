@@ -221,9 +221,13 @@ def eligible_range(view: IndexView, seq_len: int | None = None) -> tuple[int, in
 def _mass_fill(view: IndexView, layers: torch.Tensor, queries: torch.Tensor, s: LayerSummaries, seq_len, fill):
     """``budget_mode='mass'``: per row the fewest clusters (by estimated share of the total mass per token)
     whose shares, with the always-attended positions' exact share, reach ``mass_target``; at most the
-    budget (`mass_shares`, `mass_budget`)."""
+    budget (`mass_shares`, `mass_budget`). Per-KV-head rows each reach the target on their own head: a
+    head whose sinks and text hold its attention takes nothing, a head spread over the video takes more."""
     always = always_attended_mask(view.frame_ids, view.config, seq_len=seq_len).nonzero().flatten()
     keys = view.read_keys(always)[layers]  # [R, M, H, D]
+    if s.centroid.shape[0] != keys.shape[0]:  # per-KV-head rows (`summaries_per_head`): row r · H + h, head h's keys
+        r, m, h, d = keys.shape
+        keys = keys.permute(0, 2, 1, 3).reshape(r * h, m, 1, d)
     shares = mass_shares(queries, s.centroid, s.spread, s.cost, keys)
     budget = mass_budget(shares.per_token, s.cost, view.config.mass_target, view.config.budget, covered=shares.covered)
     return fill(shares.per_token, s.cost, budget)

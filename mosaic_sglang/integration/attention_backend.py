@@ -45,7 +45,8 @@ from ..config import MOSAIC_CHECK_NO_SYNC, MOSAIC_EMULATE_DECODE_GRAPHS, MosaicC
 from ..offload import DevicePool, decode_host
 from .tensor_parallel import decision_log, head_gather
 from ..serving import ForwardPlan, RequestLayout
-from ..serving.head_major import head_slots, pool_heads_as_slots, rows_head_major, write_token_major
+from ..serving.head_major import (head_major_entries, head_slots, pool_heads_as_slots, rows_head_major,
+                                  write_token_major)
 from ..testing.host_sync import no_host_sync
 from .attention_layers import check_attention_layers
 from .attention_runners import choose_runners
@@ -249,11 +250,11 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         self.forward_timings["select_s"] += time.perf_counter() - start
         device = q.device
         positions = kv.kv_positions
-        if plan.padded:  # fill='whole' or mass budgets: this layer's compacted lists
+        if plan.padded:  # fill='whole' or mass budgets: this layer's compacted lists (head-major per KV head)
             kv_indptr = kv.kv_indptr
-            entry_rows = torch.repeat_interleave(self._row_ids, kv_indptr[1:] - kv_indptr[:-1])
+            entry_rows, entry_head = head_major_entries(kv_indptr, self._row_ids, plan.heads)
         else:
-            kv_indptr, entry_rows = self._kv_indptr, self._entry_rows
+            kv_indptr, entry_rows, entry_head = self._kv_indptr, self._entry_rows, self._entry_head
         # the runner's index dtype (FlashInfer's page lists are int32, like req_to_token: no cast round trip)
         slot_dtype = torch.int64 if self._host_requests else self._runner.slot_dtype
         slots = self.req_to_token_pool.req_to_token[entry_rows, positions].to(slot_dtype)
@@ -275,7 +276,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             own = runner.reads_own_kv and not forward_batch.forward_mode.is_decode() and k is not None and v is not None
             as_rows = lambda x: rows_head_major(x, heads) if own else None  # noqa: E731
             out_heads = out.new_empty(heads * q.shape[0], layer.tp_q_head_num // heads, layer.v_head_dim)
-            lists = LayerLists(kv_indptr, head_slots(slots, self._entry_head, heads), positions)
+            lists = LayerLists(kv_indptr, head_slots(slots, entry_head, heads), positions)
             out_heads = runner.run_layer(local, rows_head_major(q, heads), as_rows(k), as_rows(v),
                                          pool_heads_as_slots(k_buffer), pool_heads_as_slots(v_buffer), lists, out_heads,
                                          layer.scaling)

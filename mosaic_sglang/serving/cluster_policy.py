@@ -206,14 +206,26 @@ class ClusterAttendedSet(AttendedSetPolicy):
 
     def _select_padded(self, plan: ForwardPlan, layer_id: int, indexes, qs, seq_lens) -> None:
         """Whole-cluster fill or mass budgets: a layer may select fewer than planned (its size is read
-        back: a host sync); what each layer attends is counted here."""
-        attended = select_layer_batch(indexes, layer_id, qs, seq_lens)
+        back: a host sync); what each layer attends is counted here (per KV head: the heads' mean). With
+        ``heads > 1`` each head's part goes into its block of the plan and of the slab row (``H · f``
+        entries, head ``h``'s at ``h · f``, ``-1`` after its own count)."""
+        attended = select_layer_batch(indexes, layer_id, qs, seq_lens)  # [n], or [H, n] rows ending in -1
+        heads = plan.heads
+        width = plan.kv_positions.shape[1] // heads
         for i, index, q, positions in zip(plan.select_due, indexes, qs, attended):
             req, (_, _, start, end) = self._requests[i], self._spans[i]
-            selected = positions[~self._always_masks[i][positions]]  # the always part is in the plan
-            assert selected.numel() <= end - start, f"{req.rid} layer {layer_id}: selected {selected.numel()} > {end - start}"
-            plan.kv_positions[layer_id, start : start + selected.numel()] = selected
-            self._records[req.rid].attended(int(plan.always_len[i]) + selected.numel())
+            rows = positions[None] if heads == 1 else positions
+            parts, lengths = [], []
+            for h, row in enumerate(rows):
+                row = row[row >= 0]
+                selected = row[~self._always_masks[i][row]]  # the always part is in the plan
+                n = selected.numel()
+                assert n <= end - start, f"{req.rid} layer {layer_id} head {h}: selected {n} > {end - start}"
+                plan.kv_positions[layer_id, h * width + start : h * width + start + n] = selected
+                parts.append(selected if heads == 1 else torch.cat([selected, selected.new_full((end - start - n,), -1)]))
+                lengths.append(n)
+            self._records[req.rid].attended(int(plan.always_len[i]) + round(sum(lengths) / heads))
+            selected = torch.cat(parts)
             self.selections.write(req.rid, layer_id, selected)
             if self._logging_decisions():
                 self.decision_log("mosaic select rid=%s layer=%d %s", req.rid, layer_id, tensor_digest(selected))

@@ -85,13 +85,21 @@ class ForwardPlan(NamedTuple):
 
     def layer(self, layer: int) -> LayerKV:
         """Layer ``layer``'s lists (a view of the plan's buffer unless padded; then the ``-1`` padding is
-        dropped, a host sync, and the indptr is on the device)."""
+        dropped, a host sync, and the indptr is on the device). A padded plan with ``heads > 1`` gives
+        them head-major, as `head_major` lays requests out: ``H · B`` lists, list ``h · B + b`` KV head
+        ``h`` of request ``b`` (each head its own length: mass budgets per head)."""
         positions = self.kv_positions[layer if self.kv_positions.shape[0] > 1 else 0]
         if not self.padded:
             return LayerKV(self.kv_indptr, positions)
         keep = positions >= 0
-        counts = torch.zeros(self.kv_indptr.numel() - 1, dtype=torch.int64, device=positions.device)
-        counts.index_add_(0, self.kv_request, keep.long())
+        batch = self.kv_indptr.numel() - 1
+        owner = self.kv_request
+        if self.heads > 1:  # block h of the buffer is head h's lists: owner h · B + b
+            nnz = owner.numel()
+            head = torch.arange(self.heads, device=owner.device).repeat_interleave(nnz)
+            owner = owner.repeat(self.heads) + head * batch
+        counts = torch.zeros(self.heads * batch, dtype=torch.int64, device=positions.device)
+        counts.index_add_(0, owner, keep.long())
         return LayerKV(indptr_from_counts(counts), positions[keep])
 
     def head_major(self) -> "ForwardPlan":
