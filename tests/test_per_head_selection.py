@@ -187,7 +187,7 @@ def test_policy_serves_mass_budgets_per_head_as_head_major_lists():
     start, end = plan.selected_span(0)
     a = int(plan.always_len[0])
     always = always_attended_mask(index.frame_ids, cfg, seq_len=n)
-    lengths, chosen = set(), []
+    lengths, chosen, longest = set(), [], 0
     for layer in range(L):
         q = torch.randn(5, H * GROUP, D, generator=g)
         kv = policy.layer_kv(plan, layer, q)
@@ -200,12 +200,15 @@ def test_policy_serves_mass_budgets_per_head_as_head_major_lists():
             assert got[a:].tolist() == own.tolist() and int(kv.kv_indptr[h + 1] - kv.kv_indptr[h]) == a + own.numel()
             assert own.numel() <= end - start
             lengths.add(own.numel())
+            longest = max(longest, own.numel())
         chosen.append(kv)
     assert len(lengths) > 1  # the heads (or layers) reached the target with different counts
     policy.end_forward()
     frames_d, slots_d = torch.cat([frames, torch.tensor([-1])]), torch.cat([slots, torch.tensor([299])])
     plan = policy.plan([RequestLayout("q", 1, n, 1, frames_d, slots_d)], True)  # decode keeps the selection
     assert plan.select_due == ()
+    span = plan.selected_span(0)
+    assert span[1] - span[0] == longest < end - start  # planned as the heads' longest part, not the cap
     a_decode = int(plan.always_len[0])  # the always part as kept, plus the new token
     for layer in range(L):
         kept = policy.layer_kv(plan, layer, torch.randn(1, H * GROUP, D, generator=g))

@@ -252,7 +252,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         positions = kv.kv_positions
         if plan.padded:  # fill='whole' or mass budgets: this layer's compacted lists (head-major per KV head)
             kv_indptr = kv.kv_indptr
-            entry_rows, entry_head = head_major_entries(kv_indptr, self._row_ids, plan.heads)
+            entry_rows, entry_head = head_major_entries(kv_indptr, self._row_ids, plan.heads, kv.kv_positions.numel())
         else:
             kv_indptr, entry_rows, entry_head = self._kv_indptr, self._entry_rows, self._entry_head
         # the runner's index dtype (FlashInfer's page lists are int32, like req_to_token: no cast round trip)

@@ -226,7 +226,9 @@ class ClusterAttendedSet(AttendedSetPolicy):
                 lengths.append(n)
             self._records[req.rid].attended(int(plan.always_len[i]) + round(sum(lengths) / heads))
             selected = torch.cat(parts)
-            self.selections.write(req.rid, layer_id, selected)
+            # per KV head: parts at a stride of the planned f; the layer counts as its longest part, so a
+            # kept decode step plans (and copies) no more than the heads used
+            self.selections.write(req.rid, layer_id, selected, count=None if heads == 1 else heads * max(lengths))
             if self._logging_decisions():
                 self.decision_log("mosaic select rid=%s layer=%d %s", req.rid, layer_id, tensor_digest(selected))
             self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, q, positions,

@@ -262,9 +262,12 @@ def build_plan(
     kept_requests = [(b, h) for b in range(batch) if kept[b] is not None for h in range(heads)]
     if kept_requests:
         assert slab is not None, "build_plan: kept selections need their slab"
+        # head h's part sits at h × stride in the slab row (stride = reserved width / heads: f when every
+        # head took f; the question's f when mass budgets left the heads shorter, then f_b here is less)
         slab.copy_into(kv_positions, [kept[b] for b, _ in kept_requests],
                        [int(kv_indptr[b] + a[b]) + h * nnz for b, h in kept_requests],
-                       [int(f[b]) for b, _ in kept_requests], offsets=[h * int(f[b]) for b, h in kept_requests])
+                       [int(f[b]) for b, _ in kept_requests],
+                       offsets=[h * (slab.row_width(kept[b]) // heads if heads > 1 else 0) for b, h in kept_requests])
     due = tuple(b for b in range(batch) if kept[b] is None and num_selected[b])
     kv_request = torch.repeat_interleave(torch.arange(batch, device=device), (a + f).to(device), output_size=nnz)
     return ForwardPlan(

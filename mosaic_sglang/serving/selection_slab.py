@@ -47,6 +47,7 @@ class SelectionSlab:
         self._free: list[int] = []
         self._counts: dict[str, list[int]] = {}
         self._index_size: dict[str, int] = {}
+        self._width: dict[int, int] = {}  # row -> width its selection was reserved with
 
     # -- lifetime ---------------------------------------------------------------------------------------
 
@@ -64,6 +65,7 @@ class SelectionSlab:
         self.positions[row].fill_(-1)
         self._counts[rid] = [0] * self.num_layers
         self._index_size[rid] = index_size
+        self._width[row] = width
         return row
 
     def release(self, rid: str) -> None:
@@ -73,7 +75,7 @@ class SelectionSlab:
             return
         self.positions[row].fill_(-1)
         self._free.append(row)
-        del self._counts[rid], self._index_size[rid]
+        del self._counts[rid], self._index_size[rid], self._width[row]
 
     def _grow(self, rows: int, width: int) -> None:
         old_rows = self.positions.shape[0]
@@ -82,13 +84,19 @@ class SelectionSlab:
 
     # -- write and read ---------------------------------------------------------------------------------
 
-    def write(self, rid: str, layer: int, selected: torch.Tensor) -> None:
-        """``rid``'s selected positions ``[f] int64`` (any device) at ``layer``; ``f`` ≤ the reserved width."""
+    def write(self, rid: str, layer: int, selected: torch.Tensor, count: Optional[int] = None) -> None:
+        """``rid``'s selected positions ``[f] int64`` (any device) at ``layer``; ``f`` ≤ the reserved width.
+        ``count``: what `counts` reports for the layer (default ``f``; per-KV-head parts padded to a fixed
+        stride report the heads times their longest part)."""
         row, n = self._row[rid], selected.numel()
         assert n <= self.positions.shape[2], f"{rid} layer {layer}: {n} selected > width {self.positions.shape[2]}"
         self.positions[row, layer, :n] = selected.to(self.device, torch.int32)
         self.positions[row, layer, n:] = -1
-        self._counts[rid][layer] = n
+        self._counts[rid][layer] = n if count is None else count
+
+    def row_width(self, row: int) -> int:
+        """The width the selection in ``row`` was reserved with (per-KV-head parts: heads × their stride)."""
+        return self._width[row]
 
     def __contains__(self, rid: str) -> bool:
         return rid in self._row
