@@ -46,7 +46,7 @@ from mosaic_sglang.retrieval import Selection, always_attended_positions, select
 from mosaic_sglang.retrieval.baselines import ClusterKVRetriever  # noqa: E402
 from mosaic_sglang.retrieval.budget import fill_budget_exact  # noqa: E402
 from mosaic_sglang.traces import Trace  # noqa: E402
-from per_head_selection import per_head_masks, quality_per_head  # noqa: E402
+from per_head_selection import head_masks, per_head_select, quality_per_head  # noqa: E402
 from trace_families import add_trace_arguments, exact_mean_probs, ingest, load_traces, write_json  # noqa: E402
 
 JOIN_THRESHOLDS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
@@ -86,11 +86,9 @@ def point(trace: Trace, probs: torch.Tensor, join: float, max_size: int, regroup
     view = index.view()
     assign = view.assign[view.group_of_layer].clone()  # [L, N] each layer's membership
     assign[:, always] = -1  # eligible members only, as the costs count them
-    heads = per_head_masks(index, trace.queries)
+    by_head = per_head_select(index, trace.queries)  # its units: clusters per (layer, head) row
+    heads = head_masks(by_head, num_layers, hkv, n)
     per_head = quality_per_head(trace, [Selection.from_mask(m, torch.zeros(num_layers)) for m in heads], hkv)
-    index.config = config.replace(selection_heads="per_kv_head")  # its units: clusters per (layer, head) row
-    by_head = index.select(trace.queries)
-    index.config = config
     head_units = ((by_head.sizes().float() - always.numel()).sum() / by_head.num_units.sum().clamp(min=1)).item()
     label = join if not regroup_tokens else f"{join} + regroup/{regroup_tokens} per {regroup_frames} frames"
     if tail or membership != "shared":

@@ -38,7 +38,7 @@ from mosaic_sglang.clusters import ClusterIndex  # noqa: E402
 from mosaic_sglang.config import MosaicConfig  # noqa: E402
 from mosaic_sglang.retrieval import Selection, always_attended_positions, selection_quality  # noqa: E402
 from mosaic_sglang.traces import Trace  # noqa: E402
-from per_head_selection import quality_per_head  # noqa: E402
+from per_head_selection import head_masks, quality_per_head  # noqa: E402
 from trace_families import add_trace_arguments, exact_mean_probs, ingest, load_traces, write_json  # noqa: E402
 
 BUDGETS = (0.02, 0.05, 0.10, 0.25)
@@ -69,10 +69,7 @@ def _per_head_row(trace: Trace, index: ClusterIndex, config: MosaicConfig, alway
     index.config = config
     selection = index.select(trace.queries)  # rows l · H + h
     num_layers, n, hkv, _ = trace.keys.shape
-    rows = torch.repeat_interleave(torch.arange(selection.num_layers), selection.sizes())
-    mask = torch.zeros(selection.num_layers, n, dtype=torch.bool)
-    mask[rows, selection.indices] = True
-    heads = [Selection.from_mask(m, torch.zeros(num_layers)) for m in mask.view(num_layers, hkv, n).transpose(0, 1)]
+    heads = [Selection.from_mask(m, torch.zeros(num_layers)) for m in head_masks(selection, num_layers, hkv, n)]
     quality = quality_per_head(trace, heads, hkv)
     extra = selection.sizes().float() - always
     units = selection.num_units.float()

@@ -38,20 +38,28 @@ from trace_families import add_trace_arguments, ingest, load_traces, write_json 
 BUDGETS = (0.02, 0.05, 0.10, 0.25)
 
 
-def per_head_masks(index: ClusterIndex, queries: torch.Tensor) -> torch.Tensor:
-    """``[Hkv, L, N] bool``: each KV head's attended positions, ranked by its own query group — what
-    Mosaic serves with ``selection_heads='per_kv_head'`` (`ClusterIndex.select`, rows layer · H + head)."""
-    shared = index.config
-    index.config = replace(shared, selection_heads="per_kv_head")
+def per_head_select(index: ClusterIndex, queries: torch.Tensor) -> Selection:
+    """The index's selection with ``selection_heads='per_kv_head'`` (its other knobs as configured): what
+    Mosaic serves with that option, rows ``layer · H + head``."""
+    configured = index.config
+    index.config = replace(configured, selection_heads="per_kv_head")
     try:
-        sel = index.select(queries)
+        return index.select(queries)
     finally:
-        index.config = shared
-    hkv, n = index.num_kv_heads, index.num_tokens
-    rows = torch.repeat_interleave(torch.arange(sel.num_layers), sel.sizes())
-    mask = torch.zeros(sel.num_layers, n, dtype=torch.bool)
-    mask[rows, sel.indices] = True
-    return mask.view(index.num_layers, hkv, n).transpose(0, 1)
+        index.config = configured
+
+
+def head_masks(selection: Selection, num_layers: int, num_kv_heads: int, num_tokens: int) -> torch.Tensor:
+    """``[Hkv, L, N] bool``: each KV head's attended positions from a per-head selection (rows l · H + h)."""
+    rows = torch.repeat_interleave(torch.arange(selection.num_layers), selection.sizes())
+    mask = torch.zeros(selection.num_layers, num_tokens, dtype=torch.bool)
+    mask[rows, selection.indices] = True
+    return mask.view(num_layers, num_kv_heads, num_tokens).transpose(0, 1)
+
+
+def per_head_masks(index: ClusterIndex, queries: torch.Tensor) -> torch.Tensor:
+    """``[Hkv, L, N] bool``: each KV head's attended positions, ranked by its own query group."""
+    return head_masks(per_head_select(index, queries), index.num_layers, index.num_kv_heads, index.num_tokens)
 
 
 def quality_per_head(trace: Trace, selections, hkv: int) -> dict:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 
 from mosaic_sglang.kernels import attended_attention
-from mosaic_sglang.serving.head_major import (head_major_entries, head_slots, pool_heads_as_slots, rows_head_major,
-                                               write_token_major)
+from mosaic_sglang.serving.head_major import head_slots, pool_heads_as_slots, rows_head_major, write_token_major
 from mosaic_sglang.serving.plan import AlwaysPart, ForwardPlan, build_plan
 from mosaic_sglang.serving.selection_slab import SelectionSlab
 
@@ -63,8 +62,8 @@ def test_heads_as_requests_equal_attending_each_head_alone():
 
 def test_padded_per_head_lists_compact_head_major_and_attend_each_head_alone():
     """Mass budgets per KV head: each head's list has its own length (``-1`` padding in its block).
-    `ForwardPlan.layer` compacts them head-major, `head_major_entries` gives each entry its row and head,
-    and attention over them equals attending each head alone over its own list."""
+    `ForwardPlan.layer` compacts them head-major with each entry's list (``h · B + b``), and attention over
+    them equals attending each head alone over its own list."""
     g = torch.Generator().manual_seed(1)
     plan, slot_of = _plan(g)
     nnz = int(plan.kv_indptr[-1])
@@ -75,10 +74,9 @@ def test_padded_per_head_lists_compact_head_major_and_attend_each_head_alone():
     kv = plan.layer(0)
     # lists (h, b) in order (0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1); full lengths 6 and 4
     assert kv.kv_indptr.tolist() == [0, 6, 9, 13, 17, 23, 27]
+    assert kv.kv_request.tolist() == [0] * 6 + [1] * 3 + [2] * 4 + [3] * 4 + [4] * 6 + [5] * 4
     row_ids = torch.tensor([5, 3])  # req_to_token rows of the two requests
-    rows, head = head_major_entries(kv.kv_indptr, row_ids, H)
-    assert head.tolist() == [0] * 9 + [1] * 8 + [2] * 10
-    assert rows.tolist() == [5] * 6 + [3] * 3 + [5] * 4 + [3] * 4 + [5] * 6 + [3] * 4
+    rows, head = row_ids[kv.kv_request % 2], kv.kv_request // 2  # as the backend derives them
     q = torch.randn(3, H * G, D, generator=g)
     k_pool, v_pool = torch.randn(S, H, D, generator=g), torch.randn(S, H, D, generator=g)
     slot_of_row = {5: slot_of[0], 3: slot_of[1]}

@@ -14,6 +14,7 @@ import itertools
 from typing import Sequence
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from mosaic_sglang.kernels.emit_members import emit_members
 
@@ -61,16 +62,7 @@ def select_layer_batch(
     out = []
     for v, l, t, n in zip(views, layers, takes, seq_lens):
         mask = selection.attended_mask(v, selection.row_layers(v, l), t, n)  # [1 or H, N]
-        out.append(mask[0].nonzero().flatten() if mask.shape[0] == 1 else _rows_padded([m.nonzero().flatten() for m in mask]))
-    return out
-
-
-def _rows_padded(rows: list[torch.Tensor]) -> torch.Tensor:
-    """``[len(rows), max n]`` int64: the rows stacked, shorter ones ending in ``-1``."""
-    width = max(r.numel() for r in rows)
-    out = rows[0].new_full((len(rows), width), -1)
-    for h, r in enumerate(rows):
-        out[h, : r.numel()] = r
+        out.append(mask[0].nonzero().flatten() if mask.shape[0] == 1 else pad_sequence([m.nonzero().flatten() for m in mask], batch_first=True, padding_value=-1))
     return out
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, List
+from typing import TYPE_CHECKING, List, Optional
 
 import torch
 
@@ -45,8 +45,7 @@ from ..config import MOSAIC_CHECK_NO_SYNC, MOSAIC_EMULATE_DECODE_GRAPHS, MosaicC
 from ..offload import DevicePool, decode_host
 from .tensor_parallel import decision_log, head_gather
 from ..serving import ForwardPlan, RequestLayout
-from ..serving.head_major import (head_major_entries, head_slots, pool_heads_as_slots, rows_head_major,
-                                  write_token_major)
+from ..serving.head_major import head_slots, pool_heads_as_slots, rows_head_major, write_token_major
 from ..testing.host_sync import no_host_sync
 from .attention_layers import check_attention_layers
 from .attention_runners import choose_runners
@@ -188,9 +187,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         device = req_to_token.device
         attn = plan.head_major()
         self._row_ids = forward_batch.req_pool_indices.to(torch.int64)
-        batch = len(layouts)
-        self._entry_rows = self._row_ids[attn.kv_request % batch if plan.heads > 1 else attn.kv_request]
-        self._entry_head = attn.kv_request // batch if plan.heads > 1 else None
+        self._entry_rows, self._entry_head = self._entries(attn.kv_request, plan.heads)
         self._kv_indptr = attn.kv_indptr.to(device)  # every layer's, unless the plan is padded
         self._host_requests = [i for i, req in enumerate(layouts) if self.runtime.rows.has_host(req.rid)]
         assert plan.heads == 1 or not self._host_requests, "per-KV-head lists are served from device KV only"
@@ -201,6 +198,14 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         primary = self._runners.primary
         self._runner = primary if primary.serves(attn) else self._runners.fallback
         self._runner.begin_forward(attn, is_decode, device, per_kv_head=plan.heads > 1)
+
+    def _entries(self, kv_request: torch.Tensor, heads: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(req_to_token row, KV head or None)`` of each list entry, from its list ``kv_request [nnz]``
+        (head-major when ``heads > 1``: list ``h · B + b``)."""
+        if heads == 1:
+            return self._row_ids[kv_request], None
+        batch = self._row_ids.numel()
+        return self._row_ids[kv_request % batch], kv_request // batch
 
     def _frame_ids(self, rid: str, seq_len: int, mm_inputs) -> torch.Tensor:
         """Frame ids of a request's positions: from its multimodal items at extend, else those of the
@@ -252,7 +257,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         positions = kv.kv_positions
         if plan.padded:  # fill='whole' or mass budgets: this layer's compacted lists (head-major per KV head)
             kv_indptr = kv.kv_indptr
-            entry_rows, entry_head = head_major_entries(kv_indptr, self._row_ids, plan.heads, kv.kv_positions.numel())
+            entry_rows, entry_head = self._entries(kv.kv_request, plan.heads)
         else:
             kv_indptr, entry_rows, entry_head = self._kv_indptr, self._entry_rows, self._entry_head
         # the runner's index dtype (FlashInfer's page lists are int32, like req_to_token: no cast round trip)

@@ -217,7 +217,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
             rows = positions[None] if heads == 1 else positions
             parts, lengths = [], []
             for h, row in enumerate(rows):
-                row = row[row >= 0]
+                row = row if heads == 1 else row[row >= 0]  # per-head rows end in -1 (mass budgets)
                 selected = row[~self._always_masks[i][row]]  # the always part is in the plan
                 n = selected.numel()
                 assert n <= end - start, f"{req.rid} layer {layer_id} head {h}: selected {n} > {end - start}"

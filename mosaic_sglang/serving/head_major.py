@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rows_head_major", "write_token_major", "pool_heads_as_slots", "head_slots", "head_major_entries"]
+__all__ = ["rows_head_major", "write_token_major", "pool_heads_as_slots", "head_slots"]
 
 
 def rows_head_major(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -43,17 +43,3 @@ def head_slots(slots: torch.Tensor, entry_head: torch.Tensor, heads: int) -> tor
     `pool_heads_as_slots`."""
     return slots * heads + entry_head
 
-
-def head_major_entries(kv_indptr: torch.Tensor, row_ids: torch.Tensor, heads: int,
-                       total: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per entry of ``H · B`` head-major lists (``kv_indptr [H · B + 1]``, list ``h · B + b`` KV head ``h`` of
-    request ``b``: a padded plan's compacted layer, `ForwardPlan.layer`), its request's ``req_to_token`` row
-    (``row_ids [B] int64``) and its KV head: ``([nnz] int64, [nnz] int64)`` on ``kv_indptr``'s device (the
-    head None when ``heads == 1``). ``total``: ``nnz`` when the caller knows it (no host sync for it)."""
-    counts = kv_indptr[1:] - kv_indptr[:-1]
-    batch = row_ids.numel()
-    rows = torch.repeat_interleave(row_ids.to(counts.device).repeat(heads), counts, output_size=total)
-    if heads == 1:
-        return rows, None
-    head = torch.arange(heads, device=counts.device).repeat_interleave(batch)
-    return rows, torch.repeat_interleave(head, counts, output_size=total)

@@ -46,6 +46,9 @@ class LayerKV(NamedTuple):
 
     kv_indptr: torch.Tensor
     kv_positions: torch.Tensor
+    kv_request: Optional[torch.Tensor] = None
+    """``[nnz] int64`` list of each entry, when the layer's lists are its own (a padded plan's compacted
+    layer: head-major with ``H > 1``); None: the plan's ``kv_request`` (`head_major`'s with ``H > 1``)."""
 
 
 class ForwardPlan(NamedTuple):
@@ -91,16 +94,11 @@ class ForwardPlan(NamedTuple):
         positions = self.kv_positions[layer if self.kv_positions.shape[0] > 1 else 0]
         if not self.padded:
             return LayerKV(self.kv_indptr, positions)
-        keep = positions >= 0
-        batch = self.kv_indptr.numel() - 1
-        owner = self.kv_request
-        if self.heads > 1:  # block h of the buffer is head h's lists: owner h · B + b
-            nnz = owner.numel()
-            head = torch.arange(self.heads, device=owner.device).repeat_interleave(nnz)
-            owner = owner.repeat(self.heads) + head * batch
-        counts = torch.zeros(self.heads * batch, dtype=torch.int64, device=positions.device)
-        counts.index_add_(0, owner, keep.long())
-        return LayerKV(indptr_from_counts(counts), positions[keep])
+        keep = (positions >= 0).nonzero().flatten()  # the one host sync
+        owner = _head_major_requests(self.kv_request, self.heads, self.kv_indptr.numel() - 1)[keep]
+        counts = torch.zeros(self.heads * (self.kv_indptr.numel() - 1), dtype=torch.int64, device=positions.device)
+        counts.index_add_(0, owner, torch.ones_like(owner))
+        return LayerKV(indptr_from_counts(counts), positions[keep], owner)
 
     def head_major(self) -> "ForwardPlan":
         """The plan as ``H · B`` requests of one KV head each (itself when ``heads == 1``): request ``h · B +
@@ -117,9 +115,9 @@ class ForwardPlan(NamedTuple):
         def blocks(indptr: torch.Tensor, n: int) -> torch.Tensor:
             return torch.cat([indptr[:-1] + h * n for h in range(heads)] + [indptr.new_full((1,), heads * n)])
 
-        offsets = torch.arange(heads, device=self.kv_request.device).repeat_interleave(nnz) * batch
         return self._replace(q_indptr=blocks(self.q_indptr, nq), q_positions=self.q_positions.repeat(heads),
-                             kv_indptr=blocks(self.kv_indptr, nnz), kv_request=self.kv_request.repeat(heads) + offsets,
+                             kv_indptr=blocks(self.kv_indptr, nnz),
+                             kv_request=_head_major_requests(self.kv_request, heads, batch),
                              always_len=self.always_len.repeat(heads), select_due=(), heads=1)
 
     def prefix_entries(self, kv: Optional[LayerKV] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,6 +202,15 @@ class AlwaysPart(NamedTuple):
 
     def length(self, seq_len: int) -> int:
         return int((self.ends - self.starts).sum()) + seq_len - self.indexed_end
+
+
+def _head_major_requests(kv_request: torch.Tensor, heads: int, batch: int) -> torch.Tensor:
+    """``[H · nnz] int64``: the list of each entry of the ``H`` blocks, head-major (block ``h``'s entry of
+    request ``b`` belongs to list ``h · B + b``); ``kv_request`` itself when ``H == 1``."""
+    if heads == 1:
+        return kv_request
+    head = torch.arange(heads, device=kv_request.device).repeat_interleave(kv_request.numel())
+    return kv_request.repeat(heads) + head * batch
 
 
 def build_plan(
