@@ -15,6 +15,9 @@ window and text stay on the device for everyone.
   (`MosaicConfig.regroup_tokens`; without prefetch, the config's default); ``--coarse-join 0`` /
   ``--regroup-tokens 0`` leave them out. ``mosaic-regroup16-tail``: the same, with the frames still online
   regrouped when the question arrives (`MosaicConfig.regroup_tail`; ``--no-regroup-tail`` leaves it out).
+  ``mosaic-regroup16-tail-per-head``: that index with a cluster list per KV head
+  (`MosaicConfig.selection_heads='per_kv_head'`); a layer moves the clusters any head chose (an extent holds
+  every head), into a cache of ``ceil(heads × budget × (1 + slack))`` slots (``--no-per-head`` leaves it out).
 - ``token``: oracle token top-k (`OracleTokenTopK`) with a token LRU; one copy per missed token per layer
   (``runs`` = missed tokens coalesced into contiguous position runs: the fewest copies any DMA engine
   could issue for the same misses). Executed as one batched gather per layer (its best case on CPU).
@@ -153,9 +156,10 @@ def _runs(positions: torch.Tensor) -> int:
     return 1 + int((positions[1:] != positions[:-1] + 1).sum())
 
 
-def run_units(name, select_units, extents, store, cfg, queries, num_layers, *, prefetch):
-    """Mosaic or frame blocks: units with host extents through `ClusterResidency` + `TransferEngine`."""
-    cap = ClusterResidency.capacity_for(cfg.budget, cfg.residency_slack)
+def run_units(name, select_units, extents, store, cfg, queries, num_layers, *, prefetch, lists=1):
+    """Mosaic or frame blocks: units with host extents through `ClusterResidency` + `TransferEngine`.
+    ``lists``: budgets selected per layer (the KV heads with per-head selection), what the cache is sized by."""
+    cap = ClusterResidency.capacity_for(cfg.budget * lists, cfg.residency_slack)
     res = ClusterResidency(cap, num_layers=num_layers, bytes_per_token=store.bytes_per_token)
     dk = torch.zeros(num_layers, cap, store.num_kv_heads, store.head_dim, dtype=DTYPE)
     eng = TransferEngine(store, dk, torch.zeros_like(dk))
@@ -258,6 +262,13 @@ def bench_history(length: int, args) -> dict:
                             num_kv_heads=heads, head_dim=dim)
         stream(trace, [tail])
         tail.regroup_tail()
+    per_head = None
+    if tail is not None and args.per_head:
+        # ... with one cluster list per KV head (MosaicConfig.selection_heads='per_kv_head'); the same clusters
+        per_head = ClusterIndex(tail.config.replace(selection_heads="per_kv_head"), num_layers=num_layers,
+                                num_kv_heads=heads, head_dim=dim)
+        stream(trace, [per_head])
+        per_head.regroup_tail()
 
     q_all = trace.queries  # [L, Tq, Hq, D]: decode step t uses question token t (Tq = 1)
     steps = min(args.steps, q_all.shape[1])
@@ -277,6 +288,15 @@ def bench_history(length: int, args) -> dict:
             return [choice.cluster_ids[choice.indptr[l] : choice.indptr[l + 1]] for l in range(num_layers)]
         return select
 
+    def union_of_heads(idx):
+        """Per-head lists → per layer, the clusters any KV head chose (what a token-major host tier moves: a
+        cluster extent holds every head's K/V; the server reads them the same way)."""
+        def select(q):
+            choice = idx.select_clusters(q)  # rows layer · H + head
+            return [torch.unique(choice.cluster_ids[choice.indptr[l * heads] : choice.indptr[(l + 1) * heads]])
+                    for l in range(num_layers)]
+        return select
+
     results = [run_units("mosaic", units_of(index), extents, store, cfg, queries, num_layers, prefetch=True),
                run_units("mosaic-nopf", units_of(index), extents, store, cfg, queries, num_layers, prefetch=False)]
     store.clear()
@@ -294,6 +314,11 @@ def bench_history(length: int, args) -> dict:
         tail_extents = offload_clusters(tail, trace, store)
         results.append(run_units(f"mosaic-regroup{args.regroup_tokens}-tail", units_of(tail), tail_extents, store,
                                  cfg, queries, num_layers, prefetch=False))
+        store.clear()
+    if per_head is not None:
+        per_head_extents = offload_clusters(per_head, trace, store)
+        results.append(run_units(f"mosaic-regroup{args.regroup_tokens}-tail-per-head", union_of_heads(per_head),
+                                 per_head_extents, store, cfg, queries, num_layers, prefetch=False, lists=heads))
         store.clear()
     frame_extents, fids = offload_frames(trace, store)
 
@@ -361,6 +386,10 @@ def main() -> None:
     p.add_argument("--no-regroup-tail", dest="regroup_tail", action="store_false",
                    help="leave out the mosaic-regroup<T>-tail row (the regrouping row's index with its tail regrouped "
                         "at the question: MosaicConfig.regroup_tail)")
+    p.add_argument("--no-per-head", dest="per_head", action="store_false",
+                   help="leave out the mosaic-regroup<T>-tail-per-head row (that index with one cluster list per KV "
+                        "head, MosaicConfig.selection_heads='per_kv_head': each layer's cache sized for every head's "
+                        "budget, the clusters any head chose moved)")
     p.add_argument("--regroup-tokens", type=int, default=16,
                    help="add a mosaic row whose index regroups sealed frames (MosaicConfig.regroup_tokens; 0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: tiny ops thrash with 2 on 2 shared cores)")

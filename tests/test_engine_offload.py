@@ -26,14 +26,14 @@ def _requests(video_dir):
     return [q("what happens?", a), q("what color?", a), q("and then?", a), q("what happens?", b), q("what color?", b)]
 
 
-def _serve(model, video_dir, host_store_tokens, prefetch=False, cached_videos=4):
+def _serve(model, video_dir, host_store_tokens, prefetch=False, cached_videos=4, extra=None, questions=5):
     import sglang as sgl
 
     options = {**OPTIONS, "host_store_tokens": host_store_tokens, "prefetch": prefetch,
-               "cluster_cache_videos": cached_videos}
+               "cluster_cache_videos": cached_videos, **(extra or {})}
     engine = sgl.Engine(**cpu_engine_kwargs(model, enable_mosaic=True, mosaic_budget=BUDGET, mosaic_config=options))
     try:
-        outputs = run_requests(engine, _requests(video_dir))
+        outputs = run_requests(engine, _requests(video_dir)[:questions])
         engine.flush_cache()
         after_flush = run_requests(engine, _requests(video_dir)[:1])
         return outputs, after_flush
@@ -137,3 +137,40 @@ def test_streamed_prefill_keeps_device_tokens_bounded_while_host_grows(streamed)
     assert stats["max_device_tokens"] <= bound, (stats, bound)
     assert plain_stats["max_device_tokens"] > bound  # without the host tier the whole video stays on device
     assert stats["host_tokens"] > stats["visual_tokens"] // 2
+
+
+PER_HEAD = {"tokens": {"selection_heads": "per_kv_head"},
+            # mass budgets per head: padded lists, each head its own length (compacted per layer)
+            "mass": {"selection_heads": "per_kv_head", "budget_mode": "mass", "mass_target": 0.7}}
+
+
+@pytest.fixture(scope="module", params=list(PER_HEAD))
+def per_head_runs(request, tiny_vl_model, video_dir):
+    """Per-KV-head lists with and without the host tier: three questions on one video (the later two read
+    the first one's offloaded clusters, every head its own)."""
+    extra = PER_HEAD[request.param]
+    with strict_checks():
+        return (_serve(tiny_vl_model, video_dir, 0, extra=extra, questions=3),
+                _serve(tiny_vl_model, video_dir, 1 << 14, prefetch=True, extra=extra, questions=3), extra)
+
+
+def test_per_head_lists_read_offloaded_clusters_and_answer_as_on_device(per_head_runs):
+    (plain, _), (offloaded, after_flush), options = per_head_runs
+    for p, o in zip(plain, offloaded):
+        assert o["output_ids"] == p["output_ids"]
+        assert max(abs(x - y) for x, y in zip(o["logprobs"], p["logprobs"])) <= LOGPROB_TOL
+        assert o["cached_tokens"] == p["cached_tokens"]
+    heads = 2  # the tiny model's KV heads: the device cache is bounded by every head's budget
+    bound = math.ceil((heads * BUDGET + OPTIONS["sink_tokens"] + OPTIONS["recent_window"]) * 1.25)
+    one_head = math.ceil((BUDGET + OPTIONS["sink_tokens"] + OPTIONS["recent_window"]) * 1.25)
+    for i in (1, 2):
+        (stats,) = offloaded[i]["mosaic"]
+        assert stats["host_tokens"] == stats["visual_tokens"] and plain[i]["mosaic"][0]["host_tokens"] == 0
+        assert stats["cache_lookups"] > 0  # read through the video's cluster cache ...
+        assert 0 < stats["cluster_cache_tokens"] <= bound and stats["cache_overflow_reads"] == 0
+    (second,) = offloaded[1]["mosaic"]
+    assert second["host_copies"] > 0 and second["prefetch_copies"] > 0  # ... which the second question filled
+    if "budget_mode" not in options:  # the heads' lists together hold more clusters than one
+        assert second["cluster_cache_tokens"] > one_head  # budget's cache would (measured 117 > 85 tokens)
+    (stats,) = after_flush[0]["mosaic"]
+    assert stats["host_store_used"] == 0 and stats["host_tokens"] == 0

@@ -95,12 +95,12 @@ def test_select_into_refuses_outputs_that_are_not_one_part_per_head():
         select_layer_into([index], 0, [torch.randn(1, H * GROUP, D)], [None], [torch.empty(9, dtype=torch.int64)])
 
 
-@pytest.mark.parametrize("field, value", [("fill", "whole"), ("host_store_tokens", 64)])
-def test_per_head_needs_fixed_length_device_lists(field, value):
-    with pytest.raises(MosaicConfigError, match=f"field '{field}'.*per_kv_head"):
-        MosaicConfig(selection_heads="per_kv_head", **{field: value})
+def test_per_head_needs_the_exact_fill_and_takes_the_host_tier():
+    with pytest.raises(MosaicConfigError, match="field 'fill'.*'exact'.*per_kv_head.*got 'whole'"):
+        MosaicConfig(selection_heads="per_kv_head", fill="whole")
     with pytest.raises(MosaicConfigError, match="selection_heads"):
         MosaicConfig(selection_heads="per_query_head")
+    MosaicConfig(selection_heads="per_kv_head", host_store_tokens=64)  # served (tests/test_engine_offload.py)
 
 
 def test_per_head_refused_under_tensor_parallelism():

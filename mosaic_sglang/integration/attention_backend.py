@@ -189,8 +189,8 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         self._row_ids = forward_batch.req_pool_indices.to(torch.int64)
         self._entry_rows, self._entry_head = self._entries(attn.kv_request, plan.heads)
         self._kv_indptr = attn.kv_indptr.to(device)  # every layer's, unless the plan is padded
+        self._kv_indptr_host = attn.kv_indptr  # (host) where a host-resident request's entries lie
         self._host_requests = [i for i, req in enumerate(layouts) if self.runtime.rows.has_host(req.rid)]
-        assert plan.heads == 1 or not self._host_requests, "per-KV-head lists are served from device KV only"
         if graph_bs is not None:  # SGLang's graph runner: staged by out_graph, replayed if it fits
             if not self._host_requests and self._graphs.lists.fits(plan, graph_bs):
                 self._graph_pending = (plan, self._row_ids)
@@ -266,8 +266,10 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         k_buffer = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
         v_buffer = self.token_to_kv_pool.get_value_buffer(layer.layer_id)
         if self._host_requests:
-            # host-resident entries (offloaded clusters): gather device and host rows into one scratch
-            k_buffer, v_buffer = self._gather_mixed(local, slots, kv.kv_indptr, k_buffer, v_buffer)
+            # host-resident entries (offloaded clusters): gather device and host rows (all KV heads) into one
+            # scratch; per-KV-head lists then pick their head of it like they would of the pool
+            host_indptr = kv_indptr if plan.padded else self._kv_indptr_host
+            k_buffer, v_buffer = self._gather_mixed(local, slots, host_indptr, k_buffer, v_buffer, plan.heads)
             slots = torch.arange(slots.numel(), device=device)
         if k is not None and v is not None:
             k = k.reshape(-1, layer.tp_k_head_num, layer.qk_head_dim)
@@ -384,10 +386,14 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         return graphs.layer(local, self._graph_bs, q, k_buffer, v_buffer, req_to_token, layer.scaling)
 
     def _gather_mixed(self, layer: int, slots: torch.Tensor, kv_indptr: torch.Tensor, k_buffer: torch.Tensor,
-                      v_buffer: torch.Tensor):
+                      v_buffer: torch.Tensor, heads: int = 1):
         """``([n, H, D], [n, H, Dv])`` K/V of ``slots [n]``: device slots from the pool, host encodings
         (``< 0``) through each request's device cluster cache (misses copied from the host tier, one op
-        per cluster extent, counted there). Only requests with host-resident positions are visited."""
+        per cluster extent, counted there). Only requests with host-resident positions are visited.
+
+        ``kv_indptr``: ``[heads · B + 1]``, the lists the entries lie in (head-major when ``heads > 1``: list
+        ``h · B + b``). A request's host rows of every head are read in one call: a cluster two heads chose
+        is copied once, and every entry gets all KV heads of its row (a list reads only its own head)."""
         device = k_buffer.device
         host = slots < 0
         k = k_buffer.new_empty((slots.numel(),) + tuple(k_buffer.shape[1:]))
@@ -396,13 +402,14 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         v[~host] = v_buffer[slots[~host]]
         host_values = slots.cpu()  # host rows are host-side bookkeeping (extent map, residency)
         bounds = kv_indptr.tolist()
+        batch = (len(bounds) - 1) // heads
         for i in self._host_requests:
-            a, b = bounds[i], bounds[i + 1]
-            mask = host_values[a:b] < 0
-            if not bool(mask.any()):
+            entries = torch.cat([torch.arange(bounds[h * batch + i], bounds[h * batch + i + 1]) for h in range(heads)])
+            entries = entries[host_values[entries] < 0]
+            if entries.numel() == 0:
                 continue
-            hk, hv = self.runtime.policy.read_host(i, layer, decode_host(host_values[a:b][mask]), device)
-            rows = (torch.arange(a, b)[mask]).to(device)
+            hk, hv = self.runtime.policy.read_host(i, layer, decode_host(host_values[entries]), device)
+            rows = entries.to(device)
             k[rows] = hk.to(k.dtype)
             v[rows] = hv.to(v.dtype)
         return k, v

@@ -259,10 +259,12 @@ class ClusterAttendedSet(AttendedSetPolicy):
         """``(k [n, H, D], v [n, H, Dv])`` of a request's host-resident rows at ``layer``, through its
         video's device cluster cache; the read's cost goes to the request's and the process's stats.
 
-        Cache bound per layer: ``ceil((budget + sink_tokens + recent_window) × (1 + residency_slack))``
-        tokens. The selected members are at most the budget, but the cache holds whole clusters (one
-        extent each): the exact fill's boundary cluster and the members that are always attended (an
-        offloaded window) come along, so the bound leaves room for sinks + window beyond the budget.
+        Cache bound per layer: ``ceil((budget · heads + sink_tokens + recent_window) × (1 + residency_slack))``
+        tokens (``heads``: the KV heads with ``selection_heads='per_kv_head'``, whose lists together select
+        up to that many distinct positions, else 1). The selected members are at most that, but the cache
+        holds whole clusters (one extent each, all KV heads): the exact fill's boundary cluster and the
+        members that are always attended (an offloaded window) come along, so the bound leaves room for
+        sinks + window beyond the budget.
         """
         anchor = self._anchors[request_index]
         record = self._records[self._requests[request_index].rid]
@@ -270,7 +272,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
             read, cache_tokens = self.host.read(layer, host_rows, device), 0
         else:
             cfg = self.config
-            capacity = ClusterResidency.capacity_for(cfg.budget + cfg.always_attended, cfg.residency_slack)
+            capacity = ClusterResidency.capacity_for(cfg.budget * self.heads + cfg.always_attended, cfg.residency_slack)
             uid = self.videos[anchor].uid
             read = self.host.read_cached(uid, min(self.host.store.capacity, capacity), layer, host_rows, device,
                                          prefetch_next=cfg.prefetch)
