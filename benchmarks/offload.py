@@ -15,8 +15,9 @@ window and text stay on the device for everyone.
   (`MosaicConfig.regroup_tokens`; without prefetch, the config's default); ``--coarse-join 0`` /
   ``--regroup-tokens 0`` leave them out. ``mosaic-regroup16-tail``: the same, with the frames still online
   regrouped when the question arrives (`MosaicConfig.regroup_tail`; ``--no-regroup-tail`` leaves it out).
-  ``mosaic-regroup16-tail-per-head``: that index with a cluster list per KV head
-  (`MosaicConfig.selection_heads='per_kv_head'`); a layer moves the clusters any head chose (an extent holds
+  ``mosaic-regroup16per32-tail-per-head``: the option set of the granularity section of benchmarks/README.md
+  (regrouping every 32 sealed frames, the tail at the question, a cluster list per KV head:
+  `MosaicConfig.selection_heads='per_kv_head'`); a layer moves the clusters any head chose (an extent holds
   every head), into a cache of ``ceil(heads × budget × (1 + slack))`` slots (``--no-per-head`` leaves it out).
 - ``token``: oracle token top-k (`OracleTokenTopK`) with a token LRU; one copy per missed token per layer
   (``runs`` = missed tokens coalesced into contiguous position runs: the fewest copies any DMA engine
@@ -265,8 +266,8 @@ def bench_history(length: int, args) -> dict:
     per_head = None
     if tail is not None and args.per_head:
         # ... with one cluster list per KV head (MosaicConfig.selection_heads='per_kv_head'); the same clusters
-        per_head = ClusterIndex(tail.config.replace(selection_heads="per_kv_head"), num_layers=num_layers,
-                                num_kv_heads=heads, head_dim=dim)
+        per_head = ClusterIndex(tail.config.replace(selection_heads="per_kv_head", regroup_frames=args.per_head_frames),
+                                num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
         stream(trace, [per_head])
         per_head.regroup_tail()
 
@@ -317,7 +318,8 @@ def bench_history(length: int, args) -> dict:
         store.clear()
     if per_head is not None:
         per_head_extents = offload_clusters(per_head, trace, store)
-        results.append(run_units(f"mosaic-regroup{args.regroup_tokens}-tail-per-head", union_of_heads(per_head),
+        name = f"mosaic-regroup{args.regroup_tokens}per{args.per_head_frames}-tail-per-head"
+        results.append(run_units(name, union_of_heads(per_head),
                                  per_head_extents, store, cfg, queries, num_layers, prefetch=False, lists=heads))
         store.clear()
     frame_extents, fids = offload_frames(trace, store)
@@ -387,9 +389,13 @@ def main() -> None:
                    help="leave out the mosaic-regroup<T>-tail row (the regrouping row's index with its tail regrouped "
                         "at the question: MosaicConfig.regroup_tail)")
     p.add_argument("--no-per-head", dest="per_head", action="store_false",
-                   help="leave out the mosaic-regroup<T>-tail-per-head row (that index with one cluster list per KV "
-                        "head, MosaicConfig.selection_heads='per_kv_head': each layer's cache sized for every head's "
-                        "budget, the clusters any head chose moved)")
+                   help="leave out the mosaic-regroup<T>per<F>-tail-per-head row (regrouping every F sealed frames, "
+                        "the tail at the question, one cluster list per KV head: MosaicConfig.selection_heads="
+                        "'per_kv_head'; each layer's cache sized for every head's budget, the clusters any head chose "
+                        "moved)")
+    p.add_argument("--per-head-frames", type=int, default=32,
+                   help="regroup_frames of the per-head row (32: the option set of benchmarks/README.md's "
+                        "granularity section)")
     p.add_argument("--regroup-tokens", type=int, default=16,
                    help="add a mosaic row whose index regroups sealed frames (MosaicConfig.regroup_tokens; 0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: tiny ops thrash with 2 on 2 shared cores)")
