@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mosaic_sglang.clusters import ClusterIndex  # noqa: E402
+from mosaic_sglang.clusters.mass import always_log_mass  # noqa: E402
 from mosaic_sglang.clusters.scoring import score_clusters  # noqa: E402
 from mosaic_sglang.config import MosaicConfig  # noqa: E402
 from mosaic_sglang.retrieval import Selection, always_attended_positions, selection_quality  # noqa: E402
@@ -222,7 +223,11 @@ def _mosaic_scores(trace: Trace, assign: torch.Tensor, config: MosaicConfig) -> 
         squares[layer].index_add_(0, assign[layer, rows], keys[layer, rows].square().sum(-1))
     centroid = sums / size.clamp(min=1)[..., None, None]
     spread = squares / size.clamp(min=1)[..., None] - centroid.square().sum(-1)
-    return score_clusters(trace.queries, centroid, spread, size.long(), rule=config.score, reduce=config.query_reduce)
+    always_lse = None
+    if config.score == "size_weighted" and config.share_of_total:  # as the index estimates it (`index_always_lse`)
+        always_lse = always_log_mass(trace.queries, keys[:, always_attended_positions(trace.frame_ids.clone(), config)])
+    return score_clusters(trace.queries, centroid, spread, size.long(), rule=config.score, reduce=config.query_reduce,
+                          always_lse=always_lse)
 
 
 def _with_online_tail(trace: Trace, assign: torch.Tensor, config: MosaicConfig, window_frames: int,

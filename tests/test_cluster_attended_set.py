@@ -366,3 +366,50 @@ def test_mass_mode_serves_at_most_the_budget_and_counts_what_it_attends(pool):
     asked = _policy(pool, budget=24, budget_mode="mass", mass_target=0.5)
     question, _ = _question_then_decode(asked, steps=0)
     assert asked.request_stats("b").attended_tokens == max(len(p) for p in question) < 24 + 10
+
+
+def test_the_scoring_reads_the_plans_always_part_causally(pool):
+    """With ``share_of_total`` the policy gives the scoring, per due request, the exact log-mass of what the
+    question attends anyway: the plan's always part (sinks, text, recent window and the question's own
+    tokens, read through the layer's key reader), each query seeing only positions up to its own."""
+    import math
+
+    from mosaic_sglang.clusters import select as selection
+
+    policy = _policy(pool, budget=16)
+    frames = _video_prompt()
+    slots = torch.arange(10, 10 + frames.numel())
+    _forward(policy, [_layout("a", slots, frames, 0, frames.numel())])  # indexes the video
+    frames2 = torch.cat([frames[:51], torch.tensor([-1] * 7)])
+    slots2 = torch.cat([slots[:51], torch.arange(300, 307)])
+    plan = policy.plan([_layout("b", slots2, frames2, 51, 7)], False)
+    assert plan.select_due == (0,)
+    seen, given = [], []
+    real = selection.choose_clusters
+
+    def spy(views, layers, queries, seq_lens=None, always_lses=None):
+        given.append(always_lses[0])
+        return real(views, layers, queries, seq_lens, always_lses)
+
+    g = torch.Generator().manual_seed(3)
+    for layer in range(L):
+        q = torch.randn(7, HQ, D, generator=g)
+
+        def read(i, positions, layer=layer):
+            seen.append(positions.clone())
+            return pool[layer, slots2[positions]]
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(selection, "choose_clusters", spy)
+            policy.layer_kv(plan, layer, q, read)
+        always = torch.tensor([0, 1, 2] + list(range(51, 58)))  # sinks + text, the question (its window too)
+        assert sorted(seen[-1].tolist()) == always.tolist()
+        keys = pool[layer, slots2[always]]  # [M, H, D]
+        want = torch.empty(H, 7 * (HQ // H))
+        for h in range(H):
+            for t in range(7):
+                for g_ in range(HQ // H):
+                    logits = keys[:, h] @ q[t, h * (HQ // H) + g_] / math.sqrt(D)
+                    want[h, t * (HQ // H) + g_] = torch.logsumexp(logits[always <= 51 + t], 0)
+        torch.testing.assert_close(given[-1][0], want, rtol=1e-5, atol=1e-5)
+    policy.end_forward()

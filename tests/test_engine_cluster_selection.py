@@ -96,9 +96,14 @@ def test_server_selections_equal_offline_cluster_index(served):
                 assert rec["index_tokens"] == 0
                 continue
             assert index.num_tokens == rec["index_tokens"]
-            expected = index.select_layer(rec["layer"], rec["queries"], seq_len=rec["seq_len"])  # [n] or [H, n]
-            assert torch.equal(expected, rec["selected"])
-            full = index.select(rec["queries"][None].expand(index.num_layers, -1, -1, -1), seq_len=rec["seq_len"])
+            # the server's always part (sinks, text, window and its own tokens, causal; share_of_total and mass
+            # budgets) — the index alone would estimate it from its own keys
+            lse = rec["always_lse"]
+            assert (lse is not None) == (options.get("budget_mode") == "mass" or cfg.share_of_total)
+            expected = index.select_layer(rec["layer"], rec["queries"], seq_len=rec["seq_len"], always_lse=lse)
+            assert torch.equal(expected, rec["selected"])  # [n] or [H, n]
+            full = index.select(rec["queries"][None].expand(index.num_layers, -1, -1, -1), seq_len=rec["seq_len"],
+                                always_lse=None if lse is None else lse.expand(index.num_layers, -1, -1))
             if expected.dim() == 2:  # per KV head: rows layer · H + head (mass budgets: shorter rows end in -1)
                 heads = index.num_kv_heads
                 assert expected.shape[0] == heads > 1

@@ -8,7 +8,7 @@ import torch
 
 from mosaic_sglang import ClusterIndex, MosaicConfig
 from mosaic_sglang.config import MosaicConfigError
-from mosaic_sglang.clusters.mass import mass_shares
+from mosaic_sglang.clusters.mass import always_log_mass, mass_shares
 from mosaic_sglang.clusters.scoring import score_clusters
 from mosaic_sglang.retrieval.budget import fill_budget_exact, mass_budget
 
@@ -44,7 +44,7 @@ def test_mass_shares_are_exact_for_clusters_of_identical_keys():
     sizes = torch.tensor([[3, 1, 4, 2, 0], [2, 2, 2, 2, 2]])
     always = torch.randn(rows, 6, heads, dim, generator=g)
     queries = torch.randn(rows, 2, heads * group, dim, generator=g)
-    shares = mass_shares(queries, centroids, torch.zeros(rows, clusters, heads), sizes, always)
+    shares = mass_shares(queries, centroids, torch.zeros(rows, clusters, heads), sizes, always_log_mass(queries, always))
     for r in range(rows):
         keys = torch.cat([always[r]] + [centroids[r, c:c + 1].expand(int(sizes[r, c]), -1, -1) for c in range(clusters)])
         owner = torch.cat([torch.full((6,), -1)] + [torch.full((int(sizes[r, c]),), c) for c in range(clusters)])

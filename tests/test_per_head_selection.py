@@ -12,7 +12,7 @@ from cluster_trace import video_stream
 from mosaic_sglang import ClusterIndex, MosaicConfig
 from mosaic_sglang.clusters import select_layer_batch, select_layer_into
 from mosaic_sglang.clusters.scoring import score_clusters
-from mosaic_sglang.clusters.select import attended_mask, layer_summaries
+from mosaic_sglang.clusters.select import attended_mask, index_always_lse, layer_summaries
 from mosaic_sglang.config import MosaicConfigError
 from mosaic_sglang.retrieval.base import always_attended_mask
 from mosaic_sglang.retrieval.budget import fill_budget_exact
@@ -37,6 +37,7 @@ def _loop(index: ClusterIndex, layer: int, queries: torch.Tensor, seq_len: int) 
     view = index.view()
     layers = torch.tensor([layer])
     s = layer_summaries(view, layers, seq_len)
+    always = index_always_lse(view, layers, queries[None], seq_len)  # [1, H, Tq · GROUP]: head h reads its own
     out = []
     for h in range(H):
         if s.full:
@@ -44,7 +45,7 @@ def _loop(index: ClusterIndex, layer: int, queries: torch.Tensor, seq_len: int) 
         else:
             scores = score_clusters(queries[None, :, h * GROUP:(h + 1) * GROUP], s.centroid[:, :, h:h + 1],
                                     s.spread[:, :, h:h + 1], s.cost, rule=index.config.score,
-                                    reduce=index.config.query_reduce)
+                                    reduce=index.config.query_reduce, always_lse=always[:, h:h + 1])
             take = fill_budget_exact(scores, s.cost, index.config.budget)
         out.append(attended_mask(view, layers, take, seq_len)[0].nonzero().flatten())
     return out
@@ -71,8 +72,10 @@ def test_per_head_selection_equals_a_loop_over_heads_offline_and_served(membersh
                 assert all(part.numel() == f for part in selected)  # every head attends as many
                 parts.append(torch.cat(selected))
                 outs.append(torch.full((H * f + 1,), -7, dtype=torch.int64))
+            lses = [index_always_lse(index.view(), torch.tensor([layer]), q[None], n)  # a server passes its own
+                    for index, q, n in zip(indexes, queries, seq_lens)]
             with no_host_sync():
-                select_layer_into(indexes, layer, queries, seq_lens, outs)
+                select_layer_into(indexes, layer, queries, seq_lens, outs, lses)
             for out, part in zip(outs, parts):
                 assert out[:-1].tolist() == part.tolist()
     assert differ > 0  # heads really chose differently (else the loop above proves nothing per head)

@@ -10,6 +10,7 @@ from cluster_trace import video_stream
 
 from mosaic_sglang import ClusterIndex, MosaicConfig
 from mosaic_sglang.clusters import select_layer_batch, select_layer_into
+from mosaic_sglang.clusters.select import index_always_lse
 from mosaic_sglang.retrieval.base import always_attended_mask
 from mosaic_sglang.testing.host_sync import no_host_sync
 
@@ -26,8 +27,9 @@ def _indexes(membership: str, score: str):
         if seed == 3:
             frame_ids = frame_ids.clone()
             frame_ids[40:44] = -1  # a timestamp between frames
+        rule, _, share = score.partition("/")  # 'size_weighted/clusters': shares among the clusters only
         cfg = MosaicConfig(budget=budget, sink_tokens=3, recent_window=7, max_cluster_size=9, join_threshold=0.3,
-                           split_threshold=0.45, membership=membership, score=score)
+                           split_threshold=0.45, membership=membership, score=rule, share_of_total=share != "clusters")
         index = ClusterIndex(cfg, num_layers=L, num_kv_heads=H, head_dim=D)
         index.append(keys, frame_ids)
         index.maintain(max_splits=100)
@@ -35,7 +37,7 @@ def _indexes(membership: str, score: str):
     return out
 
 
-@pytest.mark.parametrize("score", ["centroid", "size_weighted"])
+@pytest.mark.parametrize("score", ["centroid", "size_weighted", "size_weighted/clusters"])
 @pytest.mark.parametrize("membership", ["shared", "per_layer"])
 def test_select_into_writes_the_selected_part_without_a_host_sync(membership, score):
     g = torch.Generator().manual_seed(3)
@@ -44,7 +46,12 @@ def test_select_into_writes_the_selected_part_without_a_host_sync(membership, sc
     for layer in range(L):
         for tq in (1, 4):
             queries = [torch.randn(tq, HQ, D, generator=g) for _ in indexes]
+            # what a server passes with share_of_total (its own, exact one; here the index's estimate)
+            lses = [index_always_lse(index.view(), torch.tensor([layer]), q[None], n)
+                    for index, q, n in zip(indexes, queries, seq_lens)]
             attended = select_layer_batch(indexes, layer, queries, seq_lens)
+            for a, b in zip(select_layer_batch(indexes, layer, queries, seq_lens, lses), attended):
+                assert torch.equal(a, b)  # the estimate is the default one
             expected, outs = [], []
             for index, positions, n in zip(indexes, attended, seq_lens):
                 always = always_attended_mask(index.frame_ids, index.config, seq_len=n)
@@ -54,7 +61,7 @@ def test_select_into_writes_the_selected_part_without_a_host_sync(membership, sc
                 assert expected[-1].numel() == f  # the exact fill selects exactly the planned length
                 outs.append(torch.full((f + 1,), -7, dtype=torch.int64))
             with no_host_sync():
-                select_layer_into(indexes, layer, queries, seq_lens, outs)
+                select_layer_into(indexes, layer, queries, seq_lens, outs, lses)
             for want, out in zip(expected, outs):
                 assert out[:-1].tolist() == want.tolist()
 

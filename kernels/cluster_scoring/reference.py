@@ -19,7 +19,7 @@ RULES = ("centroid", "centroid_radius", "size_weighted")
 REDUCES = ("mean", "max")
 
 
-def check_inputs(queries, centroids, spreads, costs, rule, reduce, num_clusters, out) -> None:
+def check_inputs(queries, centroids, spreads, costs, rule, reduce, num_clusters, out, always_lse=None) -> None:
     """Raise ValueError (expected, got) for a bad rule, reduce or shape; reads shapes only (no host sync)."""
     if rule not in RULES:
         raise ValueError(f"score rule: expected one of {list(RULES)}, got {rule!r}")
@@ -44,6 +44,11 @@ def check_inputs(queries, centroids, spreads, costs, rule, reduce, num_clusters,
         raise ValueError(f"num_clusters: expected [{rows}] int64, got {tuple(num_clusters.shape)}")
     if out is not None and (tuple(out.shape) != (rows, num_cl) or out.dtype != torch.float32):
         raise ValueError(f"out: expected [{rows}, {num_cl}] float32, got {tuple(out.shape)} {out.dtype}")
+    if always_lse is not None:
+        want = (rows, num_kv_heads, tq * (num_qo_heads // num_kv_heads))
+        if rule != "size_weighted" or tuple(always_lse.shape) != want:
+            raise ValueError(f"always_lse: expected [{want[0]}, {want[1]}, {want[2]}] with rule='size_weighted', got "
+                             f"{tuple(always_lse.shape)} with rule={rule!r}")
 
 
 def cluster_scores_reference(
@@ -56,6 +61,7 @@ def cluster_scores_reference(
     reduce: str,
     num_clusters: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
+    always_lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Score every cluster of every row against the row's queries (see `score_clusters` for the maths).
 
@@ -69,6 +75,9 @@ def cluster_scores_reference(
         reduce: ``'mean'`` or ``'max'`` over the ``Tq`` query tokens and all query heads of a row.
         num_clusters: optional ``[R]`` int64; clusters at index ``>= num_clusters[r]`` are padding.
         out: optional ``[R, C]`` float32 result buffer.
+        always_lse: optional ``[R, num_kv_heads, Tq · group]`` float32 (``'size_weighted'``): per query vector
+            ``j = t · group + g`` of KV head ``h``, ``log Σ exp(q·k/√D)`` over the always-attended keys; the
+            softmax's denominator then adds ``exp(always_lse)`` (the share of the query's total mass).
 
     Returns:
         ``[R, C]`` float32 priorities (higher is better), ``-inf`` at padding.
@@ -79,7 +88,7 @@ def cluster_scores_reference(
         ...                          rule="centroid", reduce="mean").tolist()
         [[0.5, -inf]]
     """
-    check_inputs(queries, centroids, spreads, costs, rule, reduce, num_clusters, out)
+    check_inputs(queries, centroids, spreads, costs, rule, reduce, num_clusters, out, always_lse)
     rows, tq, num_qo_heads, head_dim = queries.shape
     num_cl, num_kv_heads = centroids.shape[1], centroids.shape[2]
     group = num_qo_heads // num_kv_heads
@@ -104,6 +113,12 @@ def cluster_scores_reference(
                 q_sq = q.square().sum(dim=1, keepdim=True)  # [Tq, 1]
                 logits = logits + q_sq * (scale * scale / 2) * (spread / head_dim) + log_cost
                 logits = logits.masked_fill(~valid, float("-inf"))
+                if always_lse is not None:  # the share of the query's total mass, the always part included
+                    always = always_lse[r, kv_head].float().view(tq, group)[:, head % group]  # [Tq]
+                    total = torch.logaddexp(torch.logsumexp(logits, dim=1), always)  # [Tq]
+                    logits = torch.exp(logits - total[:, None]).nan_to_num(0.0)
+                    per_head.append(logits)
+                    continue
                 # a row with no valid cluster has no attention to share: zeros, not NaN
                 logits = torch.softmax(logits, dim=1) if bool(valid.any()) else torch.zeros_like(logits)
             per_head.append(logits)

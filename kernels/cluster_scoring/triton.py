@@ -160,10 +160,11 @@ def _score_kernel(
 
 
 def cluster_scores_triton(queries, centroids, spreads, costs, *, rule: str, reduce: str, num_clusters=None,
-                          out=None, block_c: int = 64, block_q: int = 32):
+                          out=None, always_lse=None, block_c: int = 64, block_q: int = 32):
     """Same contract as `cluster_scores_reference` (all tensors on one device). ``block_c`` clusters and up
-    to ``block_q`` query vectors (padded to >= 16 for ``tl.dot``) per tile; powers of two."""
-    check_inputs(queries, centroids, spreads, costs, rule, reduce, num_clusters, out)
+    to ``block_q`` query vectors (padded to >= 16 for ``tl.dot``) per tile; powers of two. ``always_lse``
+    joins the clusters' log-sum-exp between the two kernels (one elementwise op)."""
+    check_inputs(queries, centroids, spreads, costs, rule, reduce, num_clusters, out, always_lse)
     rows, tq, num_qo_heads, head_dim = queries.shape
     num_cl, num_kv_heads = centroids.shape[1], centroids.shape[2]
     group = num_qo_heads // num_kv_heads
@@ -188,6 +189,8 @@ def cluster_scores_triton(queries, centroids, spreads, costs, *, rule: str, redu
         _lse_kernel[(rows, num_kv_heads, triton.cdiv(num_vectors, block_q))](
             queries, centroids, spreads, costs, num_clusters_arg, lse, num_cl, num_vectors, num_kv_heads, scale,
             *strides, **common)
+        if always_lse is not None:  # the share of the total mass: the always part joins the denominator
+            torch.logaddexp(lse, always_lse.to(torch.float32).view(lse.shape), out=lse)
     _score_kernel[(rows, triton.cdiv(num_cl, block_c))](
         queries, centroids, spreads, costs, num_clusters_arg, lse, out, num_cl, num_vectors, num_kv_heads, scale,
         *strides, *out.stride(), RULE=rule_id, REDUCE_MAX=reduce == "max", **common)

@@ -341,45 +341,50 @@ class ClusterIndex(RegroupSealed, Retriever):
         """``[num_tokens] int64`` frame id of every appended position (``-1`` for text); a view."""
         return self._frame_ids[: self._n]
 
-    def select(self, queries: torch.Tensor, *, seq_len: int | None = None) -> Selection:
+    def select(self, queries: torch.Tensor, *, seq_len: int | None = None,
+               always_lse: torch.Tensor | None = None) -> Selection:
         """The attended set: always-attended positions ∪ the taken members of the chosen clusters.
 
         Args:
             queries: ``[L, Tq, Hq, D]`` float, ``Hq`` a multiple of ``num_kv_heads``.
             seq_len: end of the sequence the selection serves (where its recent window ends); default
                 the index's own end. Costs and members count only positions not always attended.
+            always_lse: optional ``[L, H, Tq · group]`` float32 `mass.always_log_mass` of what the queries
+                attend anyway (``share_of_total`` and mass budgets); default: from the index's own
+                always-attended keys (`select.index_always_lse`).
 
         Returns:
             `Selection` (CSR over layers, sorted unique positions); ``num_units`` = clusters used per
             layer. Per layer: exactly ``min(budget, eligible)`` selected tokens beyond the always-attended
             ones with ``fill='exact'`` (at most ``budget`` with ``'whole'``); everything when ``budget >=
-            num_visual_tokens``. Never splits or re-assigns (pure read of the index). With
-            ``selection_heads='per_kv_head'`` the rows are ``L · H`` (row ``l · H + h``: KV head ``h`` of
-            layer ``l``).
+            num_visual_tokens``. Never splits or re-assigns (pure read of the index). Per KV head
+            (``selection_heads='per_kv_head'``) the rows are ``L · H``, row ``l · H + h``.
         """
         layers = torch.arange(self.num_layers, device=self.device)
         view = self.view()
         queries = check_queries(queries, self.num_layers, self.num_kv_heads, self.head_dim, self.device)
-        (take,) = selection.choose_clusters([view], [layers], [queries], [seq_len])  # [L, C] (or [L·H, C])
+        (take,) = selection.choose_clusters([view], [layers], [queries], [seq_len], [always_lse])  # [L, C] (or [L·H, C])
         rows = selection.row_layers(view, layers)
         return Selection.from_mask(selection.attended_mask(view, rows, take, seq_len), (take > 0).sum(1))
 
-    def select_layer(self, layer_id: int, queries: torch.Tensor, *, seq_len: int | None = None) -> torch.Tensor:
-        """One layer of `select`: ``queries [Tq, Hq, D]`` → ``[n] int64`` sorted attended positions
-        (``[H, n]`` with ``selection_heads='per_kv_head'``)."""
+    def select_layer(self, layer_id: int, queries: torch.Tensor, *, seq_len: int | None = None,
+                     always_lse: torch.Tensor | None = None) -> torch.Tensor:
+        """One layer of `select`: ``queries [Tq, Hq, D]`` (``always_lse [1, H, Tq · group]`` or None) → ``[n]
+        int64`` sorted attended positions (``[H, n]`` with ``selection_heads='per_kv_head'``)."""
         if not isinstance(layer_id, int) or not 0 <= layer_id < self.num_layers:
             raise ValueError(f"ClusterIndex.select_layer: layer_id: expected 0 <= id < {self.num_layers}, got {layer_id!r}")
         if not isinstance(queries, torch.Tensor) or queries.dim() != 3:
             raise ValueError(f"ClusterIndex.select_layer: queries: expected [Tq, Hq, D], got {describe(queries)}")
-        return select_layer_batch([self], layer_id, [queries], [seq_len])[0]
+        return select_layer_batch([self], layer_id, [queries], [seq_len], [always_lse])[0]
 
-    def select_clusters(self, queries: torch.Tensor, *, seq_len: int | None = None) -> ClusterChoice:
+    def select_clusters(self, queries: torch.Tensor, *, seq_len: int | None = None,
+                        always_lse: torch.Tensor | None = None) -> ClusterChoice:
         """The clusters used per layer (per (layer, KV head), rows ``l · H + h``, with
         ``selection_heads='per_kv_head'``; what a transfer engine moves; the exact fill's boundary cluster
         included), as `ClusterChoice`."""
         layers = torch.arange(self.num_layers, device=self.device)
         queries = check_queries(queries, self.num_layers, self.num_kv_heads, self.head_dim, self.device)
-        (take,) = selection.choose_clusters([self.view()], [layers], [queries], [seq_len])
+        (take,) = selection.choose_clusters([self.view()], [layers], [queries], [seq_len], [always_lse])
         layer_ids, cluster_ids = (take > 0).nonzero(as_tuple=True)  # rows: layers (or layer · H + head)
         return ClusterChoice(indptr_from_ids(layer_ids, take.shape[0]), cluster_ids)
 

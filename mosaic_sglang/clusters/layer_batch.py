@@ -26,7 +26,7 @@ from .inputs import check_queries, describe
 __all__ = ["select_layer_batch", "select_layer_into"]
 
 
-def _prepare(indexes, layer_id, queries, seq_lens, caller: str):
+def _prepare(indexes, layer_id, queries, seq_lens, always_lses, caller: str):
     if len(indexes) != len(queries):
         raise ValueError(f"{caller}: expected one query tensor per index, got {len(queries)} for {len(indexes)}")
     for i, q in enumerate(queries):
@@ -37,12 +37,12 @@ def _prepare(indexes, layer_id, queries, seq_lens, caller: str):
     layers = [torch.arange(layer_id, layer_id + 1, device=index.device) for index in indexes]  # no host copy
     checked = [check_queries(q[None], 1, index.num_kv_heads, index.head_dim, index.device)
                for index, q in zip(indexes, queries)]
-    return views, layers, selection.choose_clusters(views, layers, checked, seq_lens), seq_lens
+    return views, layers, selection.choose_clusters(views, layers, checked, seq_lens, always_lses), seq_lens
 
 
 def select_layer_batch(
     indexes: Sequence, layer_id: int, queries: Sequence[torch.Tensor],
-    seq_lens: Sequence[int | None] | None = None,
+    seq_lens: Sequence[int | None] | None = None, always_lses: Sequence[torch.Tensor | None] | None = None,
 ) -> list[torch.Tensor]:
     """Attended positions of several sequences at one layer, scored in one batched call (a decode batch).
 
@@ -51,6 +51,8 @@ def select_layer_batch(
         layer_id: the layer.
         queries: per sequence ``[Tq_i, Hq, D]`` float queries of that layer.
         seq_lens: per sequence the end of the served sequence (default: each index's end).
+        always_lses: per sequence optional ``[1, H, Tq_i · group]`` float32 `mass.always_log_mass` of what it
+            attends anyway (see `select.choose_clusters`).
 
     Returns:
         Per sequence ``[n_i] int64`` sorted positions ``< index.num_tokens`` (always attended ∪ taken
@@ -58,7 +60,7 @@ def select_layer_batch(
         ``selection_heads='per_kv_head'`` ``[H, n_i]``, row ``h`` KV head ``h``'s positions (token budgets:
         every head attends as many; mass budgets: shorter rows end in ``-1``).
     """
-    views, layers, takes, seq_lens = _prepare(indexes, layer_id, queries, seq_lens, "select_layer_batch")
+    views, layers, takes, seq_lens = _prepare(indexes, layer_id, queries, seq_lens, always_lses, "select_layer_batch")
     out = []
     for v, l, t, n in zip(views, layers, takes, seq_lens):
         mask = selection.attended_mask(v, selection.row_layers(v, l), t, n)  # [1 or H, N]
@@ -69,6 +71,7 @@ def select_layer_batch(
 def select_layer_into(
     indexes: Sequence, layer_id: int, queries: Sequence[torch.Tensor],
     seq_lens: Sequence[int | None], outs: Sequence[torch.Tensor],
+    always_lses: Sequence[torch.Tensor | None] | None = None,
 ) -> None:
     """Selected parts of several sequences at one layer (exact fill), written without a host sync.
 
@@ -77,7 +80,8 @@ def select_layer_into(
     sequence by one sort: O(Σ C_i + Σ f_i log) per layer, nothing proportional to the contexts.
 
     Args:
-        indexes, layer_id, queries, seq_lens: as `select_layer_batch` (``config.fill`` must be 'exact').
+        indexes, layer_id, queries, seq_lens, always_lses: as `select_layer_batch` (``config.fill`` must be
+            'exact'; with ``share_of_total`` pass ``always_lses``: the index's own estimate reads keys, a sync).
         outs: per sequence ``[f_i + 1] int64`` on its index's device, ``f_i = min(budget, eligible)`` (host
             int, from the same always rule); ``outs[i][:f_i]`` receives the selected positions
             (ascending, none always attended), ``outs[i][f_i]`` is scratch. With
@@ -92,7 +96,7 @@ def select_layer_into(
         raise ValueError(f"select_layer_into: expected one output per index, got {len(outs)} for {len(indexes)}")
     if not indexes:
         return
-    views, layers, takes, seq_lens = _prepare(indexes, layer_id, queries, seq_lens, "select_layer_into")
+    views, layers, takes, seq_lens = _prepare(indexes, layer_id, queries, seq_lens, always_lses, "select_layer_into")
     device = views[0].device
     members = _BATCH.get([v.member_lists() for v in views])
     width = max(t.shape[1] for t in takes)

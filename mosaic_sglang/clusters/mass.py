@@ -21,7 +21,7 @@ import torch
 from ..retrieval.gqa import group_queries
 from .scoring import cluster_log_mass
 
-__all__ = ["MassShares", "mass_shares"]
+__all__ = ["MassShares", "mass_shares", "always_log_mass"]
 
 
 class MassShares(NamedTuple):
@@ -37,22 +37,44 @@ class MassShares(NamedTuple):
     covered: torch.Tensor
 
 
+def always_log_mass(queries: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+    """``A = log Σ_{k ∈ always} exp(q·k/√D)`` per query vector: the exact attention mass of the positions a
+    query attends whatever is selected (sinks, text, recent window, a forward's own tokens).
+
+    Args:
+        queries: ``[R, Tq, num_qo_heads, D]`` float.
+        keys: ``[R, M, num_kv_heads, D]`` float keys of the always-attended positions of each row (``M`` may be 0).
+        visible: optional ``[R or 1, Tq, M] bool``: query ``t`` sees key ``m`` (causality); default all.
+
+    Returns:
+        ``[R, num_kv_heads, Tq · group]`` float32 in `group_queries` order (``j = t · group + g``), what
+        `score_clusters` takes as ``always_lse``; ``-inf`` for a query that sees none.
+    """
+    rows, tq, num_qo_heads, head_dim = queries.shape
+    num_kv_heads = keys.shape[2]
+    group = num_qo_heads // num_kv_heads
+    q = group_queries(queries.float(), num_kv_heads).transpose(2, 3).reshape(rows, num_kv_heads, tq * group, head_dim)
+    logits = torch.matmul(q, keys.float().permute(0, 2, 3, 1)) / math.sqrt(head_dim)  # [R, H, Tq*group, M]
+    if visible is not None:
+        seen = visible.repeat_interleave(group, dim=1)[:, None]  # [R or 1, 1, Tq*group, M]
+        logits = logits.masked_fill(~seen, float("-inf"))
+    if logits.shape[-1] == 0:
+        return logits.new_full(logits.shape[:-1], float("-inf"))
+    return torch.logsumexp(logits, dim=-1)
+
+
 def mass_shares(queries: torch.Tensor, centroids: torch.Tensor, spreads: torch.Tensor, costs: torch.Tensor,
-                always_keys: torch.Tensor) -> MassShares:
+                always_lse: torch.Tensor) -> MassShares:
     """Estimated shares of the attention mass (see the module docstring).
 
     Args:
         queries: ``[R, Tq, num_qo_heads, D]`` float.
         centroids, spreads, costs: the rows' cluster summaries, as `score_clusters`.
-        always_keys: ``[R, M, num_kv_heads, D]`` float keys of the always-attended positions of each row
-            (``M`` may be 0).
+        always_lse: ``[R, num_kv_heads, Tq · group]`` float32, `always_log_mass` of the rows' always-attended
+            positions.
     """
-    rows, tq, num_qo_heads, head_dim = queries.shape
-    num_kv_heads = centroids.shape[2]
     log_mass = cluster_log_mass(queries, centroids, spreads, costs)  # [R, H, T, C]
-    q = group_queries(queries, num_kv_heads).transpose(2, 3).reshape(rows, num_kv_heads, -1, head_dim)
-    exact = torch.matmul(q, always_keys.float().permute(0, 2, 3, 1)) / math.sqrt(head_dim)  # [R, H, T, M]
-    always = torch.logsumexp(exact, dim=-1) if exact.shape[-1] else exact.new_full(exact.shape[:-1], float("-inf"))
+    always = always_lse.float()
     clusters = torch.logsumexp(log_mass, dim=-1) if log_mass.shape[-1] else torch.full_like(always, float("-inf"))
     total = torch.logaddexp(always, clusters)[..., None]  # [R, H, T, 1]
     share = torch.exp(log_mass - total).nan_to_num(0.0).flatten(1, 2).mean(1)  # [R, C]

@@ -49,6 +49,7 @@ def score_clusters(
     *,
     rule: str,
     reduce: str,
+    always_lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Score every cluster of every row against the row's queries.
 
@@ -67,6 +68,11 @@ def score_clusters(
         reduce: ``'mean'`` or ``'max'`` over the Tq query tokens and all query heads of the row
             (one attended set serves every head of the row: a layer's KV heads, or one KV head's
             GQA group with ``selection_heads='per_kv_head'``, `select.heads_as_rows`).
+        always_lse: ``'size_weighted'`` only, optional ``[R, num_kv_heads, Tq · group]`` float32: per query
+            vector (`group_queries` order, ``j = t · group + g``) ``log Σ exp(q·k/√D)`` over the positions
+            attended whatever is selected (`mass.always_log_mass`). Given, the share is of the query's
+            *total* mass, ``exp(x_c) / (Σ_c' exp(x_c') + exp(A))``: a query whose sinks and text hold most of
+            its attention weighs little in the reduction. None: the share among the clusters only.
 
     Returns:
         ``[R, C]`` float32 priorities per budget token, higher is better; ``-inf`` where ``costs <= 0``.
@@ -74,7 +80,7 @@ def score_clusters(
     if queries.is_cuda:  # the Triton kernel (`mosaic_sglang.kernels.cluster_scoring`), held to this function by its tests
         from mosaic_sglang.kernels.cluster_scoring import cluster_scores
 
-        return cluster_scores(queries, centroids, spreads, costs, rule=rule, reduce=reduce)
+        return cluster_scores(queries, centroids, spreads, costs, rule=rule, reduce=reduce, always_lse=always_lse)
     if rule not in _RULES:
         raise ValueError(f"score rule: expected one of {list(_RULES)}, got {rule!r}")
     if reduce not in _REDUCES:
@@ -95,7 +101,11 @@ def score_clusters(
     if rule == "size_weighted":
         logits = _log_mass(q, logits, spreads, costs, scale)
         # Per (query token, head): estimated attention share; rows with no valid cluster stay 0.
-        logits = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+        if always_lse is None:
+            logits = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+        else:
+            total = torch.logaddexp(torch.logsumexp(logits, dim=-1), always_lse.float())  # [R, H, Tq*group]
+            logits = torch.exp(logits - total[..., None]).nan_to_num(0.0)
     logits = logits.reshape(rows, -1, num_clusters)
     scores = logits.mean(dim=1) if reduce == "mean" else logits.amax(dim=1)
     if rule == "size_weighted":

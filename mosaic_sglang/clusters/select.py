@@ -26,12 +26,12 @@ from mosaic_sglang.kernels.emit_members import eligible_bounds
 
 from ..retrieval.base import always_attended_mask
 from ..retrieval.budget import fill_budget, fill_budget_exact, mass_budget
-from .mass import mass_shares
+from .mass import always_log_mass, mass_shares
 from .scoring import LayerSummaries, score_clusters
 from .view import IndexView
 
 __all__ = ["ClusterChoice", "layer_summaries", "choose_clusters", "attended_mask", "taken_mask",
-           "eligible_range", "cluster_members", "heads_as_rows", "summaries_per_head", "row_layers"]
+           "eligible_range", "cluster_members", "heads_as_rows", "summaries_per_head", "row_layers", "index_always_lse"]
 
 
 class ClusterChoice(NamedTuple):
@@ -79,6 +79,7 @@ def choose_clusters(
     layers: Sequence[torch.Tensor],
     queries: Sequence[torch.Tensor],
     seq_lens: Sequence[int | None] | None = None,
+    always_lses: Sequence[torch.Tensor | None] | None = None,
 ) -> list[torch.Tensor]:
     """Tokens to take per cluster for several (index, layers) items, in as few batched calls as their
     shapes allow.
@@ -88,6 +89,11 @@ def choose_clusters(
         layers: per item ``[R_i] int64`` the layers to select for.
         queries: per item ``[R_i, Tq_i, Hq, D]`` float queries of those layers (on the index's device).
         seq_lens: per item the end of the served sequence (its recent window); None: the index's end.
+        always_lses: per item optional ``[R_i, H, Tq_i · group]`` float32 `mass.always_log_mass` of the
+            positions the item attends whatever is selected (a server passes the exact, causal one: sinks,
+            text, window and the forward's own tokens). Used by ``score='size_weighted'`` with
+            ``share_of_total`` and by mass budgets; None there: computed from the index's own always-attended
+            keys (`index_always_lse`: no causality, no tokens past the index).
 
     Returns:
         Per item ``[R_i, C_i] int64`` eligible members to take per cluster (``C_i`` = the item's largest
@@ -97,6 +103,7 @@ def choose_clusters(
         row ``r · H + h`` for KV head ``h`` of row ``r`` (the same budget per head).
     """
     seq_lens = [None] * len(views) if seq_lens is None else seq_lens
+    always_lses = [None] * len(views) if always_lses is None else list(always_lses)
     out: list[torch.Tensor | None] = [None] * len(views)
     by_length = defaultdict(list)
     for i, q in enumerate(queries):
@@ -104,6 +111,7 @@ def choose_clusters(
     per_head = bool(views) and views[0].config.selection_heads == "per_kv_head"
     if per_head:  # every KV head is a row of its own, scored by its GQA group's query heads
         queries = [heads_as_rows(q, v.num_kv_heads) for q, v in zip(queries, views)]
+        always_lses = [None if a is None else a.reshape(a.shape[0] * a.shape[1], 1, -1) for a in always_lses]
     for items in by_length.values():
         scored = []
         for i in items:
@@ -118,13 +126,16 @@ def choose_clusters(
             continue
         config = views[scored[0][0]].config
         fill = fill_budget_exact if config.fill == "exact" else _whole
-        if config.budget_mode == "mass" and config.mass_target < 1:  # a question (decode keeps it): item by item
+        mass = config.budget_mode == "mass" and config.mass_target < 1
+        always_lses = _always_parts(config, mass, views, layers, queries, seq_lens, always_lses, [i for i, _ in scored])
+        if mass:  # a question (decode keeps it): item by item
             for i, s in scored:
-                out[i] = _mass_fill(views[i], layers[i], queries[i], s, seq_lens[i], fill)
+                out[i] = _mass_fill(views[i], queries[i], s, always_lses[i], fill)
             continue
         if len(scored) == 1:  # one sequence (its layers as rows): no stacking
             i, s = scored[0]
-            scores = score_clusters(queries[i], s.centroid, s.spread, s.cost, rule=config.score, reduce=config.query_reduce)
+            scores = score_clusters(queries[i], s.centroid, s.spread, s.cost, rule=config.score, reduce=config.query_reduce,
+                                    always_lse=always_lses[i])
             out[i] = fill(scores, s.cost, views[i].config.budget)
             continue
         width = max(s.cost.shape[1] for _, s in scored)
@@ -132,7 +143,9 @@ def choose_clusters(
         centroid = torch.cat([_pad(s.centroid, width) for _, s in scored])  # [R, C, H, D]
         spread = torch.cat([_pad(s.spread, width) for _, s in scored])  # [R, C, H]
         q = torch.cat([queries[i] for i, _ in scored])  # [R, Tq, Hq, D]
-        scores = score_clusters(q, centroid, spread, cost, rule=config.score, reduce=config.query_reduce)
+        always = None if always_lses[scored[0][0]] is None else torch.cat([always_lses[i] for i, _ in scored])
+        scores = score_clusters(q, centroid, spread, cost, rule=config.score, reduce=config.query_reduce,
+                                always_lse=always)
         rows = [s.cost.shape[0] for _, s in scored]
         budgets = torch.cat([cost.new_full((r,), views[i].config.budget) for (i, _), r in zip(scored, rows)])  # [R]
         take = fill(scores, cost, budgets)
@@ -218,17 +231,38 @@ def eligible_range(view: IndexView, seq_len: int | None = None) -> tuple[int, in
     return lo, max(lo, min(hi, n))
 
 
-def _mass_fill(view: IndexView, layers: torch.Tensor, queries: torch.Tensor, s: LayerSummaries, seq_len, fill):
+def _always_parts(config, mass: bool, views, layers, queries, seq_lens, given: list, items: list) -> list:
+    """The always parts' log-masses the scoring of ``items`` uses: the given ones, the index's own estimate
+    where none was given; all None when neither the rule (``share_of_total``) nor a mass budget reads them."""
+    if not (mass or (config.score == "size_weighted" and config.share_of_total)):
+        return [None] * len(given)
+    out = list(given)
+    for i in items:
+        if out[i] is None:
+            out[i] = index_always_lse(views[i], layers[i], queries[i], seq_lens[i])
+    return out
+
+
+def index_always_lse(view: IndexView, layers: torch.Tensor, queries: torch.Tensor, seq_len=None) -> torch.Tensor:
+    """``[R, H, Tq · group]`` `always_log_mass` of the index's own always-attended positions (sinks, text,
+    recent window of a sequence ending at ``seq_len``) at ``layers [R]`` for ``queries`` (``[R, Tq, Hq, D]``,
+    or per-KV-head rows ``[R · H, Tq, Hq / H, D]``, then ``[R · H, 1, Tq · group]``). Every query is taken to
+    see every such position, and positions past the index (a forward's own tokens) are not in it: the
+    offline estimate; a server passes its exact one (`choose_clusters`). Reads their keys (a host sync)."""
+    always = always_attended_mask(view.frame_ids, view.config, seq_len=seq_len).nonzero().flatten()
+    keys = view.read_keys(always)[layers]  # [R, M, H, D]
+    if queries.shape[0] != keys.shape[0]:  # per-KV-head rows (`heads_as_rows`): row r · H + h, head h's keys
+        r, m, h, d = keys.shape
+        keys = keys.permute(0, 2, 1, 3).reshape(r * h, m, 1, d)
+    return always_log_mass(queries, keys)
+
+
+def _mass_fill(view: IndexView, queries: torch.Tensor, s: LayerSummaries, always_lse: torch.Tensor, fill):
     """``budget_mode='mass'``: per row the fewest clusters (by estimated share of the total mass per token)
     whose shares, with the always-attended positions' exact share, reach ``mass_target``; at most the
     budget (`mass_shares`, `mass_budget`). Per-KV-head rows each reach the target on their own head: a
     head whose sinks and text hold its attention takes nothing, a head spread over the video takes more."""
-    always = always_attended_mask(view.frame_ids, view.config, seq_len=seq_len).nonzero().flatten()
-    keys = view.read_keys(always)[layers]  # [R, M, H, D]
-    if s.centroid.shape[0] != keys.shape[0]:  # per-KV-head rows (`summaries_per_head`): row r · H + h, head h's keys
-        r, m, h, d = keys.shape
-        keys = keys.permute(0, 2, 1, 3).reshape(r * h, m, 1, d)
-    shares = mass_shares(queries, s.centroid, s.spread, s.cost, keys)
+    shares = mass_shares(queries, s.centroid, s.spread, s.cost, always_lse)
     budget = mass_budget(shares.per_token, s.cost, view.config.mass_target, view.config.budget, covered=shares.covered)
     return fill(shares.per_token, s.cost, budget)
 

@@ -251,7 +251,10 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         start = time.perf_counter()
         # a layer that selects scores every rank's query heads (tensor parallel: gathered, see tensor_parallel.py)
         queries = self._heads(q, 1) if self._heads is not None and plan.select_due else q
-        kv = self.runtime.policy.layer_kv(plan, local, queries)
+        k_buffer = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
+        v_buffer = self.token_to_kv_pool.get_value_buffer(layer.layer_id)
+        read_keys = self._layer_key_reader(local, k_buffer) if plan.select_due else None
+        kv = self.runtime.policy.layer_kv(plan, local, queries, read_keys)
         self.forward_timings["select_s"] += time.perf_counter() - start
         device = q.device
         positions = kv.kv_positions
@@ -263,8 +266,6 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         # the runner's index dtype (FlashInfer's page lists are int32, like req_to_token: no cast round trip)
         slot_dtype = torch.int64 if self._host_requests else self._runner.slot_dtype
         slots = self.req_to_token_pool.req_to_token[entry_rows, positions].to(slot_dtype)
-        k_buffer = self.token_to_kv_pool.get_key_buffer(layer.layer_id)
-        v_buffer = self.token_to_kv_pool.get_value_buffer(layer.layer_id)
         if self._host_requests:
             # host-resident entries (offloaded clusters): gather device and host rows (all KV heads) into one
             # scratch; per-KV-head lists then pick their head of it like they would of the pool
@@ -289,6 +290,24 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
                                          layer.scaling)
             write_token_major(out_heads, out, heads)
         return self._end_layer(layer, out)
+
+    def _layer_key_reader(self, local: int, k_buffer: torch.Tensor):
+        """`LayerKeyReader` of this layer: ``(request index, positions [n]) -> keys [n, H, D]`` from the pool
+        (this forward's own tokens are stored already), every rank's heads under tensor parallelism (every
+        rank reads the same positions: the same decisions). Host-resident positions (an offloaded window)
+        are read from the host tier: only for requests that have some (a host sync there)."""
+        def read(i: int, positions: torch.Tensor) -> torch.Tensor:
+            slots = self.req_to_token_pool.req_to_token[self._row_ids[i], positions].to(torch.int64)
+            if i in self._host_requests:
+                host = slots < 0
+                keys = k_buffer.new_empty((slots.numel(),) + tuple(k_buffer.shape[1:]))
+                keys[~host] = k_buffer[slots[~host]]
+                rows = decode_host(slots[host].cpu())
+                keys[host] = self.runtime.host.read_keys(rows)[local].to(keys.device, keys.dtype)
+            else:
+                keys = k_buffer[slots]
+            return self._heads(keys, 1) if self._heads is not None else keys
+        return read
 
     def _end_layer(self, layer: "RadixAttention", out: torch.Tensor) -> torch.Tensor:
         if layer.layer_id == self.last_layer and self._graph_bs is None:  # (a graph step counts when staged)

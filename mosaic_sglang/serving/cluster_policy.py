@@ -25,13 +25,14 @@ import torch
 from mosaic_sglang.kernels.assemble_always import always_ranges
 
 from ..clusters import select_layer_batch, select_layer_into
+from ..clusters.mass import always_log_mass
 from ..config import MosaicConfig
 from ..offload.host_tier import HostTier, encode_host
 from ..offload.planner import clusters_to_offload
 from ..offload.residency import ClusterResidency
 from ..retrieval.base import always_attended_mask
 from .plan import AlwaysPart, ForwardPlan, LayerKV, build_plan
-from .policy import AttendedSetPolicy
+from .policy import AttendedSetPolicy, LayerKeyReader
 from .request_layout import RequestLayout
 from .selection_slab import SelectionSlab
 from .selection_dump import SelectionDump
@@ -78,6 +79,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
         self._kept_always: Dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # rid -> always ranges it was kept with
         self._requests: Sequence[RequestLayout] = ()
         self._spans: Dict[int, tuple[int, int, int, int]] = {}  # due request -> (q start, q end, selected start, end)
+        self._always_starts: Dict[int, int] = {}  # due request -> start of its list (its always part ends at selected start)
         self._anchors: list[Optional[int]] = []
         self._is_decode = False
         self._decode_steps: Dict[str, int] = {}
@@ -118,6 +120,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
         q_bounds, kv_bounds, always_len = plan.q_indptr.tolist(), plan.kv_indptr.tolist(), plan.always_len.tolist()
         self._spans = {i: (q_bounds[i], q_bounds[i + 1], kv_bounds[i] + always_len[i], kv_bounds[i + 1])
                        for i in plan.select_due}
+        self._always_starts = {i: kv_bounds[i] for i in plan.select_due}
         for i in plan.select_due:
             self._records[requests[i].rid].selections += 1
         due = set(plan.select_due) if plan.padded else set()  # their size is known once they select
@@ -170,25 +173,28 @@ class ClusterAttendedSet(AttendedSetPolicy):
 
     # -- run --------------------------------------------------------------------------------------------
 
-    def layer_kv(self, plan: ForwardPlan, layer_id: int, queries: torch.Tensor) -> LayerKV:
+    def layer_kv(self, plan: ForwardPlan, layer_id: int, queries: torch.Tensor,
+                 read_keys: Optional[LayerKeyReader] = None) -> LayerKV:
         """The plan's lists at ``layer_id``; the selections due at this forward are scored in one batched
         call and written into the plan first (the only per-request work inside a layer). With the exact
         fill and token budgets every selected part has its planned length, and it is written on the
-        device without a host synchronisation (`select_layer_into`); padded plans size theirs here."""
+        device without a host synchronisation (`select_layer_into`); padded plans size theirs here.
+        ``read_keys``: the scoring's always part (`_always_lses`)."""
         due = plan.select_due
         if not due:
             return plan.layer(layer_id)
         indexes = [self.videos[self._anchors[i]].index for i in due]
         qs = [queries[self._spans[i][0] : self._spans[i][1]] for i in due]
         seq_lens = [self._requests[i].seq_len for i in due]  # each request's own recent window
+        lses = self._always_lses(plan, qs, read_keys)
         if plan.padded:
-            self._select_padded(plan, layer_id, indexes, qs, seq_lens)
+            self._select_padded(plan, layer_id, indexes, qs, seq_lens, lses)
             return plan.layer(layer_id)
         heads = plan.heads
         outs = [torch.empty(heads * (self._spans[i][3] - self._spans[i][2]) + 1, dtype=torch.int64,
                             device=index.device) for i, index in zip(due, indexes)]
-        select_layer_into(indexes, layer_id, qs, seq_lens, outs)
-        for i, index, q, out in zip(due, indexes, qs, outs):
+        select_layer_into(indexes, layer_id, qs, seq_lens, outs, lses)
+        for i, index, q, out, lse in zip(due, indexes, qs, outs, lses):
             req, (_, _, start, end) = self._requests[i], self._spans[i]
             selected = out[: heads * (end - start)]  # [H · f]: KV head h's part at [h · f, (h + 1) · f)
             plan.kv_positions[layer_id].view(heads, -1)[:, start:end] = selected.view(heads, end - start)
@@ -201,18 +207,35 @@ class ClusterAttendedSet(AttendedSetPolicy):
                                          for part in selected.view(heads, end - start)])
                 self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, q,
                                   positions[0] if heads == 1 else positions, index.num_tokens, req.seq_len,
-                                  video=self.videos[self._anchors[i]].uid)
+                                  video=self.videos[self._anchors[i]].uid, always_lse=lse)
         return plan.layer(layer_id)
 
-    def _select_padded(self, plan: ForwardPlan, layer_id: int, indexes, qs, seq_lens) -> None:
+    def _always_lses(self, plan: ForwardPlan, qs, read_keys: Optional[LayerKeyReader]) -> list:
+        """Per due request ``[1, H, Tq · group]`` `always_log_mass` of what its queries attend whatever is
+        selected: the plan's always part (sinks, text, recent window, the forward's own tokens), causal, from
+        this layer's keys. None each when the rule reads no always part (``share_of_total`` off, token
+        budgets) or no reader is given (the index then estimates it from its own keys)."""
+        cfg = self.config
+        if read_keys is None or not (cfg.budget_mode == "mass" or (cfg.score == "size_weighted" and cfg.share_of_total)):
+            return [None] * len(plan.select_due)
+        out = []
+        for i, q in zip(plan.select_due, qs):
+            q_lo, q_hi, start, _ = self._spans[i]
+            positions = plan.kv_positions[0, self._always_starts[i] : start]  # [a]: every layer's, head 0's block
+            keys = read_keys(i, positions)  # [a, H, D]
+            seen = positions[None, :] <= plan.q_positions[q_lo:q_hi].to(positions.device)[:, None]  # [Tq, a]: causal
+            out.append(always_log_mass(q[None], keys[None], seen[None]))
+        return out
+
+    def _select_padded(self, plan: ForwardPlan, layer_id: int, indexes, qs, seq_lens, lses) -> None:
         """Whole-cluster fill or mass budgets: a layer may select fewer than planned (its size is read
         back: a host sync); what each layer attends is counted here (per KV head: the heads' mean). With
         ``heads > 1`` each head's part goes into its block of the plan and of the slab row (``H · f``
         entries, head ``h``'s at ``h · f``, ``-1`` after its own count)."""
-        attended = select_layer_batch(indexes, layer_id, qs, seq_lens)  # [n], or [H, n] rows ending in -1
+        attended = select_layer_batch(indexes, layer_id, qs, seq_lens, lses)  # [n], or [H, n] rows ending in -1
         heads = plan.heads
         width = plan.kv_positions.shape[1] // heads
-        for i, index, q, positions in zip(plan.select_due, indexes, qs, attended):
+        for i, index, q, positions, lse in zip(plan.select_due, indexes, qs, attended, lses):
             req, (_, _, start, end) = self._requests[i], self._spans[i]
             rows = positions[None] if heads == 1 else positions
             parts, lengths = [], []
@@ -232,7 +255,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
             if self._logging_decisions():
                 self.decision_log("mosaic select rid=%s layer=%d %s", req.rid, layer_id, tensor_digest(selected))
             self._dump.select(self._forward, req.rid, self._anchors[i], layer_id, q, positions,
-                              index.num_tokens, req.seq_len, video=self.videos[self._anchors[i]].uid)
+                              index.num_tokens, req.seq_len, video=self.videos[self._anchors[i]].uid, always_lse=lse)
 
     def _logging_decisions(self) -> bool:
         return self.decision_log is not None and self.decision_log.active()

@@ -13,7 +13,7 @@ place to index them). `FullAttendedSet` attends everything (dense, the exactness
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -21,7 +21,12 @@ from .plan import AlwaysPart, ForwardPlan, LayerKV, build_plan
 from .request_layout import RequestLayout
 from .stats import RequestRecord, RequestStats
 
-__all__ = ["AttendedSetPolicy", "FullAttendedSet"]
+__all__ = ["AttendedSetPolicy", "FullAttendedSet", "LayerKeyReader"]
+
+LayerKeyReader = Callable[[int, torch.Tensor], torch.Tensor]
+"""``read(request_index, positions [n] int64 on the device) -> keys [n, H, D]`` of one layer, as cached in the
+pool (the forward's own tokens included: the backend stores them before attending); ``H`` = every KV head
+the cluster index sees (all ranks' under tensor parallelism)."""
 
 
 class AttendedSetPolicy(ABC):
@@ -38,7 +43,8 @@ class AttendedSetPolicy(ABC):
         """
 
     @abstractmethod
-    def layer_kv(self, plan: ForwardPlan, layer_id: int, queries: torch.Tensor) -> LayerKV:
+    def layer_kv(self, plan: ForwardPlan, layer_id: int, queries: torch.Tensor,
+                 read_keys: Optional[LayerKeyReader] = None) -> LayerKV:
         """Layer ``layer_id``'s lists.
 
         Args:
@@ -46,6 +52,8 @@ class AttendedSetPolicy(ABC):
             layer_id: model layer.
             queries: ``[nq, num_qo_heads, head_dim]`` the layer's queries of every request
                 (``plan.q_indptr`` splits them).
+            read_keys: this layer's cached keys of some positions of a request (what a selection that
+                weighs the always-attended part reads); None: such a selection estimates it from the index.
         """
 
     def read_host(self, request_index: int, layer: int, host_rows: torch.Tensor, device):
@@ -98,7 +106,8 @@ class FullAttendedSet(AttendedSetPolicy):
         return build_plan(1, [(r.prefix_len, r.seq_len) for r in requests], [AlwaysPart.dense()] * len(requests),
                           [0] * len(requests))
 
-    def layer_kv(self, plan: ForwardPlan, layer_id: int, queries: torch.Tensor) -> LayerKV:
+    def layer_kv(self, plan: ForwardPlan, layer_id: int, queries: torch.Tensor,
+                 read_keys: Optional[LayerKeyReader] = None) -> LayerKV:
         return plan.layer(0)
 
     def release(self, rid: str) -> None:

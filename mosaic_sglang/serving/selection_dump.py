@@ -60,12 +60,12 @@ class SelectionDump:
                         "clusters": clusters})
 
     def select(self, forward: int, rid: str, anchor: int, layer: int, queries: torch.Tensor, selected: torch.Tensor,
-               index_tokens: int, seq_len: int, *, video: int) -> None:
+               index_tokens: int, seq_len: int, *, video: int, always_lse=None) -> None:
         if self.enabled:
             self._save({"event": "select", "forward": forward, "rid": rid, "anchor": anchor, "video": video,
                         "layer": layer,
                         "queries": queries.detach().cpu(), "selected": selected.cpu(), "index_tokens": index_tokens,
-                        "seq_len": seq_len})
+                        "seq_len": seq_len, "always_lse": None if always_lse is None else always_lse.cpu()})
 
     def _save(self, record: dict) -> None:
         """Write the record under a name readers skip, then rename it into place: a process stopped mid-write

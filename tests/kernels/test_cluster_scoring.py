@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from kernel_support import DEVICE
-from mosaic_sglang.clusters.scoring import score_clusters
+from mosaic_sglang.clusters.scoring import cluster_log_mass, score_clusters
 from mosaic_sglang.kernels.cluster_scoring import cluster_scores, cluster_scores_reference
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 2e-5}
@@ -112,6 +112,37 @@ def test_reference_equals_score_clusters(dtype):
             want = _serving_scores(queries, centroids, spreads, costs, rule, reduce)
             got = cluster_scores(queries, centroids, spreads, costs, rule=rule, reduce=reduce)  # CPU: reference
             _assert_scores_close(got, want, torch.float32)
+
+
+@pytest.mark.parametrize("reduce", REDUCES)
+@pytest.mark.parametrize("case", [CASES[1], CASES[3]], ids=[_id(CASES[1]), _id(CASES[3])])
+def test_share_of_the_total_mass_with_an_always_part(case, reduce):
+    """``always_lse`` (the always-attended part's log-mass per query vector) joins the softmax's
+    denominator: the three implementations agree, some queries' always part dominates, one sees none."""
+    queries, centroids, spreads, costs = _inputs(case, torch.float32, seed=5)
+    rows, tq, hq, hkv = queries.shape[0], queries.shape[1], queries.shape[2], centroids.shape[2]
+    gen = torch.Generator().manual_seed(6)
+    always = torch.randn(rows, hkv, tq * (hq // hkv), generator=gen) * 4 + 2  # some far above the clusters' mass
+    always[0, 0, 0] = float("-inf")  # a query that sees no always-attended key
+    want = cluster_scores_reference(queries, centroids, spreads, costs, rule="size_weighted", reduce=reduce,
+                                    always_lse=always)
+    without = cluster_scores_reference(queries, centroids, spreads, costs, rule="size_weighted", reduce=reduce)
+    assert not torch.allclose(want[torch.isfinite(want)], without[torch.isfinite(without)])  # it changes the scores
+    serving = score_clusters(queries, centroids, spreads, costs, rule="size_weighted", reduce=reduce, always_lse=always)
+    _assert_scores_close(serving, want, torch.float32)
+    out = torch.full(tuple(costs.shape), float("nan"), dtype=torch.float32, device=DEVICE)
+    got = cluster_scores(queries.to(DEVICE), centroids.to(DEVICE), spreads.to(DEVICE), costs.to(DEVICE),
+                         rule="size_weighted", reduce=reduce, impl="triton", out=out, always_lse=always.to(DEVICE))
+    _assert_scores_close(got.cpu(), want, torch.float32)
+    # one query vector and one KV head: the clusters' shares (x cost) and the always part's share sum to 1
+    q1, c1, s1, k1 = _inputs((2, 1, 1, 1, 16, 40), torch.float32, seed=3)
+    clusters = torch.logsumexp(cluster_log_mass(q1, c1, s1, k1), dim=-1)  # [2, 1, 1]
+    a1 = clusters + torch.tensor([-1.0, 1.0]).view(2, 1, 1)  # the always part holds ~27 % / ~73 %
+    shares = cluster_scores_reference(q1, c1, s1, k1, rule="size_weighted", reduce="mean", always_lse=a1)
+    always_share = torch.exp(a1 - torch.logaddexp(clusters, a1)).flatten()  # [2]
+    cluster_mass = torch.where(torch.isfinite(shares), shares * k1, 0.0).sum(dim=1)  # [2]
+    torch.testing.assert_close(cluster_mass + always_share, torch.ones(2), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(always_share, torch.sigmoid(torch.tensor([-1.0, 1.0])))
 
 
 def test_size_weighted_shares_sum_to_one_per_query():

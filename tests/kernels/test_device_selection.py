@@ -13,6 +13,7 @@ from cluster_trace import video_stream
 
 from mosaic_sglang import ClusterIndex, MosaicConfig
 from mosaic_sglang.clusters import select_layer_batch, select_layer_into
+from mosaic_sglang.clusters.select import index_always_lse
 from mosaic_sglang.retrieval.base import always_attended_mask
 from mosaic_sglang.serving import ClusterAttendedSet, RequestLayout
 from mosaic_sglang.testing.host_sync import no_host_sync
@@ -41,8 +42,9 @@ def test_index_on_the_device_selects_into_planned_spans_without_a_sync(device):
         (attended,) = select_layer_batch([index], layer, [q], [seq_len])
         assert attended.device.type == device
         out = torch.full((f + 1,), -7, dtype=torch.int64, device=device)
+        lse = index_always_lse(index.view(), torch.tensor([layer], device=device), q[None], seq_len)  # a server's own
         with no_host_sync():
-            select_layer_into([index], layer, [q], [seq_len], [out])
+            select_layer_into([index], layer, [q], [seq_len], [out], [lse])
         assert out[:f].tolist() == attended[~always[attended]].tolist()
 
 
@@ -144,8 +146,13 @@ def test_reselecting_decode_layers_do_not_sync(device, heads):
         plan = policy.plan([_layout("a", slots, frames, frames.numel() - 1, 1)], True)
         assert plan.select_due == (0,) and plan.heads == (H if heads == "per_kv_head" else 1)
         queries = [torch.randn(1, HQ, D, generator=g).to(device) for _ in range(L)]
+        on_device = slots.to(device)
+
+        def reader(layer):  # the backend's `_layer_key_reader`: this layer's pool keys of a request's positions
+            return lambda i, positions: pool[layer, on_device[positions]]
+
         with _no_sync(device):
-            lists = [policy.layer_kv(plan, layer, queries[layer]).kv_positions for layer in range(L)]
+            lists = [policy.layer_kv(plan, layer, queries[layer], reader(layer)).kv_positions for layer in range(L)]
         policy.end_forward()
         nnz = int(plan.kv_indptr[-1])
         for layer, positions in enumerate(lists):  # every list filled (no -1 left), no position twice
