@@ -101,8 +101,8 @@ class MosaicConfig:
     layer, the fewest tokens (whole clusters in score order) that, with the always-attended part, reach
     `mass_target` of the estimated total attention mass, at most `budget` (needs score='size_weighted', the
     rule that estimates mass; clusters/mass.py); per KV head with selection_heads='per_kv_head'. Decode
-    keeps the question's selection. Off by default: 1.21x / 0.95x fewer tokens at equal recall on the
-    captions / synthetic traces (per KV head 1.32x / 1.27x; benchmarks/README.md, mass_budget.py)."""
+    keeps the question's selection. Off by default: 1.08x / 0.97x fewer tokens at equal recall on the
+    captions / synthetic traces (per KV head 1.18x / 1.29x; benchmarks/README.md, mass_budget.py)."""
     mass_target: float = 0.9
     """Share of the estimated total attention mass (always-attended part included) a 'mass' selection
     reaches, in (0, 1]; 1 is the token mode."""
@@ -113,8 +113,8 @@ class MosaicConfig:
     'per_kv_head': each KV head chooses its own clusters (scored by its GQA group, same budget per head),
     attended as one list per (request, KV head) by the same kernels; with budget_mode='mass' each head
     reaches the target on its own. Needs fill='exact' and one tensor-parallel rank; with the host tier a layer
-    reads the clusters any head chose (cluster cache sized for every head's budget). Shared by default: +0.7-1.0
-    point of mass recall on real KV (+6.6-8.8 synthetic) for up to 1.17x per decode step and ~1.75x the distinct
+    reads the clusters any head chose (cluster cache sized for every head's budget). Shared by default: +0.5-1.0
+    point of mass recall on real KV (+6.7-9.1 synthetic) for up to 1.17x per decode step and ~1.75x the distinct
     positions read and cached (benchmarks/README.md)."""
     reselect_every: int = 0
     """Decode: re-select every k steps with the current query; 0 keeps the question's selection."""
