@@ -395,9 +395,10 @@ def test_the_scoring_reads_the_plans_always_part_causally(pool):
     for layer in range(L):
         q = torch.randn(7, HQ, D, generator=g)
 
-        def read(i, positions, layer=layer):
-            seen.append(positions.clone())
-            return pool[layer, slots2[positions]]
+        def read(requests, positions, layer=layer):
+            assert list(requests) == [0]
+            seen.append(positions[0].clone())
+            return [pool[layer, slots2[p]] for p in positions]
 
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(selection, "choose_clusters", spy)

@@ -140,3 +140,22 @@ def test_mass_options_are_checked(options, message):
     with pytest.raises(MosaicConfigError) as caught:
         MosaicConfig.from_dict(options)
     assert message in str(caught.value)
+
+
+def test_always_log_mass_takes_long_queries_in_chunks(monkeypatch):
+    """A prefill chunk's always part holds the chunk itself: the logits are taken a few query tokens at a time
+    (same result), causality per token included."""
+    import math
+
+    from mosaic_sglang.clusters import mass
+
+    g = torch.Generator().manual_seed(2)
+    queries, keys = torch.randn(1, 9, 4, 8, generator=g), torch.randn(1, 11, 2, 8, generator=g)
+    visible = torch.arange(11)[None, :] <= torch.arange(2, 11)[:, None]  # query t sees keys up to 2 + t
+    whole = always_log_mass(queries, keys, visible[None])
+    monkeypatch.setattr(mass, "_LOGIT_ELEMENTS", 4 * 11 * 2)  # two query tokens per chunk
+    torch.testing.assert_close(always_log_mass(queries, keys, visible[None]), whole)
+    for t in (0, 8):  # query 0 sees 3 keys, query 8 all 11; head 1's group of query heads 2-3
+        logits = keys[0, :, 1] @ queries[0, t, 3] / math.sqrt(8)
+        assert whole[0, 1, t * 2 + 1].item() == pytest.approx(torch.logsumexp(logits[: 3 + t], 0).item(), abs=1e-5)
+    assert torch.equal(always_log_mass(queries, keys[:, :0]), torch.full((1, 2, 18), float("-inf")))

@@ -8,7 +8,9 @@ by). With ``C_c`` the clusters' log-masses, the share of cluster ``c`` is
 ``exp(C_c − logsumexp(A, C_1, …))`` and the always part's is ``exp(A − logsumexp(A, C_1, …))``, both
 averaged over the row's query tokens and query heads (``query_reduce='mean'``). A layer whose sinks and
 text already hold the target needs no cluster at all; a layer whose attention is spread over the video
-needs many. Causality is ignored (every query is taken to see every indexed position): an estimate.
+needs many. A server passes the exact always part of each request (`always_log_mass` over the plan's always
+positions, causal, the forward's own tokens included); offline the index estimates it from its own
+always-attended keys, every query taken to see every one (`select.index_always_lse`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from ..retrieval.gqa import group_queries
 from .scoring import cluster_log_mass
 
 __all__ = ["MassShares", "mass_shares", "always_log_mass"]
+
+_LOGIT_ELEMENTS = 1 << 24
+"""Most fp32 logits `always_log_mass` holds at once (64 MiB): query tokens are taken in chunks under it."""
 
 
 class MassShares(NamedTuple):
@@ -51,16 +56,24 @@ def always_log_mass(queries: torch.Tensor, keys: torch.Tensor, visible: torch.Te
         `score_clusters` takes as ``always_lse``; ``-inf`` for a query that sees none.
     """
     rows, tq, num_qo_heads, head_dim = queries.shape
-    num_kv_heads = keys.shape[2]
+    num_kv_heads, m = keys.shape[2], keys.shape[1]
     group = num_qo_heads // num_kv_heads
     q = group_queries(queries.float(), num_kv_heads).transpose(2, 3).reshape(rows, num_kv_heads, tq * group, head_dim)
-    logits = torch.matmul(q, keys.float().permute(0, 2, 3, 1)) / math.sqrt(head_dim)  # [R, H, Tq*group, M]
-    if visible is not None:
-        seen = visible.repeat_interleave(group, dim=1)[:, None]  # [R or 1, 1, Tq*group, M]
-        logits = logits.masked_fill(~seen, float("-inf"))
-    if logits.shape[-1] == 0:
-        return logits.new_full(logits.shape[:-1], float("-inf"))
-    return torch.logsumexp(logits, dim=-1)
+    if m == 0:
+        return q.new_full(q.shape[:-1], float("-inf"))
+    k_t = keys.float().permute(0, 2, 3, 1) / math.sqrt(head_dim)  # [R, H, D, M]
+    # query tokens in chunks: a prefill chunk's always part holds the chunk itself, so the logits would be
+    # Tq x M per head at once (chunk sizes come from shapes: no host sync)
+    step = max(1, _LOGIT_ELEMENTS // max(1, rows * num_qo_heads * m))
+    out = []
+    for t0 in range(0, tq, step):
+        t1 = min(tq, t0 + step)
+        logits = torch.matmul(q[:, :, t0 * group : t1 * group], k_t)  # [R, H, (t1 - t0)·group, M]
+        if visible is not None:
+            seen = visible[:, t0:t1].repeat_interleave(group, dim=1)[:, None]  # [R or 1, 1, (t1 - t0)·group, M]
+            logits = logits.masked_fill(~seen, float("-inf"))
+        out.append(torch.logsumexp(logits, dim=-1))
+    return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
 
 
 def mass_shares(queries: torch.Tensor, centroids: torch.Tensor, spreads: torch.Tensor, costs: torch.Tensor,

@@ -88,6 +88,9 @@ def score_clusters(
     rows, tq, num_qo_heads, head_dim = queries.shape
     num_clusters, num_kv_heads = centroids.shape[1], centroids.shape[2]
     group = num_qo_heads // num_kv_heads
+    if always_lse is not None and (rule != "size_weighted" or tuple(always_lse.shape) != (rows, num_kv_heads, tq * group)):
+        raise ValueError(f"always_lse: expected [{rows}, {num_kv_heads}, {tq * group}] with rule='size_weighted', got "
+                         f"{tuple(always_lse.shape)} with rule={rule!r}")
     valid = costs > 0  # [R, C]
     if num_clusters == 0:
         return centroids.new_zeros(rows, 0)

@@ -292,21 +292,29 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         return self._end_layer(layer, out)
 
     def _layer_key_reader(self, local: int, k_buffer: torch.Tensor):
-        """`LayerKeyReader` of this layer: ``(request index, positions [n]) -> keys [n, H, D]`` from the pool
-        (this forward's own tokens are stored already), every rank's heads under tensor parallelism (every
-        rank reads the same positions: the same decisions). Host-resident positions (an offloaded window)
-        are read from the host tier: only for requests that have some (a host sync there)."""
-        def read(i: int, positions: torch.Tensor) -> torch.Tensor:
-            slots = self.req_to_token_pool.req_to_token[self._row_ids[i], positions].to(torch.int64)
-            if i in self._host_requests:
-                host = slots < 0
-                keys = k_buffer.new_empty((slots.numel(),) + tuple(k_buffer.shape[1:]))
-                keys[~host] = k_buffer[slots[~host]]
-                rows = decode_host(slots[host].cpu())
-                keys[host] = self.runtime.host.read_keys(rows)[local].to(keys.device, keys.dtype)
-            else:
-                keys = k_buffer[slots]
-            return self._heads(keys, 1) if self._heads is not None else keys
+        """`LayerKeyReader` of this layer: ``(request indices, positions [n_j] per request) -> keys [n_j, H, D]``
+        from the pool (this forward's own tokens are stored already). Under tensor parallelism every rank's
+        heads, in one all-gather for all the requests (every rank reads the same positions: the same
+        decisions). Host-resident positions (an offloaded window) are read from the host tier, this layer
+        only: for requests that have some (a host sync there)."""
+        def read(requests, positions):
+            parts = []
+            for i, where in zip(requests, positions):
+                # the row as a 1-element index: a 0-d tensor index would be read back to the host (.item())
+                slots = self.req_to_token_pool.req_to_token[self._row_ids[i : i + 1], where].to(torch.int64)
+                if i in self._host_requests:
+                    host = slots < 0
+                    keys = k_buffer.new_empty((slots.numel(),) + tuple(k_buffer.shape[1:]))
+                    keys[~host] = k_buffer[slots[~host]]
+                    rows = decode_host(slots[host].cpu())
+                    keys[host] = self.runtime.host.read_keys(rows, local).to(keys.device, keys.dtype)
+                else:
+                    keys = k_buffer[slots]
+                parts.append(keys)
+            if self._heads is None or not parts:
+                return parts
+            gathered = self._heads(torch.cat(parts), 1)  # [Σ n_j, H, D]
+            return list(torch.split(gathered, [p.shape[0] for p in parts]))
         return read
 
     def _end_layer(self, layer: "RadixAttention", out: torch.Tensor) -> torch.Tensor:
@@ -427,10 +435,12 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             entries = entries[host_values[entries] < 0]
             if entries.numel() == 0:
                 continue
-            hk, hv = self.runtime.policy.read_host(i, layer, decode_host(host_values[entries]), device)
-            rows = entries.to(device)
-            k[rows] = hk.to(k.dtype)
-            v[rows] = hv.to(v.dtype)
+            # per KV head the same row may be listed by several heads: read each once
+            host_rows, which = torch.unique(decode_host(host_values[entries]), return_inverse=True)
+            hk, hv = self.runtime.policy.read_host(i, layer, host_rows, device)
+            rows, which = entries.to(device), which.to(device)
+            k[rows] = hk[which].to(k.dtype)
+            v[rows] = hv[which].to(v.dtype)
         return k, v
 
     def read_slot_kv(self, slots: torch.Tensor):

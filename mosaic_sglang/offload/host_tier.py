@@ -333,13 +333,15 @@ class HostTier:
         return HostRead(k, v, HostReadCounts(copies=int(starts.numel()), copy_bytes=nbytes, spill_loads=loads,
                                              spill_load_bytes=load_bytes))
 
-    def read_keys(self, host_rows: torch.Tensor) -> torch.Tensor:
-        """``[L, n, H, D]`` keys of all layers (index maintenance)."""
+    def read_keys(self, host_rows: torch.Tensor, layer: Optional[int] = None) -> torch.Tensor:
+        """``[L, n, H, D]`` keys of all layers (index maintenance), or ``[n, H, D]`` of ``layer`` (a selection's
+        always part)."""
         starts = torch.unique(self._extent_of[host_rows])
         _, _, complete = self._place_for_read(starts)
         if complete:
-            return self.store.k_buffer[:, self._physical(host_rows)]
-        return self._gather_unplaced(host_rows, starts, None)[0]
+            rows = self._physical(host_rows)
+            return self.store.k_buffer[:, rows] if layer is None else self.store.k_buffer[layer, rows]
+        return self._gather_unplaced(host_rows, starts, layer)[0]
 
     # -- placement of extents in the host store (spill tier) ---------------------------------------
 

@@ -213,18 +213,23 @@ class ClusterAttendedSet(AttendedSetPolicy):
     def _always_lses(self, plan: ForwardPlan, qs, read_keys: Optional[LayerKeyReader]) -> list:
         """Per due request ``[1, H, Tq · group]`` `always_log_mass` of what its queries attend whatever is
         selected: the plan's always part (sinks, text, recent window, the forward's own tokens), causal, from
-        this layer's keys. None each when the rule reads no always part (``share_of_total`` off, token
-        budgets) or no reader is given (the index then estimates it from its own keys)."""
+        this layer's keys (one read for all due requests). None each when the rule reads no always part or no
+        reader is given (the index then estimates it from its own keys). No host sync: the spans are host
+        ints, the query positions are built on the device."""
         cfg = self.config
-        if read_keys is None or not (cfg.budget_mode == "mass" or (cfg.score == "size_weighted" and cfg.share_of_total)):
-            return [None] * len(plan.select_due)
+        mass = cfg.budget_mode == "mass" and cfg.mass_target < 1
+        due = plan.select_due
+        if read_keys is None or not (mass or (cfg.score == "size_weighted" and cfg.share_of_total)):
+            return [None] * len(due)
+        positions = [plan.kv_positions[0, self._always_starts[i] : self._spans[i][2]] for i in due]  # head 0's block
         out = []
-        for i, q in zip(plan.select_due, qs):
-            q_lo, q_hi, start, _ = self._spans[i]
-            positions = plan.kv_positions[0, self._always_starts[i] : start]  # [a]: every layer's, head 0's block
-            keys = read_keys(i, positions)  # [a, H, D]
-            seen = positions[None, :] <= plan.q_positions[q_lo:q_hi].to(positions.device)[:, None]  # [Tq, a]: causal
-            out.append(always_log_mass(q[None], keys[None], seen[None]))
+        for i, q, where, keys in zip(due, qs, positions, read_keys(due, positions)):
+            req = self._requests[i]
+            seen = None  # a query token sees the always positions before it: only the forward's own are ahead
+            if q.shape[0] > 1:
+                q_pos = torch.arange(req.prefix_len, req.seq_len, device=where.device)  # [Tq], as plan.q_positions
+                seen = (where[None, :] <= q_pos[:, None])[None]
+            out.append(always_log_mass(q[None], keys[None], seen))
         return out
 
     def _select_padded(self, plan: ForwardPlan, layer_id: int, indexes, qs, seq_lens, lses) -> None:

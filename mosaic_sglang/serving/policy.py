@@ -13,7 +13,7 @@ place to index them). `FullAttendedSet` attends everything (dense, the exactness
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -23,10 +23,10 @@ from .stats import RequestRecord, RequestStats
 
 __all__ = ["AttendedSetPolicy", "FullAttendedSet", "LayerKeyReader"]
 
-LayerKeyReader = Callable[[int, torch.Tensor], torch.Tensor]
-"""``read(request_index, positions [n] int64 on the device) -> keys [n, H, D]`` of one layer, as cached in the
-pool (the forward's own tokens included: the backend stores them before attending); ``H`` = every KV head
-the cluster index sees (all ranks' under tensor parallelism)."""
+LayerKeyReader = Callable[[Sequence[int], Sequence[torch.Tensor]], List[torch.Tensor]]
+"""``read(request indices, positions [n_j] int64 on the device per request) -> keys [n_j, H, D] per request`` of
+one layer, as cached in the pool (the forward's own tokens included: the backend stores them before
+attending); ``H`` = every KV head the cluster index sees (all ranks' under tensor parallelism)."""
 
 
 class AttendedSetPolicy(ABC):

@@ -179,6 +179,13 @@ def test_bad_arguments_raise_value_error():
         with pytest.raises(ValueError, match="out"):
             cluster_scores(queries, centroids, spreads, costs, rule="centroid", reduce="max", impl=impl,
                            out=torch.empty(2, 5, dtype=torch.float16))
+    # an always part of the wrong shape, or for a rule without shares: refused on every path, the CPU one too
+    for call in (lambda **kw: cluster_scores(queries, centroids, spreads, costs, reduce="mean", **kw),
+                 lambda **kw: score_clusters(queries, centroids, spreads, costs, reduce="mean", **kw)):
+        with pytest.raises(ValueError, match=r"always_lse: expected \[2, 2, 4\]"):
+            call(rule="size_weighted", always_lse=torch.zeros(1, 2, 4))
+        with pytest.raises(ValueError, match="always_lse.*rule='centroid'"):
+            call(rule="centroid", always_lse=torch.zeros(2, 2, 4))
 
 
 @pytest.mark.gpu

@@ -148,8 +148,8 @@ def test_reselecting_decode_layers_do_not_sync(device, heads):
         queries = [torch.randn(1, HQ, D, generator=g).to(device) for _ in range(L)]
         on_device = slots.to(device)
 
-        def reader(layer):  # the backend's `_layer_key_reader`: this layer's pool keys of a request's positions
-            return lambda i, positions: pool[layer, on_device[positions]]
+        def reader(layer):  # the backend's `_layer_key_reader`: this layer's pool keys of each request's positions
+            return lambda requests, positions: [pool[layer, on_device[p]] for p in positions]
 
         with _no_sync(device):
             lists = [policy.layer_kv(plan, layer, queries[layer], reader(layer)).kv_positions for layer in range(L)]
