@@ -28,6 +28,8 @@ step scores the clusters and fills the budget again at every layer (the device p
 `select_layer_into`), instead of copying the question's selection from the ``req_to_selection`` slab.
 ``mosaic-per-head`` / ``mosaic-reselect-per-head`` (also only with ``--modes``): the same with
 ``selection_heads='per_kv_head'`` (one list per KV head: the planning, metadata and attention cost of it).
+``mosaic-reselect-cluster-share`` (also only with ``--modes``): ``mosaic-reselect`` with ``share_of_total`` off,
+so the cost of reading the always part's keys at every selecting layer shows beside ``mosaic-reselect``.
 
     .venv/bin/python benchmarks/decode_step.py                   # 8K / 32K / 64K (~15-20 min on 2 cores)
     .venv/bin/python benchmarks/decode_step.py --quick           # 2K / 4K, 3 steps (smoke run, ~3 min)
@@ -47,7 +49,9 @@ TOKENS_PER_FRAME_PAIR = 256  # 448 px: 16 × 16 merged patches per temporal grou
 VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 QUESTION = "what happens in the video?<|im_end|>\n<|im_start|>assistant\n"
 MODES = ("dense", "dense-video", "mosaic", "mosaic+host", "mosaic-reselect", "mosaic-per-head",
-         "mosaic-reselect-per-head")
+         "mosaic-reselect-per-head", "mosaic-reselect-cluster-share")
+"""``mosaic-reselect-cluster-share``: re-selecting with `MosaicConfig.share_of_total` off (shares among the
+clusters only), the cost of reading the always part at every selecting layer, side by side."""
 
 
 def engine_kwargs(model: str, mode: str, args, max_context: int) -> dict:
@@ -65,7 +69,8 @@ def engine_kwargs(model: str, mode: str, args, max_context: int) -> dict:
         reselect = 1 if mode.startswith("mosaic-reselect") else 0  # every decode step selects again at every layer
         heads = "per_kv_head" if mode.endswith("per-head") else "shared"
         kwargs.update(enable_mosaic=True, mosaic_budget=args.budget, chunked_prefill_size=args.chunk,
-                      mosaic_config={"host_store_tokens": host, "reselect_every": reselect, "selection_heads": heads})
+                      mosaic_config={"host_store_tokens": host, "reselect_every": reselect, "selection_heads": heads,
+                                     "share_of_total": not mode.endswith("cluster-share")})
     return kwargs
 
 
