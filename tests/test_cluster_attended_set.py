@@ -369,9 +369,10 @@ def test_mass_mode_serves_at_most_the_budget_and_counts_what_it_attends(pool):
 
 
 def test_the_scoring_reads_the_plans_always_part_causally(pool):
-    """With ``share_of_total`` the policy gives the scoring, per due request, the exact log-mass of what the
-    question attends anyway: the plan's always part (sinks, text, recent window and the question's own
-    tokens, read through the layer's key reader), each query seeing only positions up to its own."""
+    """With ``share_of_total`` the policy gives the scoring, per due request, the log-mass of what the
+    question attends anyway: the plan's always part read through the layer's key reader — every position
+    before the question, and of the question's own tokens those up to each query within its recent window
+    (4 here, so the 7-token question's band cuts)."""
     import math
 
     from mosaic_sglang.clusters import select as selection
@@ -411,6 +412,8 @@ def test_the_scoring_reads_the_plans_always_part_causally(pool):
             for t in range(7):
                 for g_ in range(HQ // H):
                     logits = keys[:, h] @ q[t, h * (HQ // H) + g_] / math.sqrt(D)
-                    want[h, t * (HQ // H) + g_] = torch.logsumexp(logits[always <= 51 + t], 0)
+                    # earlier positions all; the question's own tokens up to t, within its last 4 (the window)
+                    sees = (always < 51) | ((always <= 51 + t) & (always > 51 + t - 4))
+                    want[h, t * (HQ // H) + g_] = torch.logsumexp(logits[sees], 0)
         torch.testing.assert_close(given[-1][0], want, rtol=1e-5, atol=1e-5)
     policy.end_forward()

@@ -8,7 +8,7 @@ import torch
 
 from mosaic_sglang import ClusterIndex, MosaicConfig
 from mosaic_sglang.config import MosaicConfigError
-from mosaic_sglang.clusters.mass import always_log_mass, mass_shares
+from mosaic_sglang.clusters.mass import always_log_mass, banded_log_mass, mass_shares
 from mosaic_sglang.clusters.scoring import score_clusters
 from mosaic_sglang.retrieval.budget import fill_budget_exact, mass_budget
 
@@ -159,3 +159,15 @@ def test_always_log_mass_takes_long_queries_in_chunks(monkeypatch):
         logits = keys[0, :, 1] @ queries[0, t, 3] / math.sqrt(8)
         assert whole[0, 1, t * 2 + 1].item() == pytest.approx(torch.logsumexp(logits[: 3 + t], 0).item(), abs=1e-5)
     assert torch.equal(always_log_mass(queries, keys[:, :0]), torch.full((1, 2, 18), float("-inf")))
+
+
+@pytest.mark.parametrize("band", [1, 3, 20])
+def test_banded_log_mass_is_each_querys_last_band_of_keys(band):
+    g = torch.Generator().manual_seed(4)
+    queries, keys = torch.randn(2, 10, 4, 8, generator=g), torch.randn(2, 10, 2, 8, generator=g)
+    got = banded_log_mass(queries, keys, band)
+    t, s = torch.arange(10)[:, None], torch.arange(10)[None, :]
+    want = always_log_mass(queries, keys, ((s <= t) & (s > t - band))[None])  # the same band, all at once
+    torch.testing.assert_close(got, want)
+    if band >= 10:  # a band as long as the chunk: plain causal attention's log-sum-exp
+        torch.testing.assert_close(got, always_log_mass(queries, keys, (s <= t)[None]))

@@ -23,7 +23,7 @@ import torch
 from ..retrieval.gqa import group_queries
 from .scoring import cluster_log_mass
 
-__all__ = ["MassShares", "mass_shares", "always_log_mass"]
+__all__ = ["MassShares", "mass_shares", "always_log_mass", "banded_log_mass"]
 
 _LOGIT_ELEMENTS = 1 << 24
 """Most fp32 logits `always_log_mass` holds at once (64 MiB): query tokens are taken in chunks under it."""
@@ -73,6 +73,28 @@ def always_log_mass(queries: torch.Tensor, keys: torch.Tensor, visible: torch.Te
             seen = visible[:, t0:t1].repeat_interleave(group, dim=1)[:, None]  # [R or 1, 1, (t1 - t0)·group, M]
             logits = logits.masked_fill(~seen, float("-inf"))
         out.append(torch.logsumexp(logits, dim=-1))
+    return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
+
+
+def banded_log_mass(queries: torch.Tensor, keys: torch.Tensor, band: int) -> torch.Tensor:
+    """``log Σ exp(q_t·k_s/√D)`` over ``t - band < s <= t``: query token ``t`` and key ``s`` are the same
+    sequence's consecutive positions (a forward's own tokens), each query over its own last ``band`` keys,
+    itself included. Blocked: O(Tq · band) logits, never Tq².
+
+    Args:
+        queries: ``[R, Tq, num_qo_heads, D]`` float; keys: ``[R, Tq, num_kv_heads, D]`` float; band >= 1.
+
+    Returns:
+        ``[R, num_kv_heads, Tq · group]`` float32, as `always_log_mass`.
+    """
+    tq = queries.shape[1]
+    out = []
+    for t0 in range(0, tq, band):
+        t1, k0 = min(tq, t0 + band), max(0, t0 - band + 1)
+        q_pos = torch.arange(t0, t1, device=keys.device)
+        k_pos = torch.arange(k0, t1, device=keys.device)
+        seen = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] > q_pos[:, None] - band)  # [t1 - t0, t1 - k0]
+        out.append(always_log_mass(queries[:, t0:t1], keys[:, k0:t1], seen[None]))
     return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
 
 

@@ -25,7 +25,7 @@ import torch
 from mosaic_sglang.kernels.assemble_always import always_ranges
 
 from ..clusters import select_layer_batch, select_layer_into
-from ..clusters.mass import always_log_mass
+from ..clusters.mass import always_log_mass, banded_log_mass
 from ..config import MosaicConfig
 from ..offload.host_tier import HostTier, encode_host
 from ..offload.planner import clusters_to_offload
@@ -212,10 +212,12 @@ class ClusterAttendedSet(AttendedSetPolicy):
 
     def _always_lses(self, plan: ForwardPlan, qs, read_keys: Optional[LayerKeyReader]) -> list:
         """Per due request ``[1, H, Tq · group]`` `always_log_mass` of what its queries attend whatever is
-        selected: the plan's always part (sinks, text, recent window, the forward's own tokens), causal, from
-        this layer's keys (one read for all due requests). None each when the rule reads no always part or no
-        reader is given (the index then estimates it from its own keys). No host sync: the spans are host
-        ints, the query positions are built on the device."""
+        selected, from this layer's keys (one read for all due requests): exactly over the plan's always
+        positions before the forward (sinks, text, recent window, anything not indexed), and over the
+        forward's own tokens (the always part's last ``Tq`` entries) each query's last ``recent_window`` of
+        them, causal (`banded_log_mass`): exact for a question or a decode step, O(Tq · window) for a long
+        prefill chunk instead of the chunk's whole causal attention. None each when the rule reads no always
+        part or no reader is given (the index then estimates it from its own keys). No host sync."""
         cfg = self.config
         mass = cfg.budget_mode == "mass" and cfg.mass_target < 1
         due = plan.select_due
@@ -223,13 +225,11 @@ class ClusterAttendedSet(AttendedSetPolicy):
             return [None] * len(due)
         positions = [plan.kv_positions[0, self._always_starts[i] : self._spans[i][2]] for i in due]  # head 0's block
         out = []
-        for i, q, where, keys in zip(due, qs, positions, read_keys(due, positions)):
-            req = self._requests[i]
-            seen = None  # a query token sees the always positions before it: only the forward's own are ahead
-            if q.shape[0] > 1:
-                q_pos = torch.arange(req.prefix_len, req.seq_len, device=where.device)  # [Tq], as plan.q_positions
-                seen = (where[None, :] <= q_pos[:, None])[None]
-            out.append(always_log_mass(q[None], keys[None], seen))
+        for q, keys in zip(qs, read_keys(due, positions)):
+            tq = q.shape[0]
+            earlier = always_log_mass(q[None], keys[None, : keys.shape[0] - tq])  # every one precedes the queries
+            own = banded_log_mass(q[None], keys[None, keys.shape[0] - tq :], max(1, cfg.recent_window))
+            out.append(torch.logaddexp(earlier, own))
         return out
 
     def _select_padded(self, plan: ForwardPlan, layer_id: int, indexes, qs, seq_lens, lses) -> None:
