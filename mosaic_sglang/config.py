@@ -77,10 +77,10 @@ class MosaicConfig:
     """With `regroup_tokens`: when a request's prompt has been prefilled, its video's frames not regrouped yet
     (the active ones and a partial span) are regrouped too (`ClusterIndex.regroup_tail`, in that extend
     forward, never in decode), and its first decode step selects against them. A question mostly reads the
-    recent frames, where online clusters are smallest. SmolLM2 captions: 14.5-token units at -0.8 point with
-    per-layer membership (regroup 16 per 16), -1.1 shared (16 per 32); synthetic trace: 6-9 points under,
-    hence off. Every streaming-session chunk is a prompt, so chunks shorter than `regroup_frames` make
-    shorter spans (benchmarks/README.md, granularity section)."""
+    recent frames, where online clusters are smallest. SmolLM2 captions (share_of_total on): 15.1-token units
+    at -0.95 point with per-layer membership (regroup 16 per 32), -1.5 shared; synthetic trace: 6-8 points
+    under with one list per layer, hence off. Every streaming-session chunk is a prompt, so chunks shorter
+    than `regroup_frames` make shorter spans (benchmarks/README.md, granularity section)."""
     membership: str = "shared"
     """'shared': one membership for all layers; 'per_layer': one per layer."""
     score: str = "size_weighted"
@@ -89,8 +89,10 @@ class MosaicConfig:
     """'size_weighted' ranks a cluster by its estimated share of each query's *total* attention mass: the
     positions attended anyway (sinks, text, window, a forward's own tokens) join the softmax's denominator
     exactly, from their keys, so a query whose sinks hold its attention weighs little. False: the share
-    among the clusters only. True: +0.8 point of mass recall on the SmolLM2 captions at 10 %, within 0.2
-    on the synthetic trace (benchmarks/README.md, retrieval_quality.py)."""
+    among the clusters only. The forward's own tokens count within each query's last `recent_window` (a
+    question, a decode step: all of them; a long prefill chunk stays O(Tq · window)). True: +0.5 to +0.8
+    point of mass recall on the SmolLM2 captions at 2-25 %, within 0.3 on the synthetic trace
+    (benchmarks/README.md, retrieval_quality.py)."""
     fill: str = "exact"
     """Budget fill: 'exact' takes whole clusters by rank and then truncates the boundary cluster (lowest
     positions first), so every layer attends exactly min(budget, eligible) selected tokens (one attention
