@@ -129,10 +129,12 @@ def check_sparse_decode(env: Env) -> list[Check]:
 
 
 def check_cluster_scoring(env: Env) -> list[Check]:
-    """K1's rules and reductions on two shapes (one with clusters over several blocks), padding clusters mixed in."""
+    """K1's rules and reductions on two shapes (one with clusters over several blocks), padding clusters mixed in,
+    'size_weighted' with and without an always part (``always_lse``)."""
     op = _op("cluster_scoring")
     shapes = [(3, 5, 28, 4, 60, 63), (2, 1, 28, 4, 128, 1000 if not env.interpret else 130)]  # R, Tq, Hq, Hkv, D, C
-    combos = [("size_weighted", "mean"), ("centroid", "max"), ("centroid_radius", "mean")]
+    # "+always": with an always part's log-mass in the denominator (`share_of_total`, the serving default)
+    combos = [("size_weighted+always", "mean"), ("centroid", "max"), ("centroid_radius", "mean"), ("size_weighted", "max")]
     # the interpreter takes ~1 s a call: there every combination once over the two shapes, on a GPU all of them
     per_shape = [combos[:2], combos[2:]] if env.interpret else [combos, combos]
     tol = {"fp32": 1e-5, "fp16": 1e-5, "bf16": 2e-5}  # of the largest finite score: both sides upcast to fp32
@@ -146,13 +148,17 @@ def check_cluster_scoring(env: Env) -> list[Check]:
             queries = torch.randn(rows, tq, hq, d, generator=gen).to(dt)
             centroids = torch.randn(rows, c, hkv, d, generator=gen).to(dt)
             spreads = ((torch.rand(rows, c, hkv, generator=gen) - 0.1) * 2 * d).to(dt)
-            for rule, reduce in rules:
-                want = op.cluster_scores_reference(queries, centroids, spreads, costs, rule=rule, reduce=reduce)
+            for label, reduce in rules:
+                rule = label.split("+")[0]
+                always = (torch.randn(rows, hkv, tq * (hq // hkv), generator=gen) * 4 + 2) if "+always" in label else None
+                want = op.cluster_scores_reference(queries, centroids, spreads, costs, rule=rule, reduce=reduce,
+                                                   always_lse=always)
                 got = torch.full((rows, c), float("nan"), device=env.device)
                 op.cluster_scores(*(t.to(env.device) for t in (queries, centroids, spreads, costs)), rule=rule,
-                                  reduce=reduce, out=got, impl="triton")
+                                  reduce=reduce, out=got, impl="triton",
+                                  always_lse=None if always is None else always.to(env.device))
                 scale = float(want[torch.isfinite(want)].abs().max())
-                shape = f"R{rows}-T{tq}-Hq{hq}-Hkv{hkv}-D{d}-C{c}-{rule}-{reduce}"
+                shape = f"R{rows}-T{tq}-Hq{hq}-Hkv{hkv}-D{d}-C{c}-{label}-{reduce}"
                 out.append(_float_check("cluster_scoring", name, shape, got, want, tol[name] * max(scale, 1e-30)))
     return out + _bf16_skipped("cluster_scoring", env)
 

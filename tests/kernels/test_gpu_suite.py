@@ -58,6 +58,7 @@ def test_quick_runs_every_step_on_the_cpu(tmp_path):
     assert not any(c["ok"] is False for c in checks), [c for c in checks if c["ok"] is False]
     for kernel in KERNELS - {"sparse_extend"}:
         assert any(c["kernel"] == kernel and c["ok"] for c in checks), kernel
+    assert any(c["kernel"] == "cluster_scoring" and "+always" in c["shape"] and c["ok"] for c in checks)  # share_of_total
     has_sglang = importlib.util.find_spec("sglang") is not None
     extend = [c for c in checks if c["kernel"] == "sparse_extend"]
     assert any(c["ok"] for c in extend) if has_sglang else all("sglang" in c["note"] for c in extend)
