@@ -283,6 +283,13 @@ class MosaicConfig:
         """Sinks + recent window: the part of the attended set that does not depend on the query."""
         return self.sink_tokens + self.recent_window
 
+    @property
+    def weighs_always_part(self) -> bool:
+        """A selection reads the always-attended part's attention mass: mass budgets below 1, or
+        ``share_of_total`` with the 'size_weighted' rule (`clusters/mass.py`)."""
+        mass = self.budget_mode == "mass" and self.mass_target < 1
+        return mass or (self.score == "size_weighted" and self.share_of_total)
+
 
 def _normalize_dirs(cfg: "MosaicConfig") -> None:
     dirs = cfg.allowed_media_dirs

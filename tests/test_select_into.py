@@ -43,6 +43,7 @@ def test_select_into_writes_the_selected_part_without_a_host_sync(membership, sc
     g = torch.Generator().manual_seed(3)
     indexes = _indexes(membership, score)
     seq_lens = [index.num_tokens + extra for index, extra in zip(indexes, (0, 5, 0, 12))]  # windows past the index
+    moved = 0
     for layer in range(L):
         for tq in (1, 4):
             queries = [torch.randn(tq, HQ, D, generator=g) for _ in indexes]
@@ -52,6 +53,10 @@ def test_select_into_writes_the_selected_part_without_a_host_sync(membership, sc
             attended = select_layer_batch(indexes, layer, queries, seq_lens)
             for a, b in zip(select_layer_batch(indexes, layer, queries, seq_lens, lses), attended):
                 assert torch.equal(a, b)  # the estimate is the default one
+            if score == "size_weighted":  # ... and a given one is used: KV head 0's sinks take all its attention
+                skewed = [lse.clone().index_fill_(1, torch.tensor([0]), 60.0) for lse in lses]
+                moved += sum(not torch.equal(a, b) for a, b in
+                             zip(select_layer_batch(indexes, layer, queries, seq_lens, skewed), attended))
             expected, outs = [], []
             for index, positions, n in zip(indexes, attended, seq_lens):
                 always = always_attended_mask(index.frame_ids, index.config, seq_len=n)
@@ -64,6 +69,7 @@ def test_select_into_writes_the_selected_part_without_a_host_sync(membership, sc
                 select_layer_into(indexes, layer, queries, seq_lens, outs, lses)
             for want, out in zip(expected, outs):
                 assert out[:-1].tolist() == want.tolist()
+    assert moved > 0 or score != "size_weighted"
 
 
 def test_select_into_refuses_fills_of_unknown_length():

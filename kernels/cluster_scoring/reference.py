@@ -117,10 +117,8 @@ def cluster_scores_reference(
                     always = always_lse[r, kv_head].float().view(tq, group)[:, head % group]  # [Tq]
                     total = torch.logaddexp(torch.logsumexp(logits, dim=1), always)  # [Tq]
                     logits = torch.exp(logits - total[:, None]).nan_to_num(0.0)
-                    per_head.append(logits)
-                    continue
-                # a row with no valid cluster has no attention to share: zeros, not NaN
-                logits = torch.softmax(logits, dim=1) if bool(valid.any()) else torch.zeros_like(logits)
+                else:  # a row with no valid cluster has no attention to share: zeros, not NaN
+                    logits = torch.softmax(logits, dim=1) if bool(valid.any()) else torch.zeros_like(logits)
             per_head.append(logits)
         per_query = torch.cat(per_head)  # [Hq * Tq, C]: every query vector of the row
         score = per_query.mean(dim=0) if reduce == "mean" else per_query.amax(dim=0)  # [C]

@@ -126,9 +126,8 @@ def choose_clusters(
             continue
         config = views[scored[0][0]].config
         fill = fill_budget_exact if config.fill == "exact" else _whole
-        mass = config.budget_mode == "mass" and config.mass_target < 1
-        always_lses = _always_parts(config, mass, views, layers, queries, seq_lens, always_lses, [i for i, _ in scored])
-        if mass:  # a question (decode keeps it): item by item
+        always_lses = _always_parts(config, views, layers, queries, seq_lens, always_lses, [i for i, _ in scored])
+        if config.budget_mode == "mass" and config.mass_target < 1:  # a question (decode keeps it): item by item
             for i, s in scored:
                 out[i] = _mass_fill(views[i], queries[i], s, always_lses[i], fill)
             continue
@@ -231,10 +230,10 @@ def eligible_range(view: IndexView, seq_len: int | None = None) -> tuple[int, in
     return lo, max(lo, min(hi, n))
 
 
-def _always_parts(config, mass: bool, views, layers, queries, seq_lens, given: list, items: list) -> list:
+def _always_parts(config, views, layers, queries, seq_lens, given: list, items: list) -> list:
     """The always parts' log-masses the scoring of ``items`` uses: the given ones, the index's own estimate
-    where none was given; all None when neither the rule (``share_of_total``) nor a mass budget reads them."""
-    if not (mass or (config.score == "size_weighted" and config.share_of_total)):
+    where none was given; all None when the config does not weigh them (`MosaicConfig.weighs_always_part`)."""
+    if not config.weighs_always_part:
         return [None] * len(given)
     out = list(given)
     for i in items:

@@ -218,17 +218,15 @@ class ClusterAttendedSet(AttendedSetPolicy):
         them, causal (`banded_log_mass`): exact for a question or a decode step, O(Tq · window) for a long
         prefill chunk instead of the chunk's whole causal attention. None each when the rule reads no always
         part or no reader is given (the index then estimates it from its own keys). No host sync."""
-        cfg = self.config
-        mass = cfg.budget_mode == "mass" and cfg.mass_target < 1
         due = plan.select_due
-        if read_keys is None or not (mass or (cfg.score == "size_weighted" and cfg.share_of_total)):
+        if read_keys is None or not self.config.weighs_always_part:
             return [None] * len(due)
         positions = [plan.kv_positions[0, self._always_starts[i] : self._spans[i][2]] for i in due]  # head 0's block
         out = []
         for q, keys in zip(qs, read_keys(due, positions)):
             tq = q.shape[0]
             earlier = always_log_mass(q[None], keys[None, : keys.shape[0] - tq])  # every one precedes the queries
-            own = banded_log_mass(q[None], keys[None, keys.shape[0] - tq :], max(1, cfg.recent_window))
+            own = banded_log_mass(q[None], keys[None, keys.shape[0] - tq :], max(1, self.config.recent_window))
             out.append(torch.logaddexp(earlier, own))
         return out
 
