@@ -32,13 +32,13 @@ def _requests(video_dir):
     return [q("what happens?", a), q("what color?", a), q("what happens?", b)]
 
 
-def _serve(model, video_dir, monkeypatch, **mosaic):
+def _serve(model, video_dir, monkeypatch, ranks=TP, **mosaic):
     import sglang as sgl
 
     with monkeypatch.context() as env:
-        for key, value in cpu_rank_binding(TP).items():
+        for key, value in cpu_rank_binding(ranks).items():
             env.setenv(key, value)
-        engine = sgl.Engine(**cpu_engine_kwargs(model, tp_size=TP, **mosaic))
+        engine = sgl.Engine(**cpu_engine_kwargs(model, tp_size=ranks, **mosaic))
         try:
             return run_requests(engine, _requests(video_dir))
         finally:
@@ -61,6 +61,30 @@ def runs(tiny_vl_model, video_dir, tmp_path_factory):
     finally:
         monkeypatch.undo()
     return dense, full, sparse, dump
+
+
+PER_HEAD = {**OPTIONS, "selection_heads": "per_kv_head", "host_store_tokens": 1 << 14}
+
+
+@pytest.fixture(scope="module", params=["tokens", "mass"])
+def per_head_runs(request, tiny_vl_model, video_dir, tmp_path_factory):
+    """Per-KV-head lists with the host tier at a small budget (a token budget: the exact fill's lists; or a
+    mass target: padded lists, each head its own length): one rank holding both KV heads, then two ranks
+    holding one each (decisions dumped, SGLang's consensus checker on)."""
+    options = {**PER_HEAD, "budget_mode": request.param, "mass_target": 0.5}
+    monkeypatch = pytest.MonkeyPatch()
+    dump = tmp_path_factory.mktemp("tp-per-head-dump")
+    try:
+        with strict_checks():
+            single = _serve(tiny_vl_model, video_dir, monkeypatch, ranks=1, enable_mosaic=True, mosaic_budget=48,
+                            mosaic_config=options)
+            monkeypatch.setenv("MOSAIC_DUMP_DIR", str(dump))
+            monkeypatch.setenv("SGLANG_ENABLE_RANK_CONSENSUS_CHECKER", "1")
+            split = _serve(tiny_vl_model, video_dir, monkeypatch, enable_mosaic=True, mosaic_budget=48,
+                           mosaic_config=options)
+    finally:
+        monkeypatch.undo()
+    return single, split, dump
 
 
 def test_full_budget_equals_dense_tensor_parallel(runs):
@@ -103,4 +127,21 @@ def test_both_ranks_take_identical_decisions_with_offload_on(runs, tiny_vl_model
             assert torch.equal(a["keys"], b["keys"]) and a["keys"].shape[2] == TP  # one head per rank, gathered
     # offload happened under TP and later questions read the host tier on both ranks alike
     stats = sparse[1]["mosaic"][0]
+    assert stats["host_tokens"] == stats["visual_tokens"] and stats["host_copies"] > 0, json.dumps(stats)
+
+
+def test_per_head_lists_under_tensor_parallelism_answer_as_on_one_rank(per_head_runs):
+    """Every rank chooses both KV heads' lists (identical decisions, identical host reads) and attends its
+    own head's: the answers equal one rank attending both heads' lists (a rank attending the other head's
+    list, or one list for both, moves the logprobs far past the summation-order tolerance)."""
+    single, split, dump = per_head_runs
+    for one, two in zip(single, split):
+        assert two["output_ids"] == one["output_ids"]
+        assert max(abs(x - y) for x, y in zip(two["logprobs"], one["logprobs"])) <= LOGPROB_TOL
+    first, second = sorted(_records(dump).values(), key=len)
+    selects = [(a, b) for a, b in zip(first, second) if a["event"] == "select"]
+    assert selects and all(torch.equal(a["selected"], b["selected"]) for a, b in selects)
+    assert all(a["selected"].shape[0] == TP for a, _ in selects)  # both heads' lists, on each rank
+    assert any(not torch.equal(a["selected"][0], a["selected"][1]) for a, _ in selects)  # the heads differ
+    stats = split[1]["mosaic"][0]
     assert stats["host_tokens"] == stats["visual_tokens"] and stats["host_copies"] > 0, json.dumps(stats)

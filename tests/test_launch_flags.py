@@ -143,18 +143,19 @@ def test_offload_is_allowed_with_tensor_and_refused_with_pipeline_parallelism():
             check_parallelism(offload, SimpleNamespace(**ranks))
 
 
-def test_per_kv_head_selection_is_refused_at_launch_with_attention_tensor_parallelism():
+def test_per_kv_head_selection_is_accepted_at_launch_with_tensor_parallelism():
+    """Served under TP (each rank attends its own heads' block of every head's lists): no refusal, with the
+    host tier too; pipeline parallelism still refuses offload."""
     from types import SimpleNamespace
 
     from mosaic_sglang import MosaicConfig
     from mosaic_sglang.integration.launch_flags import check_parallelism
 
-    per_head = MosaicConfig(selection_heads="per_kv_head")
-    check_parallelism(per_head, SimpleNamespace(tp_size=1, pp_size=1))
-    check_parallelism(per_head, SimpleNamespace(tp_size=2, dp_size=2, enable_dp_attention=True))  # attention TP 1
-    for ranks in ({"tp_size": 2}, {"tp_size": 4, "dp_size": 2, "enable_dp_attention": True}):
-        with pytest.raises(MosaicConfigError, match="'selection_heads'.*attention TP size 2"):
-            check_parallelism(per_head, SimpleNamespace(**ranks))
+    per_head = MosaicConfig(selection_heads="per_kv_head", host_store_tokens=64)
+    for ranks in ({"tp_size": 1, "pp_size": 1}, {"tp_size": 2}, {"tp_size": 4, "dp_size": 2, "enable_dp_attention": True}):
+        check_parallelism(per_head, SimpleNamespace(**ranks))
+    with pytest.raises(MosaicConfigError, match="'host_store_tokens'.*pp_size"):
+        check_parallelism(per_head, SimpleNamespace(tp_size=2, pp_size=2))
 
 
 def test_what_the_attention_backend_cannot_plan_is_refused_at_launch():

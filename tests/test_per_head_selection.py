@@ -106,18 +106,40 @@ def test_per_head_needs_the_exact_fill_and_takes_the_host_tier():
     MosaicConfig(selection_heads="per_kv_head", host_store_tokens=64)  # served (tests/test_engine_offload.py)
 
 
-def test_per_head_refused_under_tensor_parallelism():
-    """Each tensor-parallel rank attends its own KV heads: per-head lists are refused at bind time, with
-    the field named, rather than served wrong."""
+def test_under_tensor_parallelism_the_policy_lists_every_kv_head():
+    """A tensor-parallel rank holds one KV head of two, but its policy chooses the lists of both (the same
+    decisions on every rank, tests/test_engine_tensor_parallel.py); the backend attends its own block."""
     from mosaic_sglang.integration.runtime import MosaicRuntime
 
     runtime = MosaicRuntime(MosaicConfig(selection_heads="per_kv_head"))
     bind = dict(num_layers=2, num_kv_heads=1, head_dim=8, v_head_dim=8, dtype=torch.float32, index_kv_heads=2,
                 read_slot_keys=lambda slots: torch.zeros(2, slots.numel(), 2, 8), read_slot_kv=None)
-    with pytest.raises(ValueError, match="'selection_heads'.*tp_size=2"):
-        runtime.bind_model(**bind, tp_rank=0, tp_size=2)
-    runtime.bind_model(**{**bind, "num_kv_heads": 2}, tp_size=1)
+    runtime.bind_model(**bind, tp_rank=1, tp_size=2)
     assert runtime.policy.heads == 2
+
+
+def test_a_head_block_of_the_plan_is_a_view_of_those_heads_lists():
+    """`ForwardPlan.head_block` (a rank's own heads) sees what the selecting layer writes into the whole plan,
+    and its head-major lists are the whole plan's entries `head_block_lists` names."""
+    from mosaic_sglang.serving.head_major import head_block_lists
+    from mosaic_sglang.serving.plan import ForwardPlan
+
+    heads, batch, nnz = 4, 2, 5
+    kv_indptr = torch.tensor([0, 2, 5])
+    plan = ForwardPlan(q_indptr=torch.tensor([0, 1, 2]), q_positions=torch.tensor([4, 7]), kv_indptr=kv_indptr,
+                       kv_positions=torch.full((3, heads * nnz), -1), kv_request=torch.tensor([0, 0, 1, 1, 1]),
+                       always_len=torch.tensor([1, 1]), select_due=(), max_q=1, max_kv=3, heads=heads)
+    block = plan.head_block(2, 2)
+    assert block.heads == 2 and block.kv_positions.shape == (3, 2 * nnz)
+    plan.kv_positions[1] = torch.arange(heads * nnz)  # the policy writes every head's lists
+    assert block.kv_positions[1].tolist() == list(range(2 * nnz, 4 * nnz))
+    whole, own = plan.head_major(), block.head_major()
+    lo, hi, indptr = head_block_lists(whole.kv_indptr, 2, 2, batch)
+    assert (lo, hi) == (2 * nnz, 4 * nnz) and torch.equal(indptr, own.kv_indptr)
+    assert torch.equal(whole.kv_request[lo:hi] - 2 * batch, own.kv_request)  # lists h·B + b, h within the block
+    assert plan.head_block(0, heads) is plan
+    with pytest.raises(ValueError, match="head_block.*first=3, count=2"):
+        plan.head_block(3, 2)
 
 
 def test_policy_writes_each_heads_selection_into_its_block_and_keeps_it():

@@ -45,7 +45,7 @@ from ..config import MOSAIC_CHECK_NO_SYNC, MOSAIC_EMULATE_DECODE_GRAPHS, MosaicC
 from ..offload import DevicePool, decode_host
 from .tensor_parallel import decision_log, head_gather
 from ..serving import ForwardPlan, RequestLayout
-from ..serving.head_major import head_slots, pool_heads_as_slots, rows_head_major, write_token_major
+from ..serving.head_major import head_block_lists, head_slots, pool_heads_as_slots, rows_head_major, write_token_major
 from ..testing.host_sync import no_host_sync
 from .attention_layers import check_attention_layers
 from .attention_runners import choose_runners
@@ -88,6 +88,8 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             alloc=allocator.alloc, free=allocator.free, page_size=allocator.page_size,
         )
         self._heads = head_gather()  # tensor parallel: the cluster logic sees every rank's heads
+        self._local_kv_heads = k0.shape[1]
+        self._own = None  # tensor parallel with per-KV-head lists: this rank's block of them (`_own_heads`)
         self.runtime.bind_model(
             num_layers=pool.layer_num, num_kv_heads=k0.shape[1], head_dim=k0.shape[2], v_head_dim=v0.shape[-1],
             dtype=k0.dtype, read_slot_keys=self.read_slot_keys, read_slot_kv=self.read_slot_kv, device_pool=device_pool,
@@ -191,13 +193,37 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         self._kv_indptr = attn.kv_indptr.to(device)  # every layer's, unless the plan is padded
         self._kv_indptr_host = attn.kv_indptr  # (host) where a host-resident request's entries lie
         self._host_requests = [i for i, req in enumerate(layouts) if self.runtime.rows.has_host(req.rid)]
+        self._own = self._own_heads(plan, attn, device)
+        if self._own is not None:
+            attn = self._own.attn
         if graph_bs is not None:  # SGLang's graph runner: staged by out_graph, replayed if it fits
             if not self._host_requests and self._graphs.lists.fits(plan, graph_bs):
                 self._graph_pending = (plan, self._row_ids)
                 return
         primary = self._runners.primary
         self._runner = primary if primary.serves(attn) else self._runners.fallback
-        self._runner.begin_forward(attn, is_decode, device, per_kv_head=plan.heads > 1)
+        self._runner.begin_forward(attn, is_decode, device, per_kv_head=(self._own.count if self._own is not None else plan.heads) > 1)
+
+    def _own_heads(self, plan: ForwardPlan, attn: ForwardPlan, device) -> Optional[SimpleNamespace]:
+        """Tensor parallelism with per-KV-head lists: every rank's policy chose the lists of *all* KV heads
+        (the same decisions and host reads on every rank), and this rank attends the block of its own heads
+        (ranks hold heads in rank order). None when the rank holds every head the lists are for.
+
+        Returns ``first``/``count`` (the block's heads), ``plan`` (`ForwardPlan.head_block`: a view, so the
+        selecting layer's writes show), ``attn`` (its head-major plan, what the runner plans), and for the
+        exact fill ``lo``/``hi`` (the block's entries in the whole head-major lists ``attn``), its
+        ``kv_indptr`` (device) and ``entry_rows``/``entry_head`` (head within the block)."""
+        local = self._local_kv_heads
+        if plan.heads in (1, local):
+            return None
+        first = self._heads.rank * local
+        block = plan.head_block(first, local)
+        own = SimpleNamespace(first=first, count=local, plan=block, attn=block.head_major())
+        if not plan.padded:
+            own.lo, own.hi, _ = head_block_lists(attn.kv_indptr, first, local, len(self.layouts))
+            own.kv_indptr = own.attn.kv_indptr.to(device)
+            own.entry_rows, own.entry_head = self._entries(own.attn.kv_request, local)
+        return own
 
     def _entries(self, kv_request: torch.Tensor, heads: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``(req_to_token row, KV head or None)`` of each list entry, from its list ``kv_request [nnz]``
@@ -263,6 +289,15 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             entry_rows, entry_head = self._entries(kv.kv_request, plan.heads)
         else:
             kv_indptr, entry_rows, entry_head = self._kv_indptr, self._entry_rows, self._entry_head
+        own = self._own  # tensor parallel, per-KV-head lists: this rank attends its own heads' block
+        if own is not None and not self._host_requests:
+            if plan.padded:
+                kv = own.plan.layer(local)
+                positions, kv_indptr = kv.kv_positions, kv.kv_indptr
+                entry_rows, entry_head = self._entries(kv.kv_request, own.count)
+            else:
+                positions = positions[own.lo : own.hi]
+                kv_indptr, entry_rows, entry_head = own.kv_indptr, own.entry_rows, own.entry_head
         # the runner's index dtype (FlashInfer's page lists are int32, like req_to_token: no cast round trip)
         slot_dtype = torch.int64 if self._host_requests else self._runner.slot_dtype
         slots = self.req_to_token_pool.req_to_token[entry_rows, positions].to(slot_dtype)
@@ -272,10 +307,14 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             host_indptr = kv_indptr if plan.padded else self._kv_indptr_host
             k_buffer, v_buffer = self._gather_mixed(local, slots, host_indptr, k_buffer, v_buffer, plan.heads)
             slots = torch.arange(slots.numel(), device=device)
+            if own is not None:  # every head's rows were read (the same host reads on every rank); attend this rank's
+                lo, hi, kv_indptr = ((own.lo, own.hi, own.kv_indptr) if not plan.padded
+                                     else head_block_lists(kv_indptr, own.first, own.count, len(self.layouts)))
+                slots, positions, entry_head = slots[lo:hi], positions[lo:hi], entry_head[lo:hi] - own.first
         if k is not None and v is not None:
             k = k.reshape(-1, layer.tp_k_head_num, layer.qk_head_dim)
             v = v.reshape(-1, layer.tp_v_head_num, layer.v_head_dim)
-        heads, runner = plan.heads, self._runner
+        heads, runner = (own.count if own is not None else plan.heads), self._runner
         if heads == 1:
             out = runner.run_layer(local, q, k, v, k_buffer, v_buffer, LayerLists(kv_indptr, slots, positions), out,
                                    layer.scaling)

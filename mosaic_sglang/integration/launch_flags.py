@@ -211,21 +211,12 @@ def check_parallelism(config, server_args) -> None:
     in lock-step and offload is allowed. Pipeline parallelism splits the *layers*: a rank could not
     score the layers it does not hold, so offload stays refused there.
 
-    Per-KV-head selection lists every KV head of a layer, and a tensor-parallel rank attends only its own
-    heads: refused with an attention-TP group above 1 (the runtime refuses it again when the pool binds).
+    Per-KV-head selection is served under tensor parallelism the same way: every rank chooses the lists of
+    all KV heads and attends its own heads' block of them (`attention_backend.MosaicAttnBackend._own_heads`).
 
     Raises:
-        MosaicConfigError: ``host_store_tokens > 0`` with ``pp_size > 1``; ``selection_heads='per_kv_head'``
-            with an attention tensor-parallel size above 1.
+        MosaicConfigError: ``host_store_tokens > 0`` with ``pp_size > 1``.
     """
-    if config.selection_heads == "per_kv_head":
-        tp = getattr(server_args, "tp_size", 1) or 1
-        dp = (getattr(server_args, "dp_size", 1) or 1) if getattr(server_args, "enable_dp_attention", False) else 1
-        if tp // dp > 1:
-            raise MosaicConfigError(
-                "mosaic config field 'selection_heads': expected 'shared' with tensor parallelism (attention TP "
-                f"size {tp // dp}: each rank attends its own KV heads), got 'per_kv_head'"
-            )
     if not config.host_store_tokens:
         return
     value = getattr(server_args, "pp_size", 1) or 1

@@ -63,9 +63,6 @@ class MosaicRuntime:
         from ..serving import ClusterAttendedSet
 
         config = self.config
-        if config.selection_heads == "per_kv_head" and tp_size > 1:
-            raise MosaicConfigError("mosaic config field 'selection_heads': expected 'shared' with tensor parallelism "
-                             f"(tp_size={tp_size}: each rank attends its own KV heads), got 'per_kv_head'")
         if config.host_store_tokens and device_pool is not None and device_pool.page_size != 1:
             raise MosaicConfigError("mosaic config field 'host_store_tokens': offload frees single KV slots, expected 0 "
                                     f"with KV pages of {device_pool.page_size} tokens (or --page-size 1), got "

@@ -11,7 +11,8 @@ the same decisions without any decision being sent:
 - queries of a layer that selects (a question's prefill chunks, re-select decode steps) are all-gathered
   the same way (``[T, Hq/tp, D] -> [T, Hq, D]``); kept decode steps select nothing and gather nothing.
 
-Attention itself stays per rank (its own heads, over the shared selection); the host store keeps each
+Attention itself stays per rank (its own heads, over the shared selection; with per-KV-head lists, over
+its own heads' block of every head's lists: `MosaicAttnBackend._own_heads`); the host store keeps each
 rank's own heads, at the same rows on every rank (extents are allocated by the same decisions).
 Ranks concatenate heads in rank order, which is how SGLang splits them, so GQA groups line up.
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rows_head_major", "write_token_major", "pool_heads_as_slots", "head_slots"]
+__all__ = ["rows_head_major", "write_token_major", "pool_heads_as_slots", "head_slots", "head_block_lists"]
 
 
 def rows_head_major(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -43,3 +43,11 @@ def head_slots(slots: torch.Tensor, entry_head: torch.Tensor, heads: int) -> tor
     `pool_heads_as_slots`."""
     return slots * heads + entry_head
 
+
+
+def head_block_lists(kv_indptr: torch.Tensor, first: int, count: int, batch: int) -> tuple[int, int, torch.Tensor]:
+    """Of head-major lists (list ``h · B + b``, CSR ``kv_indptr [H · B + 1]``), the block of KV heads ``[first,
+    first + count)``: ``(lo, hi, indptr [count · B + 1])``, its entries ``[lo, hi)`` of the whole and its CSR from
+    0 (a tensor-parallel rank's own heads). Reads two bounds: a host sync when ``kv_indptr`` is on a device."""
+    lo, hi = kv_indptr[[first * batch, (first + count) * batch]].tolist()
+    return lo, hi, kv_indptr[first * batch : (first + count) * batch + 1] - lo

@@ -120,6 +120,19 @@ class ForwardPlan(NamedTuple):
                              kv_request=_head_major_requests(self.kv_request, heads, batch),
                              always_len=self.always_len.repeat(heads), select_due=(), heads=1)
 
+    def head_block(self, first: int, count: int) -> "ForwardPlan":
+        """The plan restricted to KV heads ``[first, first + count)``: ``count`` lists per request whose
+        ``kv_positions`` are a view of those heads' blocks, so what the policy writes into the whole plan at
+        a selecting layer shows here. A tensor-parallel rank attends its own heads' block of the lists every
+        rank chose for all heads (itself when the block is every head)."""
+        if first == 0 and count == self.heads:
+            return self
+        if not 0 <= first < first + count <= self.heads:
+            raise ValueError(f"ForwardPlan.head_block: expected 0 <= first < first + count <= {self.heads}, got "
+                             f"first={first}, count={count}")
+        width = self.kv_positions.shape[1] // self.heads
+        return self._replace(kv_positions=self.kv_positions[:, first * width : (first + count) * width], heads=count)
+
     def prefix_entries(self, kv: Optional[LayerKV] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The list entries that are cached-prefix positions, CSR over requests (what a kernel that reads
         the forward's own tokens from its K/V, like SGLang's extend attention, takes as the prefix).
