@@ -57,7 +57,8 @@ KMEANS_WINDOW_FRAMES = 16
 """Frames per span of the windowed k-means rows (clusters never cross a span: frame locality)."""
 REGROUP_POINTS = ((8, 16), (16, 16), (16, 4), (32, 16))
 """``(regroup_tokens, regroup_frames)`` of the served regrouping rows (`MosaicConfig`, default join)."""
-TAIL_POINTS = (("shared", 16, 16), ("shared", 16, 32), ("per_layer", 16, 16), ("per_layer", 16, 32))
+TAIL_POINTS = (("shared", 16, 16), ("shared", 16, 32), ("per_layer", 16, 16), ("per_layer", 16, 32),
+               ("per_layer", 20, 32), ("per_layer", 24, 32))
 """``(membership, regroup_tokens, regroup_frames)`` of the rows whose tail is regrouped at the question."""
 BUDGET = 0.10
 

@@ -1,8 +1,8 @@
 """Does regrouping keep ingest flat? Per-frame append + maintain at a 1K vs a 256K history, regrouping on.
 
 One command (``python benchmarks/regroup_ingest.py``; ``--quick`` for a CI smoke run). Two `ClusterIndex`es
-with ``regroup_tokens`` (default 16) and ``regroup_frames`` (16): a small one (1K tokens of 64-token frames)
-and a large one (``--history`` tokens: bulk 256-token frames, then 40 ordinary frames so every timed span
+with ``regroup_tokens`` (default 16), ``regroup_frames`` (16) and ``membership`` (shared): a small one (1K
+tokens of 64-token frames) and a large one (``--history`` tokens: bulk 256-token frames, then 40 ordinary frames so every timed span
 holds ordinary frames only). Then ``--repeats`` 64-token frames (random keys; L=4, Hkv=2, D=64, the
 synthetic trace's shape) are appended to each **alternately** (machine drift hits both alike), each followed
 by `maintain`. Printed: median per-frame time of the frames that did not regroup, mean of those that did
@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=64, help="timed frames per index")
     p.add_argument("--regroup-tokens", type=int, default=16)
     p.add_argument("--regroup-frames", type=int, default=16)
+    p.add_argument("--membership", choices=("shared", "per_layer"), default="shared",
+                   help="MosaicConfig.membership: one membership for all layers, or one per layer")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="8K history, 20 frames")
     args = p.parse_args(argv)
@@ -41,7 +43,8 @@ def main(argv=None) -> int:
         args.history, args.repeats = 8192, 20
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
-    cfg = MosaicConfig(budget=1000, regroup_tokens=args.regroup_tokens, regroup_frames=args.regroup_frames)
+    cfg = MosaicConfig(budget=1000, regroup_tokens=args.regroup_tokens, regroup_frames=args.regroup_frames,
+                       membership=args.membership)
 
     def keys(n: int) -> torch.Tensor:
         return torch.randn(LAYERS, n, KV_HEADS, HEAD_DIM, generator=gen)
@@ -72,7 +75,8 @@ def main(argv=None) -> int:
             index.maintain()
             ms = 1e3 * (time.perf_counter() - t0)
             (plain if index.num_regroups == before else regrouping)[which].append(ms)
-    print(f"regroup_tokens={args.regroup_tokens} regroup_frames={args.regroup_frames}; {args.repeats} frames each, "
+    print(f"regroup_tokens={args.regroup_tokens} regroup_frames={args.regroup_frames} membership={args.membership}; "
+          f"{args.repeats} frames each, "
           f"alternating; large index: {large.num_tokens} tokens, {large.num_clusters} clusters")
     print("| history (tokens) | frames | median ms (no regroup) | regrouping frames | mean ms (regrouping) | amortised ms / frame |")
     print("|---|---|---|---|---|---|")

@@ -82,7 +82,11 @@ class MosaicConfig:
     under with one list per layer, hence off. Every streaming-session chunk is a prompt, so chunks shorter
     than `regroup_frames` make shorter spans (benchmarks/README.md, granularity section)."""
     membership: str = "shared"
-    """'shared': one membership for all layers; 'per_layer': one per layer."""
+    """'shared': one membership for all layers; 'per_layer': one per layer (2-2.5x the ingest work; not with
+    host_store_tokens: the host tier's extents follow one membership). With regroup 24 per 32 + tail and per-head
+    lists, per_layer meets issue 13's recall, size and copy numbers on both traces, offline
+    (benchmarks/README.md, granularity and offload sections); shared stays the default: it is the one served
+    with the host tier and it keeps ingest at 1x."""
     score: str = "size_weighted"
     """Cluster scoring rule: 'centroid', 'centroid_radius' or 'size_weighted'."""
     share_of_total: bool = True
@@ -114,8 +118,9 @@ class MosaicConfig:
     """'shared': one cluster selection per layer, scored by all query heads, attended by every KV head;
     'per_kv_head': each KV head chooses its own clusters (scored by its GQA group, same budget per head),
     attended as one list per (request, KV head) by the same kernels; with budget_mode='mass' each head
-    reaches the target on its own. Needs fill='exact' and one tensor-parallel rank; with the host tier a layer
-    reads the clusters any head chose (cluster cache sized for every head's budget). Shared by default: +0.5-1.0
+    reaches the target on its own. Needs fill='exact'; under tensor parallelism every rank chooses all heads'
+    lists and attends its own; with the host tier a layer reads the clusters any head chose (cluster cache
+    sized for every head's budget). Shared by default: +0.5-1.0
     point of mass recall on real KV (+6.7-9.1 synthetic) for up to 1.17x per decode step and ~1.75x the distinct
     positions read and cached (benchmarks/README.md)."""
     reselect_every: int = 0
@@ -231,21 +236,32 @@ class MosaicConfig:
             raise MosaicConfigError(
                 f"mosaic config field 'mass_target': expected a number in (0, 1], got {self.mass_target!r}"
             )
+        self._check_combinations()
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise MosaicConfigError(
+                    f"mosaic config field '{name}': expected one of {list(choices)}, got {getattr(self, name)!r}"
+                )
+
+    def _check_combinations(self) -> None:
+        """Fields valid alone but not together: the error names the field, what it needs beside the other, and
+        what it got."""
         if self.budget_mode == "mass" and self.score != "size_weighted":
             raise MosaicConfigError(
                 "mosaic config field 'score': expected 'size_weighted' with budget_mode='mass' (the rule that "
                 f"estimates attention mass), got {self.score!r}"
+            )
+        if self.membership == "per_layer" and self.host_store_tokens:
+            raise MosaicConfigError(
+                "mosaic config field 'membership': expected 'shared' with host_store_tokens > 0 (the host tier lays "
+                "each cluster of the shared membership out as one extent; another layer's clusters would each read "
+                f"from many extents), got {self.membership!r}"
             )
         if self.selection_heads == "per_kv_head" and self.fill != "exact":
             raise MosaicConfigError(
                 "mosaic config field 'fill': expected 'exact' with selection_heads='per_kv_head' (one list per KV "
                 f"head, each exactly its budget), got {self.fill!r}"
             )
-        for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise MosaicConfigError(
-                    f"mosaic config field '{name}': expected one of {list(choices)}, got {getattr(self, name)!r}"
-                )
 
     # -- construction from user input -------------------------------------------------------------
 

@@ -24,7 +24,7 @@ def _run(script: str, *args: str, timeout: int = 300) -> str:
 def test_offload_benchmark_smoke(tmp_path):
     stdout = _run("offload.py", "--quick", "--histories", "2048", "--steps", "3", "--out", str(tmp_path / "o.json"))
     for method in ("mosaic", "mosaic-nopf", "mosaic-join0.3", "mosaic-regroup16", "mosaic-regroup16-tail",
-                   "mosaic-regroup16per32-tail-per-head", "frame", "token"):
+                   "mosaic-regroup16per32-tail-per-head", "mosaic-perlayer-regroup24per32-tail-per-head", "frame", "token"):
         assert f"| {method} |" in stdout
     import json
 
@@ -32,6 +32,9 @@ def test_offload_benchmark_smoke(tmp_path):
     per_head, shared = methods["mosaic-regroup16per32-tail-per-head"]["summary"], methods["mosaic-regroup16-tail"]["summary"]
     assert per_head["device_bytes"] > shared["device_bytes"]  # its cache holds every head's budget
     assert per_head["bytes"] <= per_head["missed_bytes"] * 1.0001  # no prefetch: nothing but the misses moves
+    per_layer = methods["mosaic-perlayer-regroup24per32-tail-per-head"]["summary"]
+    # layer-major extents: each copy is one (layer, cluster) of ~24 tokens, so fewer copies than the 16-token row
+    assert per_layer["bytes"] <= per_layer["missed_bytes"] * 1.0001 and per_layer["ops"] < per_head["ops"]
     assert "token ops / mosaic ops" in stdout and "token ops / mosaic-regroup16-tail ops" in stdout
     assert (tmp_path / "o.json").stat().st_size > 0
 
