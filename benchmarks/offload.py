@@ -310,8 +310,10 @@ def bench_history(length: int, args) -> dict:
     always_mask = torch.zeros(n, dtype=torch.bool)
     always_mask[always] = True
 
-    # Rows for one extent per cluster in every layer (per-layer membership); untouched rows are never committed.
-    store = HostKVStore(n * num_layers, num_layers=num_layers, num_kv_heads=heads, head_dim=dim, dtype=DTYPE)
+    # Per-layer membership: rows for one extent per cluster in every layer, each written in its layer's plane
+    # only (unpinned: the pages of the other planes are never touched, so never committed).
+    store_rows = n * num_layers if per_layer is not None else n
+    store = HostKVStore(store_rows, num_layers=num_layers, num_kv_heads=heads, head_dim=dim, dtype=DTYPE, pin_memory=False)
     bpt = store.bytes_per_token
     extents = offload_clusters(index, trace, store)
     store.check_integrity()

@@ -82,11 +82,11 @@ class MosaicConfig:
     under with one list per layer, hence off. Every streaming-session chunk is a prompt, so chunks shorter
     than `regroup_frames` make shorter spans (benchmarks/README.md, granularity section)."""
     membership: str = "shared"
-    """'shared': one membership for all layers; 'per_layer': one per layer (2-2.5x the ingest work; not with
-    host_store_tokens: the host tier's extents follow one membership). With regroup 24 per 32 + tail and per-head
-    lists, per_layer meets issue 13's recall, size and copy numbers on both traces, offline
-    (benchmarks/README.md, granularity and offload sections); shared stays the default: it is the one served
-    with the host tier and it keeps ingest at 1x."""
+    """'shared': one membership for all layers; 'per_layer': one per layer (1.1-1.9x the ingest time on the
+    synthetic / caption traces; not with host_store_tokens: the host tier's extents follow one membership).
+    With regroup 24 per 32 + tail and per-head lists, per_layer meets issue 13's recall, size and copy numbers
+    on both traces, offline, the copies with layer-major host extents (benchmarks/README.md, granularity and
+    offload sections); shared stays the default: the host tier serves it, and ingest stays at 1x."""
     score: str = "size_weighted"
     """Cluster scoring rule: 'centroid', 'centroid_radius' or 'size_weighted'."""
     share_of_total: bool = True

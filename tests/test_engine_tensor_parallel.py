@@ -3,7 +3,8 @@ collectives). At a budget that covers the context Mosaic equals dense TP=2. At a
 host tier on, both ranks take the same decisions: every selection, index append and offload the two
 ranks record (``MOSAIC_DUMP_DIR``, one file set per process) is identical, the index sees both ranks'
 heads, and SGLang's own rank-consensus checker (which stops every rank on a divergent record) runs over
-Mosaic's decisions throughout."""
+Mosaic's decisions throughout. Per-KV-head lists (one and two KV heads per rank, with and without the host
+tier, token and mass budgets): two ranks answer as one rank attending every head's lists."""
 
 from __future__ import annotations
 
@@ -63,28 +64,42 @@ def runs(tiny_vl_model, video_dir, tmp_path_factory):
     return dense, full, sparse, dump
 
 
-PER_HEAD = {**OPTIONS, "selection_heads": "per_kv_head", "host_store_tokens": 1 << 14}
+PER_HEAD = {**OPTIONS, "selection_heads": "per_kv_head"}
+PER_HEAD_CASES = {
+    # (model, extra options): two KV heads per rank (the 4-KV-head model), the host tier on, a token budget
+    # (exact-fill lists) or a mass target (padded lists, each head its own length); and one KV head per rank
+    # without the host tier, every decode layer under the no-host-sync check
+    "tokens-4heads-host": ("qwen2_5_vl_kv4", {"host_store_tokens": 1 << 14}),
+    "mass-4heads-host": ("qwen2_5_vl_kv4", {"host_store_tokens": 1 << 14, "budget_mode": "mass", "mass_target": 0.5}),
+    "tokens-2heads-device": ("qwen2_5_vl", {}),
+}
 
 
-@pytest.fixture(scope="module", params=["tokens", "mass"])
-def per_head_runs(request, tiny_vl_model, video_dir, tmp_path_factory):
-    """Per-KV-head lists with the host tier at a small budget (a token budget: the exact fill's lists; or a
-    mass target: padded lists, each head its own length): one rank holding both KV heads, then two ranks
-    holding one each (decisions dumped, SGLang's consensus checker on)."""
-    options = {**PER_HEAD, "budget_mode": request.param, "mass_target": 0.5}
+@pytest.fixture(scope="module", params=list(PER_HEAD_CASES))
+def per_head_runs(request, video_dir, tmp_path_factory):
+    """Per-KV-head lists at a small budget: one rank holding every KV head, then two ranks holding half
+    each (with the host tier: decisions dumped and SGLang's consensus checker on; without it: the
+    no-host-sync check instead, which the checker's digests of every selection would trip)."""
+    from mosaic_sglang.testing.tiny_models import build_tiny_model
+
+    name, extra = PER_HEAD_CASES[request.param]
+    model, options = str(build_tiny_model(name)), {**PER_HEAD, **extra}
     monkeypatch = pytest.MonkeyPatch()
-    dump = tmp_path_factory.mktemp("tp-per-head-dump")
+    dump = tmp_path_factory.mktemp("tp-per-head-dump") if options.get("host_store_tokens") else None
     try:
         with strict_checks():
-            single = _serve(tiny_vl_model, video_dir, monkeypatch, ranks=1, enable_mosaic=True, mosaic_budget=48,
+            if dump is None:
+                monkeypatch.setenv("MOSAIC_CHECK_NO_SYNC", "1")  # exact-fill decode layers: no host sync
+            single = _serve(model, video_dir, monkeypatch, ranks=1, enable_mosaic=True, mosaic_budget=48,
                             mosaic_config=options)
-            monkeypatch.setenv("MOSAIC_DUMP_DIR", str(dump))
-            monkeypatch.setenv("SGLANG_ENABLE_RANK_CONSENSUS_CHECKER", "1")
-            split = _serve(tiny_vl_model, video_dir, monkeypatch, enable_mosaic=True, mosaic_budget=48,
-                           mosaic_config=options)
+            if dump is not None:
+                monkeypatch.setenv("MOSAIC_DUMP_DIR", str(dump))
+                monkeypatch.setenv("SGLANG_ENABLE_RANK_CONSENSUS_CHECKER", "1")
+            split = _serve(model, video_dir, monkeypatch, enable_mosaic=True, mosaic_budget=48, mosaic_config=options)
     finally:
         monkeypatch.undo()
-    return single, split, dump
+    heads = json.load(open(f"{model}/config.json"))["text_config"]["num_key_value_heads"]
+    return single, split, dump, heads, options
 
 
 def test_full_budget_equals_dense_tensor_parallel(runs):
@@ -131,17 +146,21 @@ def test_both_ranks_take_identical_decisions_with_offload_on(runs, tiny_vl_model
 
 
 def test_per_head_lists_under_tensor_parallelism_answer_as_on_one_rank(per_head_runs):
-    """Every rank chooses both KV heads' lists (identical decisions, identical host reads) and attends its
-    own head's: the answers equal one rank attending both heads' lists (a rank attending the other head's
-    list, or one list for both, moves the logprobs far past the summation-order tolerance)."""
-    single, split, dump = per_head_runs
+    """Every rank chooses every KV head's lists (identical decisions, identical host reads) and attends its
+    own heads' block: the answers equal one rank attending all heads' lists (a rank attending another
+    block, or one list for all heads, moves the logprobs far past the summation-order tolerance)."""
+    single, split, dump, heads, options = per_head_runs
     for one, two in zip(single, split):
         assert two["output_ids"] == one["output_ids"]
         assert max(abs(x - y) for x, y in zip(two["logprobs"], one["logprobs"])) <= LOGPROB_TOL
+    stats = split[1]["mosaic"][0]
+    if dump is None:  # device only, decode layers checked for host syncs: a sparse selection was attended
+        assert stats["attended_tokens"] < stats["context_tokens"], json.dumps(stats)
+        return
     first, second = sorted(_records(dump).values(), key=len)
     selects = [(a, b) for a, b in zip(first, second) if a["event"] == "select"]
     assert selects and all(torch.equal(a["selected"], b["selected"]) for a, b in selects)
-    assert all(a["selected"].shape[0] == TP for a, _ in selects)  # both heads' lists, on each rank
-    assert any(not torch.equal(a["selected"][0], a["selected"][1]) for a, _ in selects)  # the heads differ
-    stats = split[1]["mosaic"][0]
+    assert all(a["selected"].shape[0] == heads for a, _ in selects)  # every head's lists, on each rank
+    assert any(not torch.equal(a["selected"][0], a["selected"][-1]) for a, _ in selects)  # the heads differ
+    # the follow-up question read the offloaded video on both ranks
     assert stats["host_tokens"] == stats["visual_tokens"] and stats["host_copies"] > 0, json.dumps(stats)

@@ -202,23 +202,24 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
                 return
         primary = self._runners.primary
         self._runner = primary if primary.serves(attn) else self._runners.fallback
-        self._runner.begin_forward(attn, is_decode, device, per_kv_head=(self._own.count if self._own is not None else plan.heads) > 1)
+        heads = self._own.count if self._own is not None else plan.heads
+        self._runner.begin_forward(attn, is_decode, device, per_kv_head=heads > 1)
 
     def _own_heads(self, plan: ForwardPlan, attn: ForwardPlan, device) -> Optional[SimpleNamespace]:
         """Tensor parallelism with per-KV-head lists: every rank's policy chose the lists of *all* KV heads
         (the same decisions and host reads on every rank), and this rank attends the block of its own heads
         (ranks hold heads in rank order). None when the rank holds every head the lists are for.
 
-        Returns ``first``/``count`` (the block's heads), ``plan`` (`ForwardPlan.head_block`: a view, so the
-        selecting layer's writes show), ``attn`` (its head-major plan, what the runner plans), and for the
-        exact fill ``lo``/``hi`` (the block's entries in the whole head-major lists ``attn``), its
-        ``kv_indptr`` (device) and ``entry_rows``/``entry_head`` (head within the block)."""
+        Returns ``first``/``count`` (the block's heads), ``attn`` (the head-major plan of
+        `ForwardPlan.head_block`, what the runner plans), and for the exact fill ``lo``/``hi`` (the block's
+        entries in the whole head-major lists ``attn``), its ``kv_indptr`` (device) and
+        ``entry_rows``/``entry_head`` (head within the block). Padded plans compact each layer's lists, so
+        their block is found per layer (`head_block_lists`)."""
         local = self._local_kv_heads
         if plan.heads in (1, local):
             return None
         first = self._heads.rank * local
-        block = plan.head_block(first, local)
-        own = SimpleNamespace(first=first, count=local, plan=block, attn=block.head_major())
+        own = SimpleNamespace(first=first, count=local, attn=plan.head_block(first, local).head_major())
         if not plan.padded:
             own.lo, own.hi, _ = head_block_lists(attn.kv_indptr, first, local, len(self.layouts))
             own.kv_indptr = own.attn.kv_indptr.to(device)
@@ -291,10 +292,9 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             kv_indptr, entry_rows, entry_head = self._kv_indptr, self._entry_rows, self._entry_head
         own = self._own  # tensor parallel, per-KV-head lists: this rank attends its own heads' block
         if own is not None and not self._host_requests:
-            if plan.padded:
-                kv = own.plan.layer(local)
-                positions, kv_indptr = kv.kv_positions, kv.kv_indptr
-                entry_rows, entry_head = self._entries(kv.kv_request, own.count)
+            if plan.padded:  # the block of this layer's compacted lists (their bounds: a host sync, as compacting)
+                lo, hi, kv_indptr = head_block_lists(kv_indptr, own.first, own.count, len(self.layouts))
+                positions, entry_rows, entry_head = positions[lo:hi], entry_rows[lo:hi], entry_head[lo:hi] - own.first
             else:
                 positions = positions[own.lo : own.hi]
                 kv_indptr, entry_rows, entry_head = own.kv_indptr, own.entry_rows, own.entry_head

@@ -11,6 +11,8 @@ Models:
         128 dims, GQA 7, mrope 16/24/24, hidden 3584) with a 512-wide MLP, 2 layers and
         128K positions, so attention over a long context, not the MLP, dominates a decode step
         (`benchmarks/decode_step.py`). Built only when asked for (``__main__`` builds the first two).
+    ``qwen2_5_vl_kv4``: the VL model with 8 query / 4 KV heads × 16 dims (hidden 128): two KV heads per
+        rank at tensor parallel size 2 (`tests/test_engine_tensor_parallel.py`). Built only when asked for.
 
 Example:
     >>> path = build_tiny_model("qwen2_5_vl")          # doctest: +SKIP
@@ -27,7 +29,7 @@ from pathlib import Path
 
 __all__ = ["TINY_MODELS", "build_tiny_model", "default_cache_dir"]
 
-TINY_MODELS = ("qwen2_5_vl", "qwen2", "qwen2_5_vl_longctx")
+TINY_MODELS = ("qwen2_5_vl", "qwen2", "qwen2_5_vl_longctx", "qwen2_5_vl_kv4")
 
 # Special tokens take ids 0..7, in this order (Qwen's names, so SGLang's Qwen-VL processor finds them).
 _SPECIAL = [
@@ -91,6 +93,7 @@ _TEXT_OVERRIDES = {
     "qwen2_5_vl_longctx": dict(hidden_size=3584, intermediate_size=512, num_attention_heads=28,
                                num_key_value_heads=4, head_dim=128, max_position_embeddings=131072,
                                mrope_section=[16, 24, 24]),  # sums to head_dim / 2 = 64
+    "qwen2_5_vl_kv4": dict(hidden_size=128, intermediate_size=256, num_attention_heads=8, num_key_value_heads=4),
 }
 
 
