@@ -23,8 +23,8 @@ window and text stay on the device for everyone.
   (`MosaicConfig.membership='per_layer'`), regrouped into ~24-token clusters (``--per-layer-tokens``; 0
   leaves it out): the option set that meets goal 1's recall and size numbers on both quality traces with
   margin. Each layer's clusters get host extents of their own (a layer-major layout: one copy per missed
-  (layer, cluster)); the served host tier lays extents out by the shared membership only, so this row is
-  what such a layout would move, not what the server moves today.
+  (layer, cluster)); the server's host tier does the same inside one extent per group of positions that no
+  layer's cluster crosses (`offload/layer_orders.py`).
 - ``token``: oracle token top-k (`OracleTokenTopK`) with a token LRU; one copy per missed token per layer
   (``runs`` = missed tokens coalesced into contiguous position runs: the fewest copies any DMA engine
   could issue for the same misses). Executed as one batched gather per layer (its best case on CPU).
@@ -105,7 +105,7 @@ def offload_clusters(index: ClusterIndex, trace, store: HostKVStore) -> list[lis
     Shared membership: one extent per cluster holds every layer (the served layout), and every layer's list
     is the same. Per-layer membership (``membership='per_layer'``): each layer's clusters get extents of
     their own, only that layer's plane written: a layer-major host layout, where each layer's clusters are
-    contiguous in that layer (the served host tier lays extents out by the shared membership only)."""
+    contiguous in that layer (the served host tier orders each plane of one extent instead: layer_orders.py)."""
     k, v = trace.keys.to(DTYPE), trace.values.to(DTYPE)
     num_layers = k.shape[0]
     groups = index.view().group_of_layer.tolist()  # [L] membership group of each layer

@@ -83,10 +83,11 @@ class MosaicConfig:
     than `regroup_frames` make shorter spans (benchmarks/README.md, granularity section)."""
     membership: str = "shared"
     """'shared': one membership for all layers; 'per_layer': one per layer (1.1-1.9x the ingest time on the
-    synthetic / caption traces; not with host_store_tokens: the host tier's extents follow one membership).
-    With regroup 24 per 32 + tail and per-head lists, per_layer meets issue 13's recall, size and copy numbers
-    on both traces, offline, the copies with layer-major host extents (benchmarks/README.md, granularity and
-    offload sections); shared stays the default: the host tier serves it, and ingest stays at 1x."""
+    synthetic / caption traces; with host_store_tokens each extent's plane is ordered by that layer's clusters,
+    one copy per (layer, cluster): offload/layer_orders.py). With regroup 24 per 32 + tail and per-head lists,
+    per_layer meets issue 13's recall, size and copy numbers on both traces (benchmarks/README.md, granularity
+    and offload sections); shared stays the default: 1x ingest, and one list per layer reads 1.75x fewer
+    positions than per-head lists."""
     score: str = "size_weighted"
     """Cluster scoring rule: 'centroid', 'centroid_radius' or 'size_weighted'."""
     share_of_total: bool = True
@@ -251,11 +252,10 @@ class MosaicConfig:
                 "mosaic config field 'score': expected 'size_weighted' with budget_mode='mass' (the rule that "
                 f"estimates attention mass), got {self.score!r}"
             )
-        if self.membership == "per_layer" and self.host_store_tokens:
+        if self.membership == "per_layer" and self.host_store_tokens and self.prefetch:
             raise MosaicConfigError(
-                "mosaic config field 'membership': expected 'shared' with host_store_tokens > 0 (the host tier lays "
-                "each cluster of the shared membership out as one extent; another layer's clusters would each read "
-                f"from many extents), got {self.membership!r}"
+                "mosaic config field 'prefetch': expected False with membership='per_layer' and the host tier (layer "
+                "l's clusters are not layer l + 1's), got True"
             )
         if self.selection_heads == "per_kv_head" and self.fill != "exact":
             raise MosaicConfigError(

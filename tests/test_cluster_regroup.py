@@ -9,7 +9,7 @@ import torch
 
 from mosaic_sglang import ClusterIndex, MosaicConfig
 from mosaic_sglang.clusters.regroup import regroup_kmeans
-from mosaic_sglang.offload.planner import clusters_to_offload
+from mosaic_sglang.offload.planner import closed_groups, clusters_to_offload
 from mosaic_sglang.traces import SyntheticTraceSpec, synthetic_trace
 
 
@@ -266,3 +266,36 @@ def test_mid_prefill_offload_leaves_the_active_frames_after_a_tail_regroup(trace
     assert bool(index.movable_clusters(0).any()) and bool(index.settled_clusters(0).all())
     everything = torch.cat(clusters_to_offload(index, path, sink_tokens=4, sealed_only=False))
     assert bool(recent[assign[everything]].any())  # at the request's end they move too
+
+
+@pytest.mark.parametrize("sealed_only", [True, False])
+def test_per_layer_offload_groups_hold_whole_clusters_of_every_layer(trace, sealed_only):
+    """`closed_groups` (one membership per layer): each group is a set of positions no layer's cluster
+    crosses, so the host tier lays every layer's cluster out as one sub-range of one extent; mid-prefill only
+    positions whose cluster is movable in every layer go, at the request's end every clustered one."""
+    index = _index(trace, membership="per_layer")
+    for a, b in trace.frame_chunks()[:20]:
+        index.append(trace.keys[:, a:b], trace.frame_ids[a:b])
+        index.maintain()
+    path = torch.arange(1, index.num_tokens + 1)
+    groups, clusters = closed_groups(index, path, sink_tokens=4, sealed_only=sealed_only)
+    moved = torch.cat(groups)
+    view = index.view()
+    assign = view.assign[view.group_of_layer][:, : index.num_tokens]  # [L, N]
+    assert len(groups) > 1 and torch.equal(moved.sort().values, moved.unique()) and int(moved.min()) >= 4
+    for g, c in zip(groups, clusters):
+        assert torch.equal(g, g.sort().values) and torch.equal(c, assign[:, g])
+    group_of = torch.full((index.num_tokens,), -1)
+    for i, g in enumerate(groups):
+        group_of[g] = i
+    for layer in range(assign.shape[0]):  # no cluster is split between groups, nor between moved and kept
+        for cid in assign[layer, moved].unique().tolist():
+            members = (assign[layer] == cid).nonzero().flatten()
+            members = members[members >= 4]
+            assert group_of[members].unique().numel() == 1 and bool((group_of[members] >= 0).all())
+    if sealed_only:
+        for layer in range(assign.shape[0]):
+            assert bool(index.movable_clusters(int(view.group_of_layer[layer]))[assign[layer, moved]].all())
+        assert moved.numel() < int((assign >= 0).all(0)[4:].sum())  # the unsettled tail stays
+    else:
+        assert moved.numel() == int((assign >= 0).all(0)[4:].sum())  # every clustered position past the sinks

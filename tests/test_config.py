@@ -29,8 +29,8 @@ def test_defaults_are_valid_and_round_trip_json():
         ({"spill_backend": "file", "host_store_tokens": 8, "spill_path": "/s"}, "spill_tokens", "integer >= 1", "got 0"),
         ({"spill_backend": "file", "host_store_tokens": 8, "spill_tokens": 8}, "spill_path", "a directory", "got ''"),
         ({"spill_tokens": -1}, "spill_tokens", "integer >= 0", "-1"),
-        ({"membership": "per_layer", "host_store_tokens": 64}, "membership", "'shared' with host_store_tokens",
-         "'per_layer'"),
+        ({"membership": "per_layer", "host_store_tokens": 64, "prefetch": True}, "prefetch",
+         "False with membership='per_layer'", "True"),
     ],
 )
 def test_invalid_values_name_field_expected_and_got(options, field, expected, got):

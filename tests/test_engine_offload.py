@@ -174,3 +174,43 @@ def test_per_head_lists_read_offloaded_clusters_and_answer_as_on_device(per_head
         assert second["cluster_cache_tokens"] > one_head  # budget's cache would (measured 128 > 85 tokens)
     (stats,) = after_flush[0]["mosaic"]
     assert stats["host_store_used"] == 0 and stats["host_tokens"] == 0
+
+
+PER_LAYER = {"membership": "per_layer", "regroup_tokens": 8, "regroup_frames": 2, "regroup_tail": True}
+
+
+@pytest.fixture(scope="module")
+def per_layer_runs(tiny_vl_model, video_dir):
+    """One cluster membership per layer (regrouped, the tail at the question), with and without the host
+    tier: the host tier lays each layer's plane of an extent out in that layer's cluster order
+    (`offload/layer_orders.py`). ``MOSAIC_DEBUG=1``: host-tier integrity after every change, every read
+    checked against what was offloaded."""
+    import os
+
+    saved = os.environ.get("MOSAIC_DEBUG")
+    os.environ["MOSAIC_DEBUG"] = "1"
+    try:
+        with strict_checks():
+            return (_serve(tiny_vl_model, video_dir, 0, extra=PER_LAYER, questions=3),
+                    _serve(tiny_vl_model, video_dir, 1 << 14, extra=PER_LAYER, questions=3))
+    finally:
+        if saved is None:
+            os.environ.pop("MOSAIC_DEBUG", None)
+        else:
+            os.environ["MOSAIC_DEBUG"] = saved
+
+
+def test_per_layer_memberships_read_offloaded_clusters_and_answer_as_on_device(per_layer_runs):
+    (plain, _), (offloaded, after_flush) = per_layer_runs
+    for p, o in zip(plain, offloaded):
+        assert o["output_ids"] == p["output_ids"]
+        assert max(abs(x - y) for x, y in zip(o["logprobs"], p["logprobs"])) <= LOGPROB_TOL
+        assert o["cached_tokens"] == p["cached_tokens"]
+    for i in (1, 2):
+        (stats,) = offloaded[i]["mosaic"]
+        assert stats["host_tokens"] == stats["visual_tokens"] and plain[i]["mosaic"][0]["host_tokens"] == 0
+        # each layer's selected clusters came through the cache as sub-ranges: nothing read around it
+        assert stats["cache_lookups"] > 0 and stats["cache_overflow_reads"] == 0
+    assert offloaded[1]["mosaic"][0]["host_copies"] > 0
+    (stats,) = after_flush[0]["mosaic"]
+    assert stats["host_store_used"] == 0 and stats["host_tokens"] == 0

@@ -80,7 +80,7 @@ class MosaicRuntime:
                 logger.info("mosaic spill tier: %s in %s, %d tokens", spill.backend.name, spill.backend.directory,
                             config.spill_tokens)
             self.host = HostTier(store, max_cached_videos=config.cluster_cache_videos, pool=device_pool, spill=spill,
-                                 spill_tokens=config.spill_tokens)
+                                 spill_tokens=config.spill_tokens, layer_orders=config.membership == "per_layer")
         self.read_slot_kv = read_slot_kv
         self.policy = ClusterAttendedSet(
             self.config, num_layers=num_layers, num_kv_heads=index_kv_heads or num_kv_heads, head_dim=head_dim,

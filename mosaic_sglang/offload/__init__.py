@@ -12,7 +12,7 @@ imports SGLang: the pool and allocator arrive as a `DevicePool`, the storage bac
 from .cluster_caches import ClusterCaches, DevicePool, VideoCache
 from .host_store import Extent, HostKVStore, HostStoreFullError
 from .host_tier import HostRead, HostReadCounts, HostTier, decode_host, encode_host
-from .planner import clusters_to_offload
+from .planner import closed_groups, clusters_to_offload
 from .residency import ClusterResidency, LayerAccess, ResidencyOverflowError, ResidencyStats, TransferPlan
 from .spill_tier import SpillBackend, SpillLostError, SpillRefusedError, SpillStats, SpillTier
 from .transfer import TransferEngine, TransferStats
@@ -21,6 +21,7 @@ __all__ = [
     "ClusterCaches", "DevicePool", "VideoCache",
     "Extent", "HostKVStore", "HostStoreFullError",
     "HostRead", "HostReadCounts", "HostTier", "decode_host", "encode_host",
+    "closed_groups",
     "clusters_to_offload",
     "ClusterResidency", "LayerAccess", "ResidencyOverflowError", "ResidencyStats", "TransferPlan",
     "SpillBackend", "SpillLostError", "SpillRefusedError", "SpillStats", "SpillTier",

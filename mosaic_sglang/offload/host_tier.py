@@ -2,7 +2,9 @@
 and, when a `SpillTier` is given, extents spilled below it.
 
 A cluster's tokens occupy one contiguous extent (same rows in every layer), so bringing it back is one
-copy per layer. The radix tree may free an extent's tokens piecemeal (node eviction works on tree
+copy per layer. With one membership per layer (`layer_orders`), an extent holds a group of positions no
+layer's cluster crosses, each layer's plane in that layer's cluster order: a layer's cluster is one
+contiguous sub-range, one copy. The radix tree may free an extent's tokens piecemeal (node eviction works on tree
 nodes, a cluster can span several); each extent keeps a live-token count and is returned when the last
 of its tokens is released. `read` / `read_cached` resolve host rows (decoded from negative tree/row
 values) to K/V for one layer and say what the read cost (`HostReadCounts`); the caller adds that to its
@@ -29,10 +31,11 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 
 from ..config import MOSAIC_DEBUG
-from .checksums import ExtentChecksums
+from .checksums import ExtentChecksums, OffloadCorruptionError
 from .cluster_caches import ClusterCaches, DevicePool
 from .extents import Extent, ExtentAllocator
 from .host_store import HostKVStore
+from .layer_orders import LayerOrders, extent_order
 from .residency import ResidencyOverflowError
 from .spill_tier import SpillTier
 
@@ -110,10 +113,12 @@ class HostTier:
         pool: SGLang's KV pool to place those caches in; None: private buffers (offline, tests).
         spill: the spill tier below the store; None: a full store leaves clusters on the device.
         spill_tokens: rows beyond the store's capacity that spilled extents may hold (>= 1 with ``spill``).
+        layer_orders: every extent gets a row order per layer (`layer_orders.py`: one cluster membership per
+            layer); `put_clusters` then takes each group's clusters per layer.
     """
 
     def __init__(self, store: HostKVStore, *, max_cached_videos: int = 4, pool: Optional[DevicePool] = None,
-                 spill: Optional[SpillTier] = None, spill_tokens: int = 0) -> None:
+                 spill: Optional[SpillTier] = None, spill_tokens: int = 0, layer_orders: bool = False) -> None:
         if spill is not None and (not isinstance(spill_tokens, int) or spill_tokens < 1):
             raise ValueError(f"HostTier: spill_tokens: expected an integer >= 1 with a spill tier, got {spill_tokens!r}")
         self.store = store
@@ -132,6 +137,8 @@ class HostTier:
         self._forward = 0
         self.checksums = ExtentChecksums() if self.debug else None
         """Debug only: digests of every live extent, verified on every read (`checksums.py`)."""
+        self.orders = LayerOrders(store.num_layers, capacity) if layer_orders else None
+        """Per-layer row orders inside extents (None: every layer's rows in the group's order)."""
 
     @property
     def used_tokens(self) -> int:
@@ -149,16 +156,24 @@ class HostTier:
         """Tokens of live extents that are spilled now."""
         return self.rows.num_used - self.store.num_used
 
-    def put_clusters(self, read_kv: KVReader, slot_groups: List[torch.Tensor]) -> List[torch.Tensor]:
+    def put_clusters(self, read_kv: KVReader, slot_groups: List[torch.Tensor],
+                     layer_clusters: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
         """Copy each group of device slots (one cluster) into its own extent; returns host rows per group.
+
+        With `orders` (per-layer memberships) ``layer_clusters`` gives each group's ``[L, M]`` cluster ids
+        per layer (members in the group's order): each layer's plane is written in its own cluster order.
 
         With a spill tier, cold placed extents are spilled to make room. Stops at the first group that
         does not fit: the returned list is then shorter than ``slot_groups`` and the remaining clusters
         simply stay on the device (the caller counts that as a full event).
         """
+        if (self.orders is None) != (layer_clusters is None):
+            raise ValueError("HostTier.put_clusters: layer_clusters: expected them exactly when the tier keeps "
+                             f"per-layer orders ({self.orders is not None}), got {layer_clusters is not None}")
         rows, victims = [], []
-        for slots in slot_groups:
+        for i, slots in enumerate(slot_groups):
             length = int(slots.numel())
+            layout = extent_order(layer_clusters[i].cpu()) if layer_clusters is not None else None
             virtual = self.rows.allocate(length)
             if virtual is None:
                 break
@@ -171,6 +186,8 @@ class HostTier:
                     self.rows.free(virtual)
                     break
                 k, v = read_kv(slots)
+                if layout is not None:  # each layer's plane in its own cluster order
+                    k, v = layout.permute(k), layout.permute(v)
                 self.store.write(placed, k, v)
             except BaseException:  # nothing of this cluster is held: give its extents back
                 if placed is not None:
@@ -178,6 +195,8 @@ class HostTier:
                 self.rows.free(virtual)
                 raise
             self._hold(virtual, placed)
+            if layout is not None:
+                self.orders.hold(virtual.start, layout)
             if self.checksums is not None:
                 self.checksums.record(virtual.start, k.to(self.store.k_buffer.dtype), v.to(self.store.v_buffer.dtype))
             rows.append(torch.arange(virtual.start, virtual.start + length, dtype=torch.int64))
@@ -198,7 +217,9 @@ class HostTier:
             assert held.live >= 0, f"extent {start} released more tokens than it holds"
             if held.live == 0:
                 emptied.append(start)
-        self.caches.forget_extents(emptied)  # a later extent may reuse these rows: never serve stale copies
+        # a later extent may reuse these rows: never serve stale copies (per-layer orders: every sub-range id)
+        self.caches.forget_extents(emptied if self.orders is None else
+                                   [r for s in emptied for r in range(s, s + self._held[s].rows.length)])
         for start in emptied:
             held = self._held.pop(start)
             if self.checksums is not None:
@@ -245,13 +266,22 @@ class HostTier:
             return self._overflow(layer, host_rows, device)
         residency, engine = cache.residency, cache.engine
         starts = self._extent_of[host_rows]
-        clusters, which = torch.unique(starts, return_inverse=True)
-        loads, load_bytes, complete = self._place_for_read(clusters)
+        if self.orders is None:  # a cluster is its extent, the same rows in every layer
+            clusters, which = torch.unique(starts, return_inverse=True)
+            offset, sub, sub_len = host_rows - clusters[which], None, None
+            loads, load_bytes, complete = self._place_for_read(clusters)
+        else:  # a cluster of this layer is a sub-range of its extent's plane (`layer_orders.py`)
+            clusters, which, offset, sub, sub_len = self.orders.sub_ranges(layer, host_rows, starts)
+            loads, load_bytes, complete = self._place_for_read(torch.unique(clusters - sub))
         ids = clusters.tolist()
-        extents = [self._held[c].placed for c in ids]
         try:
             if not complete:  # more spilled clusters than the store could take: read around the cache
                 raise ResidencyOverflowError
+            if sub is None:
+                extents = [self._held[c].placed for c in ids]
+            else:
+                extents = [Extent(self._held[c - o].placed.start + o, n)
+                           for c, o, n in zip(ids, sub.tolist(), sub_len.tolist())]
             access = residency.access(layer, ids, extents)
         except ResidencyOverflowError:
             k, v, counts = self._overflow(layer, host_rows, device)
@@ -261,26 +291,34 @@ class HostTier:
         engine.wait(layer)
         lengths = torch.tensor([e.length for e in extents], dtype=torch.int64)
         first = torch.cumsum(lengths, 0) - lengths  # where each cluster's members start in access.slots
-        rows = engine.rows(access.slots[first[which] + (host_rows - clusters[which])])
+        rows = engine.rows(access.slots[first[which] + offset])
         k, v = engine.device_k[layer][rows].to(device), engine.device_v[layer][rows].to(device)
         copies, copy_bytes, prefetched = access.plan.num_ops, access.plan.num_bytes, 0
-        if prefetch_next and layer + 1 < self.store.num_layers:
+        if prefetch_next and layer + 1 < self.store.num_layers and self.orders is None:  # layers' clusters differ
             plan = residency.prefetch(layer + 1, ids, extents)
             engine.submit(plan)
             copies, copy_bytes, prefetched = copies + plan.num_ops, copy_bytes + plan.num_bytes, plan.num_ops
         if self.debug:
             residency.check_integrity()
-            self._verify_cached(engine, layer, ids, access.slots, lengths)
+            self._verify_cached(engine, layer, ids, access.slots, lengths, extents)
         asked = len(ids) if layer >= 1 else 0  # the residency's prefetch hit-rate rule: layers >= 1
         hits = int(access.hits.numel()) if layer >= 1 else 0
         return HostRead(k, v, HostReadCounts(copies, copy_bytes, prefetched, asked, hits, 0, loads, load_bytes))
 
-    def _verify_cached(self, engine, layer: int, ids: Sequence[int], slots: torch.Tensor, lengths: torch.Tensor) -> None:
-        """Debug: every cluster this read touched, as it sits in the device cache, matches its checksum."""
-        for start, members in zip(ids, torch.split(slots, lengths.tolist())):
+    def _verify_cached(self, engine, layer: int, ids: Sequence[int], slots: torch.Tensor, lengths: torch.Tensor,
+                       extents: Sequence[Extent]) -> None:
+        """Debug: every cluster this read touched, as it sits in the device cache, matches its checksum (a
+        sub-range of a per-layer order: the host store's rows, themselves checked on every host read)."""
+        for start, members, extent in zip(ids, torch.split(slots, lengths.tolist()), extents):
             rows = engine.rows(members)
-            self.checksums.verify(start, layer, engine.device_k[layer][rows], engine.device_v[layer][rows],
-                                  where="the device cluster cache")
+            k, v = engine.device_k[layer][rows], engine.device_v[layer][rows]
+            if self.orders is None:
+                self.checksums.verify(start, layer, k, v, where="the device cluster cache")
+                continue
+            hk, hv = self.store.extent_view(extent, layer)
+            if not (torch.equal(k.cpu(), hk.to(k.dtype)) and torch.equal(v.cpu(), hv.to(v.dtype))):
+                raise OffloadCorruptionError(f"host extent {int(self._extent_of[start])} layer {layer}: sub-range {start} "
+                                             "in the device cluster cache differs from the host store")
 
     def _overflow(self, layer: int, host_rows: torch.Tensor, device) -> HostRead:
         k, v, counts = self.read(layer, host_rows, device)
@@ -323,13 +361,15 @@ class HostTier:
                 if held.placed is not None:
                     self.checksums.verify(start, layer, *self.store.extent_view(held.placed, layer), where="the host store")
         if complete:
-            physical = self._physical(host_rows)
+            physical = self._physical(host_rows, layer)
             k = self.store.k_buffer[layer][physical].to(device, non_blocking=True)
             v = self.store.v_buffer[layer][physical].to(device, non_blocking=True)
         else:
             k, v, blobs, extra = self._gather_unplaced(host_rows, starts, layer)
             k, v, loads, load_bytes = k.to(device), v.to(device), loads + blobs, load_bytes + extra
         nbytes = k.numel() * k.element_size() + v.numel() * v.element_size()
+        if self.orders is not None:  # one copy per sub-range (a cluster of this layer) touched
+            starts = self.orders.sub_ranges(layer, host_rows, self._extent_of[host_rows])[0]
         return HostRead(k, v, HostReadCounts(copies=int(starts.numel()), copy_bytes=nbytes, spill_loads=loads,
                                              spill_load_bytes=load_bytes))
 
@@ -338,8 +378,10 @@ class HostTier:
         always part)."""
         starts = torch.unique(self._extent_of[host_rows])
         _, _, complete = self._place_for_read(starts)
+        if self.orders is not None and layer is None:  # each layer's rows in its own order
+            return torch.stack([self.read_keys(host_rows, i) for i in range(self.store.num_layers)])
         if complete:
-            rows = self._physical(host_rows)
+            rows = self._physical(host_rows, layer)
             return self.store.k_buffer[:, rows] if layer is None else self.store.k_buffer[layer, rows]
         return self._gather_unplaced(host_rows, starts, layer)[0]
 
@@ -352,9 +394,14 @@ class HostTier:
         self._last_read[start] = self._forward
         self._held[start] = _Held(virtual, placed)
 
-    def _physical(self, host_rows: torch.Tensor) -> torch.Tensor:
-        """Host-store rows of virtual rows whose extents are all placed (the same rows without a spill tier)."""
-        return host_rows if self.spill is None else host_rows + self._shift[host_rows]
+    def _physical(self, host_rows: torch.Tensor, layer: Optional[int] = None) -> torch.Tensor:
+        """Host-store rows of virtual rows whose extents are all placed (the same rows without a spill tier); with
+        per-layer orders, those of ``layer``'s plane."""
+        rows = host_rows if self.spill is None else host_rows + self._shift[host_rows]
+        if self.orders is None:
+            return rows
+        starts = self._extent_of[host_rows]
+        return rows - host_rows + self.orders.physical(layer, host_rows, starts)
 
     def _coldest(self, protect) -> List[_Held]:
         """Placed extents, coldest last (least recently read; ties: lower row), except ``protect``: a
@@ -434,6 +481,10 @@ class HostTier:
         the others from their blobs. ``layer`` None: all layers (``[L, n, ...]``). Returns ``(k, v, blobs
         read, their bytes)``."""
         store = self.store
+        if self.orders is not None and layer is None:  # each layer's rows in its own order
+            parts = [self._gather_unplaced(host_rows, starts, i) for i in range(store.num_layers)]
+            return (torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts]),
+                    sum(p[2] for p in parts), sum(p[3] for p in parts))
         shape = (host_rows.numel(),) + tuple(store.k_buffer.shape[2:])
         shape = shape if layer is not None else (store.num_layers,) + shape
         k = store.k_buffer.new_empty(shape)
@@ -441,7 +492,7 @@ class HostTier:
         of = self._extent_of[host_rows]
         spilled = self._spilled[of]
         here = ~spilled
-        physical = host_rows[here] + self._shift[host_rows[here]]
+        physical = self._physical(host_rows[here], layer)  # a spill tier exists here: rows shift with placement
         if layer is not None:
             k[here], v[here] = store.k_buffer[layer][physical], store.v_buffer[layer][physical]
         else:
@@ -454,7 +505,7 @@ class HostTier:
                 for i in range(store.num_layers):
                     self.checksums.verify(start, i, bk[i], bv[i], where="the spill tier")
             sel = of == start
-            offsets = host_rows[sel] - start
+            offsets = host_rows[sel] - start if self.orders is None else self.orders.rank[layer, host_rows[sel]].long()
             if layer is not None:
                 k[sel], v[sel] = bk[layer][offsets], bv[layer][offsets]
             else:
@@ -489,4 +540,7 @@ class HostTier:
             assert blobs == self.spill.held_tokens, f"blobs hold {blobs} tokens, the spill tier counts {self.spill.held_tokens}"
         if self.checksums is not None:
             assert len(self.checksums) == len(self._held), "a live extent without a checksum (or a stale one)"
+        if self.orders is not None:
+            for h in self._held.values():
+                self.orders.check(*h.rows)
         self.caches.check_integrity()

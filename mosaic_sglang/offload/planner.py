@@ -12,7 +12,7 @@ import torch
 
 from ..clusters import ClusterIndex
 
-__all__ = ["clusters_to_offload", "groups_to_move", "settled_members"]
+__all__ = ["clusters_to_offload", "closed_groups", "groups_to_move", "settled_members"]
 
 
 def clusters_to_offload(index: ClusterIndex, path: torch.Tensor, *, sink_tokens: int,
@@ -33,6 +33,49 @@ def clusters_to_offload(index: ClusterIndex, path: torch.Tensor, *, sink_tokens:
     if sealed_only:
         on_device &= settled_members(indptr, index.movable_clusters(0).cpu())
     return groups_to_move(indptr, members, on_device)
+
+
+def closed_groups(index: ClusterIndex, path: torch.Tensor, *, sink_tokens: int,
+                  sealed_only: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """With one membership per layer: the positions to move, grouped so that a group holds whole clusters of
+    *every* layer where it can (the connected components of "shares a cluster in some layer"), and each
+    position's cluster per layer. The host tier lays each group out as one extent with a row order per layer
+    (`layer_orders.py`), so a layer's cluster inside it is one copy; a cluster split over groups (some of it
+    moved earlier, or kept on the device) is one copy per group.
+
+    Args: as `clusters_to_offload`; ``sealed_only`` moves a component only when each of its clusters is movable
+    (`ClusterIndex.movable_clusters` of each layer's group), so what moves mid-prefill is closed too.
+
+    Returns:
+        ``(groups, clusters)``: per group, ``[M] int64`` positions (ascending) and ``[L, M] int64`` their
+        cluster id in each layer; groups by first position.
+    """
+    view = index.view()
+    n = index.num_tokens
+    assign = view.assign[:, :n].cpu()  # [G, N]
+    position = torch.arange(n)
+    move = (assign >= 0).all(0) & (path[:n] > 0) & (position >= sink_tokens)
+    label = torch.where(move, position, n)  # connected components by their first position (label propagation)
+    while True:
+        before = label.clone()
+        for g in range(assign.shape[0]):
+            ids = assign[g, move]
+            low = torch.full((int(assign[g].max()) + 1,), n, dtype=torch.int64).scatter_reduce(0, ids, label[move], "amin")
+            label[move] = torch.minimum(label[move], low[ids])
+        if torch.equal(label, before):
+            break
+    if sealed_only:  # a component moves whole, once every cluster of it is movable in every layer
+        stays = torch.zeros(n, dtype=torch.bool)
+        for g in range(assign.shape[0]):
+            stays |= ~index.movable_clusters(g).cpu()[assign[g].clamp(min=0)]
+        blocked = torch.zeros(n + 1, dtype=torch.bool).index_put_((label[move & stays],), torch.tensor(True))
+        move &= ~blocked[label]
+    members = position[move]
+    members = members[torch.argsort(label[move] * (n + 1) + members)]  # by component, then position
+    counts = torch.unique_consecutive(label[members], return_counts=True)[1]
+    groups = list(torch.split(members, counts.tolist()))
+    per_layer = view.assign[view.group_of_layer][:, :n].cpu()  # [L, N]
+    return groups, [per_layer[:, g] for g in groups]
 
 
 def settled_members(indptr: torch.Tensor, settled: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from ..clusters import select_layer_batch, select_layer_into
 from ..clusters.mass import always_log_mass, banded_log_mass
 from ..config import MosaicConfig
 from ..offload.host_tier import HostTier, encode_host
-from ..offload.planner import clusters_to_offload
+from ..offload.planner import closed_groups, clusters_to_offload
 from ..offload.residency import ClusterResidency
 from ..retrieval.base import always_attended_mask
 from .plan import AlwaysPart, ForwardPlan, LayerKV, build_plan
@@ -371,10 +371,16 @@ class ClusterAttendedSet(AttendedSetPolicy):
             return 0
         moved = 0
         for anchor, video in self.videos.matching(path):
-            groups = clusters_to_offload(video.index, path, sink_tokens=self.config.sink_tokens, sealed_only=sealed_only)
+            clusters = None  # per-layer memberships: each group's cluster per layer (the host tier orders each plane)
+            if self.host.orders is None:
+                groups = clusters_to_offload(video.index, path, sink_tokens=self.config.sink_tokens,
+                                             sealed_only=sealed_only)
+            else:
+                groups, clusters = closed_groups(video.index, path, sink_tokens=self.config.sink_tokens,
+                                                 sealed_only=sealed_only)
             if not groups:
                 continue
-            host_rows = self.host.put_clusters(read_kv, [path[g] for g in groups])
+            host_rows = self.host.put_clusters(read_kv, [path[g] for g in groups], clusters)
             if len(host_rows) < len(groups):
                 self.counters.host_store_full_events += 1
                 groups = groups[: len(host_rows)]
