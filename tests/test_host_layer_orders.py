@@ -71,19 +71,34 @@ def test_every_read_gives_the_rows_asked_in_every_layer_and_a_cluster_is_one_cop
 
 
 def test_freed_rows_reused_by_a_new_extent_are_never_served_from_an_old_cached_sub_range(debug):
+    """The new extent has the same rows and the same sub-ranges (two of two rows) with other data: every id
+    of the freed extent must leave the caches, not only its start."""
     k, v = _pool()
-    tier = _tier(capacity=10)
+    tier = _tier(capacity=4)
     read_kv = lambda s: (k[:, s], v[:, s])
-    (a,) = tier.put_clusters(read_kv, GROUPS[:1], CLUSTERS[:1])
+    (a,) = tier.put_clusters(read_kv, [torch.arange(0, 4)], [torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1]])])
     tier.begin_forward([3])
-    tier.read_cached(3, 16, 0, a, "cpu")
+    assert tier.read_cached(3, 16, 0, a, "cpu").counts.copies == 2
     tier.release(a)
-    (b,) = tier.put_clusters(read_kv, [torch.arange(40, 46)], [torch.tensor([[0, 0, 1, 1, 0, 1], [0, 1, 0, 1, 0, 1]])])
-    assert torch.equal(a, b)  # the same host rows, other data and another order
+    (b,) = tier.put_clusters(read_kv, [torch.arange(40, 44)], [torch.tensor([[5, 5, 6, 6], [5, 5, 6, 6]])])
+    assert torch.equal(a, b)  # the same host rows, other data
     tier.begin_forward([3])
-    got_k, _, _ = tier.read_cached(3, 16, 0, b, "cpu")
-    assert torch.equal(got_k, k[0, 40:46])
+    got_k, _, counts = tier.read_cached(3, 16, 0, b, "cpu")
+    assert torch.equal(got_k, k[0, 40:44]) and counts.copies == 2
     tier.check_integrity()
+
+
+def test_a_selection_larger_than_the_cache_reads_one_copy_per_sub_range_and_prefetch_is_not_planned(debug):
+    k, v = _pool()
+    tier = _tier()
+    rows = tier.put_clusters(lambda s: (k[:, s], v[:, s]), GROUPS, CLUSTERS)
+    host = torch.cat(rows)
+    tier.begin_forward([2])
+    got_k, _, counts = tier.read_cached(2, 4, 1, host, "cpu")  # 10 rows, a 4-slot cache: read around it
+    assert torch.equal(got_k, k[1, torch.cat(GROUPS)])
+    assert (counts.overflow_reads, counts.copies) == (1, 5)  # layer 1: clusters 4, 5, 6 and 7, 8
+    got_k, _, counts = tier.read_cached(2, 16, 0, rows[1], "cpu", prefetch_next=True)
+    assert torch.equal(got_k, k[0, GROUPS[1]]) and counts.prefetch_copies == 0  # layer 1's clusters differ
 
 
 def test_a_corrupt_cached_sub_range_is_caught(debug):
@@ -97,6 +112,10 @@ def test_a_corrupt_cached_sub_range_is_caught(debug):
     tier.begin_forward([1])
     with pytest.raises(OffloadCorruptionError, match="sub-range"):
         tier.read_cached(1, 16, 0, rows[1], "cpu")
+    tier.store.k_buffer[1].fill_(7.0)  # the host store itself, before any copy: its checksum catches it
+    tier.begin_forward([1])
+    with pytest.raises(OffloadCorruptionError, match="host store"):
+        tier.read_cached(1, 16, 1, rows[0], "cpu")
 
 
 def test_spilled_extents_come_back_in_their_per_layer_order(tmp_path, debug):

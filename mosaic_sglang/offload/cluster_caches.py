@@ -134,13 +134,17 @@ class ClusterCaches:
             return 0
         return max(cache.residency.resident_tokens(layer) for layer in range(self.store.num_layers))
 
-    def forget_extents(self, starts: Sequence[int]) -> None:
+    def forget_extents(self, starts: Sequence[int], lengths: Optional[Sequence[int]] = None) -> None:
         """The host extents at ``starts`` are being freed: no cache may serve their old copies, and no
-        queued copy may still read them (one wait per cache, CUDA; nothing to wait for on CPU)."""
+        queued copy may still read them (one wait per cache, CUDA; nothing to wait for on CPU). With
+        ``lengths`` every cached id inside an extent goes (sub-ranges of per-layer orders, `layer_orders.py`)."""
         if not starts:
             return
         for cache in self._caches.values():
-            cache.residency.drop(starts)
+            if lengths is None:
+                cache.residency.drop(starts)
+            else:
+                cache.residency.drop_ranges([(s, s + n) for s, n in zip(starts, lengths)])
             cache.engine.synchronize()
 
     def synchronize(self) -> None:

@@ -158,7 +158,8 @@ class HostTier:
 
     def put_clusters(self, read_kv: KVReader, slot_groups: List[torch.Tensor],
                      layer_clusters: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
-        """Copy each group of device slots (one cluster) into its own extent; returns host rows per group.
+        """Copy each group of device slots (one cluster; with per-layer orders, a group no layer's cluster
+        crosses) into its own extent; returns host rows per group.
 
         With `orders` (per-layer memberships) ``layer_clusters`` gives each group's ``[L, M]`` cluster ids
         per layer (members in the group's order): each layer's plane is written in its own cluster order.
@@ -218,8 +219,7 @@ class HostTier:
             if held.live == 0:
                 emptied.append(start)
         # a later extent may reuse these rows: never serve stale copies (per-layer orders: every sub-range id)
-        self.caches.forget_extents(emptied if self.orders is None else
-                                   [r for s in emptied for r in range(s, s + self._held[s].rows.length)])
+        self.caches.forget_extents(emptied, None if self.orders is None else [self._held[s].rows.length for s in emptied])
         for start in emptied:
             held = self._held.pop(start)
             if self.checksums is not None:
@@ -308,7 +308,12 @@ class HostTier:
     def _verify_cached(self, engine, layer: int, ids: Sequence[int], slots: torch.Tensor, lengths: torch.Tensor,
                        extents: Sequence[Extent]) -> None:
         """Debug: every cluster this read touched, as it sits in the device cache, matches its checksum (a
-        sub-range of a per-layer order: the host store's rows, themselves checked on every host read)."""
+        sub-range of a per-layer order: the host store's rows, whose extent plane is checked against its
+        checksum here too)."""
+        if self.orders is not None:
+            for start in sorted({int(self._extent_of[i]) for i in ids}):
+                held = self._held[start]
+                self.checksums.verify(start, layer, *self.store.extent_view(held.placed, layer), where="the host store")
         for start, members, extent in zip(ids, torch.split(slots, lengths.tolist()), extents):
             rows = engine.rows(members)
             k, v = engine.device_k[layer][rows], engine.device_v[layer][rows]
@@ -378,12 +383,14 @@ class HostTier:
         always part)."""
         starts = torch.unique(self._extent_of[host_rows])
         _, _, complete = self._place_for_read(starts)
-        if self.orders is not None and layer is None:  # each layer's rows in its own order
-            return torch.stack([self.read_keys(host_rows, i) for i in range(self.store.num_layers)])
-        if complete:
-            rows = self._physical(host_rows, layer)
-            return self.store.k_buffer[:, rows] if layer is None else self.store.k_buffer[layer, rows]
-        return self._gather_unplaced(host_rows, starts, layer)[0]
+        if not complete:
+            return self._gather_unplaced(host_rows, starts, layer)[0]
+        if layer is not None:
+            return self.store.k_buffer[layer, self._physical(host_rows, layer)]
+        if self.orders is None:
+            return self.store.k_buffer[:, self._physical(host_rows)]
+        return torch.stack([self.store.k_buffer[i, self._physical(host_rows, i)]  # each layer in its own order
+                            for i in range(self.store.num_layers)])
 
     # -- placement of extents in the host store (spill tier) ---------------------------------------
 
@@ -478,25 +485,19 @@ class HostTier:
 
     def _gather_unplaced(self, host_rows: torch.Tensor, starts: torch.Tensor, layer: Optional[int]):
         """K/V of ``host_rows`` when some of their extents could not be placed: placed ones from the store,
-        the others from their blobs. ``layer`` None: all layers (``[L, n, ...]``). Returns ``(k, v, blobs
-        read, their bytes)``."""
+        the others from their blobs (each read once). ``layer`` None: all layers (``[L, n, ...]``). Returns
+        ``(k, v, blobs read, their bytes)``."""
         store = self.store
-        if self.orders is not None and layer is None:  # each layer's rows in its own order
-            parts = [self._gather_unplaced(host_rows, starts, i) for i in range(store.num_layers)]
-            return (torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts]),
-                    sum(p[2] for p in parts), sum(p[3] for p in parts))
-        shape = (host_rows.numel(),) + tuple(store.k_buffer.shape[2:])
-        shape = shape if layer is not None else (store.num_layers,) + shape
+        layers = list(range(store.num_layers)) if layer is None else [layer]
+        shape = (len(layers), host_rows.numel()) + tuple(store.k_buffer.shape[2:])
         k = store.k_buffer.new_empty(shape)
         v = store.v_buffer.new_empty(shape[:-1] + (store.v_head_dim,))
         of = self._extent_of[host_rows]
         spilled = self._spilled[of]
-        here = ~spilled
-        physical = self._physical(host_rows[here], layer)  # a spill tier exists here: rows shift with placement
-        if layer is not None:
-            k[here], v[here] = store.k_buffer[layer][physical], store.v_buffer[layer][physical]
-        else:
-            k[:, here], v[:, here] = store.k_buffer[:, physical], store.v_buffer[:, physical]
+        here = host_rows[~spilled]
+        for i, lay in enumerate(layers):  # a spill tier exists here: rows shift with their extents' placement
+            physical = self._physical(here, lay)
+            k[i, ~spilled], v[i, ~spilled] = store.k_buffer[lay][physical], store.v_buffer[lay][physical]
         before, blobs = self.spill.stats.loaded_bytes, torch.unique(of[spilled]).tolist()
         for start in blobs:
             held = self._held[start]
@@ -505,11 +506,11 @@ class HostTier:
                 for i in range(store.num_layers):
                     self.checksums.verify(start, i, bk[i], bv[i], where="the spill tier")
             sel = of == start
-            offsets = host_rows[sel] - start if self.orders is None else self.orders.rank[layer, host_rows[sel]].long()
-            if layer is not None:
-                k[sel], v[sel] = bk[layer][offsets], bv[layer][offsets]
-            else:
-                k[:, sel], v[:, sel] = bk[:, offsets], bv[:, offsets]
+            for i, lay in enumerate(layers):  # offsets in the blob: as written (per-layer orders: each its own)
+                offsets = host_rows[sel] - start if self.orders is None else self.orders.rank[lay, host_rows[sel]].long()
+                k[i, sel], v[i, sel] = bk[lay][offsets], bv[lay][offsets]
+        if layer is not None:
+            k, v = k[0], v[0]
         return k, v, len(blobs), self.spill.stats.loaded_bytes - before
 
     def check_integrity(self) -> None:

@@ -35,16 +35,23 @@ def clusters_to_offload(index: ClusterIndex, path: torch.Tensor, *, sink_tokens:
     return groups_to_move(indptr, members, on_device)
 
 
-def closed_groups(index: ClusterIndex, path: torch.Tensor, *, sink_tokens: int,
-                  sealed_only: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """With one membership per layer: the positions to move, grouped so that a group holds whole clusters of
-    *every* layer where it can (the connected components of "shares a cluster in some layer"), and each
-    position's cluster per layer. The host tier lays each group out as one extent with a row order per layer
-    (`layer_orders.py`), so a layer's cluster inside it is one copy; a cluster split over groups (some of it
-    moved earlier, or kept on the device) is one copy per group.
+MAX_GROUP_TOKENS = 4096
+"""Largest offload group of `closed_groups`: a component past it is cut into position runs (a cluster cut
+there is two copies), so no extent needs a huge contiguous stretch of host rows."""
 
-    Args: as `clusters_to_offload`; ``sealed_only`` moves a component only when each of its clusters is movable
-    (`ClusterIndex.movable_clusters` of each layer's group), so what moves mid-prefill is closed too.
+
+def closed_groups(index: ClusterIndex, path: torch.Tensor, *, sink_tokens: int, sealed_only: bool,
+                  max_group_tokens: int = MAX_GROUP_TOKENS) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """With one membership per layer: the positions to move, grouped so that a group holds whole clusters of
+    *every* layer where it can (the connected components of "shares a cluster in some layer" among the
+    positions that move), and each position's cluster per layer. The host tier lays each group out as one
+    extent with a row order per layer (`layer_orders.py`), so a layer's cluster inside it is one copy. A
+    cluster split over groups (some of it moved earlier or kept on the device, or a component cut at
+    ``max_group_tokens``) is one copy per group.
+
+    Args: as `clusters_to_offload`; ``sealed_only`` moves a position only when its cluster is movable in every
+    layer (`ClusterIndex.movable_clusters` of each layer's group): the device bound of a streamed prefill does
+    not wait for a whole component to settle.
 
     Returns:
         ``(groups, clusters)``: per group, ``[M] int64`` positions (ascending) and ``[L, M] int64`` their
@@ -55,26 +62,32 @@ def closed_groups(index: ClusterIndex, path: torch.Tensor, *, sink_tokens: int,
     assign = view.assign[:, :n].cpu()  # [G, N]
     position = torch.arange(n)
     move = (assign >= 0).all(0) & (path[:n] > 0) & (position >= sink_tokens)
-    label = torch.where(move, position, n)  # connected components by their first position (label propagation)
+    if sealed_only:
+        for g in range(assign.shape[0]):
+            move &= index.movable_clusters(g).cpu()[assign[g].clamp(min=0)]
+    # connected components, each labelled by its first position: every cluster takes its members' lowest
+    # label, then labels jump to their label's label (a label is a position of the same component), until
+    # nothing changes; the jumps keep the sweeps few when clusters chain across a long stretch
+    label = torch.where(move, position, n)
     while True:
         before = label.clone()
         for g in range(assign.shape[0]):
             ids = assign[g, move]
             low = torch.full((int(assign[g].max()) + 1,), n, dtype=torch.int64).scatter_reduce(0, ids, label[move], "amin")
             label[move] = torch.minimum(label[move], low[ids])
+        while True:
+            jumped = torch.cat([label, label.new_full((1,), n)])[label]
+            if torch.equal(jumped, label):
+                break
+            label = jumped
         if torch.equal(label, before):
             break
-    if sealed_only:  # a component moves whole, once every cluster of it is movable in every layer
-        stays = torch.zeros(n, dtype=torch.bool)
-        for g in range(assign.shape[0]):
-            stays |= ~index.movable_clusters(g).cpu()[assign[g].clamp(min=0)]
-        blocked = torch.zeros(n + 1, dtype=torch.bool).index_put_((label[move & stays],), torch.tensor(True))
-        move &= ~blocked[label]
     members = position[move]
     members = members[torch.argsort(label[move] * (n + 1) + members)]  # by component, then position
     counts = torch.unique_consecutive(label[members], return_counts=True)[1]
-    groups = list(torch.split(members, counts.tolist()))
-    per_layer = view.assign[view.group_of_layer][:, :n].cpu()  # [L, N]
+    groups = [piece for component in torch.split(members, counts.tolist())
+              for piece in torch.split(component, max_group_tokens)]
+    per_layer = assign[view.group_of_layer.cpu()]  # [L, N]
     return groups, [per_layer[:, g] for g in groups]
 
 

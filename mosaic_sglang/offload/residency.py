@@ -36,6 +36,7 @@ and, if prefetching, `prefetch(l + 1, same ids)` (execute asynchronously).
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
@@ -312,6 +313,19 @@ class ClusterResidency:
             for cid in cluster_ids:
                 if int(cid) in self._entries[layer]:
                     self._drop(layer, int(cid))
+
+    def drop_ranges(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Forget, in every layer, the clusters whose id lies in one of ``ranges`` (``[start, end)``): ids that
+        name sub-ranges of freed host extents (`layer_orders.py`). Walks the resident clusters only."""
+        if not ranges:
+            return
+        ranges = sorted(ranges)
+        starts = [a for a, _ in ranges]
+        for layer in range(self.num_layers):
+            for cid in list(self._entries[layer]):
+                i = bisect.bisect_right(starts, cid) - 1
+                if i >= 0 and cid < ranges[i][1]:
+                    self._drop(layer, cid)
 
     def clear(self) -> None:
         """Drop everything (sequence finished)."""
