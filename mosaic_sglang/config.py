@@ -86,8 +86,8 @@ class MosaicConfig:
     synthetic / caption traces; with host_store_tokens each extent's plane is ordered by that layer's clusters,
     one copy per (layer, cluster): offload/layer_orders.py). With regroup 24 per 32 + tail and per-head lists,
     per_layer meets issue 13's recall, size and copy numbers on both traces (copies counted with a layer-major
-    host layout; benchmarks/README.md, granularity and offload sections); shared stays the default: 1x ingest, and one list per layer reads 1.75x fewer
-    positions than per-head lists."""
+    host layout; benchmarks/README.md, granularity and offload sections); shared stays the default: 1x ingest,
+    and one list per layer reads 1.75x fewer positions than per-head lists."""
     score: str = "size_weighted"
     """Cluster scoring rule: 'centroid', 'centroid_radius' or 'size_weighted'."""
     share_of_total: bool = True

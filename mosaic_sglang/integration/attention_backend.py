@@ -221,10 +221,17 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         first = self._heads.rank * local
         own = SimpleNamespace(first=first, count=local, attn=plan.head_block(first, local).head_major())
         if not plan.padded:
-            own.lo, own.hi, _ = head_block_lists(attn.kv_indptr, first, local, len(self.layouts))
-            own.kv_indptr = own.attn.kv_indptr.to(device)
+            own.lo, own.hi, kv_indptr = head_block_lists(attn.kv_indptr, first, local, len(self.layouts))
+            own.kv_indptr = kv_indptr.to(device)
             own.entry_rows, own.entry_head = self._entries(own.attn.kv_request, local)
         return own
+
+    def _own_block(self, own: SimpleNamespace, kv_indptr: torch.Tensor, padded: bool):
+        """``(lo, hi, indptr)`` of this rank's block in a layer's head-major lists ``kv_indptr``: planned for
+        the exact fill, read per layer from a padded plan's compacted lists (a host sync, as compacting)."""
+        if not padded:
+            return own.lo, own.hi, own.kv_indptr
+        return head_block_lists(kv_indptr, own.first, own.count, len(self.layouts))
 
     def _entries(self, kv_request: torch.Tensor, heads: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``(req_to_token row, KV head or None)`` of each list entry, from its list ``kv_request [nnz]``
@@ -291,13 +298,13 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         else:
             kv_indptr, entry_rows, entry_head = self._kv_indptr, self._entry_rows, self._entry_head
         own = self._own  # tensor parallel, per-KV-head lists: this rank attends its own heads' block
-        if own is not None and not self._host_requests:
-            if plan.padded:  # the block of this layer's compacted lists (their bounds: a host sync, as compacting)
-                lo, hi, kv_indptr = head_block_lists(kv_indptr, own.first, own.count, len(self.layouts))
-                positions, entry_rows, entry_head = positions[lo:hi], entry_rows[lo:hi], entry_head[lo:hi] - own.first
-            else:
-                positions = positions[own.lo : own.hi]
-                kv_indptr, entry_rows, entry_head = own.kv_indptr, own.entry_rows, own.entry_head
+        if own is not None and not self._host_requests:  # gather only this rank's entries
+            lo, hi, kv_indptr = self._own_block(own, kv_indptr, plan.padded)
+            positions = positions[lo:hi]
+            if plan.padded:
+                entry_rows, entry_head = entry_rows[lo:hi], entry_head[lo:hi] - own.first
+            else:  # planned: no per-layer work in a decode step
+                entry_rows, entry_head = own.entry_rows, own.entry_head
         # the runner's index dtype (FlashInfer's page lists are int32, like req_to_token: no cast round trip)
         slot_dtype = torch.int64 if self._host_requests else self._runner.slot_dtype
         slots = self.req_to_token_pool.req_to_token[entry_rows, positions].to(slot_dtype)
@@ -308,8 +315,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
             k_buffer, v_buffer = self._gather_mixed(local, slots, host_indptr, k_buffer, v_buffer, plan.heads)
             slots = torch.arange(slots.numel(), device=device)
             if own is not None:  # every head's rows were read (the same host reads on every rank); attend this rank's
-                lo, hi, kv_indptr = ((own.lo, own.hi, own.kv_indptr) if not plan.padded
-                                     else head_block_lists(kv_indptr, own.first, own.count, len(self.layouts)))
+                lo, hi, kv_indptr = self._own_block(own, kv_indptr, plan.padded)
                 slots, positions, entry_head = slots[lo:hi], positions[lo:hi], entry_head[lo:hi] - own.first
         if k is not None and v is not None:
             k = k.reshape(-1, layer.tp_k_head_num, layer.qk_head_dim)

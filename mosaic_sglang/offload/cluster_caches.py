@@ -23,6 +23,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 import torch
 
+from .extents import Extent
 from .host_store import HostKVStore
 from .residency import ClusterResidency
 from .transfer import TransferEngine
@@ -134,17 +135,14 @@ class ClusterCaches:
             return 0
         return max(cache.residency.resident_tokens(layer) for layer in range(self.store.num_layers))
 
-    def forget_extents(self, starts: Sequence[int], lengths: Optional[Sequence[int]] = None) -> None:
-        """The host extents at ``starts`` are being freed: no cache may serve their old copies, and no
-        queued copy may still read them (one wait per cache, CUDA; nothing to wait for on CPU). With
-        ``lengths`` every cached id inside an extent goes (sub-ranges of per-layer orders, `layer_orders.py`)."""
-        if not starts:
+    def forget_extents(self, extents: Sequence[Extent]) -> None:
+        """The host ``extents`` (virtual rows) are being freed: no cache may serve their old copies — any
+        cached id inside one goes (the extent's start, or a sub-range of a per-layer order, `layer_orders.py`)
+        — and no queued copy may still read them (one wait per cache, CUDA; nothing to wait for on CPU)."""
+        if not extents:
             return
         for cache in self._caches.values():
-            if lengths is None:
-                cache.residency.drop(starts)
-            else:
-                cache.residency.drop_ranges([(s, s + n) for s, n in zip(starts, lengths)])
+            cache.residency.drop_ranges([(e.start, e.start + e.length) for e in extents])
             cache.engine.synchronize()
 
     def synchronize(self) -> None:

@@ -218,8 +218,7 @@ class HostTier:
             assert held.live >= 0, f"extent {start} released more tokens than it holds"
             if held.live == 0:
                 emptied.append(start)
-        # a later extent may reuse these rows: never serve stale copies (per-layer orders: every sub-range id)
-        self.caches.forget_extents(emptied, None if self.orders is None else [self._held[s].rows.length for s in emptied])
+        self.caches.forget_extents([self._held[s].rows for s in emptied])  # their rows may be reused: no stale copies
         for start in emptied:
             held = self._held.pop(start)
             if self.checksums is not None:

@@ -315,8 +315,9 @@ class ClusterResidency:
                     self._drop(layer, int(cid))
 
     def drop_ranges(self, ranges: Sequence[tuple[int, int]]) -> None:
-        """Forget, in every layer, the clusters whose id lies in one of ``ranges`` (``[start, end)``): ids that
-        name sub-ranges of freed host extents (`layer_orders.py`). Walks the resident clusters only."""
+        """Forget, in every layer, the clusters whose id lies in one of ``ranges`` (``[start, end)``): every id of
+        a freed host extent (its start, or its sub-ranges under per-layer orders, `layer_orders.py`). Walks the
+        resident clusters only."""
         if not ranges:
             return
         ranges = sorted(ranges)

@@ -44,7 +44,6 @@ def head_slots(slots: torch.Tensor, entry_head: torch.Tensor, heads: int) -> tor
     return slots * heads + entry_head
 
 
-
 def head_block_lists(kv_indptr: torch.Tensor, first: int, count: int, batch: int) -> tuple[int, int, torch.Tensor]:
     """Of head-major lists (list ``h · B + b``, CSR ``kv_indptr [H · B + 1]``), the block of KV heads ``[first,
     first + count)``: ``(lo, hi, indptr [count · B + 1])``, its entries ``[lo, hi)`` of the whole and its CSR from
