@@ -14,6 +14,9 @@ so a chunked dense prefill costs cubic time (32K+ tokens take hours on 2 cores).
 cost does not depend on what the tokens are; the run checks that at the smallest context
 (``dense-video`` row: the video itself, chunked prefill) against the text prompt.
 
+Mosaic engines run `MosaicConfig`'s defaults except what their mode names: ``mosaic`` is the defaults
+(Mosaic as shipped), ``mosaic+host`` the defaults with the host tier on.
+
 Measured per context and engine, with the prompt cached (a warm-up question prefills it):
 
 - ``fwd ms``: median model forward per decode step, timed inside the scheduler around
@@ -26,8 +29,9 @@ Measured per context and engine, with the prompt cached (a warm-up question pref
 ``mosaic-reselect`` (only when asked for with ``--modes``): ``reselect_every = 1``, every decode
 step scores the clusters and fills the budget again at every layer (the device path without host syncs,
 `select_layer_into`), instead of copying the question's selection from the ``req_to_selection`` slab.
-``mosaic-per-head`` / ``mosaic-reselect-per-head`` (also only with ``--modes``): the same with
-``selection_heads='per_kv_head'`` (one list per KV head: the planning, metadata and attention cost of it).
+``mosaic-per-head`` / ``mosaic-reselect-per-head`` and ``mosaic-shared`` / ``mosaic-reselect-shared`` (also
+only with ``--modes``): the same with ``selection_heads='per_kv_head'`` (one list per KV head) or ``'shared'``
+(one per layer), whatever the default: the planning, metadata and attention cost of per-head lists.
 ``mosaic-reselect-cluster-share`` (also only with ``--modes``): ``mosaic-reselect`` with ``share_of_total`` off,
 so the cost of reading the always part's keys at every selecting layer shows beside ``mosaic-reselect``.
 
@@ -49,7 +53,7 @@ TOKENS_PER_FRAME_PAIR = 256  # 448 px: 16 × 16 merged patches per temporal grou
 VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 QUESTION = "what happens in the video?<|im_end|>\n<|im_start|>assistant\n"
 MODES = ("dense", "dense-video", "mosaic", "mosaic+host", "mosaic-reselect", "mosaic-per-head",
-         "mosaic-reselect-per-head", "mosaic-reselect-cluster-share")
+         "mosaic-reselect-per-head", "mosaic-shared", "mosaic-reselect-shared", "mosaic-reselect-cluster-share")
 """``mosaic-reselect-cluster-share``: re-selecting with `MosaicConfig.share_of_total` off (shares among the
 clusters only), the cost of reading the always part at every selecting layer, side by side."""
 
@@ -67,10 +71,12 @@ def engine_kwargs(model: str, mode: str, args, max_context: int) -> dict:
     else:
         host = max_context + 1024 if mode == "mosaic+host" else 0
         reselect = 1 if mode.startswith("mosaic-reselect") else 0  # every decode step selects again at every layer
-        heads = "per_kv_head" if mode.endswith("per-head") else "shared"
+        options = {"host_store_tokens": host, "reselect_every": reselect,
+                   "share_of_total": not mode.endswith("cluster-share")}
+        if mode.endswith(("-per-head", "-shared")):  # the per-head toggle, both sides explicit; else the default
+            options["selection_heads"] = "per_kv_head" if mode.endswith("-per-head") else "shared"
         kwargs.update(enable_mosaic=True, mosaic_budget=args.budget, chunked_prefill_size=args.chunk,
-                      mosaic_config={"host_store_tokens": host, "reselect_every": reselect, "selection_heads": heads,
-                                     "share_of_total": not mode.endswith("cluster-share")})
+                      mosaic_config=options)
     return kwargs
 
 
@@ -156,8 +162,8 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=2048, help="Mosaic budget (selected tokens per layer)")
     p.add_argument("--chunk", type=int, default=2048, help="chunked prefill size of the video engines")
     p.add_argument("--steps", type=int, default=None, help="decode steps measured per context")
-    p.add_argument("--modes", nargs="*", default=[m for m in MODES if "reselect" not in m and "per-head" not in m],
-                   choices=MODES)
+    p.add_argument("--modes", nargs="*", choices=MODES,
+                   default=[m for m in MODES if not any(k in m for k in ("reselect", "per-head", "-shared"))])
     args = p.parse_args()
     contexts = args.contexts or ([2048, 4096] if args.quick else [8192, 32768, 65536])
     args.steps = args.steps or (3 if args.quick else 12)

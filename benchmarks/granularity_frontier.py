@@ -7,17 +7,20 @@ variance; ``split_threshold`` kept at 1.5× it, the default ratio) and ``max_clu
 selects at a 10 % budget. Per point: attention-mass recall and top-10 recall against exact attention,
 clusters in the index, mean tokens per *selected* cluster (selected tokens / clusters used, the unit a
 transfer moves), and ingest time per frame. The issue's goal reads off the table: the largest selected
-clusters whose mass recall stays within 1 point of the defaults' (≥ 16 tokens on the synthetic trace,
-≥ 8 on the captions). Rows ``k-means/T``: Mosaic's scoring and exact fill over memberships from k-means
-at ~T tokens per cluster over the whole index (`ClusterKVRetriever`'s clustering), or per span of 16
-frames (``per 16 frames``): candidates for coarse groups formed off the decode path, and the same with
-``+ online tail``: the frames a stream has not regrouped by the question (the active frames and the
-sealed ones after the last complete span) keep the online clusters. Rows ``+ tail at the question``: the
-served regrouping, and when the question arrives `ClusterIndex.regroup_tail` regroups what is still online
-(its time: ``tail ms``), with one membership for all layers or one per layer (``per-layer``). Rows ``+ regroup/T per F
-frames``: the served option (`MosaicConfig.regroup_tokens`/`regroup_frames`): the online index whose
-`maintain` regroups every F sealed frames by k-means in its own membership geometry (shared over layers,
-z-scored keys); the unsettled tail (active and not yet due frames) keeps its online clusters.
+clusters whose mass recall stays within 1 point of the online baseline's (join 0.2, no regrouping: the
+defaults before issue 13; ≥ 16 tokens on the synthetic trace, ≥ 8 on the captions). The ``mass recall``
+column is one cluster list per layer (``selection_heads='shared'``) whatever the defaults are; rows not
+marked ``per-layer`` have one membership for all layers. Rows ``k-means/T``: Mosaic's scoring and exact
+fill over memberships from k-means at ~T tokens per cluster over the whole index (`ClusterKVRetriever`'s
+clustering), or per span of 16 frames (``per 16 frames``): candidates for coarse groups formed off the
+decode path, and the same with ``+ online tail``: the frames a stream has not regrouped by the question
+(the active frames and the sealed ones after the last complete span) keep the online baseline's clusters.
+Rows ``+ tail at the question``: the served regrouping, and when the question arrives
+`ClusterIndex.regroup_tail` regroups what is still online (its time: ``tail ms``), with one membership for
+all layers or one per layer (``per-layer``). Rows ``+ regroup/T per F frames``: the served option
+(`MosaicConfig.regroup_tokens`/`regroup_frames`): the online index whose `maintain` regroups every F
+sealed frames by k-means in its own membership geometry (shared over layers, z-scored keys); the unsettled
+tail (active and not yet due frames) keeps its online clusters.
 
 Two more columns per row bound what a better scorer could buy at that granularity. ``per-head``: the same
 index selected with ``selection_heads='per_kv_head'`` (each KV head ranks the clusters from its own GQA
@@ -48,7 +51,8 @@ from mosaic_sglang.retrieval.baselines import ClusterKVRetriever  # noqa: E402
 from mosaic_sglang.retrieval.budget import fill_budget_exact  # noqa: E402
 from mosaic_sglang.traces import Trace  # noqa: E402
 from per_head_selection import head_masks, per_head_select, quality_per_head  # noqa: E402
-from trace_families import add_trace_arguments, exact_mean_probs, ingest, load_traces, write_json  # noqa: E402
+from trace_families import (ONLINE_BASELINE, add_trace_arguments, exact_mean_probs, ingest, load_traces,  # noqa: E402
+                            write_json)
 
 JOIN_THRESHOLDS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 MAX_CLUSTER_SIZES = (64, 256)
@@ -67,11 +71,11 @@ def point(trace: Trace, probs: torch.Tensor, join: float, max_size: int, regroup
           regroup_frames: int = KMEANS_WINDOW_FRAMES, membership: str = "shared", tail: bool = False) -> dict:
     """One online index (``probs``: `exact_mean_probs` of the trace, for the ceiling column); ``tail``: the
     frames not regrouped yet are regrouped when the question arrives (`ClusterIndex.regroup_tail`, its
-    time in ``tail_ms``)."""
+    time in ``tail_ms``). Selected with one list per layer (the per-head column: one per KV head)."""
     num_layers, n, hkv, d = trace.keys.shape
     config = MosaicConfig(budget=max(1, round(BUDGET * n)), join_threshold=join, split_threshold=1.5 * join,
                           max_cluster_size=max_size, regroup_tokens=regroup_tokens, regroup_frames=regroup_frames,
-                          membership=membership)
+                          regroup_tail=tail, membership=membership, selection_heads="shared")
     index = ClusterIndex(config, num_layers=num_layers, num_kv_heads=hkv, head_dim=d)
     started = time.perf_counter()
     frames = ingest(index, trace)
@@ -186,9 +190,9 @@ def kmeans_point(trace: Trace, probs: torch.Tensor, tokens_per_cluster: int, win
 
     ``online_tail``: the frames a served index has not regrouped yet at the question (the last
     `active_frames`, and the sealed frames after the last complete span of ``window_frames``) keep the
-    online index's clusters (default config), as `MosaicConfig.regroup_tokens` leaves them."""
+    online index's clusters (`ONLINE_BASELINE`), as `MosaicConfig.regroup_tokens` leaves them."""
     num_layers, n, hkv, d = trace.keys.shape
-    config = MosaicConfig(budget=max(1, round(BUDGET * n)))
+    config = MosaicConfig(budget=max(1, round(BUDGET * n)), **ONLINE_BASELINE)
     assign = _kmeans_memberships(trace, config, tokens_per_cluster, window_frames)  # [L, N], -1: always attended
     always = always_attended_positions(trace.frame_ids.clone(), config)
     if online_tail:
@@ -234,7 +238,7 @@ def _mosaic_scores(trace: Trace, assign: torch.Tensor, config: MosaicConfig) -> 
 def _with_online_tail(trace: Trace, assign: torch.Tensor, config: MosaicConfig, window_frames: int,
                       always: torch.Tensor) -> torch.Tensor:
     """``assign [L, N]`` with the positions of the not yet regrouped frames (see `kmeans_point`) taken from
-    the online index (default config, frame by frame; ids offset past ``assign``'s)."""
+    the online index (``config``: `ONLINE_BASELINE`, frame by frame; ids offset past ``assign``'s)."""
     num_layers, n, hkv, d = trace.keys.shape
     index = ClusterIndex(config, num_layers=num_layers, num_kv_heads=hkv, head_dim=d)
     ingest(index, trace)

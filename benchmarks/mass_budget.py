@@ -2,7 +2,8 @@
 
 One command (``python benchmarks/mass_budget.py``; ``--quick`` for a CI smoke run). On both trace
 families of `retrieval_quality.py` (synthetic video-like KV; the real SmolLM2-135M caption stream), one
-`ClusterIndex` per trace is built frame by frame (default config), then the question's queries select:
+`ClusterIndex` per trace is built frame by frame (the online baseline, `trace_families.ONLINE_BASELINE`:
+online clusters, one membership, one cluster list per layer), then the question's queries select:
 
 * ``tokens``: the fixed budget at 2, 5, 10 and 25 % of the context (``budget_mode='tokens'``);
 * ``mass``: ``budget_mode='mass'`` at each ``--targets`` p with the 25 % budget as the cap: per layer the
@@ -39,7 +40,8 @@ from mosaic_sglang.config import MosaicConfig  # noqa: E402
 from mosaic_sglang.retrieval import Selection, always_attended_positions, selection_quality  # noqa: E402
 from mosaic_sglang.traces import Trace  # noqa: E402
 from per_head_selection import head_masks, quality_per_head  # noqa: E402
-from trace_families import add_trace_arguments, exact_mean_probs, ingest, load_traces, write_json  # noqa: E402
+from trace_families import (ONLINE_BASELINE, add_trace_arguments, exact_mean_probs, ingest, load_traces,  # noqa: E402
+                            write_json)
 
 BUDGETS = (0.02, 0.05, 0.10, 0.25)
 CAP = 0.25
@@ -133,7 +135,7 @@ def _oracle_rows(trace: Trace, always: torch.Tensor, budget: int, targets, probs
 
 def trace_rows(name: str, trace: Trace, targets) -> list[dict]:
     num_layers, n, hkv, d = trace.keys.shape
-    base = MosaicConfig()
+    base = MosaicConfig(budget_mode="tokens", **ONLINE_BASELINE)  # the rows turn on what their names say
     index = ClusterIndex(base, num_layers=num_layers, num_kv_heads=hkv, head_dim=d)
     ingest(index, trace)
     always = always_attended_positions(trace.frame_ids.clone(), base).numel()

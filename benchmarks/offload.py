@@ -7,8 +7,10 @@ so the selection drifts between steps while the topic stays. Every method has th
 per layer and the same device cache of ``ceil(budget × (1 + slack))`` slots per layer; sinks, the recent
 window and text stay on the device for everyone.
 
-- ``mosaic``: `ClusterIndex.select_clusters` → `ClusterResidency` (LRU/frequency, cross-layer prefetch)
-  → `TransferEngine` from a `HostKVStore` (one copy per missed cluster per layer).
+- ``mosaic``: the online index of the defaults before issue 13 (`trace_families.ONLINE_BASELINE`: no
+  regrouping, one membership, one list per layer): `ClusterIndex.select_clusters` → `ClusterResidency`
+  (LRU/frequency, cross-layer prefetch) → `TransferEngine` from a `HostKVStore` (one copy per missed cluster
+  per layer). The rows below turn on what their names say.
 - ``mosaic-nopf``: the same without prefetch.
 - ``mosaic-join0.3`` / ``mosaic-regroup16``: Mosaic with coarser clusters: a looser join threshold, or the
   online clusters of every 16 sealed frames regrouped by k-means into ~16-token clusters
@@ -23,8 +25,19 @@ window and text stay on the device for everyone.
   (`MosaicConfig.membership='per_layer'`), regrouped into ~24-token clusters (``--per-layer-tokens``; 0
   leaves it out): the option set that meets goal 1's recall and size numbers on both quality traces with
   margin. Each layer's clusters get host extents of their own (a layer-major layout: one copy per missed
-  (layer, cluster)); the server's host tier does the same inside one extent per group of positions that no
-  layer's cluster crosses (`offload/layer_orders.py`).
+  (layer, cluster)).
+- ``mosaic-perlayer-regroup24per32-tail-per-head-served``: **`MosaicConfig`'s defaults as served**: the same
+  index and selections read through the server's host tier (benchmarks/offload_served.py; ``--no-served`` leaves it out). One
+  `planner.closed_groups(sealed_only=False)` call, as at request end, over a path where every clustered
+  position except sinks, the recent window and text is on the device (those stay there): one extent per group
+  (connected components of "shares a cluster in some layer", cut at 4096 tokens), written by
+  `HostTier(layer_orders=True).put_clusters` with plane ``l`` in layer ``l``'s cluster order
+  (`layer_orders.extent_order`); each layer then `HostTier.read_cached` of the selected clusters' host rows
+  (no prefetch: the tier refuses it with per-layer orders). A cluster is one copy per group it spans (a
+  *piece*: a sub-range of one extent's plane); the device cache keys, hits and ``ops`` are per piece (the
+  tier's `HostReadCounts`); its ``ms`` also counts the tier gathering the selected rows from the cache.
+  Printed under the table: the groups, their mean tokens, and the pieces per selected (layer, cluster) with
+  host members (and over every offloaded one).
 - ``token``: oracle token top-k (`OracleTokenTopK`) with a token LRU; one copy per missed token per layer
   (``runs`` = missed tokens coalesced into contiguous position runs: the fewest copies any DMA engine
   could issue for the same misses). Executed as one batched gather per layer (its best case on CPU).
@@ -61,6 +74,8 @@ from mosaic_sglang.offload.residency import ClusterResidency
 from mosaic_sglang.retrieval import always_attended_positions
 from mosaic_sglang.traces import SyntheticTraceSpec, synthetic_trace
 from mosaic_sglang.offload.transfer import TransferEngine
+from offload_served import run_served  # benchmarks/offload_served.py (the script's folder is on sys.path)
+from trace_families import ONLINE_BASELINE
 
 FRAMES_PER_SCENE = 32
 """A new shot every 32 frames (~30 s at 1 fps): the default trace has 8 scenes in 128 frames; long
@@ -256,65 +271,45 @@ def make_caption_trace(frames: int, seed: int):
     return caption_stream_trace(frames, seed=seed).trace
 
 
-def bench_history(length: int, args) -> dict:
-    torch.manual_seed(args.seed)
-    t0 = time.perf_counter()
-    trace = make_caption_trace(length, args.seed) if args.trace == "captions" else make_trace(length, args.seed)
-    gen_s = time.perf_counter() - t0
-    num_layers, n, heads, dim = trace.keys.shape
-    budget = args.budget or max(64, int(0.1 * int((trace.frame_ids >= 0).sum())))
-    cfg = MosaicConfig(budget=budget, residency_slack=args.slack)
-    index = ClusterIndex(cfg, num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
-    oracle = OracleTokenTopK(cfg, num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
-    frames = FrameBlockRetriever(cfg, num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
-    ingest_ms = stream(trace, [index, oracle, frames])
-    coarse = None
+def variant_indexes(trace, cfg: MosaicConfig, args) -> dict:
+    """The indexes of the extra Mosaic rows, each streamed over ``trace`` (in this order; None: left out by the
+    flags): ``coarse``, ``regrouped``, ``tail``, ``per_head``, ``per_layer``."""
+    num_layers, _, heads, dim = trace.keys.shape
+
+    def streamed(config: MosaicConfig, *, regroup_tail: bool = False) -> ClusterIndex:
+        idx = ClusterIndex(config, num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
+        stream(trace, [idx])
+        if regroup_tail:
+            idx.regroup_tail()
+        return idx
+
+    out = dict.fromkeys(("coarse", "regrouped", "tail", "per_head", "per_layer"))
     if args.coarse_join:
         # Sensitivity: coarser clusters (split/join ratio 1.5 as in the defaults 0.3/0.2).
-        coarse_cfg = cfg.replace(join_threshold=args.coarse_join, split_threshold=1.5 * args.coarse_join)
-        coarse = ClusterIndex(coarse_cfg, num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
-        stream(trace, [coarse])
-    regrouped = None
+        out["coarse"] = streamed(cfg.replace(join_threshold=args.coarse_join, split_threshold=1.5 * args.coarse_join))
     if args.regroup_tokens:
         # Regrouping sealed frames into k-means clusters of ~regroup_tokens tokens (MosaicConfig.regroup_tokens).
-        regrouped = ClusterIndex(cfg.replace(regroup_tokens=args.regroup_tokens), num_layers=num_layers,
-                                 num_kv_heads=heads, head_dim=dim)
-        stream(trace, [regrouped])
-    tail = None
+        out["regrouped"] = streamed(cfg.replace(regroup_tokens=args.regroup_tokens))
     if args.regroup_tokens and args.regroup_tail:
         # ... and the frames still online regrouped when the question arrives (MosaicConfig.regroup_tail)
-        tail = ClusterIndex(cfg.replace(regroup_tokens=args.regroup_tokens, regroup_tail=True), num_layers=num_layers,
-                            num_kv_heads=heads, head_dim=dim)
-        stream(trace, [tail])
-        tail.regroup_tail()
-    per_head = None
-    if tail is not None and args.per_head:
+        out["tail"] = streamed(cfg.replace(regroup_tokens=args.regroup_tokens, regroup_tail=True), regroup_tail=True)
+    if out["tail"] is not None and args.per_head:
         # ... with one cluster list per KV head (MosaicConfig.selection_heads='per_kv_head'); the same clusters
-        per_head = ClusterIndex(tail.config.replace(selection_heads="per_kv_head", regroup_frames=args.per_head_frames),
-                                num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
-        stream(trace, [per_head])
-        per_head.regroup_tail()
-    per_layer = None
+        out["per_head"] = streamed(out["tail"].config.replace(selection_heads="per_kv_head",
+                                                              regroup_frames=args.per_head_frames), regroup_tail=True)
     if args.per_layer_tokens:
-        # ... with one membership per layer, each regrouped into ~per_layer_tokens-token clusters (layer-major extents)
-        per_layer = ClusterIndex(cfg.replace(regroup_tokens=args.per_layer_tokens, regroup_frames=args.per_head_frames,
-                                             regroup_tail=True, membership="per_layer", selection_heads="per_kv_head"),
-                                 num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
-        stream(trace, [per_layer])
-        per_layer.regroup_tail()
+        # ... with one membership per layer, each regrouped into ~per_layer_tokens-token clusters
+        out["per_layer"] = streamed(cfg.replace(regroup_tokens=args.per_layer_tokens, regroup_frames=args.per_head_frames,
+                                                regroup_tail=True, membership="per_layer", selection_heads="per_kv_head"),
+                                    regroup_tail=True)
+    return out
 
-    q_all = trace.queries  # [L, Tq, Hq, D]: decode step t uses question token t (Tq = 1)
-    steps = min(args.steps, q_all.shape[1])
-    queries = [q_all[:, t : t + 1] for t in range(q_all.shape[1] - steps, q_all.shape[1])]
-    always = always_attended_positions(trace.frame_ids.clone(), cfg)
-    always_mask = torch.zeros(n, dtype=torch.bool)
-    always_mask[always] = True
 
-    # Per-layer membership: rows for one extent per cluster in every layer, each written in its layer's plane
-    # only (unpinned: the pages of the other planes are never touched, so never committed).
-    store_rows = n * num_layers if per_layer is not None else n
-    store = HostKVStore(store_rows, num_layers=num_layers, num_kv_heads=heads, head_dim=dim, dtype=DTYPE, pin_memory=False)
-    bpt = store.bytes_per_token
+def cluster_rows(index, v: dict, trace, cfg, args, queries, store: HostKVStore, always_mask) -> list:
+    """The Mosaic rows: ``index`` (mosaic, mosaic-nopf) and the `variant_indexes` ``v``, each offloaded into the
+    (empty) ``store`` and run through `run_units` (the served row: `offload_served.run_served`). Leaves the
+    store empty."""
+    num_layers, _, heads, _ = trace.keys.shape
     extents = offload_clusters(index, trace, store)
     store.check_integrity()
 
@@ -333,6 +328,7 @@ def bench_history(length: int, args) -> dict:
                     for l in range(num_layers)]
         return select
 
+    coarse, regrouped, tail, per_head, per_layer = (v[k] for k in ("coarse", "regrouped", "tail", "per_head", "per_layer"))
     results = [run_units("mosaic", units_of(index), extents, store, cfg, queries, num_layers, prefetch=True),
                run_units("mosaic-nopf", units_of(index), extents, store, cfg, queries, num_layers, prefetch=False)]
     store.clear()
@@ -363,6 +359,41 @@ def bench_history(length: int, args) -> dict:
         results.append(run_units(name, union_of_heads(per_layer), per_layer_extents, store, cfg, queries, num_layers,
                                  prefetch=False, lists=heads))
         store.clear()
+        if args.served:  # the same selections through the server's host tier (group extents, per-layer orders)
+            results.append(run_served(f"{name}-served", union_of_heads(per_layer), per_layer, trace, cfg, queries,
+                                      always_mask, DTYPE, lists=heads))
+    return results
+
+
+def bench_history(length: int, args) -> dict:
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    trace = make_caption_trace(length, args.seed) if args.trace == "captions" else make_trace(length, args.seed)
+    gen_s = time.perf_counter() - t0
+    num_layers, n, heads, dim = trace.keys.shape
+    budget = args.budget or max(64, int(0.1 * int((trace.frame_ids >= 0).sum())))
+    # The rows' baseline, pinned (not the config's defaults, which may move): online clusters, one membership
+    # and one list per layer; each row below turns on what its name says.
+    cfg = MosaicConfig(budget=budget, residency_slack=args.slack, **ONLINE_BASELINE)
+    index = ClusterIndex(cfg, num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
+    oracle = OracleTokenTopK(cfg, num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
+    frames = FrameBlockRetriever(cfg, num_layers=num_layers, num_kv_heads=heads, head_dim=dim)
+    ingest_ms = stream(trace, [index, oracle, frames])
+    v = variant_indexes(trace, cfg, args)
+
+    q_all = trace.queries  # [L, Tq, Hq, D]: decode step t uses question token t (Tq = 1)
+    steps = min(args.steps, q_all.shape[1])
+    queries = [q_all[:, t : t + 1] for t in range(q_all.shape[1] - steps, q_all.shape[1])]
+    always = always_attended_positions(trace.frame_ids.clone(), cfg)
+    always_mask = torch.zeros(n, dtype=torch.bool)
+    always_mask[always] = True
+
+    # Per-layer membership: rows for one extent per cluster in every layer, each written in its layer's plane
+    # only (unpinned: the pages of the other planes are never touched, so never committed).
+    store_rows = n * num_layers if v["per_layer"] is not None else n
+    store = HostKVStore(store_rows, num_layers=num_layers, num_kv_heads=heads, head_dim=dim, dtype=DTYPE, pin_memory=False)
+    bpt = store.bytes_per_token
+    results = cluster_rows(index, v, trace, cfg, args, queries, store, always_mask)
     frame_extents, fids = offload_frames(trace, store)
 
     def frame_units(q):
@@ -381,16 +412,21 @@ def bench_history(length: int, args) -> dict:
     results.append(run_tokens(oracle, trace, cfg, queries, num_layers, always_mask))
 
     out = dict(trace=args.trace, budget=budget, tokens=n, frames=int(trace.frame_ids.max()) + 1, clusters=index.num_clusters,
-               coarse_clusters=coarse.num_clusters if coarse is not None else None,
+               coarse_clusters=v["coarse"].num_clusters if v["coarse"] is not None else None,
                mean_cluster=index.num_visual_tokens / max(1, index.num_clusters), ingest_ms_per_frame=ingest_ms,
                trace_gen_s=gen_s, dense_bytes=n * num_layers * bpt, always_tokens=int(always.numel()), methods={})
     for name, rows, cap in results:
-        warm = rows[1:] if len(rows) > 1 else rows
-        summary = {key: statistics.mean(r[key] for r in warm) for key in warm[0]}
-        summary["device_bytes"] = (int(always.numel()) + cap) * num_layers * bpt
-        summary["cold_ops"] = rows[0]["ops"]
-        out["methods"][name] = dict(summary=summary, steps=rows)
+        out["methods"][name] = dict(summary=summarize(rows, (int(always.numel()) + cap) * num_layers * bpt), steps=rows)
     return out
+
+
+def summarize(rows: list[dict], device_bytes: int) -> dict:
+    """Means over the warm steps (all but the first, cold one), the device KV, and the cold step's ops."""
+    warm = rows[1:] if len(rows) > 1 else rows
+    summary = {key: statistics.mean(r[key] for r in warm) for key in warm[0]}
+    summary["device_bytes"] = device_bytes
+    summary["cold_ops"] = rows[0]["ops"]
+    return summary
 
 
 def print_table(res: dict) -> None:
@@ -411,6 +447,13 @@ def print_table(res: dict) -> None:
     for name, m in res["methods"].items():
         if name.startswith("mosaic-") and name != "mosaic-nopf":
             print(f"token ops / {name} ops = {tok['ops'] / max(m['summary']['ops'], 1e-9):.1f}x")
+    for name, m in res["methods"].items():
+        s = m["summary"]
+        if "groups" in s:
+            print(f"{name}: {s['groups']:.0f} host extents (groups), mean {s['mean_group_tokens']:.0f} tokens; pieces per "
+                  f"selected (layer, cluster) {s['pieces_per_cluster']:.2f} (every offloaded one: "
+                  f"{s['pieces_per_cluster_all']:.2f}); {s['kept_clustered']:.0f} clustered positions kept on device; "
+                  f"{s['overflow']:.1f} overflow reads/step")
 
 
 def main() -> None:
@@ -442,6 +485,9 @@ def main() -> None:
                    help="add the mosaic-perlayer-regroup<T>per<F>-tail-per-head row: one membership per layer "
                         "(MosaicConfig.membership='per_layer') regrouped into ~T-token clusters every F sealed frames, "
                         "the tail at the question, per-head lists; layer-major host extents (0: none)")
+    p.add_argument("--no-served", dest="served", action="store_false",
+                   help="leave out the mosaic-perlayer-...-served row (the per-layer row's selections read through "
+                        "the server's host tier: one extent per planner.closed_groups group, per-layer row orders)")
     p.add_argument("--regroup-tokens", type=int, default=16,
                    help="add a mosaic row whose index regroups sealed frames (MosaicConfig.regroup_tokens; 0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: tiny ops thrash with 2 on 2 shared cores)")

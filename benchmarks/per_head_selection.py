@@ -1,11 +1,12 @@
 """Per-KV-head selection vs one selection shared by a layer's heads: is the recall worth a list per head?
 
 One command (``python benchmarks/per_head_selection.py``; ``--quick`` for a CI smoke run). On both trace
-families of `retrieval_quality.py`, one `ClusterIndex` per trace (default config, shared membership:
-the clusters are the same for every head) and, at each budget, two selections from the same summaries:
+families of `retrieval_quality.py`, one `ClusterIndex` per trace (the online baseline, `ONLINE_BASELINE`:
+online clusters, shared membership, so the clusters are the same for every head) and, at each budget, two
+selections from the same summaries:
 
-* ``shared`` (what Mosaic serves): one cluster ranking per layer from all query heads
-  (`ClusterIndex.select`);
+* ``shared`` (``selection_heads='shared'``, the default before issue 13): one cluster ranking per layer from
+  all query heads (`ClusterIndex.select`);
 * ``per-head``: per KV head its own ranking, from the query heads of its GQA group and that head's
   centroids and spreads only, filled to the same budget (``selection_heads='per_kv_head'``, what the
   server attends with that option).
@@ -33,7 +34,7 @@ from mosaic_sglang.clusters import ClusterIndex  # noqa: E402
 from mosaic_sglang.config import MosaicConfig  # noqa: E402
 from mosaic_sglang.retrieval import Selection, always_attended_positions, selection_quality  # noqa: E402
 from mosaic_sglang.traces import Trace  # noqa: E402
-from trace_families import add_trace_arguments, ingest, load_traces, write_json  # noqa: E402
+from trace_families import ONLINE_BASELINE, add_trace_arguments, ingest, load_traces, write_json  # noqa: E402
 
 BUDGETS = (0.02, 0.05, 0.10, 0.25)
 
@@ -77,12 +78,12 @@ def quality_per_head(trace: Trace, selections, hkv: int) -> dict:
 
 def trace_rows(name: str, trace: Trace, repeats: int) -> list[dict]:
     num_layers, n, hkv, d = trace.keys.shape
-    index = ClusterIndex(MosaicConfig(), num_layers=num_layers, num_kv_heads=hkv, head_dim=d)
+    index = ClusterIndex(MosaicConfig(**ONLINE_BASELINE), num_layers=num_layers, num_kv_heads=hkv, head_dim=d)
     ingest(index, trace)
     always = always_attended_positions(trace.frame_ids.clone(), index.config).numel()
     rows = []
     for frac in BUDGETS:
-        index.config = MosaicConfig(budget=max(1, round(frac * n)))  # selection-time knob only
+        index.config = MosaicConfig(budget=max(1, round(frac * n)), **ONLINE_BASELINE)  # selection-time knob only
         timings = {"shared": [], "per-head": []}
         for _ in range(repeats):
             t0 = time.perf_counter()

@@ -4,9 +4,18 @@ One command (``python benchmarks/retrieval_quality.py``; ``--quick`` for a CI sm
 
 1. per trace family (synthetic video-like KV; real SmolLM2-135M caption stream) and budget (2, 5, 10,
    25 % of the context): attention-mass recall, top-10 recall, output error, extra tokens attended,
-   units moved per decode step, selection + maintenance time per decode step, ingest time per frame;
-2. per-frame ingest time of `ClusterIndex` at 1K…256K tokens of history, and selection + maintenance
-   per decode step of Mosaic vs the oracle token top-k at 128K.
+   mean tokens per selected unit, units moved per decode step, selection + maintenance time per decode
+   step, ingest time per frame;
+2. per-frame ingest time of `ClusterIndex` (the defaults) at 1K…256K tokens of history, and selection +
+   maintenance per decode step of Mosaic vs the oracle token top-k at 128K.
+
+Mosaic rows: ``mosaic`` is `MosaicConfig`'s defaults (Mosaic as shipped); ``mosaic-online`` the defaults
+before issue 13 (`trace_families.ONLINE_BASELINE`: online clusters, one membership and one cluster list per
+layer); ``mosaic-whole`` that baseline with ``fill='whole'`` (the exact-vs-whole comparison). An index whose
+config regroups the tail (`MosaicConfig.regroups_tail`) regroups it once the prompt is read, before the
+question selects, as the server does at a prompt's end. A per-KV-head selection (``selection_heads=
+'per_kv_head'``) is scored per KV head on that head's attention and averaged (`per_head_selection.py`); its
+tokens and units count per (layer, KV head) list.
 
 Protocol: every retriever gets the trace frame by frame (`Trace.frame_chunks`: a frame with its
 timestamp text; the question last); `ClusterIndex.maintain()` runs after every frame (bounded splits at
@@ -39,8 +48,9 @@ from mosaic_sglang.retrieval.baselines import (ClusterKVRetriever, DenseRetrieve
                                                InfLLMBlockRetriever, OracleTokenTopK, QuestPageRetriever)
 from mosaic_sglang.config import MosaicConfig  # noqa: E402
 from mosaic_sglang.retrieval import selection_quality  # noqa: E402
-from mosaic_sglang.retrieval import Retriever, always_attended_positions  # noqa: E402
+from mosaic_sglang.retrieval import Retriever, Selection, always_attended_positions  # noqa: E402
 from mosaic_sglang.traces import SyntheticTraceSpec, Trace, synthetic_trace  # noqa: E402
+from trace_families import ONLINE_BASELINE  # noqa: E402  (this folder is on the path when the script runs)
 
 BUDGETS = (0.02, 0.05, 0.10, 0.25)
 """Budget as a share of the context (issue 3: 2–25 %)."""
@@ -73,9 +83,10 @@ def methods(baselines_only: bool) -> dict[str, Factory]:
     """Name → factory ``(config, num_layers, num_kv_heads, head_dim) -> Retriever``."""
     out: dict[str, Factory] = {}
     if not baselines_only:
-        out["mosaic"] = _cluster_index_factory()  # MosaicConfig's default fill: exact
-        whole = _cluster_index_factory()  # the whole-cluster fill, for the exact-vs-whole comparison
-        out["mosaic-whole"] = lambda c, l, h, d: whole(c.replace(fill="whole"), l, h, d)
+        out["mosaic"] = _cluster_index_factory()  # MosaicConfig's defaults: Mosaic as shipped
+        online = _cluster_index_factory()  # the defaults before issue 13, and its whole-cluster fill (exact vs whole)
+        out["mosaic-online"] = lambda c, l, h, d: online(c.replace(fill="exact", **ONLINE_BASELINE), l, h, d)
+        out["mosaic-whole"] = lambda c, l, h, d: online(c.replace(fill="whole", **ONLINE_BASELINE), l, h, d)
     out["oracle-token"] = lambda c, l, h, d: OracleTokenTopK(c, num_layers=l, num_kv_heads=h, head_dim=d)
     # The mass-optimal set (mean softmax weight): an upper bound on mass recall at a given budget.
     out["oracle-mass*"] = lambda c, l, h, d: OracleTokenTopK(
@@ -98,6 +109,7 @@ class QualityRow:
     top10_recall: float
     output_error: float
     extra_tokens: float
+    tokens_per_unit: float
     units_per_step: float
     step_ms: float
     ingest_ms_per_frame: float
@@ -136,6 +148,21 @@ def _decode_step_ms(r: Retriever, query: torch.Tensor, steps: int) -> tuple[floa
     return (statistics.median(select_s) + maintain_s / steps) * 1e3, statistics.fmean(units)
 
 
+def _quality(trace: Trace, sel: Selection) -> tuple[float, float, float]:
+    """``(mass recall, top-10 recall, output error)`` of ``sel``, averaged over layers; a per-KV-head selection
+    (rows ``l · H + h``) per KV head on that head's attention, averaged over heads (`per_head_selection.py`)."""
+    num_layers, n, hkv, _ = trace.keys.shape
+    if sel.num_layers == num_layers:
+        m = selection_quality(trace.queries, trace.keys, trace.values, sel, query_positions=trace.query_positions)
+        m = m.mean()
+        return m.mass_recall.item(), m.topk_recall.item(), m.output_error.item()
+    from per_head_selection import head_masks, quality_per_head  # needs ClusterIndex, which made this selection
+
+    heads = [Selection.from_mask(m, torch.zeros(num_layers)) for m in head_masks(sel, num_layers, hkv, n)]
+    q = quality_per_head(trace, heads, hkv)
+    return q["mass_recall"], q["top10_recall"], q["output_error"]
+
+
 def quality_table(name: str, trace: Trace, factories: dict[str, Factory], budgets, steps: int) -> list[QualityRow]:
     """Rows for one trace: every method at every budget."""
     num_layers, n, hkv, d = trace.keys.shape
@@ -146,16 +173,17 @@ def quality_table(name: str, trace: Trace, factories: dict[str, Factory], budget
     for method, make in tqdm(factories.items(), desc=f"{name}: methods", leave=False):
         r = make(base, num_layers, hkv, d)
         ingest_ms, _ = _ingest(r, trace)
+        if getattr(r, "regroup_tail", None) is not None and r.config.regroups_tail:
+            r.regroup_tail()  # the prompt (the question last) is read: as the server does at a prompt's end
         built = r.config
         for frac, b in zip(budgets, budget_tokens):
             r.config = built.replace(budget=b)  # selection-time knob only (see module docstring)
             sel = r.select(trace.queries)
-            m = selection_quality(trace.queries, trace.keys, trace.values, sel, query_positions=trace.query_positions)
-            m = m.mean()
+            extra = sel.sizes().float() - always  # per layer, or per (layer, KV head) list
+            per_unit = (extra.sum() / sel.num_units.sum().clamp(min=1)).item()
             step_ms, units = _decode_step_ms(r, trace.queries[:, -1:], steps)
-            rows.append(QualityRow(name, 100 * frac, b, method, m.mass_recall.item(), m.topk_recall.item(),
-                                   m.output_error.item(), sel.sizes().float().mean().item() - always, units,
-                                   step_ms, ingest_ms))
+            rows.append(QualityRow(name, 100 * frac, b, method, *_quality(trace, sel), extra.mean().item(), per_unit,
+                                   units, step_ms, ingest_ms))
     return rows
 
 
@@ -175,12 +203,14 @@ def _history_keys(num_tokens: int, num_layers: int, hkv: int, d: int, g: torch.G
 
 
 def ingest_table(make_mosaic: Factory | None, points, select_at: int, repeats: int, dims, seed: int = 0,
-                 regroup_tokens: int = 0):
-    """Ingest time per frame vs history; selection cost of Mosaic vs oracle at ``select_at`` tokens
-    (``regroup_tokens``: `MosaicConfig.regroup_tokens` of the Mosaic index, so maintenance regroups)."""
+                 regroup_tokens: int | None = None):
+    """Ingest time per frame vs history; selection cost of Mosaic (the defaults) vs oracle at ``select_at``
+    tokens (``regroup_tokens``: `MosaicConfig.regroup_tokens` of the Mosaic index; None: the default)."""
     num_layers, hkv, hq, d = dims
     g = torch.Generator().manual_seed(seed)
-    cfg = MosaicConfig(budget=max(1, select_at // 10), regroup_tokens=regroup_tokens)
+    cfg = MosaicConfig(budget=max(1, select_at // 10))
+    if regroup_tokens is not None:
+        cfg = cfg.replace(regroup_tokens=regroup_tokens)
     oracle = OracleTokenTopK(cfg, num_layers=num_layers, num_kv_heads=hkv, head_dim=d)
     mosaic = make_mosaic(cfg, num_layers, hkv, d) if make_mosaic is not None else None
     frame_id, n = 0, 0
@@ -255,13 +285,15 @@ def _interleaved_ingest_ratio(big, big_frame: int, make_small, small_history: in
 
 
 def _print_quality(rows: list[QualityRow]) -> None:
-    cols = ("method", "mass_rec", "top10_rec", "out_err", "extra_tok", "units/step", "step_ms", "ingest_ms/frame")
+    cols = ("method", "mass_rec", "top10_rec", "out_err", "extra_tok", "tok/unit", "units/step", "step_ms",
+            "ingest_ms/frame")
     for (trace, pct), group in _groupby(rows, lambda r: (r.trace, r.budget_pct)):
         print(f"\n[{trace}] budget {pct:g}% = {group[0].budget_tokens} tokens / layer")
         print("  ".join(f"{c:>15}" for c in cols))
         for r in group:
             vals = (r.method, f"{r.mass_recall:.3f}", f"{r.top10_recall:.3f}", f"{r.output_error:.3f}",
-                    f"{r.extra_tokens:.0f}", f"{r.units_per_step:.1f}", f"{r.step_ms:.2f}", f"{r.ingest_ms_per_frame:.2f}")
+                    f"{r.extra_tokens:.0f}", f"{r.tokens_per_unit:.1f}", f"{r.units_per_step:.1f}", f"{r.step_ms:.2f}",
+                    f"{r.ingest_ms_per_frame:.2f}")
             print("  ".join(f"{v:>15}" for v in vals))
 
 
@@ -295,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--caption-frames", type=int, default=128, help="captions of the real-model trace (~20 tokens each)")
     p.add_argument("--ingest-max", type=int, default=INGEST_POINTS[-1], help="largest history of the ingest table")
     p.add_argument("--decode-steps", type=int, default=10, help="decode steps averaged per measurement")
-    p.add_argument("--regroup-tokens", type=int, default=0,
-                   help="the ingest table's Mosaic index regroups sealed frames (MosaicConfig.regroup_tokens)")
+    p.add_argument("--regroup-tokens", type=int, default=None,
+                   help="MosaicConfig.regroup_tokens of the ingest table's Mosaic index (default: the config's, "
+                        f"{MosaicConfig().regroup_tokens}; 0: no regrouping)")
     # 1 thread by default: on a shared 2-core box, intra-op threads of many tiny ops contend badly
     # (measured: ClusterIndex ingest 20 ms/frame with 1 thread vs 281 ms with 2 under load).
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")

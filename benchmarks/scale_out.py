@@ -2,7 +2,8 @@
 (``--policy manual``, one routing key per video), and the per-forward cost of the tensor-parallel
 consistency step (all-gathering heads so every rank clusters the whole model), in one run.
 
-Replicas: each is a ``sglang.launch_server --enable-mosaic`` on the embedded tiny Qwen2.5-VL (CPU); the
+Replicas: each is a ``sglang.launch_server --enable-mosaic`` (budget 64, the host tier on, `MosaicConfig`'s
+defaults otherwise) on the embedded tiny Qwen2.5-VL (CPU); the
 machine's cores are split evenly between the replicas of a setting (``OMP_NUM_THREADS``), so 1 and 2
 replicas use the same cores. Load: ``--videos`` conversations, each ``--turns`` questions about its own
 video, one client thread per conversation, all through the router. Reported per setting: wall seconds,

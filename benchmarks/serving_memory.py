@@ -2,7 +2,8 @@
 
 For each video length, one synthetic clip (PyAV) is asked two questions in a row on the embedded tiny
 Qwen2.5-VL (random weights; CPU): the first question prefills the video in chunks (chunked prefill, as a
-stream arrives), the second reuses the cached prefix. Measured per question, side by side in one run:
+stream arrives), the second reuses the cached prefix. Mosaic: the host tier on, a 32-token recent window,
+`MosaicConfig`'s defaults otherwise. Measured per question, side by side in one run:
 
 - ``context``: tokens the question's forward sees (prompt + answer);
 - ``device``: KV slots of the request that live in SGLang's pool — dense: every context token; Mosaic:

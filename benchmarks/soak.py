@@ -1,7 +1,8 @@
 """Soak: concurrent streaming video sessions against a Mosaic server for a fixed time; flat or not?
 
 Starts ``sglang.launch_server --enable-mosaic --enable-streaming-session`` on 127.0.0.1 (the embedded
-tiny Qwen2.5-VL by default, the host tier on, ``MOSAIC_DEBUG`` off unless set) and runs ``--sessions``
+tiny Qwen2.5-VL by default, the host tier on, `MosaicConfig`'s defaults otherwise, ``MOSAIC_DEBUG`` off
+unless set) and runs ``--sessions``
 client threads. Each opens a streaming session, appends short synthetic clips as chunks turn by turn,
 asks a streamed question every ``--question-every`` chunks, and starts a new session after
 ``--chunks-per-session`` chunks (so the live working set is bounded and any growth is a leak).

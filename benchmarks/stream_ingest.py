@@ -9,7 +9,8 @@ server decodes the mp4, runs the vision tower, prefills the chunk against the se
 s``, the scheduler's model forward of that chunk alone (vision tower + prefill; Mosaic's forward log,
 ``MOSAIC_FORWARD_LOG_DIR``); ``encode s``, the client's mp4 encoding; each the fastest of the sessions
 (other processes' load only adds time, and this box is shared). Backends, one server at a time:
-``mosaic`` (``--enable-mosaic --mosaic-budget 64``) and ``dense`` (SGLang's ``torch_native`` attention).
+``mosaic`` (``--enable-mosaic --mosaic-budget 64``: `MosaicConfig`'s defaults otherwise) and ``dense``
+(SGLang's ``torch_native`` attention).
 A warm-up session (the whole video and a question, closed) runs first on each server: the first forwards
 of each shape are slow on CPU (up to 2 s, measured), and chunk 1 would carry them.
 

@@ -1,8 +1,8 @@
 """What the cluster-quality benchmarks share: their command-line knobs, the two trace families, the
-frame-by-frame ingest of `retrieval_quality.py`'s protocol, and the JSON dump.
+frame-by-frame ingest of `retrieval_quality.py`'s protocol, the online baseline's options, and the JSON dump.
 
-Imported by ``mass_budget.py``, ``per_head_selection.py`` and ``granularity_frontier.py`` (scripts in this
-folder, which Python puts on the path when one of them runs).
+Imported by ``retrieval_quality.py``, ``mass_budget.py``, ``per_head_selection.py`` and
+``granularity_frontier.py`` (scripts in this folder, which Python puts on the path when one of them runs).
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mosaic_sglang.traces import SyntheticTraceSpec, Trace, synthetic_trace  # noqa: E402
 
-__all__ = ["add_trace_arguments", "load_traces", "ingest", "exact_mean_probs", "write_json"]
+__all__ = ["ONLINE_BASELINE", "add_trace_arguments", "load_traces", "ingest", "exact_mean_probs", "write_json"]
+
+ONLINE_BASELINE = dict(regroup_tokens=0, regroup_frames=16, regroup_tail=False, membership="shared",
+                       selection_heads="shared")
+"""`MosaicConfig` options of the defaults before issue 13's granularity change: online clusters (no
+regrouping), one membership for all layers, one cluster list per layer. Rows named for that mode pass them,
+so they measure it whatever the defaults are."""
 
 QUICK_SYNTHETIC_FRAMES, QUICK_CAPTION_FRAMES = 16, 12
 """``--quick`` trace sizes (a CI smoke run)."""

@@ -1,6 +1,7 @@
 """Video-QA accuracy, dense vs Mosaic at several budgets, on the user's own model and questions.
 
-For each setting (SGLang's dense backend, then Mosaic at each ``--budgets`` value) a server is started
+For each setting (SGLang's dense backend, then Mosaic at each ``--budgets`` value: `MosaicConfig`'s
+defaults but for ``--mosaic-config``) a server is started
 on loopback (or a running one is used: ``--url NAME=URL``), every question is asked (`qa_runner`: a
 streamed OpenAI chat request with the video, or a streaming session for questions with a time), and the
 answers are parsed to letters the way Video-MME's official script does (`answers.extract_letter`). The
@@ -66,7 +67,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model-path", default=None, help="model (default: the embedded tiny Qwen2.5-VL)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--budgets", type=int, nargs="*", default=[2048], help="Mosaic budgets to compare")
-    parser.add_argument("--mosaic-config", default="{}", help="MosaicConfig JSON for every Mosaic setting")
+    parser.add_argument("--mosaic-config", default="{}",
+                        help="MosaicConfig JSON for every Mosaic setting (other keys: the defaults)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra launch flag (repeatable)")
     parser.add_argument("--url", action="append", default=[],
                         help="NAME=URL: use a running server for setting NAME (e.g. dense=http://127.0.0.1:30000)")

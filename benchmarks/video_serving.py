@@ -1,6 +1,7 @@
 """A video serving load test: dense vs Mosaic in one run, on loopback, bounded in requests and time.
 
-For each setting (SGLang's dense backend, then Mosaic at each ``--budgets`` value) a server is started
+For each setting (SGLang's dense backend, then Mosaic at each ``--budgets`` value: `MosaicConfig`'s
+defaults but for ``--mosaic-config``) a server is started
 (or ``--url NAME=URL`` used) and the same seeded load runs against it (`serving_load.run_load`):
 ``--conversations`` conversations about different videos (a first question with the video, then
 ``--follow-ups`` questions over the cached prefix) and ``--streams`` live streams (streaming sessions fed

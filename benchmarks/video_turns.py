@@ -1,5 +1,6 @@
 """Turn 2 on the same video: no second decode. ``sgl.function`` programs with Mosaic's `video()` on an
-in-process ``sgl.Engine`` (tiny Qwen2.5-VL, CPU, ``--enable-mosaic``), two questions about one long
+in-process ``sgl.Engine`` (tiny Qwen2.5-VL, CPU, ``--enable-mosaic`` with `MosaicConfig`'s defaults and
+budget 256), two questions about one long
 synthetic clip, with the frontend's `ClipCache` on and off, side by side in one run.
 
 Per turn: ``prepare_s`` = client time to decode, sample and encode the clip (0 on a cache hit),

@@ -67,27 +67,32 @@ class MosaicConfig:
     """Assignment candidates: clusters that received a token in the last `active_frames` frames."""
     split_work_per_step: int = 16
     """Most clusters split in one maintenance call (bounded work off the critical path)."""
-    regroup_tokens: int = 0
+    regroup_tokens: int = 24
     """0: clusters stay as the online assignment made them. > 0: `maintain` replaces the clusters of every
     `regroup_frames` sealed frames by k-means clusters of about this many tokens (clusters/regroup.py; off
-    the decode path; offload waits for it). Off by default: measured in clusters/README.md."""
-    regroup_frames: int = 16
-    """Sealed frames regrouped together (one k-means per span of this many frames)."""
-    regroup_tail: bool = False
-    """With `regroup_tokens`: when a request's prompt has been prefilled, its video's frames not regrouped yet
-    (the active ones and a partial span) are regrouped too (`ClusterIndex.regroup_tail`, in that extend
-    forward, never in decode), and its first decode step selects against them. A question mostly reads the
-    recent frames, where online clusters are smallest. SmolLM2 captions (share_of_total on): 15.1-token units
-    at -0.95 point with per-layer membership (regroup 16 per 32), -1.5 shared; synthetic trace: 6-8 points
-    under with one list per layer, hence off. Every streaming-session chunk is a prompt, so chunks shorter
-    than `regroup_frames` make shorter spans (benchmarks/README.md, granularity section)."""
-    membership: str = "shared"
-    """'shared': one membership for all layers; 'per_layer': one per layer (1.1-1.9x the ingest time on the
-    synthetic / caption traces; with host_store_tokens each extent's plane is ordered by that layer's clusters,
-    one copy per (layer, cluster): offload/layer_orders.py). With regroup 24 per 32 + tail and per-head lists,
-    per_layer meets issue 13's recall, size and copy numbers on both traces (copies counted with a layer-major
-    host layout; benchmarks/README.md, granularity and offload sections); shared stays the default: 1x ingest,
-    and one list per layer reads 1.75x fewer positions than per-head lists."""
+    the decode path; offload waits for it). 24: with the other defaults, selected units of 24.5 / 21.7 tokens
+    (online clusters: 5.2 / 2.1) at 0.567 / 0.921 mass recall on the synthetic / caption traces (online, one
+    list: 0.567 / 0.926), 12.9-28.7x fewer copies than token-level; 16 leaves synthetic units at 15.2 tokens,
+    20 only 10.8x fewer copies at 64K (benchmarks/README.md, granularity and offload sections)."""
+    regroup_frames: int = 32
+    """Sealed frames regrouped together (one k-means per span of this many frames). 32: a span holds more of
+    a scene (captions, per-layer, 16 tokens: 0.924 at 15.3 tokens per unit; 16 frames: 0.922 at 14.7)."""
+    regroup_tail: bool = True
+    """With `regroup_tokens` (no-op at 0): when a request's prompt has been prefilled, its video's frames not
+    regrouped yet (the active ones and a partial span) are regrouped too (`ClusterIndex.regroup_tail`, in that
+    extend forward, never in decode), and its first decode step selects against them. On: a question mostly
+    reads the recent frames, where online clusters are smallest (without it the captions' selected units are
+    4.6-4.7 tokens); it costs one k-means per question (163 ms with 30 layers per-layer on a 2-core CPU). Every
+    streaming-session chunk is a prompt, so chunks shorter than `regroup_frames` make shorter spans
+    (benchmarks/README.md, granularity section)."""
+    membership: str = "per_layer"
+    """'shared': one membership for all layers; 'per_layer': one per layer. Per-layer by default: the shared
+    membership with the same regrouping and per-head lists misses the captions' recall (0.916 vs 0.926) and
+    copies 8.9x fewer than token-level at 64K (goal: 10x); per-layer costs 1.1-1.9x the ingest time per frame
+    (synthetic / captions, still flat in history) and no cross-layer `prefetch` with the host tier. With
+    host_store_tokens each extent's plane is ordered by that layer's clusters: one copy per (layer, cluster),
+    12.9-28.7x fewer copies than token-level through the served layout (offload/layer_orders.py;
+    benchmarks/README.md, offload section)."""
     score: str = "size_weighted"
     """Cluster scoring rule: 'centroid', 'centroid_radius' or 'size_weighted'."""
     share_of_total: bool = True
@@ -115,15 +120,15 @@ class MosaicConfig:
     reaches, in (0, 1]; 1 is the token mode."""
     query_reduce: str = "mean"
     """How the query tokens and the GQA heads of a layer are aggregated into one cluster score."""
-    selection_heads: str = "shared"
+    selection_heads: str = "per_kv_head"
     """'shared': one cluster selection per layer, scored by all query heads, attended by every KV head;
     'per_kv_head': each KV head chooses its own clusters (scored by its GQA group, same budget per head),
     attended as one list per (request, KV head) by the same kernels; with budget_mode='mass' each head
-    reaches the target on its own. Needs fill='exact'; under tensor parallelism every rank chooses all heads'
-    lists and attends its own; with the host tier a layer reads the clusters any head chose (cluster cache
-    sized for every head's budget). Shared by default: +0.5-1.0
-    point of mass recall on real KV (+6.7-9.1 synthetic) for up to 1.17x per decode step and ~1.75x the distinct
-    positions read and cached (benchmarks/README.md)."""
+    reaches the target on its own. Needs fill='exact' (and graph_text_tokens=0); under tensor parallelism
+    every rank chooses all heads' lists and attends its own; with the host tier a layer reads the clusters any
+    head chose (cluster cache sized for every head's budget). Per KV head by default: +0.5-1.0 point of mass
+    recall on real KV (+6.7-9.1 synthetic), what lets the coarse default clusters keep their recall; it costs up
+    to 1.17x per decode step and ~1.75x the distinct positions read and cached (benchmarks/README.md)."""
     reselect_every: int = 0
     """Decode: re-select every k steps with the current query; 0 keeps the question's selection."""
     graph_text_tokens: int = 0
@@ -193,12 +198,10 @@ class MosaicConfig:
             _at_least(self, name, 0)
         for name in ("max_cluster_size", "active_frames", "split_work_per_step", "regroup_frames", "cluster_cache_videos"):
             _at_least(self, name, 1)
-        if self.regroup_tail and not self.regroup_tokens:
-            raise MosaicConfigError("mosaic config field 'regroup_tokens': expected an integer >= 1 with "
-                                    "regroup_tail=True (the tail is regrouped like the sealed spans), got 0")
         if self.graph_text_tokens and self.selection_heads == "per_kv_head":
             raise MosaicConfigError("mosaic config field 'graph_text_tokens': expected 0 with selection_heads="
-                                    f"'per_kv_head' (per-head lists are not captured), got {self.graph_text_tokens}")
+                                    f"'per_kv_head' (per-head lists are not captured; selection_heads='shared' allows it), "
+                                    f"got {self.graph_text_tokens}")
         if self.spill_backend != "none" and self.spill_backend in _CHOICES["spill_backend"]:
             if not self.host_store_tokens:
                 raise MosaicConfigError(
@@ -255,12 +258,12 @@ class MosaicConfig:
         if self.membership == "per_layer" and self.host_store_tokens and self.prefetch:
             raise MosaicConfigError(
                 "mosaic config field 'prefetch': expected False with membership='per_layer' and the host tier (layer "
-                "l's clusters are not layer l + 1's), got True"
+                "l's clusters are not layer l + 1's; membership='shared' allows it), got True"
             )
         if self.selection_heads == "per_kv_head" and self.fill != "exact":
             raise MosaicConfigError(
                 "mosaic config field 'fill': expected 'exact' with selection_heads='per_kv_head' (one list per KV "
-                f"head, each exactly its budget), got {self.fill!r}"
+                f"head, each exactly its budget; selection_heads='shared' allows 'whole'), got {self.fill!r}"
             )
 
     # -- construction from user input -------------------------------------------------------------
@@ -298,6 +301,11 @@ class MosaicConfig:
     def always_attended(self) -> int:
         """Sinks + recent window: the part of the attended set that does not depend on the query."""
         return self.sink_tokens + self.recent_window
+
+    @property
+    def regroups_tail(self) -> bool:
+        """A prompt's end regroups its video's tail: `regroup_tail` with regrouping on (`regroup_tokens` >= 1)."""
+        return self.regroup_tail and self.regroup_tokens > 0
 
     @property
     def weighs_always_part(self) -> bool:

@@ -10,6 +10,12 @@ import torch
 
 from mosaic_sglang.retrieval import Selection
 
+ONLINE = dict(regroup_tokens=0, selection_heads="shared", membership="shared")
+"""MosaicConfig options of the online index, one membership and one cluster list per layer: what the tests
+of assignment, selection and budget accounting read. The defaults regroup sealed spans by k-means, keep one
+membership per layer and select per KV head; those modes have tests of their own (test_cluster_regroup.py,
+test_regroup_tail.py, test_per_head_selection.py)."""
+
 
 def video_stream(
     *,

@@ -50,6 +50,13 @@ def test_regroup_ingest_benchmark_smoke():
 def test_retrieval_quality_benchmark_smoke(tmp_path):
     stdout = _run("retrieval_quality.py", "--quick", "--skip-real", "--out", str(tmp_path / "q.json"), timeout=600)
     assert "mosaic" in stdout and (tmp_path / "q.json").stat().st_size > 0
+    report = __import__("json").loads((tmp_path / "q.json").read_text())
+    rows = {(r["method"], round(r["budget_pct"])): r for r in report["quality"]}
+    for pct in (2, 5, 10, 25):
+        shipped, online, whole = (rows[(m, pct)] for m in ("mosaic", "mosaic-online", "mosaic-whole"))
+        # the defaults regroup (issue 13): each selected unit is larger than the online baseline's
+        assert shipped["tokens_per_unit"] > online["tokens_per_unit"] and 0 < shipped["mass_recall"] <= 1
+        assert whole["extra_tokens"] <= online["extra_tokens"] == shipped["extra_tokens"]  # exact fills the budget
 
 
 def test_mass_budget_benchmark_smoke(tmp_path):

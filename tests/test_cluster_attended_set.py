@@ -334,7 +334,7 @@ def test_full_budget_decode_keeps_everything_while_the_window_moves(pool):
 
 def test_whole_fill_serves_whole_clusters_within_the_budget(pool):
     # fill='whole': lists may be shorter than the planned size (padding dropped per layer), never longer
-    policy = _policy(pool, budget=16, fill="whole")
+    policy = _policy(pool, budget=16, fill="whole", selection_heads="shared")  # per-head lists need exact
     question, decoded = _question_then_decode(policy, steps=2)
     video = next(iter(policy.videos.values()))
     always = {0, 1, 2} | set(range(51, 56))

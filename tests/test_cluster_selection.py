@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cluster_trace import mass_recall, object_queries, video_stream
+from cluster_trace import ONLINE, mass_recall, object_queries, video_stream
 
 import mosaic_sglang.clusters.index as cluster_index_module
 from mosaic_sglang import ClusterIndex, MosaicConfig
@@ -29,7 +29,7 @@ def _one_thread():
 def indexed_stream(membership: str = "shared", *, seed: int = 0, **overrides):
     keys, frame_ids, objects = video_stream(seed=seed, num_layers=L, num_kv_heads=H, head_dim=D, num_frames=9,
                                             tokens_per_frame=63)
-    options = dict(budget=60, sink_tokens=3, recent_window=7, max_cluster_size=9, join_threshold=0.3,
+    options = dict(ONLINE, budget=60, sink_tokens=3, recent_window=7, max_cluster_size=9, join_threshold=0.3,
                    split_threshold=0.45, membership=membership)
     options.update(overrides)
     index = ClusterIndex(MosaicConfig(**options), num_layers=L, num_kv_heads=H, head_dim=D)
@@ -91,7 +91,7 @@ def test_clusters_inside_the_window_cost_nothing_and_are_not_chosen() -> None:
     keys[:, 4:8, :, 2] = 5.0  # C
     keys[:, 8:16, :, 1] = 5.0  # B
     keys += 0.01 * torch.randn(L, 16, H, D, generator=torch.Generator().manual_seed(0))
-    index = ClusterIndex(MosaicConfig(budget=8, sink_tokens=0, recent_window=8, join_threshold=0.3, split_threshold=0.45),
+    index = ClusterIndex(MosaicConfig(budget=8, sink_tokens=0, recent_window=8, join_threshold=0.3, split_threshold=0.45, **ONLINE),
                          num_layers=L, num_kv_heads=H, head_dim=D)
     index.append(keys, torch.tensor([0] * 8 + [1] * 8))
     assert index.num_clusters == 3
@@ -115,7 +115,7 @@ def test_two_separated_groups_query_picks_its_group(rule: str, reduce: str) -> N
     frame_ids = torch.tensor([0] * 10 + [1] * 10)
     for target, expect in ((1.0, group_a.tolist()), (-1.0, group_b.tolist())):
         index = ClusterIndex(MosaicConfig(budget=10, sink_tokens=0, recent_window=0, score=rule, query_reduce=reduce,
-                                          join_threshold=0.3, split_threshold=0.45),
+                                          join_threshold=0.3, split_threshold=0.45, **ONLINE),
                              num_layers=L, num_kv_heads=H, head_dim=D)
         index.append(keys, frame_ids)
         assert index.num_clusters == 2
@@ -174,7 +174,7 @@ def test_select_is_read_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_empty_index_and_text_only_stream() -> None:
-    index = ClusterIndex(MosaicConfig(budget=4, sink_tokens=1, recent_window=2), num_layers=L, num_kv_heads=H, head_dim=D)
+    index = ClusterIndex(MosaicConfig(budget=4, sink_tokens=1, recent_window=2, **ONLINE), num_layers=L, num_kv_heads=H, head_dim=D)
     sel = index.select(torch.randn(L, 1, HQ, D))
     assert sel.indices.numel() == 0 and sel.indptr.tolist() == [0] * (L + 1)
     index.append(torch.randn(L, 5, H, D), torch.full((5,), -1))

@@ -31,6 +31,10 @@ def test_defaults_are_valid_and_round_trip_json():
         ({"spill_tokens": -1}, "spill_tokens", "integer >= 0", "-1"),
         ({"membership": "per_layer", "host_store_tokens": 64, "prefetch": True}, "prefetch",
          "False with membership='per_layer'", "True"),
+        # the defaults select per KV head with one membership per layer: what conflicts with them says how to go on
+        ({"fill": "whole"}, "fill", "selection_heads='shared' allows 'whole'", "'whole'"),
+        ({"graph_text_tokens": 64}, "graph_text_tokens", "selection_heads='shared' allows it", "64"),
+        ({"host_store_tokens": 64, "prefetch": True}, "prefetch", "membership='shared' allows it", "True"),
     ],
 )
 def test_invalid_values_name_field_expected_and_got(options, field, expected, got):
@@ -61,7 +65,7 @@ def test_resolve_config_merges_budget_flag_and_json():
 
 def test_offload_options_resolve():
     assert MosaicConfig.from_dict({"prefetch": True}).prefetch
-    cfg = resolve_config(None, '{"host_store_tokens": 4096, "prefetch": true, "residency_slack": 0.5}')
+    cfg = resolve_config(None, '{"host_store_tokens": 4096, "prefetch": true, "residency_slack": 0.5, "membership": "shared"}')
     assert (cfg.host_store_tokens, cfg.prefetch, cfg.residency_slack) == (4096, True, 0.5)
     with pytest.raises(MosaicConfigError, match="prefetch"):
         resolve_config(None, '{"prefetch": 1}')

@@ -100,7 +100,8 @@ def test_emulated_decode_graphs_equal_dense(tiny_vl_model, video_dir, tmp_path, 
     with monkeypatch.context() as env:
         env.setenv("MOSAIC_EMULATE_DECODE_GRAPHS", "1")
         graphs = _run_batch(tiny_vl_model, requests, monkeypatch, runner="fake-flashinfer", logs=tmp_path,
-                            enable_mosaic=True, mosaic_budget=FULL_BUDGET, mosaic_config={"graph_text_tokens": 64})
+                            enable_mosaic=True, mosaic_budget=FULL_BUDGET, mosaic_config={"graph_text_tokens": 64,
+                                                                                  "selection_heads": "shared"})
     assert_same_answers(dense, graphs, LOGPROB_TOL)
     forwards = read_forward_log(tmp_path / "forwards")
     graph_steps = [f for f in forwards if f["attention"] == "flashinfer-graph"]

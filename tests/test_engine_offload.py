@@ -41,13 +41,18 @@ def _serve(model, video_dir, host_store_tokens, prefetch=False, cached_videos=4,
         engine.shutdown()
 
 
+SHARED = {"membership": "shared", "selection_heads": "shared", "regroup_tokens": 0}
+"""One online membership and one list per layer: cross-layer prefetch needs a shared membership (layer l's
+clusters are layer l + 1's); the defaults (per-layer, regrouped, per KV head) are served by the fixtures below."""
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_vl_model, video_dir):
     with strict_checks():
-        on_device = _serve(tiny_vl_model, video_dir, 0)
-        offloaded = _serve(tiny_vl_model, video_dir, 1 << 14)
+        on_device = _serve(tiny_vl_model, video_dir, 0, extra=SHARED)
+        offloaded = _serve(tiny_vl_model, video_dir, 1 << 14, extra=SHARED)
         # one cluster cache for two videos: video b's questions take over video a's pool block
-        prefetched = _serve(tiny_vl_model, video_dir, 1 << 14, prefetch=True, cached_videos=1)
+        prefetched = _serve(tiny_vl_model, video_dir, 1 << 14, prefetch=True, cached_videos=1, extra=SHARED)
     return on_device, offloaded, prefetched
 
 
@@ -139,9 +144,9 @@ def test_streamed_prefill_keeps_device_tokens_bounded_while_host_grows(streamed)
     assert stats["host_tokens"] > stats["visual_tokens"] // 2
 
 
-PER_HEAD = {"tokens": {"selection_heads": "per_kv_head"},
+PER_HEAD = {"tokens": {"selection_heads": "per_kv_head", "membership": "shared"},  # shared: prefetch on
             # mass budgets per head: padded lists, each head its own length (compacted per layer)
-            "mass": {"selection_heads": "per_kv_head", "budget_mode": "mass", "mass_target": 0.7}}
+            "mass": {"selection_heads": "per_kv_head", "membership": "shared", "budget_mode": "mass", "mass_target": 0.7}}
 
 
 @pytest.fixture(scope="module", params=list(PER_HEAD))
@@ -177,6 +182,8 @@ def test_per_head_lists_read_offloaded_clusters_and_answer_as_on_device(per_head
 
 
 PER_LAYER = {"membership": "per_layer", "regroup_tokens": 8, "regroup_frames": 2, "regroup_tail": True}
+"""The defaults (per-layer membership, regrouped, the tail at the question, a list per KV head) with spans
+scaled to the tiny videos (8 frames: the default 32-frame span would regroup only at the question)."""
 
 
 @pytest.fixture(scope="module")

@@ -111,7 +111,8 @@ def test_engine_kwargs_are_consumed_and_validated(monkeypatch):
         apply_mosaic_kwargs({"model_path": "m", "mosaic_budget": 5})
     with pytest.raises(MosaicConfigError, match="budget given twice"):
         apply_mosaic_kwargs({"enable_mosaic": True, "mosaic_budget": 5, "mosaic_config": {"budget": 4}})
-    graphs = apply_mosaic_kwargs({"enable_mosaic": True, "mosaic_config": {"graph_text_tokens": 256}})
+    graphs = apply_mosaic_kwargs({"enable_mosaic": True, "mosaic_config": {"graph_text_tokens": 256,
+                                                                         "selection_heads": "shared"}})
     assert "disable_decode_cuda_graph" not in graphs and graphs["disable_prefill_cuda_graph"]  # decode graphs stay on
     assert "attention_backend" not in apply_mosaic_kwargs({"model_path": "m"})  # plain SGLang untouched
     apply_mosaic_kwargs({"attention_backend": "mosaic", "mosaic_budget": 5})  # the backend flag enables it too
@@ -185,7 +186,7 @@ def test_quantized_kv_and_graph_incompatible_options_are_refused():
     with pytest.raises(MosaicConfigError, match="--kv-cache-dtype fp8_e4m3: expected"):
         check_unsupported(SimpleNamespace(attention_backend="mosaic", kv_cache_dtype="fp8_e4m3"))
     check_unsupported(SimpleNamespace(attention_backend="mosaic", kv_cache_dtype="auto"))
-    graphs, eager = MosaicConfig(graph_text_tokens=256), MosaicConfig()
+    graphs, eager = MosaicConfig(graph_text_tokens=256, selection_heads="shared"), MosaicConfig()
     for name in ("enable_two_batch_overlap", "enable_pdmux"):
         args = SimpleNamespace(attention_backend="mosaic", **{name: True})
         with pytest.raises(MosaicConfigError, match=f"'graph_text_tokens': expected 0 with --{name.replace('_', '-')}"):
@@ -209,10 +210,10 @@ def test_sglangs_metadata_glue_graph_is_refused_as_sglang_reads_the_variable(mon
     args = SimpleNamespace(attention_backend="mosaic")
     monkeypatch.setenv("SGLANG_ENABLE_METADATA_GLUE_GRAPH", value)
     with pytest.raises(MosaicConfigError, match="SGLANG_ENABLE_METADATA_GLUE_GRAPH on"):
-        check_graph_options(MosaicConfig(graph_text_tokens=256), args)
+        check_graph_options(MosaicConfig(graph_text_tokens=256, selection_heads="shared"), args)
     check_graph_options(MosaicConfig(), args)  # eager decode: nothing is captured
     monkeypatch.setenv("SGLANG_ENABLE_METADATA_GLUE_GRAPH", "0")
-    check_graph_options(MosaicConfig(graph_text_tokens=256), args)
+    check_graph_options(MosaicConfig(graph_text_tokens=256, selection_heads="shared"), args)
 
 
 def test_the_decode_graph_hook_keeps_sglangs_answer_for_other_backends_and_idle_batches():

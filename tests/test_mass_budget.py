@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cluster_trace import ONLINE
 
 from mosaic_sglang import ClusterIndex, MosaicConfig
 from mosaic_sglang.config import MosaicConfigError
@@ -95,7 +96,7 @@ def _estimated_mass(index, query, selection):
 
 @pytest.mark.parametrize("target", [0.5, 0.8, 0.95])
 def test_mass_mode_reaches_the_target_with_fewer_tokens(target):
-    tokens = MosaicConfig(budget=96, sink_tokens=0, recent_window=0)
+    tokens = MosaicConfig(budget=96, sink_tokens=0, recent_window=0, **ONLINE)  # one list per layer
     index, query = _index(tokens)
     fixed = index.select(query)
     mass_index, _ = _index(tokens.replace(budget_mode="mass", mass_target=target))
@@ -123,7 +124,7 @@ def test_mass_mode_is_monotone_and_target_one_is_the_token_mode():
 
 
 def test_a_budget_covering_the_video_is_exact_only_at_target_one():
-    config = MosaicConfig(budget=10_000, sink_tokens=0, recent_window=0, budget_mode="mass")
+    config = MosaicConfig(budget=10_000, sink_tokens=0, recent_window=0, budget_mode="mass", **ONLINE)
     index, query = _index(config.replace(mass_target=1.0))
     assert index.select(query).sizes().tolist() == [index.num_tokens] * index.num_layers
     partial, _ = _index(config.replace(mass_target=0.5))

@@ -96,19 +96,23 @@ def test_eligibility_is_the_complement_of_the_always_mask_among_members(extra):
     assert torch.equal(_covered_counts(view, num_c, seq_len), want)
 
 
-def test_a_served_prefix_shorter_than_the_index_attends_no_member_past_its_end():
+@pytest.mark.parametrize("heads", ["shared", "per_kv_head"])
+def test_a_served_prefix_shorter_than_the_index_attends_no_member_past_its_end(heads):
     """No recent window, ``seq_len < num_tokens``: members past the prefix cost nothing and are never
     attended (a whole chosen cluster used to bring them in); the selected part stays within the budget."""
     from mosaic_sglang.clusters import select_layer_batch
 
     keys, frame_ids, _ = video_stream(seed=6, num_frames=5)
-    cfg = MosaicConfig(budget=30, sink_tokens=2, recent_window=0, max_cluster_size=9, join_threshold=0.3)
+    cfg = MosaicConfig(budget=30, sink_tokens=2, recent_window=0, max_cluster_size=9, join_threshold=0.3,
+                       selection_heads=heads)
     index = ClusterIndex(cfg, num_layers=3, num_kv_heads=2, head_dim=12)
     index.append(keys, frame_ids)
     seq_len = index.num_tokens - 20
     for seed in range(10):
         q = torch.randn(1, 4, 12, generator=torch.Generator().manual_seed(seed))
         attended = select_layer_batch([index], 1, [q], [seq_len])[0]
-        visual = index.frame_ids[attended] >= 0
-        assert int((attended[visual] >= seq_len).sum()) == 0, f"seed {seed}"
-        assert int((visual & (attended >= cfg.sink_tokens)).sum()) <= cfg.budget
+        assert attended.dim() == (2 if heads == "per_kv_head" else 1)
+        for row in attended.reshape(-1, attended.shape[-1]):  # one list, or one per KV head
+            visual = index.frame_ids[row] >= 0
+            assert int((row[visual] >= seq_len).sum()) == 0, f"seed {seed}"
+            assert int((visual & (row >= cfg.sink_tokens)).sum()) <= cfg.budget

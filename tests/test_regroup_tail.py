@@ -9,25 +9,24 @@ import pytest
 import torch
 
 from mosaic_sglang import MosaicConfig
-from mosaic_sglang.config import MosaicConfigError
 from mosaic_sglang.serving import ClusterAttendedSet, RequestLayout
 
 L, H, D, GROUP = 2, 2, 8, 2
 
 
-def test_regroup_tail_needs_regrouping():
-    with pytest.raises(MosaicConfigError, match="'regroup_tokens'.*regroup_tail=True.*got 0"):
-        MosaicConfig(regroup_tail=True)
-    assert MosaicConfig(regroup_tail=True, regroup_tokens=8).regroup_tail
+def test_the_tail_regroups_only_with_regrouping_on():
+    assert MosaicConfig().regroups_tail  # the defaults regroup the tail
+    assert not MosaicConfig(regroup_tail=True, regroup_tokens=0).regroups_tail  # nothing to regroup: no-op
+    assert not MosaicConfig(regroup_tail=False, regroup_tokens=8).regroups_tail
 
 
-def _question(tail: bool, prompt_done: bool):
+def _question(tail: bool, prompt_done: bool, regroup_tokens: int = 8):
     """Index a 7-frame video (one request), then ask about it (a second request: the video cached, 5 text
     tokens, ``prompt_done``), then plan its first decode step. Returns (index, decode plan, regroups
     before the question, after it)."""
     g = torch.Generator().manual_seed(3)
     pool = torch.randn(L, 300, H, D, generator=g)
-    cfg = MosaicConfig(budget=20, sink_tokens=2, recent_window=4, max_cluster_size=8, regroup_tokens=8,
+    cfg = MosaicConfig(budget=20, sink_tokens=2, recent_window=4, max_cluster_size=8, regroup_tokens=regroup_tokens,
                        regroup_frames=2, regroup_tail=tail)
     policy = ClusterAttendedSet(cfg, num_layers=L, num_kv_heads=H, head_dim=D, read_slot_keys=lambda s: pool[:, s])
     frames = torch.tensor([-1] * 3 + [f for f in range(7) for _ in range(9)] + [-1] * 5)
@@ -59,9 +58,9 @@ def test_prompt_end_regroups_the_tail_and_the_first_decode_step_selects_again():
     assert decode.select_due == (0,)  # the question's selection was made before: chosen again
 
 
-@pytest.mark.parametrize("tail, prompt_done", [(False, True), (True, False)])
-def test_no_tail_regroup_without_the_option_or_before_the_prompt_ends(tail, prompt_done):
-    index, decode, before, after = _question(tail=tail, prompt_done=prompt_done)
+@pytest.mark.parametrize("tail, prompt_done, regroup_tokens", [(False, True, 8), (True, False, 8), (True, True, 0)])
+def test_no_tail_regroup_without_the_option_or_before_the_prompt_ends(tail, prompt_done, regroup_tokens):
+    index, decode, before, after = _question(tail=tail, prompt_done=prompt_done, regroup_tokens=regroup_tokens)
     assert after == before and index.settled_frames < 7
     assert decode.select_due == ()  # decode keeps the question's selection
 

@@ -29,7 +29,8 @@ def _indexes(membership: str, score: str):
             frame_ids[40:44] = -1  # a timestamp between frames
         rule, _, share = score.partition("/")  # 'size_weighted/clusters': shares among the clusters only
         cfg = MosaicConfig(budget=budget, sink_tokens=3, recent_window=7, max_cluster_size=9, join_threshold=0.3,
-                           split_threshold=0.45, membership=membership, score=rule, share_of_total=share != "clusters")
+                           split_threshold=0.45, membership=membership, score=rule, share_of_total=share != "clusters",
+                           selection_heads="shared")  # one list per layer (per KV head: test_per_head_selection.py)
         index = ClusterIndex(cfg, num_layers=L, num_kv_heads=H, head_dim=D)
         index.append(keys, frame_ids)
         index.maintain(max_splits=100)
@@ -74,7 +75,7 @@ def test_select_into_writes_the_selected_part_without_a_host_sync(membership, sc
 
 def test_select_into_refuses_fills_of_unknown_length():
     keys, frame_ids, _ = video_stream(seed=0, num_layers=L, num_kv_heads=H, head_dim=D, num_frames=3, tokens_per_frame=8)
-    index = ClusterIndex(MosaicConfig(budget=4, fill="whole"), num_layers=L, num_kv_heads=H, head_dim=D)
+    index = ClusterIndex(MosaicConfig(budget=4, fill="whole", selection_heads="shared"), num_layers=L, num_kv_heads=H, head_dim=D)
     index.append(keys, frame_ids)
     with pytest.raises(ValueError, match="fill='exact'"):
         select_layer_into([index], 0, [torch.randn(1, HQ, D)], [None], [torch.empty(5, dtype=torch.int64)])

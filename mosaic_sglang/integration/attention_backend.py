@@ -162,7 +162,7 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         # (max(extend end, prompt length): a chunked request's is longer than its seq_len); read only for
         # `regroup_tail` (a host copy per extend forward); decode rows of a mixed forward also reach it, and
         # the policy acts once per request
-        whole = forward_batch.orig_seq_lens if self.runtime.config.regroup_tail and not is_decode else None
+        whole = forward_batch.orig_seq_lens if self.runtime.config.regroups_tail and not is_decode else None
         prompt_lens = whole.tolist() if whole is not None and whole.numel() == len(rows) else None
         req_to_token = self.req_to_token_pool.req_to_token
         # decode: each request's host copy grows by the slot SGLang just allocated (one [B] read, not a row each)

@@ -320,7 +320,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
             if appended is not None:
                 self._dump.append(anchor, *appended, video=self.videos[anchor].uid)
             index = self.videos[anchor].index
-            if self.config.regroup_tail and req.prompt_done and req.rid not in self._prompt_ended:
+            if self.config.regroups_tail and req.prompt_done and req.rid not in self._prompt_ended:
                 ended.append((req.rid, anchor))
             self._records[req.rid].clusters = index.num_clusters
             if self._logging_decisions():
