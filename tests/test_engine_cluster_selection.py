@@ -16,11 +16,13 @@ from mosaic_sglang.config import MOSAIC_DUMP_DIR
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(480)]
 
 OPTIONS = {"sink_tokens": 4, "recent_window": 16, "max_cluster_size": 16}
-# the replay covers both budget modes, and regrouping (every sealed frame: the tiny video has few; the active
-# frame when a prompt ends) rides on mass
-MODES = {"tokens": {}, "mass-regroup": {"budget_mode": "mass", "mass_target": 0.7, "regroup_tokens": 8, "regroup_frames": 1,
-                           "active_frames": 1, "regroup_tail": True},
-         "per-kv-head": {"selection_heads": "per_kv_head", "regroup_tokens": 8, "regroup_frames": 2, "regroup_tail": True},
+# the replay covers both budget modes, both memberships and both list kinds: the earlier defaults (online clusters,
+# one membership, one list per layer), the defaults (per-layer, regrouped with the tail, per KV head) with spans
+# scaled to the tiny video (it has few frames), and regrouping of every sealed frame with mass budgets
+MODES = {"shared-online": {"membership": "shared", "selection_heads": "shared", "regroup_tokens": 0},
+         "mass-regroup": {"budget_mode": "mass", "mass_target": 0.7, "regroup_tokens": 8, "regroup_frames": 1,
+                          "active_frames": 1, "regroup_tail": True},
+         "defaults": {"regroup_tokens": 8, "regroup_frames": 2},
          # mass budgets per KV head: each head its own count, padded plan lists attended head-major
          "per-kv-head-mass": {"selection_heads": "per_kv_head", "budget_mode": "mass", "mass_target": 0.7}}
 BUDGET = 48
@@ -99,7 +101,7 @@ def test_server_selections_equal_offline_cluster_index(served):
             # the server's always part (sinks, text, window and its own tokens, causal; share_of_total and mass
             # budgets) — the index alone would estimate it from its own keys
             lse = rec["always_lse"]
-            assert (lse is not None) == (options.get("budget_mode") == "mass" or cfg.share_of_total)
+            assert (lse is not None) == (cfg.budget_mode == "mass" or cfg.share_of_total)
             expected = index.select_layer(rec["layer"], rec["queries"], seq_len=rec["seq_len"], always_lse=lse)
             assert torch.equal(expected, rec["selected"])  # [n] or [H, n]
             full = index.select(rec["queries"][None].expand(index.num_layers, -1, -1, -1), seq_len=rec["seq_len"],
@@ -115,16 +117,16 @@ def test_server_selections_equal_offline_cluster_index(served):
                 assert torch.equal(full.layer(rec["layer"]), expected)
             selects += 1
     assert selects >= 2 * 2  # both questions, both layers, selected against a non-empty index
-    if options.get("regroup_tokens"):  # the server's maintenance regrouped (positive control for the replay)
+    if cfg.regroup_tokens:  # the server's maintenance regrouped (positive control for the replay)
         assert sum(index.num_regroups for index in offline.values()) >= 1
-    if options.get("regroup_tail"):  # each prompt's end regrouped its tail; the first one had frames left online
+    if cfg.regroups_tail:  # each prompt's end regrouped its tail; the first one had frames left online
         tails = [r for r in records if r["event"] == "regroup_tail"]  # written when clusters were replaced
         assert len(tails) >= 1 and all(t["clusters"] >= 1 for t in tails)
         after = records.index(tails[0])  # the first question's decode selected against the regrouped tail
         assert any(r["event"] == "select" and r["queries"].shape[0] == 1 for r in records[after:])
-    if options.get("selection_heads") == "per_kv_head":  # the served heads really chose differently
+    if cfg.selection_heads == "per_kv_head":  # the served heads really chose differently
         assert per_head_differs >= 1
-        if options.get("budget_mode") == "mass":  # ... and took different counts (padded, head-major lists)
+        if cfg.budget_mode == "mass":  # ... and took different counts (padded, head-major lists)
             assert uneven_heads >= 1
     appends = [r for r in records if r["event"] == "append"]
     assert len(appends) >= 2  # the first request's video was indexed chunk by chunk
@@ -140,7 +142,7 @@ def test_inspect_plots_the_served_dump(served, tmp_path):
     import matplotlib.image
 
     _, _, dump, options = served
-    if options != OPTIONS:
+    if options != {**OPTIONS, **MODES["defaults"]}:
         pytest.skip("the picture is the same tool on another mode's dump")
     out = tmp_path / "inspect.png"
     run = subprocess.run([sys.executable, "-m", "mosaic_sglang.inspect", str(dump), "--out", str(out)],

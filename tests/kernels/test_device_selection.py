@@ -23,12 +23,13 @@ DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipi
     not torch.cuda.is_available(), reason="needs CUDA")])]
 
 
+@pytest.mark.parametrize("heads", ["shared", "per_kv_head"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_index_on_the_device_selects_into_planned_spans_without_a_sync(device):
+def test_index_on_the_device_selects_into_planned_spans_without_a_sync(device, heads):
     keys, frame_ids, _ = video_stream(seed=1, num_layers=L, num_kv_heads=H, head_dim=D, num_frames=8,
                                       tokens_per_frame=31)
     cfg = MosaicConfig(budget=50, sink_tokens=3, recent_window=9, max_cluster_size=12, join_threshold=0.3,
-                       split_threshold=0.45)
+                       split_threshold=0.45, selection_heads=heads)
     index = ClusterIndex(cfg, num_layers=L, num_kv_heads=H, head_dim=D, device=device)
     index.append(keys.to(device), frame_ids)  # keys where the pool is, frame ids from the host
     index.maintain(max_splits=100)
@@ -41,11 +42,14 @@ def test_index_on_the_device_selects_into_planned_spans_without_a_sync(device):
         q = torch.randn(2, HQ, D, generator=g).to(device)
         (attended,) = select_layer_batch([index], layer, [q], [seq_len])
         assert attended.device.type == device
-        out = torch.full((f + 1,), -7, dtype=torch.int64, device=device)
+        rows = attended.reshape(-1, attended.shape[-1])  # one list, or one per KV head ([H, n])
+        assert rows.shape[0] == (H if heads == "per_kv_head" else 1)
+        out = torch.full((rows.shape[0] * f + 1,), -7, dtype=torch.int64, device=device)
         lse = index_always_lse(index.view(), torch.tensor([layer], device=device), q[None], seq_len)  # a server's own
         with no_host_sync():
             select_layer_into([index], layer, [q], [seq_len], [out], [lse])
-        assert out[:f].tolist() == attended[~always[attended]].tolist()
+        for h, row in enumerate(rows):  # KV head h's part at [h · f, (h + 1) · f)
+            assert out[h * f : (h + 1) * f].tolist() == row[~always[row]].tolist()
 
 
 def _layout(rid, slots, frame_ids, prefix_len, extend_len):

@@ -124,7 +124,7 @@ def _index(membership: str, seed: int, budget: int):
     keys, frame_ids, _ = video_stream(seed=seed, num_layers=3, num_kv_heads=2, head_dim=12, num_frames=6,
                                       tokens_per_frame=30)
     config = MosaicConfig(budget=budget, sink_tokens=3, recent_window=20, max_cluster_size=9, join_threshold=0.3,
-                          split_threshold=0.45, membership=membership)
+                          split_threshold=0.45, membership=membership, selection_heads="shared")  # one list per layer
     index = ClusterIndex(config, num_layers=3, num_kv_heads=2, head_dim=12)
     index.append(keys, frame_ids)
     index.maintain(max_splits=100)
