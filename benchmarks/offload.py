@@ -52,7 +52,7 @@ prefetch of wrong clusters pushes it up), ``dev_MB`` device-resident KV of the s
 tokens + the cache bound), ``hit`` share of selected units already resident (or prefetched) when layers
 >= 1 asked, ``ms`` wall time of select + residency + copies. ``dense_MB``: the whole history on device.
 
-    .venv/bin/python benchmarks/offload.py                # full run (~4 min on 2 CPU cores)
+    .venv/bin/python benchmarks/offload.py                # full run (~8 min on 2 CPU cores; captions ~9 min)
     .venv/bin/python benchmarks/offload.py --quick        # smoke run (~10 s)
     .venv/bin/python benchmarks/offload.py --out benchmarks/out/offload.json
 """

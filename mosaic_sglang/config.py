@@ -49,7 +49,8 @@ class MosaicConfig:
     """
 
     budget: int = 1024
-    """Visual tokens selected from clusters, per sequence and layer (beyond sinks/window/text)."""
+    """Visual tokens selected from clusters, per sequence and layer (beyond sinks/window/text); per KV head with
+    selection_heads='per_kv_head' (the default), so a layer may read up to H times as many distinct positions."""
     sink_tokens: int = 4
     """First tokens of the sequence that are always attended (attention sinks)."""
     recent_window: int = 64
@@ -84,14 +85,16 @@ class MosaicConfig:
     regrouped yet (the active ones and a partial span) are regrouped too (`ClusterIndex.regroup_tail`, in that
     extend forward, never in decode), and its first decode step selects against them. On: a question mostly
     reads the recent frames, where online clusters are smallest (without it the captions' selected units are
-    4.6-4.7 tokens); it costs one k-means per question (163 ms with 30 layers per-layer on a 2-core CPU). Every
-    streaming-session chunk is a prompt, so chunks shorter than `regroup_frames` make shorter spans
-    (benchmarks/README.md, granularity section)."""
+    4.6-4.7 tokens); it costs one k-means per question (163 ms with 30 layers per-layer on a 2-core CPU). A
+    forward whose requests are all prefill-only (``max_new_tokens=0``: a streaming session's video chunks)
+    skips it, so spans are not cut at every chunk; a chunk batched with another request's question is still
+    regrouped at its end (SGLang marks prefill-only per batch) (benchmarks/README.md, granularity section)."""
     membership: str = "per_layer"
     """'shared': one membership for all layers; 'per_layer': one per layer. Per-layer by default: the shared
-    membership with the same regrouping and per-head lists misses the captions' recall (0.916 vs 0.926) and
-    copies 8.9x fewer than token-level at 64K (goal: 10x); per-layer costs 1.1-1.9x the ingest time per frame
-    (synthetic / captions, still flat in history) and no cross-layer `prefetch` with the host tier. With
+    membership with regrouping (16 per 32 + tail) and per-head lists misses the captions' recall line by 0.03
+    point and copies only 8.9x fewer than token-level at 64K (goal: 10x); per-layer costs 1.1-1.9x the ingest
+    time per frame of shared membership with the same regrouping (synthetic / captions; still flat in history)
+    and no cross-layer `prefetch` with the host tier. With
     host_store_tokens each extent's plane is ordered by that layer's clusters: one copy per (layer, cluster),
     12.9-28.7x fewer copies than token-level through the served layout (offload/layer_orders.py;
     benchmarks/README.md, offload section)."""
@@ -139,7 +142,8 @@ class MosaicConfig:
     when each request attends at most ``budget + sink_tokens + recent_window + N`` tokens per layer (N
     covers the text and the tokens not indexed yet), on the FlashInfer route; other steps run eagerly
     (integration/decode_graphs.py). Static buffers: 8 bytes per (layer, request slot, entry) for
-    SGLang's largest captured batch, outside --mem-fraction-static. Off by default: no GPU has run it yet."""
+    SGLang's largest captured batch, outside --mem-fraction-static. Needs selection_heads='shared' (per-head
+    lists are not captured). Off by default: no GPU has run it yet."""
     select_in_prefill: bool = True
     """Video prefill chunks attend sinks + window + clusters selected by the chunk's own queries;
     False makes prefill dense (the attended set is everything before the chunk)."""
@@ -151,9 +155,11 @@ class MosaicConfig:
     error, no eviction of other sessions' host pages); host pages are freed when SGLang evicts the prefix
     that owns them or on ``flush_cache``."""
     residency_slack: float = 0.25
-    """Device cluster cache per layer = ceil(budget × (1 + slack)) tokens; slack keeps recent clusters."""
+    """Device cluster cache per layer = ceil(budget × (1 + slack)) tokens (budget × H KV heads with per-head lists,
+    plus the always-attended part: `cluster_cache_videos`); slack keeps recent clusters."""
     prefetch: bool = False
-    """Prefetch layer l+1's predicted clusters (= layer l's selection) while layer l computes. Off by
+    """Prefetch layer l+1's predicted clusters (= layer l's selection) while layer l computes; with the host
+    tier it needs membership='shared' (per-layer clusters differ between layers). Off by
     default: on the synthetic and the SmolLM2 caption traces it moved ~1.3-1.6x the missed bytes for at
     most a few points of hit rate (benchmarks/README.md)."""
     spill_backend: str = "none"
@@ -167,7 +173,8 @@ class MosaicConfig:
     spill_tokens); >= 1 with a spill backend."""
     cluster_cache_videos: int = 4
     """Videos whose device cluster cache may exist at once. Each cache takes
-    ceil((budget + sinks + window) × (1 + slack)) slots of SGLang's KV pool while it exists (reported as
+    ceil((budget + sinks + window) × (1 + slack)) slots of SGLang's KV pool while it exists, ceil((H · budget +
+    sinks + window) × (1 + slack)) with per-KV-head lists (the default; H KV heads) (reported as
     protected tokens); a new video takes the least recently used idle one's place."""
 
     allowed_media_dirs: Optional[tuple] = None

@@ -35,6 +35,11 @@ def test_offload_benchmark_smoke(tmp_path):
     per_layer = methods["mosaic-perlayer-regroup24per32-tail-per-head"]["summary"]
     # layer-major extents: each copy is one (layer, cluster) of ~24 tokens, so fewer copies than the 16-token row
     assert per_layer["bytes"] <= per_layer["missed_bytes"] * 1.0001 and per_layer["ops"] < per_head["ops"]
+    served = methods["mosaic-perlayer-regroup24per32-tail-per-head-served"]["summary"]  # the defaults, as served
+    # the server's own host tier: group extents with per-layer orders, read through its cluster cache
+    assert served["bytes"] <= served["missed_bytes"] * 1.0001 and served["overflow"] == 0
+    assert served["groups"] >= 1 and 1 <= served["pieces_per_cluster"] <= served["ops"]
+    assert served["ops"] <= per_layer["ops"] * 1.5 and served["units"] == per_layer["units"]  # same selections
     assert "token ops / mosaic ops" in stdout and "token ops / mosaic-regroup16-tail ops" in stdout
     assert (tmp_path / "o.json").stat().st_size > 0
 

@@ -21,7 +21,7 @@ OPTIONS = {"sink_tokens": 4, "recent_window": 16, "max_cluster_size": 16}
 # scaled to the tiny video (it has few frames), and regrouping of every sealed frame with mass budgets
 MODES = {"shared-online": {"membership": "shared", "selection_heads": "shared", "regroup_tokens": 0},
          "mass-regroup": {"budget_mode": "mass", "mass_target": 0.7, "regroup_tokens": 8, "regroup_frames": 1,
-                          "active_frames": 1, "regroup_tail": True},
+                          "active_frames": 1, "membership": "shared", "selection_heads": "shared"},
          "defaults": {"regroup_tokens": 8, "regroup_frames": 2},
          # mass budgets per KV head: each head its own count, padded plan lists attended head-major
          "per-kv-head-mass": {"selection_heads": "per_kv_head", "budget_mode": "mass", "mass_target": 0.7}}

@@ -249,6 +249,9 @@ def test_forward_batch_fields_the_backend_plans_from():
 
     fields = {f.name for f in dataclasses.fields(ForwardBatch)}
     assert {"orig_seq_lens", "seq_lens", "seq_lens_cpu", "extend_prefix_lens", "extend_prefix_lens_cpu",
-            "req_pool_indices", "out_cache_loc", "mm_inputs", "rids", "forward_mode"} <= fields
+            "req_pool_indices", "out_cache_loc", "mm_inputs", "rids", "forward_mode", "is_prefill_only"} <= fields
     # the scheduler sets it to max(extend end, prompt length) per request of an extend batch
     assert "max(r.extend_end, len(r.origin_input_ids))" in inspect.getsource(ScheduleBatch)
+    # a batch is prefill-only when every request is (max_new_tokens == 0): no prompt in it ends in a question
+    assert "is_prefill_only=all(req.is_prefill_only for req in reqs)" in inspect.getsource(ScheduleBatch)
+    assert "is_prefill_only=batch.is_prefill_only" in inspect.getsource(ForwardBatch)

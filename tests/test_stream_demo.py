@@ -15,10 +15,18 @@ pytestmark = [pytest.mark.engine, pytest.mark.timeout(480)]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_stream_demo_runs_end_to_end():
+def test_stream_demo_runs_end_to_end(tmp_path):
+    import os
+
+    import torch
+
+    dump = tmp_path / "dump"  # the server's selection dump: its tail regroups
     out = subprocess.run([sys.executable, str(ROOT / "examples" / "stream_demo.py"), "--speed", "1000"],
-                         capture_output=True, text=True, timeout=450, cwd=ROOT)
+                         capture_output=True, text=True, timeout=450, cwd=ROOT, env={**os.environ, "MOSAIC_DUMP_DIR": str(dump)})
     assert out.returncode == 0, out.stderr[-3000:]
+    # the chunks are prefill-only turns: their ends leave the tail online; each question's prompt regroups it
+    events = [torch.load(p, weights_only=False)["event"] for p in sorted(dump.glob("*.pt"))]
+    assert 1 <= events.count("regroup_tail") <= 3, events.count("regroup_tail")
     chunks = re.findall(r"^chunk +(\d+): .*cached +(\d+) of +(\d+) tokens", out.stdout, re.M)
     assert [int(c[0]) for c in chunks] == [1, 2, 3, 4, 5, 6], out.stdout
     assert all(int(cached) > 0 for _, cached, _ in chunks[1:])  # every later chunk reuses the session's KV

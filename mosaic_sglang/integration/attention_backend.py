@@ -161,8 +161,10 @@ class MosaicAttnBackend(TorchNativeAttnBackend):
         # a request's prompt ends in this extend forward when its length reaches SGLang's unchunked one
         # (max(extend end, prompt length): a chunked request's is longer than its seq_len); read only for
         # `regroup_tail` (a host copy per extend forward); decode rows of a mixed forward also reach it, and
-        # the policy acts once per request
-        whole = forward_batch.orig_seq_lens if self.runtime.config.regroups_tail and not is_decode else None
+        # the policy acts once per request. A forward of prefill-only requests (``max_new_tokens=0``: a streaming
+        # session's video chunks) ends no question: its tail waits for one, so spans are not cut at every chunk
+        tail = self.runtime.config.regroups_tail and not is_decode and not forward_batch.is_prefill_only
+        whole = forward_batch.orig_seq_lens if tail else None
         prompt_lens = whole.tolist() if whole is not None and whole.numel() == len(rows) else None
         req_to_token = self.req_to_token_pool.req_to_token
         # decode: each request's host copy grows by the slot SGLang just allocated (one [B] read, not a row each)

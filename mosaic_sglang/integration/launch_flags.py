@@ -53,7 +53,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         type=str,
         default=None,
         metavar="N",
-        help="Attended cluster tokens per sequence per layer, beyond sinks, recent window and text.",
+        help="Attended cluster tokens per sequence per layer (per KV head with the default per-head lists), "
+             "beyond sinks, recent window and text.",
     )
     group.add_argument(
         "--mosaic-config",
