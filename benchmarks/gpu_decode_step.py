@@ -10,7 +10,8 @@ budget in ``--budgets``:
 * ``dense_k5``: our split-K sparse decode kernel (K5) over every slot (the same kernel Mosaic uses);
 * ``flashinfer_dense`` (when FlashInfer imports and the device is CUDA): its paged decode wrapper over
   every slot, page size 1 (`gpu_flashinfer_rows.py`);
-* ``mosaic_keep``: the default decode step (``reselect_every=0``): K4 assembles the always part once,
+* ``mosaic_keep``: the kept-selection decode step (``reselect_every=0``) with one list per layer
+  (``selection_heads='shared'``; the default per-head lists attend H lists of the same length): K4 assembles the always part once,
   the kept per-layer selections are copied from a ``req_to_selection`` slab, then one K5 per layer over
   ``always + budget`` slots;
 * ``flashinfer_mosaic_keep``: the same lists (int32) attended by FlashInfer under ONE plan per step, the

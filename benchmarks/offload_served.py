@@ -37,7 +37,8 @@ def served_tier(index, trace, cfg, always_mask: torch.Tensor, dtype) -> tuple[Ho
 
     Returns:
         ``(tier, row_of, start_of, info)``: the tier; ``[N] int64`` host row of each position (-1: on the device);
-        ``[rows] int64`` the start of each host row's extent; ``info``: groups, their mean tokens, and the pieces
+        ``[N] int64`` indexed by host row (rows < N), the start of that row's extent (what `HostTier.read_cached`
+        is given with the rows); ``info``: groups, their mean tokens, and the pieces
         (sub-ranges) per (layer, cluster) over every offloaded cluster, and the clustered positions kept on the
         device (always attended).
     """

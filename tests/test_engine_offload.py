@@ -181,7 +181,7 @@ def test_per_head_lists_read_offloaded_clusters_and_answer_as_on_device(per_head
     (second,) = offloaded[1]["mosaic"]
     assert second["host_copies"] > 0 and second["prefetch_copies"] > 0  # ... which the second question filled
     if "budget_mode" not in options:  # the heads' lists together hold more clusters than one
-        assert second["cluster_cache_tokens"] > one_head  # budget's cache would (measured 128 > 85 tokens)
+        assert second["cluster_cache_tokens"] > one_head  # budget's cache would (85 tokens; 128 measured with online clusters)
     (stats,) = after_flush[0]["mosaic"]
     assert stats["host_store_used"] == 0 and stats["host_tokens"] == 0
 
