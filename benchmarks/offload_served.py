@@ -73,18 +73,6 @@ def served_tier(index, trace, cfg, always_mask: torch.Tensor, dtype) -> tuple[Ho
     return tier, row_of, start_of, info
 
 
-def _selected_rows(members, ids: torch.Tensor, row_of: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Host rows of the members of clusters ``ids`` (CSR ``members``), and how many of those clusters have one."""
-    indptr, positions = members
-    sizes = indptr[ids + 1] - indptr[ids]
-    owner = torch.repeat_interleave(torch.arange(ids.numel()), sizes)
-    starts = torch.repeat_interleave(indptr[ids], sizes)
-    within = torch.arange(int(sizes.sum())) - torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
-    rows = row_of[positions[starts + within]]
-    host = rows >= 0
-    return rows[host], int(torch.unique(owner[host]).numel())
-
-
 def run_served(name, select_units, index, trace, cfg, queries, always_mask, dtype, *, lists=1):
     """The per-layer index's selections (``select_units``: per layer, the cluster ids to attend) read through
     the served host tier (`served_tier`), one `HostTier.read_cached` per layer, no prefetch (the tier refuses it
@@ -97,8 +85,8 @@ def run_served(name, select_units, index, trace, cfg, queries, always_mask, dtyp
     cap = ClusterResidency.capacity_for(cfg.budget * lists, cfg.residency_slack)
     cache = tier.caches.get(KEY, cap)
     res, eng, bpt = cache.residency, cache.engine, tier.store.bytes_per_token
-    group_of_layer = index.view().group_of_layer.tolist()
-    members = {g: tuple(t.cpu() for t in index.cluster_members(g)) for g in set(group_of_layer)}
+    view = index.view()
+    cluster_of = view.assign[view.group_of_layer, : index.num_tokens].cpu()  # [L, N] each position's cluster
     rows = []
     for q in queries:
         start_resident = [set(res.resident_clusters(layer)) for layer in range(num_layers)]
@@ -109,7 +97,8 @@ def run_served(name, select_units, index, trace, cfg, queries, always_mask, dtyp
         spent = time.perf_counter() - t0  # select + the tier's reads; not this function's own bookkeeping
         ops = nbytes = missed = asked = hits = overflow = pieces = selected = 0
         for layer in range(num_layers):
-            host_rows, with_host = _selected_rows(members[group_of_layer[layer]], per_layer[layer], row_of)
+            chosen = torch.isin(cluster_of[layer], per_layer[layer]) & (row_of >= 0)  # [N] selected, on the host
+            host_rows, with_host = row_of[chosen], int(torch.unique(cluster_of[layer, chosen]).numel())
             ids, _, _, _, length = tier.orders.sub_ranges(layer, host_rows, start_of[host_rows])
             fresh = torch.tensor([i not in start_resident[layer] for i in ids.tolist()], dtype=torch.bool)
             missed += int(length[fresh].sum()) * bpt

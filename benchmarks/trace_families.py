@@ -16,15 +16,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mosaic_sglang.config import ONLINE_SHARED  # noqa: E402
 from mosaic_sglang.traces import SyntheticTraceSpec, Trace, synthetic_trace  # noqa: E402
 
 __all__ = ["ONLINE_BASELINE", "add_trace_arguments", "load_traces", "ingest", "exact_mean_probs", "write_json"]
 
-ONLINE_BASELINE = dict(regroup_tokens=0, regroup_frames=16, regroup_tail=False, membership="shared",
-                       selection_heads="shared")
-"""`MosaicConfig` options of the defaults before issue 13's granularity change: online clusters (no
-regrouping), one membership for all layers, one cluster list per layer. Rows named for that mode pass them,
-so they measure it whatever the defaults are."""
+ONLINE_BASELINE = ONLINE_SHARED
+"""`MosaicConfig` options of the defaults before issue 13's granularity change (`config.ONLINE_SHARED`: online
+clusters, one membership for all layers, one cluster list per layer). Rows named for that mode pass them, so
+they measure it whatever the defaults are."""
 
 QUICK_SYNTHETIC_FRAMES, QUICK_CAPTION_FRAMES = 16, 12
 """``--quick`` trace sizes (a CI smoke run)."""

@@ -13,11 +13,18 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, fields
+from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
-__all__ = ["MosaicConfig", "MosaicConfigError", "EnvVar", "ENV_VARS", "MOSAIC_CONFIG", "MOSAIC_DEBUG", "MOSAIC_DUMP_DIR",
+__all__ = ["MosaicConfig", "MosaicConfigError", "ONLINE_SHARED", "EnvVar", "ENV_VARS", "MOSAIC_CONFIG", "MOSAIC_DEBUG", "MOSAIC_DUMP_DIR",
            "MOSAIC_CHECK_NO_SYNC", "MOSAIC_FORWARD_LOG_DIR", "MOSAIC_TRITON_ATTENTION",
            "MOSAIC_ATTENTION_RUNNER", "MOSAIC_FAKE_FLASHINFER_LOG", "MOSAIC_EMULATE_DECODE_GRAPHS"]
+
+
+ONLINE_SHARED = MappingProxyType({"regroup_tokens": 0, "membership": "shared", "selection_heads": "shared"})
+"""Options of the online index with one membership and one cluster list per layer (the defaults before
+session 19): ``MosaicConfig(**ONLINE_SHARED)``. Cheaper ingest and one list per layer; what decode CUDA
+graphs (`graph_text_tokens`), ``fill='whole'`` and cross-layer ``prefetch`` with the host tier need."""
 
 
 class MosaicConfigError(ValueError):

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from mosaic_sglang.config import ONLINE_SHARED
 from mosaic_sglang.retrieval import Selection
 
-ONLINE = dict(regroup_tokens=0, selection_heads="shared", membership="shared")
-"""MosaicConfig options of the online index, one membership and one cluster list per layer: what the tests
-of assignment, selection and budget accounting read. The defaults regroup sealed spans by k-means, keep one
+ONLINE = ONLINE_SHARED
+"""The online index, one membership and one cluster list per layer: what the tests of assignment,
+selection and budget accounting read. The defaults regroup sealed spans by k-means, keep one
 membership per layer and select per KV head; those modes have tests of their own (test_cluster_regroup.py,
 test_regroup_tail.py, test_per_head_selection.py)."""
 

@@ -1,6 +1,7 @@
 import pytest
 
 from mosaic_sglang import MosaicConfig, MosaicConfigError
+from mosaic_sglang.config import ONLINE_SHARED
 from mosaic_sglang.integration.options import resolve_config
 
 
@@ -61,6 +62,13 @@ def test_resolve_config_merges_budget_flag_and_json():
         resolve_config(None, "[1, 2]")
     with pytest.raises(MosaicConfigError, match="invalid JSON"):
         resolve_config(None, "{budget: 3}")
+
+
+def test_online_shared_allows_what_per_head_lists_and_per_layer_membership_refuse():
+    cfg = MosaicConfig(**ONLINE_SHARED, fill="whole", graph_text_tokens=8, host_store_tokens=64, prefetch=True)
+    assert (cfg.regroups_tail, cfg.membership, cfg.selection_heads) == (False, "shared", "shared")
+    with pytest.raises(TypeError):
+        ONLINE_SHARED["regroup_tokens"] = 8  # read-only: a caller cannot change every user's preset
 
 
 def test_offload_options_resolve():

@@ -10,7 +10,7 @@ import torch
 
 from engine_support import VIDEO_PROMPT, cpu_engine_kwargs, run_requests
 from mosaic_sglang import ClusterIndex, MosaicConfig
-from mosaic_sglang.config import MOSAIC_DUMP_DIR
+from mosaic_sglang.config import MOSAIC_DUMP_DIR, ONLINE_SHARED
 
 # a scheduler that dies (e.g. SGLang's strict memory check) leaves the engine waiting: fail, don't hang
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(480)]
@@ -19,7 +19,7 @@ OPTIONS = {"sink_tokens": 4, "recent_window": 16, "max_cluster_size": 16}
 # the replay covers both budget modes, both memberships and both list kinds: the earlier defaults (online clusters,
 # one membership, one list per layer), the defaults (per-layer, regrouped with the tail, per KV head) with spans
 # scaled to the tiny video (it has few frames), and regrouping of every sealed frame with mass budgets
-MODES = {"shared-online": {"membership": "shared", "selection_heads": "shared", "regroup_tokens": 0},
+MODES = {"shared-online": dict(ONLINE_SHARED),
          "mass-regroup": {"budget_mode": "mass", "mass_target": 0.7, "regroup_tokens": 8, "regroup_frames": 1,
                           "active_frames": 1, "membership": "shared", "selection_heads": "shared"},
          "defaults": {"regroup_tokens": 8, "regroup_frames": 2},

@@ -12,6 +12,8 @@ import pytest
 
 from engine_support import VIDEO_PROMPT, cpu_engine_kwargs, run_requests, strict_checks
 
+from mosaic_sglang.config import ONLINE_SHARED
+
 # a scheduler that dies (e.g. SGLang's strict memory check) leaves the engine waiting: fail, don't hang
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(480)]
 
@@ -41,7 +43,7 @@ def _serve(model, video_dir, host_store_tokens, prefetch=False, cached_videos=4,
         engine.shutdown()
 
 
-SHARED = {"membership": "shared", "selection_heads": "shared", "regroup_tokens": 0}
+SHARED = dict(ONLINE_SHARED)
 """One online membership and one list per layer: cross-layer prefetch needs a shared membership (layer l's
 clusters are layer l + 1's); the defaults (per-layer, regrouped, per KV head) are served by the fixtures below."""
 
