@@ -1,27 +1,30 @@
 """Mass-targeted selection vs a fixed token budget: the recall each buys and the tokens each attends.
 
 One command (``python benchmarks/mass_budget.py``; ``--quick`` for a CI smoke run). On both trace
-families of `retrieval_quality.py` (synthetic video-like KV; the real SmolLM2-135M caption stream), one
-`ClusterIndex` per trace is built frame by frame (the online baseline, `trace_families.ONLINE_BASELINE`:
-online clusters, one membership, one cluster list per layer), then the question's queries select:
+families of `retrieval_quality.py` (synthetic video-like KV; the real SmolLM2-135M caption stream), two
+`ClusterIndex` per trace are built frame by frame (`CLUSTER_SETS`): the online baseline
+(`trace_families.ONLINE_BASELINE`: online clusters, one membership, one list per layer) and the shipped
+defaults (per-layer memberships of regrouped spans, the tail regrouped when the question arrives). On
+each, the question's queries select:
 
-* ``tokens``: the fixed budget at 2, 5, 10 and 25 % of the context (``budget_mode='tokens'``);
+* ``tokens``: the fixed budget at 2, 5, 10 and 25 % of the context, one list per layer;
 * ``mass``: ``budget_mode='mass'`` at each ``--targets`` p with the 25 % budget as the cap: per layer the
-  fewest clusters (in score order) whose estimated share of the clusters' attention mass reaches p;
-* ``tokens-per-head`` (the 10 % budget) and ``mass-per-head`` (each target): the same with
-  ``selection_heads='per_kv_head'``: each KV head ranks and fills on its own, quality measured per head on
-  that head's attention, tokens per (layer, head) list (what each head attends).
+  fewest clusters (in score order) whose estimated share of the total attention mass reaches p;
+* ``tokens-per-head`` and ``mass-per-head``: the same with ``selection_heads='per_kv_head'`` (the
+  defaults' lists): each KV head ranks and fills on its own, quality measured per head on that head's
+  attention, tokens per (layer, head) list (what each head attends).
 
 Per row: attention-mass recall, top-10 recall and output error against exact attention (the same
-`selection_quality` as `retrieval_quality.py`), selected tokens per layer beyond the always-attended set
-(mean, and min–max over layers: a mass selection gives flat layers more), clusters per layer and tokens
-per cluster. Then per trace the selected tokens the mass mode needs for the fixed 10 % budget's mass
-recall (interpolated on its recall-vs-tokens curve) and the ratio (the goal: ≥ 1.5× fewer at equal recall).
-The same comparison with the *true* masses (``oracle-tokens``: per layer the budget's tokens of highest
-exact mass; ``oracle-mass``: per layer the fewest tokens reaching p of the exact mass) shows what a
-per-layer mass target buys with a perfect estimator, and the *allocation ceiling* (one threshold on the
-exact masses over all layers, the optimum for the mean over layers) what any split of tokens between
-layers can buy at all.
+`selection_quality` as `retrieval_quality.py`), selected tokens per list beyond the always-attended set
+(mean, and min–max over lists: a mass selection gives flat lists more), clusters per list and tokens per
+cluster. Then per cluster set the selected tokens a mass mode needs for a fixed mode's 10 % mass recall
+(interpolated on its recall-vs-tokens curve) and the ratio (the issue's goal: ≥ 1.5× fewer at equal
+recall). The same comparison with the *true* masses (``oracle-tokens``: per layer the budget's tokens of
+highest exact mass; ``oracle-mass``: per layer the fewest tokens reaching p) shows what a per-layer target
+buys with a perfect estimator. The *allocation ceilings* bound every budget rule: with exact masses, one
+threshold over all lists (the optimum for the mean over lists) against the same count per list, over
+layers and over (layer, KV head) lists, on tokens and on each cluster set's members, at the exact top-10 %'s
+recall and at the recall each fixed 10 % budget reached (`allocation_ceiling`).
 """
 
 from __future__ import annotations
@@ -40,13 +43,18 @@ from mosaic_sglang.config import MosaicConfig  # noqa: E402
 from mosaic_sglang.retrieval import Selection, always_attended_positions, selection_quality  # noqa: E402
 from mosaic_sglang.traces import Trace  # noqa: E402
 from per_head_selection import head_masks, quality_per_head  # noqa: E402
-from trace_families import (ONLINE_BASELINE, add_trace_arguments, exact_mean_probs, ingest, load_traces,  # noqa: E402
+from trace_families import (ONLINE_BASELINE, add_trace_arguments, exact_head_probs, ingest, load_traces,  # noqa: E402
                             write_json)
 
+CLUSTER_SETS = {"online": ONLINE_BASELINE, "defaults": {}}
+"""The clusters each trace is selected from: the online baseline (`trace_families.ONLINE_BASELINE`) and the
+shipped defaults (per-layer memberships of regrouped spans, the tail regrouped at the question)."""
 BUDGETS = (0.02, 0.05, 0.10, 0.25)
 CAP = 0.25
 """The mass mode's token cap, as a share of the context (the largest fixed budget of the table)."""
 TARGETS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975)
+SCORER_GRID = tuple(k / 100 for k in range(1, 26))
+"""Budgets (shares of the context, up to the mass mode's cap) at which `scorer_ceiling` measures each list."""
 REFERENCE = 0.10
 """The fixed budget the mass mode is matched against (the issue's 10 %)."""
 
@@ -101,19 +109,103 @@ def _oracle_selection(probs: torch.Tensor, always: torch.Tensor, *, budget: int 
     return Selection.from_mask(chosen, take.sum(1))
 
 
-def allocation_ceiling(probs: torch.Tensor, always: torch.Tensor, budget: int) -> dict:
-    """The most any allocation of tokens across layers can save at the reference recall, with exact
-    masses: per layer the ``budget`` best eligible tokens (uniform) against one threshold over all layers
-    (every token above it, whatever its layer: the optimum for the mean over layers); returns the mean
-    tokens per layer the global threshold needs for the uniform split's mean mass recall, and the ratio."""
-    num_layers = probs.shape[0]
-    eligible = probs.clone()
-    eligible[:, always] = -1.0
-    covered = probs[:, always].sum()
-    uniform = (covered + eligible.topk(budget, dim=1).values.clamp(min=0).sum()) / num_layers
-    ranked = torch.sort(eligible.flatten(), descending=True).values.clamp(min=0).cumsum(0)
-    tokens = (int(((covered + ranked) / num_layers < uniform).sum()) + 1) / num_layers
-    return {"uniform_recall": uniform.item(), "global_tokens": tokens, "budget": budget, "ratio": budget / tokens}
+def allocation_ceiling(mass: torch.Tensor, always: torch.Tensor, budget: int, recall: float | None = None) -> dict:
+    """The most any split of tokens between lists can save at a mean mass recall, with exact masses.
+
+    ``mass [G, N] float32``: each list's mass per position (G = layers, or layer · KV head lists; the exact
+    probabilities, or a membership's cluster masses spread evenly over members: the fractional fill of
+    whole clusters ranked by exact mass per token). Uniform: every list takes its best eligible positions,
+    the same count for all (a fixed budget); global: one threshold over all lists (every position above it,
+    whatever its list: the optimum for the mean over lists). ``recall``: the mean recall to reach (None:
+    the uniform ``budget``'s). Returns both counts per list and their ratio (> 1: the global split needs
+    fewer).
+    """
+    num_lists = mass.shape[0]
+    eligible = mass.clone()
+    eligible[:, always] = 0.0
+    covered = mass[:, always].sum(1).mean()
+    uniform_curve = covered + torch.sort(eligible, dim=1, descending=True).values.cumsum(1).mean(0)  # [N]: b + 1 each
+    global_curve = covered + torch.sort(eligible.flatten(), descending=True).values.cumsum(0) / num_lists
+    if recall is None:
+        recall = uniform_curve[budget - 1].item()
+    uniform = int((uniform_curve < recall - 1e-7).sum()) + 1
+    tokens = (int((global_curve < recall - 1e-7).sum()) + 1) / num_lists
+    return {"recall": recall, "uniform_tokens": uniform, "global_tokens": tokens, "ratio": uniform / tokens}
+
+
+def cluster_spread(mass: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
+    """``[G, N]``: each position's share of its cluster's exact mass (cluster mass / members), for lists
+    ``mass [G, N]`` over layer memberships ``assign [L, N]`` (``-1``: always attended, kept as is); G is L
+    or L · Hkv (lists l · Hkv + h share layer l's membership)."""
+    per_layer = mass.shape[0] // assign.shape[0]
+    assign = assign.repeat_interleave(per_layer, 0)
+    member = assign >= 0
+    safe = assign.clamp(min=0)
+    num_c = int(assign.max()) + 1
+    total = torch.zeros(mass.shape[0], num_c).scatter_add_(1, safe, torch.where(member, mass, 0.0))
+    size = torch.zeros(mass.shape[0], num_c).scatter_add_(1, safe, member.float())
+    return torch.where(member, (total / size.clamp(min=1)).gather(1, safe), mass)
+
+
+def _selected_mass(selection: Selection, mass: torch.Tensor) -> torch.Tensor:
+    """``[G]``: each list's mass (``mass [G, N]``, rows as the selection's) over its attended positions."""
+    rows = torch.repeat_interleave(torch.arange(selection.num_layers), selection.sizes())
+    return torch.zeros(selection.num_layers).index_add_(0, rows, mass[rows, selection.indices])
+
+
+def _upper_hull(t: torch.Tensor, r: torch.Tensor) -> list[tuple[float, float]]:
+    """The upper concave hull of the points ``(t[k], r[k])`` (``t`` nondecreasing), from the first point."""
+    hull: list[tuple[float, float]] = []
+    for x, y in zip(t.tolist(), r.tolist()):
+        if hull and x <= hull[-1][0]:
+            if y > hull[-1][1]:
+                hull[-1] = (hull[-1][0], y)
+            continue
+        while len(hull) >= 2 and (hull[-1][1] - hull[-2][1]) * (x - hull[-2][0]) <= (y - hull[-2][1]) * (hull[-1][0] - hull[-2][0]):
+            hull.pop()
+        hull.append((x, y))
+    return hull
+
+
+def scorer_ceiling(trace: Trace, index: ClusterIndex, config: MosaicConfig, always: torch.Tensor,
+                   mass: torch.Tensor, recall: float) -> dict:
+    """The allocation ceiling on Mosaic's own ranking: what any rule that only sets each list's token count
+    can save, whatever its estimator (a mass budget is one), at mean recall ``recall``.
+
+    Each list's recall is measured at every `SCORER_GRID` budget (the scorer's nested prefixes) on ``mass
+    [G, N]`` (exact masses, rows as ``config``'s lists: layers, or l · Hkv + h). Uniform: the same budget
+    for every list, interpolated on the mean curve. Global: the steepest segments of every list's concave
+    hull first (the Lagrangian optimum over the grid, an upper bound on what counts can buy). Budgets stay
+    under the mass mode's cap.
+    """
+    n = trace.keys.shape[1]
+    tokens, recalls = [torch.zeros(mass.shape[0])], [mass[:, always].sum(1)]
+    for frac in SCORER_GRID:
+        index.config = config.replace(budget=max(1, round(frac * n)))
+        selection = index.select(trace.queries)
+        tokens.append(selection.sizes().float() - always.numel())
+        recalls.append(_selected_mass(selection, mass))
+    t, r = torch.stack(tokens, 1), torch.stack(recalls, 1)  # [G, K]
+    mean_t, mean_r = t.mean(0), r.mean(0)
+    out = {"recall": recall, "uniform_tokens": None, "global_tokens": None, "ratio": None}
+    above = (mean_r >= recall).nonzero()
+    if not len(above) or not int(above[0]):
+        return out
+    k = int(above[0])
+    out["uniform_tokens"] = (mean_t[k - 1] + (recall - mean_r[k - 1]) / (mean_r[k] - mean_r[k - 1])
+                             * (mean_t[k] - mean_t[k - 1])).item()
+    segments = []
+    for g in range(mass.shape[0]):
+        hull = _upper_hull(t[g], r[g])
+        segments += [((y1 - y0) / (x1 - x0), x1 - x0, y1 - y0) for (x0, y0), (x1, y1) in zip(hull, hull[1:])]
+    got, spent, lists = mean_r[0].item(), 0.0, mass.shape[0]
+    for _, dt, dr in sorted(segments, reverse=True):
+        if got + dr / lists >= recall:
+            out["global_tokens"] = spent + (recall - got) / (dr / lists) * dt / lists
+            out["ratio"] = out["uniform_tokens"] / out["global_tokens"]
+            break
+        got, spent = got + dr / lists, spent + dt / lists
+    return out
 
 
 def _oracle_rows(trace: Trace, always: torch.Tensor, budget: int, targets, probs: torch.Tensor) -> list[dict]:
@@ -133,44 +225,89 @@ def _oracle_rows(trace: Trace, always: torch.Tensor, budget: int, targets, probs
     return rows
 
 
-def trace_rows(name: str, trace: Trace, targets) -> list[dict]:
+def _cluster_rows(trace: Trace, label: str, options: dict, targets) -> tuple[list[dict], ClusterIndex, MosaicConfig]:
+    """Every selection row on one cluster set: ``options`` over `MosaicConfig`'s defaults, ingested frame by
+    frame, the tail regrouped when the question arrives where the options regroup it (as the server does)."""
     num_layers, n, hkv, d = trace.keys.shape
-    base = MosaicConfig(budget_mode="tokens", **ONLINE_BASELINE)  # the rows turn on what their names say
+    base = MosaicConfig(**{"budget_mode": "tokens", "selection_heads": "shared", **options})
     index = ClusterIndex(base, num_layers=num_layers, num_kv_heads=hkv, head_dim=d)
     ingest(index, trace)
+    if base.regroups_tail:
+        index.regroup_tail()
     always = always_attended_positions(trace.frame_ids.clone(), base).numel()
-    rows = []
-    for frac in BUDGETS:
-        budget = max(1, round(frac * n))
-        rows.append(_row(trace, index, base.replace(budget=budget), always, "tokens", f"{100 * frac:g} %"))
     cap = max(1, round(CAP * n))
-    for p in targets:
-        config = base.replace(budget=cap, budget_mode="mass", mass_target=p)
-        rows.append(_row(trace, index, config, always, "mass", f"p={p:g}"))
     per_head = base.replace(selection_heads="per_kv_head")
-    rows.append(_per_head_row(trace, index, per_head.replace(budget=max(1, round(REFERENCE * n))), always,
-                              "tokens-per-head", f"{100 * REFERENCE:g} %"))
-    for p in targets:
-        config = per_head.replace(budget=cap, budget_mode="mass", mass_target=p)
-        rows.append(_per_head_row(trace, index, config, always, "mass-per-head", f"p={p:g}"))
+    rows = [_row(trace, index, base.replace(budget=max(1, round(f * n))), always, "tokens", f"{100 * f:g} %")
+            for f in BUDGETS]
+    rows += [_row(trace, index, base.replace(budget=cap, budget_mode="mass", mass_target=p), always, "mass", f"p={p:g}")
+             for p in targets]
+    rows += [_per_head_row(trace, index, per_head.replace(budget=max(1, round(f * n))), always, "tokens-per-head",
+                           f"{100 * f:g} %") for f in BUDGETS]
+    rows += [_per_head_row(trace, index, per_head.replace(budget=cap, budget_mode="mass", mass_target=p), always,
+                           "mass-per-head", f"p={p:g}") for p in targets]
     index.config = base
-    positions = always_attended_positions(trace.frame_ids.clone(), base)
-    probs = exact_mean_probs(trace)
-    rows += _oracle_rows(trace, positions, max(1, round(REFERENCE * n)), targets, probs)
+    for row in rows:
+        row["clusters_set"] = label
+    return rows, index, base
+
+
+def _ceilings(name: str, label: str, rows: list[dict], mass: dict, always: torch.Tensor, budget: int,
+              assign: torch.Tensor | None, with_exact: bool = True) -> list[dict]:
+    """Allocation ceilings over layers (one list per layer: shared rows) and over (layer, KV head) lists
+    (per-head rows), at the uniform exact top-``budget``'s recall and at the recall the fixed 10 % budget
+    measured on ``label``'s clusters; on tokens (``assign`` None) or on those clusters."""
+    out = []
+    for lists, fixed, table in (("layers", "tokens", mass["layers"]), ("layer x head", "tokens-per-head", mass["heads"])):
+        if assign is not None:
+            table = cluster_spread(table, assign)
+        reached = next(r["mass_recall"] for r in rows if r["mode"] == fixed and r["setting"] == f"{100 * REFERENCE:g} %")
+        for at, recall in (("exact top-budget", None), (f"{label} {fixed} 10 %", reached))[1 - with_exact:]:
+            c = allocation_ceiling(table, always, budget, recall)
+            out.append({"trace": name, "units": "tokens" if assign is None else f"{label} clusters", "lists": lists,
+                        "at": at, **c})
+    return out
+
+
+def trace_rows(name: str, trace: Trace, targets) -> tuple[list[dict], list[dict]]:
+    """Rows of both cluster sets (`CLUSTER_SETS`) and the exact oracle; the allocation ceilings."""
+    n = trace.keys.shape[1]
+    budget = max(1, round(REFERENCE * n))
+    mass = {"heads": exact_head_probs(trace)}  # [L, Hkv, N]
+    mass["layers"] = mass["heads"].mean(1)
+    mass["heads"] = mass["heads"].flatten(0, 1)  # lists l · Hkv + h, as per-head selections
+    rows, ceilings = [], []
+    for label, options in CLUSTER_SETS.items():
+        part, index, base = _cluster_rows(trace, label, options, targets)
+        positions = always_attended_positions(trace.frame_ids.clone(), base)
+        view = index.view()
+        assign = view.assign[view.group_of_layer].clone()  # [L, N] each layer's membership
+        assign[:, positions] = -1
+        ceilings += _ceilings(name, label, part, mass, positions, budget, None, with_exact=not ceilings)
+        ceilings += _ceilings(name, label, part, mass, positions, budget, assign)
+        for lists, fixed, heads in (("layers", "tokens", "shared"), ("layer x head", "tokens-per-head", "per_kv_head")):
+            reached = next(r["mass_recall"] for r in part if r["mode"] == fixed and r["setting"] == f"{100 * REFERENCE:g} %")
+            c = scorer_ceiling(trace, index, base.replace(selection_heads=heads), positions,
+                               mass["layers" if heads == "shared" else "heads"], reached)
+            ceilings.append({"trace": name, "units": f"{label} clusters, Mosaic's order", "lists": lists,
+                             "at": f"{label} {fixed} 10 %", **c})
+        index.config = base
+        rows += part
+    rows += [dict(r, clusters_set="exact tokens") for r in _oracle_rows(trace, positions, budget, targets, mass["layers"])]
     for row in rows:
         row["trace"] = name
-    return rows, {"trace": name, **allocation_ceiling(probs, positions, max(1, round(REFERENCE * n)))}
+    return rows, ceilings
 
 
 def matched(rows: list[dict], fixed: str = "tokens", adaptive: str = "mass") -> dict:
     """Selected tokens the ``adaptive`` mode needs for the ``fixed`` mode's mass recall at the reference
     budget, read off its recall-vs-tokens curve (linear between the two targets that bracket it), and
-    the ratio to the reference's tokens (> 1: the adaptive mode needs fewer)."""
+    the ratio to the reference's tokens (> 1: the adaptive mode needs fewer). ``rows``: one cluster set's."""
     reference = next(r for r in rows if r["mode"] == fixed and r["setting"] == f"{100 * REFERENCE:g} %")
     goal = reference["mass_recall"]
     curve = [(r["selected_tokens"], r["mass_recall"], r["setting"]) for r in rows if r["mode"] == adaptive]
-    out = {"trace": reference["trace"], "modes": f"{adaptive} vs {fixed}", "reference_recall": goal,
-           "reference_tokens": reference["selected_tokens"], "tokens": None, "between": None, "token_ratio": None}
+    out = {"trace": reference["trace"], "clusters_set": reference["clusters_set"], "modes": f"{adaptive} vs {fixed}",
+           "reference_recall": goal, "reference_tokens": reference["selected_tokens"], "tokens": None,
+           "between": None, "token_ratio": None}
     for (t0, r0, s0), (t1, r1, s1) in zip([(0.0, 0.0, "none")] + curve, curve):
         if r0 < goal <= r1:
             tokens = t0 + (goal - r0) / (r1 - r0) * (t1 - t0)
@@ -179,14 +316,40 @@ def matched(rows: list[dict], fixed: str = "tokens", adaptive: str = "mass") -> 
     return out
 
 
+PAIRS = (("tokens", "mass"), ("tokens", "mass-per-head"), ("tokens-per-head", "mass-per-head"))
+"""(fixed, adaptive) modes matched on each cluster set; the oracle's pair is matched on the exact tokens."""
+
+
 def print_table(rows: list[dict]) -> None:
-    print("| trace | mode | setting | mass recall | top-10 recall | output error | selected tokens (min–max) "
-          "| clusters | tokens / cluster |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| trace | clusters | mode | setting | mass recall | top-10 recall | output error | selected tokens (min–max) "
+          "| clusters / list | tokens / cluster |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['trace']} | {r['mode']} | {r['setting']} | {r['mass_recall']:.3f} | {r['top10_recall']:.3f} | "
-              f"{r['output_error']:.3f} | {r['selected_tokens']:.0f} ({r['selected_min']:.0f}–{r['selected_max']:.0f}) | "
-              f"{r['clusters']:.1f} | {r['tokens_per_cluster']:.1f} |")
+        print(f"| {r['trace']} | {r['clusters_set']} | {r['mode']} | {r['setting']} | {r['mass_recall']:.3f} | "
+              f"{r['top10_recall']:.3f} | {r['output_error']:.3f} | {r['selected_tokens']:.0f} "
+              f"({r['selected_min']:.0f}–{r['selected_max']:.0f}) | {r['clusters']:.1f} | {r['tokens_per_cluster']:.1f} |")
+
+
+def print_matches(matches: list[dict], ceilings: list[dict]) -> None:
+    for m in matches:
+        head = f"[{m['trace']}, {m['clusters_set']}, {m['modes']}]"
+        if m["tokens"] is None:
+            print(f"{head} no target reached the fixed {100 * REFERENCE:g} % budget's mass recall "
+                  f"{m['reference_recall']:.3f} under the {100 * CAP:g} % cap")
+        else:
+            print(f"{head} mass recall {m['reference_recall']:.3f} (the {100 * REFERENCE:g} % budget's, "
+                  f"{m['reference_tokens']:.0f} tokens): ~{m['tokens']:.0f} tokens ({m['between']}), "
+                  f"{m['token_ratio']:.2f}x fewer")
+    print()
+    print("Allocation ceilings (exact masses: one threshold over all lists vs the same count per list)")
+    print("| trace | units | lists | at the recall of | recall | uniform tokens / list | global tokens / list | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c in ceilings:
+        if c["ratio"] is None:
+            print(f"| {c['trace']} | {c['units']} | {c['lists']} | {c['at']} | {c['recall']:.3f} | not reached | - | - |")
+            continue
+        print(f"| {c['trace']} | {c['units']} | {c['lists']} | {c['at']} | {c['recall']:.3f} | {c['uniform_tokens']:.0f} | "
+              f"{c['global_tokens']:.0f} | {c['ratio']:.2f}x |")
 
 
 def main(argv=None) -> int:
@@ -199,22 +362,14 @@ def main(argv=None) -> int:
     for name, trace in load_traces(args):
         part, ceiling = trace_rows(name, trace, args.targets)
         rows += part
-        ceilings.append(ceiling)
-        matches += [matched(part), matched(part, "tokens", "mass-per-head"), matched(part, "oracle-tokens", "oracle-mass")]
+        ceilings += ceiling
+        for label in CLUSTER_SETS:
+            mine = [r for r in part if r["clusters_set"] == label]
+            matches += [matched(mine, fixed, adaptive) for fixed, adaptive in PAIRS]
+        matches.append(matched([r for r in part if r["clusters_set"] == "exact tokens"], "oracle-tokens", "oracle-mass"))
     print_table(rows)
     print()
-    for m in matches:
-        if m["tokens"] is None:
-            print(f"[{m['trace']}, {m['modes']}] no target reached the fixed {100 * REFERENCE:g} % budget's mass recall "
-                  f"{m['reference_recall']:.3f} under the {100 * CAP:g} % cap")
-        else:
-            print(f"[{m['trace']}, {m['modes']}] mass recall {m['reference_recall']:.3f} (the {100 * REFERENCE:g} % "
-                  f"budget's, {m['reference_tokens']:.0f} tokens): ~{m['tokens']:.0f} tokens ({m['between']}), "
-                  f"{m['token_ratio']:.2f}x fewer")
-    for c in ceilings:
-        print(f"[{c['trace']}, allocation ceiling] exact masses, one threshold over all layers: "
-              f"{c['global_tokens']:.0f} tokens per layer for the uniform {c['budget']}'s mean mass recall "
-              f"{c['uniform_recall']:.3f}: at most {c['ratio']:.2f}x fewer from moving tokens between layers")
+    print_matches(matches, ceilings)
     print(f"total {time.perf_counter() - started:.0f} s")
     write_json(args.out, {"rows": rows, "matched": matches, "allocation_ceiling": ceilings})
     return 0

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mosaic_sglang.config import ONLINE_SHARED  # noqa: E402
 from mosaic_sglang.traces import SyntheticTraceSpec, Trace, synthetic_trace  # noqa: E402
 
-__all__ = ["ONLINE_BASELINE", "add_trace_arguments", "load_traces", "ingest", "exact_mean_probs", "write_json"]
+__all__ = ["ONLINE_BASELINE", "add_trace_arguments", "load_traces", "ingest", "exact_head_probs", "exact_mean_probs",
+           "write_json"]
 
 ONLINE_BASELINE = ONLINE_SHARED
 """`MosaicConfig` options of the defaults before issue 13's granularity change (`config.ONLINE_SHARED`: online
@@ -65,9 +66,10 @@ def ingest(index, trace: Trace) -> int:
     return len(chunks)
 
 
-def exact_mean_probs(trace: Trace) -> torch.Tensor:
-    """``[L, N] float32`` exact attention probabilities averaged over the question's tokens and query heads
-    (causal, as `selection_quality`): the mass recall of a set of positions is the sum of this over them."""
+def exact_head_probs(trace: Trace) -> torch.Tensor:
+    """``[L, Hkv, N] float32`` exact attention probabilities per KV head, averaged over the question's tokens
+    and that head's GQA group of query heads (causal, as `selection_quality`): the mass recall of one KV
+    head's attended positions is the sum of its row over them."""
     from mosaic_sglang.retrieval.gqa import group_queries
 
     num_layers, n, hkv, d = trace.keys.shape
@@ -76,8 +78,15 @@ def exact_mean_probs(trace: Trace) -> torch.Tensor:
     for layer in range(num_layers):
         q = group_queries(trace.queries[layer:layer + 1], hkv)[0]  # [Hkv, g, Tq, D]
         logits = q @ trace.keys[layer].float().permute(1, 2, 0)[:, None] / d ** 0.5  # [Hkv, g, Tq, N]
-        out.append(torch.softmax(logits.masked_fill(~visible, float("-inf")), -1).mean((0, 1, 2)))
+        out.append(torch.softmax(logits.masked_fill(~visible, float("-inf")), -1).mean((1, 2)))
     return torch.stack(out)
+
+
+def exact_mean_probs(trace: Trace) -> torch.Tensor:
+    """``[L, N] float32``: `exact_head_probs` averaged over KV heads (every group has as many query heads),
+    i.e. over the question's tokens and all query heads: a layer's mass recall of a set of positions is the
+    sum of this over them."""
+    return exact_head_probs(trace).mean(1)
 
 
 def write_json(path: Path | None, payload: dict) -> None:

@@ -125,8 +125,10 @@ class MosaicConfig:
     layer, the fewest tokens (whole clusters in score order) that, with the always-attended part, reach
     `mass_target` of the estimated total attention mass, at most `budget` (needs score='size_weighted', the
     rule that estimates mass; clusters/mass.py); per KV head with selection_heads='per_kv_head'. Decode
-    keeps the question's selection. Off by default: 1.08x / 0.97x fewer tokens at equal recall on the
-    captions / synthetic traces (per KV head 1.18x / 1.29x; benchmarks/README.md, mass_budget.py)."""
+    keeps the question's selection. Off by default: with the default per-head lists it attends 1.21x fewer
+    tokens at the fixed budget's recall on the captions and 1.16x more on the synthetic trace, and no rule
+    that sets each list's count on Mosaic's ranking can save more than 1.43x / 1.04x there
+    (benchmarks/README.md, mass_budget.py)."""
     mass_target: float = 0.9
     """Share of the estimated total attention mass (always-attended part included) a 'mass' selection
     reaches, in (0, 1]; 1 is the token mode."""

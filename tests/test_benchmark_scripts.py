@@ -66,11 +66,52 @@ def test_retrieval_quality_benchmark_smoke(tmp_path):
 
 def test_mass_budget_benchmark_smoke(tmp_path):
     stdout = _run("mass_budget.py", "--quick", "--skip-real", "--targets", "0.5", "0.9", "--out", str(tmp_path / "m.json"))
-    assert "| synthetic | tokens | 10 % |" in stdout and "| synthetic | mass | p=0.9 |" in stdout
-    rows = __import__("json").loads((tmp_path / "m.json").read_text())["rows"]
-    mass = [r for r in rows if r["mode"] == "mass"]
-    assert mass[0]["selected_tokens"] <= mass[1]["selected_tokens"]  # a higher target never selects less
+    assert "| synthetic | online | tokens | 10 % |" in stdout and "| synthetic | defaults | mass-per-head | p=0.9 |" in stdout
+    report = __import__("json").loads((tmp_path / "m.json").read_text())
+    rows = report["rows"]
+    for clusters in ("online", "defaults"):
+        for mode in ("mass", "mass-per-head"):
+            mass = [r for r in rows if r["mode"] == mode and r["clusters_set"] == clusters]
+            assert mass[0]["selected_tokens"] <= mass[1]["selected_tokens"]  # a higher target never selects less
     assert all(0 < r["mass_recall"] <= 1 for r in rows)
+    # the defaults regroup: larger units than the online clusters at the same budget
+    per_unit = {r["clusters_set"]: r["tokens_per_cluster"] for r in rows if r["mode"] == "tokens" and r["setting"] == "10 %"}
+    assert per_unit["defaults"] > per_unit["online"]
+    ceilings = report["allocation_ceiling"]
+    units = ("tokens", "online clusters", "defaults clusters", "online clusters, Mosaic's order",
+             "defaults clusters, Mosaic's order")
+    assert {(c["units"], c["lists"]) for c in ceilings} == {(u, l) for u in units for l in ("layers", "layer x head")}
+    assert all(c["global_tokens"] <= c["uniform_tokens"] + 1e-6 for c in ceilings)  # one threshold is the optimum
+    budget = next(r["budget"] for r in rows if r["mode"] == "tokens" and r["setting"] == "10 %")
+    for c in ceilings:  # on Mosaic's own order the fixed budget reaches its own recall at the budget itself
+        if c["units"].endswith("order"):
+            assert abs(c["uniform_tokens"] - budget) < 1.0, c
+    assert {m["modes"] for m in report["matched"]} >= {"mass-per-head vs tokens-per-head", "oracle-mass vs oracle-tokens"}
+
+
+def test_mass_budget_allocation_ceiling_by_hand():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
+    from mass_budget import _upper_hull, allocation_ceiling, cluster_spread
+
+    # list 0 holds its mass on 2 positions, list 1 spreads it evenly; position 0 is always attended (0.1 each)
+    mass = torch.tensor([[0.1, 0.45, 0.45, 0.0, 0.0, 0.0], [0.1, 0.18, 0.18, 0.18, 0.18, 0.18]])
+    always = torch.tensor([0])
+    uniform = allocation_ceiling(mass, always, budget=2)  # 2 each: recall (1.0 + 0.46) / 2 = 0.73
+    assert abs(uniform["recall"] - 0.73) < 1e-6 and uniform["uniform_tokens"] == 2
+    # the global threshold takes list 0's two and list 1's two: the same 4 tokens, so no saving at 2 each ...
+    assert uniform["global_tokens"] == 2.0 and uniform["ratio"] == 1.0
+    # ... but at recall 0.91 uniform needs 4 per list (0.1 + 0.72 on list 1), global 2 + 4 = 6 in all
+    assert allocation_ceiling(mass, always, budget=2, recall=0.91)["uniform_tokens"] == 4
+    assert allocation_ceiling(mass, always, budget=2, recall=0.91)["global_tokens"] == 3.0
+    # clusters: list 0's two mass positions in one cluster with an empty one spread their mass over three
+    assign = torch.tensor([[-1, 0, 0, 0, 1, 1]])
+    spread = cluster_spread(mass, assign)  # both lists share the layer's membership
+    assert torch.allclose(spread[0], torch.tensor([0.1, 0.3, 0.3, 0.3, 0.0, 0.0]))
+    assert torch.allclose(spread[1], torch.tensor([0.1, 0.18, 0.18, 0.18, 0.18, 0.18]))
+    # the scorer's ceiling spends tokens on each list's concave hull: a point under a chord is skipped
+    t, r = torch.tensor([0.0, 1.0, 2.0, 2.0, 3.0]), torch.tensor([0.0, 0.125, 0.5, 0.625, 0.75])
+    assert _upper_hull(t, r) == [(0.0, 0.0), (2.0, 0.625), (3.0, 0.75)]
 
 
 def test_per_head_selection_benchmark_smoke(tmp_path):
