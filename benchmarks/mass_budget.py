@@ -21,10 +21,14 @@ cluster. Then per cluster set the selected tokens a mass mode needs for a fixed 
 (interpolated on its recall-vs-tokens curve) and the ratio (the issue's goal: ≥ 1.5× fewer at equal
 recall). The same comparison with the *true* masses (``oracle-tokens``: per layer the budget's tokens of
 highest exact mass; ``oracle-mass``: per layer the fewest tokens reaching p) shows what a per-layer target
-buys with a perfect estimator. The *allocation ceilings* bound every budget rule: with exact masses, one
-threshold over all lists (the optimum for the mean over lists) against the same count per list, over
-layers and over (layer, KV head) lists, on tokens and on each cluster set's members, at the exact top-10 %'s
-recall and at the recall each fixed 10 % budget reached (`allocation_ceiling`).
+buys with a perfect estimator. Two kinds of *allocation ceiling*, over layers and over (layer, KV head)
+lists, at the recall each fixed 10 % budget reached:
+
+* `scorer_ceiling` ("Mosaic's order"): the bound on every rule that keeps Mosaic's ranking and only sets how
+  many tokens each list attends, as a mass budget does: exact per-list recall curves on that ranking (best
+  first between the measured budgets, so never below the truth), the best split of counts on them;
+* `allocation_ceiling` (on single tokens, or on a cluster set's members): the same split question for the
+  *exact* ranking, one threshold over all lists against the same count per list.
 """
 
 from __future__ import annotations
@@ -110,9 +114,11 @@ def _oracle_selection(probs: torch.Tensor, always: torch.Tensor, *, budget: int 
 
 
 def allocation_ceiling(mass: torch.Tensor, always: torch.Tensor, budget: int, recall: float | None = None) -> dict:
-    """The most any split of tokens between lists can save at a mean mass recall, with exact masses.
+    """The most a split of tokens between lists can save at a mean mass recall, with exact masses *and* the
+    exact order (each list's best positions first): uniform vs global splits of the same ideal ranking.
 
-    ``mass [G, N] float32``: each list's mass per position (G = layers, or layer · KV head lists; the exact
+    ``always [M] int64``: always-attended positions (counted as covered, never as tokens). ``mass [G, N]
+    float32``: each list's mass per position (G = layers, or layer · KV head lists; the exact
     probabilities, or a membership's cluster masses spread evenly over members: the fractional fill of
     whole clusters ranked by exact mass per token). Uniform: every list takes its best eligible positions,
     the same count for all (a fixed budget); global: one threshold over all lists (every position above it,
@@ -123,14 +129,17 @@ def allocation_ceiling(mass: torch.Tensor, always: torch.Tensor, budget: int, re
     num_lists = mass.shape[0]
     eligible = mass.clone()
     eligible[:, always] = 0.0
-    covered = mass[:, always].sum(1).mean()
-    uniform_curve = covered + torch.sort(eligible, dim=1, descending=True).values.cumsum(1).mean(0)  # [N]: b + 1 each
-    global_curve = covered + torch.sort(eligible.flatten(), descending=True).values.cumsum(0) / num_lists
+    covered = mass[:, always].sum(1).mean().reshape(1)
+    ranked = torch.sort(eligible, dim=1, descending=True).values
+    uniform_curve = torch.cat([covered, covered + ranked.cumsum(1).mean(0)])  # [N + 1]: after b tokens per list
+    global_curve = torch.cat([covered, covered + torch.sort(eligible.flatten(), descending=True).values.cumsum(0)
+                              / num_lists])  # [G · N + 1]: after b tokens in all
     if recall is None:
-        recall = uniform_curve[budget - 1].item()
-    uniform = int((uniform_curve < recall - 1e-7).sum()) + 1
-    tokens = (int((global_curve < recall - 1e-7).sum()) + 1) / num_lists
-    return {"recall": recall, "uniform_tokens": uniform, "global_tokens": tokens, "ratio": uniform / tokens}
+        recall = uniform_curve[budget].item()
+    uniform = int((uniform_curve < recall - 1e-7).sum())
+    tokens = int((global_curve < recall - 1e-7).sum()) / num_lists
+    return {"recall": recall, "uniform_tokens": uniform, "global_tokens": tokens,
+            "ratio": uniform / tokens if tokens else None}
 
 
 def cluster_spread(mass: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
@@ -147,10 +156,12 @@ def cluster_spread(mass: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
     return torch.where(member, (total / size.clamp(min=1)).gather(1, safe), mass)
 
 
-def _selected_mass(selection: Selection, mass: torch.Tensor) -> torch.Tensor:
-    """``[G]``: each list's mass (``mass [G, N]``, rows as the selection's) over its attended positions."""
+def _attended_masks(selection: Selection, num_tokens: int) -> torch.Tensor:
+    """``[G, N] bool``: each list's attended positions (rows as the selection's: layers, or l · Hkv + h)."""
     rows = torch.repeat_interleave(torch.arange(selection.num_layers), selection.sizes())
-    return torch.zeros(selection.num_layers).index_add_(0, rows, mass[rows, selection.indices])
+    mask = torch.zeros(selection.num_layers, num_tokens, dtype=torch.bool)
+    mask[rows, selection.indices] = True
+    return mask
 
 
 def _upper_hull(t: torch.Tensor, r: torch.Tensor) -> list[tuple[float, float]]:
@@ -158,53 +169,71 @@ def _upper_hull(t: torch.Tensor, r: torch.Tensor) -> list[tuple[float, float]]:
     hull: list[tuple[float, float]] = []
     for x, y in zip(t.tolist(), r.tolist()):
         if hull and x <= hull[-1][0]:
-            if y > hull[-1][1]:
-                hull[-1] = (hull[-1][0], y)
-            continue
+            if y <= hull[-1][1]:
+                continue
+            hull.pop()  # the same count, more recall: this point replaces it
         while len(hull) >= 2 and (hull[-1][1] - hull[-2][1]) * (x - hull[-2][0]) <= (y - hull[-2][1]) * (hull[-1][0] - hull[-2][0]):
             hull.pop()
         hull.append((x, y))
     return hull
 
 
-def scorer_ceiling(trace: Trace, index: ClusterIndex, config: MosaicConfig, always: torch.Tensor,
-                   mass: torch.Tensor, recall: float) -> dict:
-    """The allocation ceiling on Mosaic's own ranking: what any rule that only sets each list's token count
-    can save, whatever its estimator (a mass budget is one), at mean recall ``recall``.
-
-    Each list's recall is measured at every `SCORER_GRID` budget (the scorer's nested prefixes) on ``mass
-    [G, N]`` (exact masses, rows as ``config``'s lists: layers, or l · Hkv + h). Uniform: the same budget
-    for every list, interpolated on the mean curve. Global: the steepest segments of every list's concave
-    hull first (the Lagrangian optimum over the grid, an upper bound on what counts can buy). Budgets stay
-    under the mass mode's cap.
-    """
-    n = trace.keys.shape[1]
-    tokens, recalls = [torch.zeros(mass.shape[0])], [mass[:, always].sum(1)]
-    for frac in SCORER_GRID:
-        index.config = config.replace(budget=max(1, round(frac * n)))
-        selection = index.select(trace.queries)
-        tokens.append(selection.sizes().float() - always.numel())
-        recalls.append(_selected_mass(selection, mass))
-    t, r = torch.stack(tokens, 1), torch.stack(recalls, 1)  # [G, K]
-    mean_t, mean_r = t.mean(0), r.mean(0)
-    out = {"recall": recall, "uniform_tokens": None, "global_tokens": None, "ratio": None}
-    above = (mean_r >= recall).nonzero()
-    if not len(above) or not int(above[0]):
-        return out
-    k = int(above[0])
-    out["uniform_tokens"] = (mean_t[k - 1] + (recall - mean_r[k - 1]) / (mean_r[k] - mean_r[k - 1])
-                             * (mean_t[k] - mean_t[k - 1])).item()
+def count_ceiling(curves: list[torch.Tensor], recall: float) -> float | None:
+    """Fewest tokens per list (mean over lists) any choice of per-list counts needs for mean recall ``recall``,
+    given each list's recall after t tokens (``curves[g] [T_g + 1]``, t = 0..T_g): the steepest segments of
+    every list's concave hull first (the Lagrangian optimum; a fractional last segment). None: unreachable."""
     segments = []
-    for g in range(mass.shape[0]):
-        hull = _upper_hull(t[g], r[g])
+    for curve in curves:
+        hull = _upper_hull(torch.arange(len(curve), dtype=torch.float64), curve.double())
         segments += [((y1 - y0) / (x1 - x0), x1 - x0, y1 - y0) for (x0, y0), (x1, y1) in zip(hull, hull[1:])]
-    got, spent, lists = mean_r[0].item(), 0.0, mass.shape[0]
+    lists = len(curves)
+    got, spent = sum(float(c[0]) for c in curves) / lists, 0.0
+    if got >= recall:
+        return 0.0
     for _, dt, dr in sorted(segments, reverse=True):
         if got + dr / lists >= recall:
-            out["global_tokens"] = spent + (recall - got) / (dr / lists) * dt / lists
-            out["ratio"] = out["uniform_tokens"] / out["global_tokens"]
-            break
+            return spent + (recall - got) / (dr / lists) * dt / lists
         got, spent = got + dr / lists, spent + dt / lists
+    return None
+
+
+def scorer_ceiling(trace: Trace, index: ClusterIndex, config: MosaicConfig, always: torch.Tensor,
+                   mass: torch.Tensor, recall: float) -> dict:
+    """The allocation ceiling on Mosaic's own ranking: an upper bound on what any rule that only sets each
+    list's token count (a mass budget is one) can save at mean recall ``recall``, under the mass mode's cap.
+
+    ``mass [G, N] float32``: exact masses, rows as ``config``'s lists (layers, or l · Hkv + h); ``always
+    [M] int64``: the always-attended positions. Each list's selection is taken at every `SCORER_GRID`
+    budget; the selections are nested prefixes of Mosaic's order (checked). Between two grid budgets the
+    order of the added positions is not observed, so they are counted best first: each list's curve is
+    exact at the grid and never below the true one between, and `count_ceiling` on those curves bounds
+    every count rule. Uniform: the same budget for every list, on the exact grid points.
+    """
+    n = trace.keys.shape[1]
+    masks = [torch.zeros(mass.shape[0], n, dtype=torch.bool)]
+    masks[0][:, always] = True
+    for frac in SCORER_GRID:
+        index.config = config.replace(budget=max(1, round(frac * n)))
+        masks.append(_attended_masks(index.select(trace.queries), n))
+        if (masks[-2] & ~masks[-1]).any():
+            raise RuntimeError(f"scorer_ceiling: the selection at {100 * frac:g} % drops positions of a smaller budget's")
+    tokens = torch.stack([m.sum(1) for m in masks], 1).float() - always.numel()  # [G, K + 1]
+    recalls = torch.stack([(mass * m).sum(1) for m in masks], 1)  # [G, K + 1]
+    mean_t, mean_r = tokens.mean(0), recalls.mean(0)
+    out = {"recall": recall, "uniform_tokens": None, "global_tokens": None, "ratio": None}
+    above = (mean_r >= recall - 1e-6).nonzero()
+    if not len(above):
+        return out
+    k = int(above[0])
+    out["uniform_tokens"] = 0.0 if k == 0 else (mean_t[k - 1] + (recall - mean_r[k - 1]).clamp(min=0)
+                                                / (mean_r[k] - mean_r[k - 1]) * (mean_t[k] - mean_t[k - 1])).item()
+    curves = []
+    for g in range(mass.shape[0]):
+        steps = [mass[g, masks[k][g] & ~masks[k - 1][g]].sort(descending=True).values for k in range(1, len(masks))]
+        curves.append(torch.cat([recalls[g, :1], torch.cat(steps)]).cumsum(0))
+    out["global_tokens"] = count_ceiling(curves, recall)
+    if out["global_tokens"]:
+        out["ratio"] = out["uniform_tokens"] / out["global_tokens"]
     return out
 
 
@@ -252,16 +281,18 @@ def _cluster_rows(trace: Trace, label: str, options: dict, targets) -> tuple[lis
 
 
 def _ceilings(name: str, label: str, rows: list[dict], mass: dict, always: torch.Tensor, budget: int,
-              assign: torch.Tensor | None, with_exact: bool = True) -> list[dict]:
-    """Allocation ceilings over layers (one list per layer: shared rows) and over (layer, KV head) lists
-    (per-head rows), at the uniform exact top-``budget``'s recall and at the recall the fixed 10 % budget
-    measured on ``label``'s clusters; on tokens (``assign`` None) or on those clusters."""
+              assign: torch.Tensor | None, at_own_top: bool = True) -> list[dict]:
+    """`allocation_ceiling` over layers (``mass["layers"] [L, N]``, one list per layer: the shared rows) and
+    over (layer, KV head) lists (``mass["heads"] [L · Hkv, N]``: the per-head rows), at the recall the fixed
+    10 % budget reached on ``label``'s clusters and (``at_own_top``) at the table's own top-``budget``
+    recall; on single tokens (``assign`` None) or on the memberships ``assign [L, N]`` (`cluster_spread`).
+    ``always [M]``: the always-attended positions."""
     out = []
     for lists, fixed, table in (("layers", "tokens", mass["layers"]), ("layer x head", "tokens-per-head", mass["heads"])):
         if assign is not None:
             table = cluster_spread(table, assign)
         reached = next(r["mass_recall"] for r in rows if r["mode"] == fixed and r["setting"] == f"{100 * REFERENCE:g} %")
-        for at, recall in (("exact top-budget", None), (f"{label} {fixed} 10 %", reached))[1 - with_exact:]:
+        for at, recall in (("own top-budget", None), (f"{label} {fixed} 10 %", reached))[1 - at_own_top:]:
             c = allocation_ceiling(table, always, budget, recall)
             out.append({"trace": name, "units": "tokens" if assign is None else f"{label} clusters", "lists": lists,
                         "at": at, **c})
@@ -276,13 +307,14 @@ def trace_rows(name: str, trace: Trace, targets) -> tuple[list[dict], list[dict]
     mass["layers"] = mass["heads"].mean(1)
     mass["heads"] = mass["heads"].flatten(0, 1)  # lists l · Hkv + h, as per-head selections
     rows, ceilings = [], []
+    positions = always_attended_positions(trace.frame_ids.clone(), MosaicConfig())  # sinks, window, text: every set's
     for label, options in CLUSTER_SETS.items():
         part, index, base = _cluster_rows(trace, label, options, targets)
-        positions = always_attended_positions(trace.frame_ids.clone(), base)
+        assert torch.equal(positions, always_attended_positions(trace.frame_ids.clone(), base))
         view = index.view()
         assign = view.assign[view.group_of_layer].clone()  # [L, N] each layer's membership
         assign[:, positions] = -1
-        ceilings += _ceilings(name, label, part, mass, positions, budget, None, with_exact=not ceilings)
+        ceilings += _ceilings(name, label, part, mass, positions, budget, None, at_own_top=not ceilings)
         ceilings += _ceilings(name, label, part, mass, positions, budget, assign)
         for lists, fixed, heads in (("layers", "tokens", "shared"), ("layer x head", "tokens-per-head", "per_kv_head")):
             reached = next(r["mass_recall"] for r in part if r["mode"] == fixed and r["setting"] == f"{100 * REFERENCE:g} %")

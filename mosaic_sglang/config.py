@@ -126,8 +126,8 @@ class MosaicConfig:
     `mass_target` of the estimated total attention mass, at most `budget` (needs score='size_weighted', the
     rule that estimates mass; clusters/mass.py); per KV head with selection_heads='per_kv_head'. Decode
     keeps the question's selection. Off by default: with the default per-head lists it attends 1.21x fewer
-    tokens at the fixed budget's recall on the captions and 1.16x more on the synthetic trace, and no rule
-    that sets each list's count on Mosaic's ranking can save more than 1.43x / 1.04x there
+    tokens at the fixed budget's recall on the captions and 1.16x more on the synthetic trace; any rule
+    that only sets each list's count on Mosaic's ranking saves at most 1.49x / 1.11x there
     (benchmarks/README.md, mass_budget.py)."""
     mass_target: float = 0.9
     """Share of the estimated total attention mass (always-attended part included) a 'mass' selection

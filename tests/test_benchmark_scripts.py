@@ -92,7 +92,7 @@ def test_mass_budget_benchmark_smoke(tmp_path):
 def test_mass_budget_allocation_ceiling_by_hand():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import torch
-    from mass_budget import _upper_hull, allocation_ceiling, cluster_spread
+    from mass_budget import _upper_hull, allocation_ceiling, cluster_spread, count_ceiling
 
     # list 0 holds its mass on 2 positions, list 1 spreads it evenly; position 0 is always attended (0.1 each)
     mass = torch.tensor([[0.1, 0.45, 0.45, 0.0, 0.0, 0.0], [0.1, 0.18, 0.18, 0.18, 0.18, 0.18]])
@@ -104,14 +104,24 @@ def test_mass_budget_allocation_ceiling_by_hand():
     # ... but at recall 0.91 uniform needs 4 per list (0.1 + 0.72 on list 1), global 2 + 4 = 6 in all
     assert allocation_ceiling(mass, always, budget=2, recall=0.91)["uniform_tokens"] == 4
     assert allocation_ceiling(mass, always, budget=2, recall=0.91)["global_tokens"] == 3.0
-    # clusters: list 0's two mass positions in one cluster with an empty one spread their mass over three
-    assign = torch.tensor([[-1, 0, 0, 0, 1, 1]])
-    spread = cluster_spread(mass, assign)  # both lists share the layer's membership
+    assert allocation_ceiling(mass, always, budget=2, recall=0.05)["uniform_tokens"] == 0  # the sinks suffice
+    # clusters: lists l · 2 + h share layer l's membership; layer 0 joins positions 1-3, layer 1 positions 3-5
+    assign = torch.tensor([[-1, 0, 0, 0, 1, 1], [-1, 1, 1, 0, 0, 0]])
+    spread = cluster_spread(torch.cat([mass, mass]), assign)
     assert torch.allclose(spread[0], torch.tensor([0.1, 0.3, 0.3, 0.3, 0.0, 0.0]))
     assert torch.allclose(spread[1], torch.tensor([0.1, 0.18, 0.18, 0.18, 0.18, 0.18]))
-    # the scorer's ceiling spends tokens on each list's concave hull: a point under a chord is skipped
+    assert torch.allclose(spread[2], torch.tensor([0.1, 0.45, 0.45, 0.0, 0.0, 0.0]))
+    assert torch.allclose(spread[3], torch.tensor([0.1, 0.18, 0.18, 0.18, 0.18, 0.18]))
+    # the hull skips a point under a chord, and a same-count point with more recall replaces the last one
     t, r = torch.tensor([0.0, 1.0, 2.0, 2.0, 3.0]), torch.tensor([0.0, 0.125, 0.5, 0.625, 0.75])
     assert _upper_hull(t, r) == [(0.0, 0.0), (2.0, 0.625), (3.0, 0.75)]
+    t, r = torch.tensor([0.0, 1.0, 2.0, 2.0]), torch.tensor([0.0, 0.5, 0.625, 1.5])
+    assert _upper_hull(t, r) == [(0.0, 0.0), (2.0, 1.5)]
+    # counts: list A steep then flat, list B flat; mean recall 0.34375 = A's 2 tokens + B's 1 uniformly
+    # (1.67 each on the mean curve); the best split spends A's two steep tokens, then B's slope 1/16 (1.5 each)
+    a, b = torch.tensor([0.0, 0.5, 0.625, 0.6875]), torch.tensor([0.0, 0.0625, 0.125, 0.1875])
+    assert count_ceiling([a, b], 0.34375) == 1.5
+    assert count_ceiling([a, b], 0.0) == 0.0 and count_ceiling([a, b], 0.5) is None
 
 
 def test_per_head_selection_benchmark_smoke(tmp_path):
