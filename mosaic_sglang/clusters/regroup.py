@@ -126,12 +126,16 @@ class RegroupSealed:
         self._regrouped_ord = max(self._regrouped_ord, self._num_frames)
         return online
 
+    def sealed_clusters(self, group: int = 0) -> torch.Tensor:
+        """``[C_g] bool``: clusters with no member in the last `active_frames` frames (no token joins them any
+        more; a regroup may still replace them)."""
+        return self._table.last_ord[group, : self._num_clusters[group]] < self._sealed_frames()
+
     def movable_clusters(self, group: int = 0) -> torch.Tensor:
         """``[C_g] bool``: settled clusters with no member in the last `active_frames` frames, what an
         offload may move before the request ends. The recent frames are what a question reads most, so
         they stay on the device even when `regroup_tail` has settled them."""
-        count = self._num_clusters[group]
-        return self.settled_clusters(group) & (self._table.last_ord[group, :count] < self._sealed_frames())
+        return self.settled_clusters(group) & self.sealed_clusters(group)
 
     def _regroup_span(self, hi_ord: int) -> None:
         """Replace every not yet regrouped cluster whose last member lies before frame ``hi_ord`` (the span's

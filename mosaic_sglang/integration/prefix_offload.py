@@ -80,8 +80,40 @@ class PrefixOffloader:
         self.cache.token_to_kv_pool_allocator.free(slots.to(self._allocator_device()))
         return slots
 
+    def rehost(self, node_id, positions: torch.Tensor, host_rows: torch.Tensor) -> torch.Tensor:
+        """Point ``positions`` of the path to ``node_id``, each in the host store now, at ``host_rows`` (their
+        K/V already copied there: a provisional extent laid out again). No device slot changes hands, so the
+        tree's ledger and the allocator are untouched.
+
+        Args:
+            node_id: tree node whose root path holds the positions.
+            positions: ``[n] int64`` ascending unique path positions, each currently a host encoding.
+            host_rows: ``[n] int64`` their new host rows.
+
+        Returns:
+            ``[n] int64`` the host rows they left (the caller releases them once nothing refers to them).
+        """
+        assert bool((positions[1:] > positions[:-1]).all()), "positions must be ascending and unique"
+        encoded = encode_host(host_rows)
+        old = []
+        for node, start, end in self.path_segments(node_id):
+            inside = (positions >= start) & (positions < end)
+            if not bool(inside.any()):
+                continue
+            offsets = positions[inside] - start
+            value = node.component_data[FULL].value
+            before = value[offsets].to(torch.int64)
+            assert bool((before < 0).all()), f"rehost of a device entry in node {node.id}: {before.tolist()}"
+            value[offsets] = encoded[inside].to(value.dtype)
+            old.append(before)
+        before = torch.cat(old) if old else torch.empty(0, dtype=torch.int64)
+        assert before.numel() == positions.numel(), f"positions past the path: {positions.numel()=} {before.numel()=}"
+        self._patch_live_rows(positions, before, encoded)
+        return decode_host(before)
+
     def _patch_live_rows(self, positions: torch.Tensor, slots: torch.Tensor, encoded: torch.Tensor) -> None:
-        """Every live request row that aliases these slots at these positions gets the host encoding."""
+        """Every live request row that holds ``slots`` (device slots, or host encodings when rehosting) at these
+        positions gets the new host encoding."""
         pool = self.cache.req_to_token_pool
         free_rows = set(pool.free_slots)
         live = [r for r in range(1, pool.req_to_token.shape[0]) if r not in free_rows]

@@ -16,6 +16,7 @@ series                                     type       meaning
 =========================================  =========  ===================================================
 ``mosaic:forwards_total``                  counter    forwards run by the mosaic backend
 ``mosaic:offloaded_tokens_total``          counter    tokens moved from device slots to the host store
+``mosaic:rehosted_tokens_total``           counter    host tokens laid out again once their clusters were regrouped
 ``mosaic:host_copies_total``               counter    host→device copy operations (one per cluster per layer)
 ``mosaic:host_copy_bytes_total``           counter    K+V bytes of those copies
 ``mosaic:prefetch_copies_total``           counter    of those, cross-layer prefetches

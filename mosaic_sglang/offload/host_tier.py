@@ -132,6 +132,7 @@ class HostTier:
         self._extent_of = torch.full((capacity,), -1, dtype=torch.int64)  # virtual row -> its extent's start
         self._shift = torch.zeros(capacity, dtype=torch.int64)  # physical row - virtual row (placed rows)
         self._spilled = torch.zeros(capacity, dtype=torch.bool)  # by extent start: spilled now
+        self._provisional = torch.zeros(capacity, dtype=torch.bool)  # by extent start: laid out before its clusters settled
         self._last_read = torch.zeros(capacity, dtype=torch.int64)  # by extent start: forward of its last read
         self._held: Dict[int, _Held] = {}  # extent start -> its state
         self._forward = 0
@@ -157,9 +158,12 @@ class HostTier:
         return self.rows.num_used - self.store.num_used
 
     def put_clusters(self, read_kv: KVReader, slot_groups: List[torch.Tensor],
-                     layer_clusters: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
+                     layer_clusters: Optional[List[torch.Tensor]] = None, *, provisional: bool = False) -> List[torch.Tensor]:
         """Copy each group of device slots (one cluster; with per-layer orders, a group no layer's cluster
         crosses) into its own extent; returns host rows per group.
+
+        ``provisional``: the groups' clusters may still be regrouped; their extents are marked
+        (`provisional_rows`) so that they can be laid out again once settled (`read_rows` reads them back).
 
         With `orders` (per-layer memberships) ``layer_clusters`` gives each group's ``[L, M]`` cluster ids
         per layer (members in the group's order): each layer's plane is written in its own cluster order.
@@ -196,6 +200,7 @@ class HostTier:
                 self.rows.free(virtual)
                 raise
             self._hold(virtual, placed)
+            self._provisional[virtual.start] = provisional
             if layout is not None:
                 self.orders.hold(virtual.start, layout)
             if self.checksums is not None:
@@ -232,6 +237,7 @@ class HostTier:
             self.rows.free(held.rows)
             self._extent_of[start : start + held.rows.length] = -1
             self._spilled[start] = False
+            self._provisional[start] = False
         if self.debug:
             self.check_integrity()
 
@@ -349,6 +355,7 @@ class HostTier:
         self._held.clear()
         self._extent_of.fill_(-1)
         self._spilled.fill_(False)
+        self._provisional.fill_(False)
         if self.spill is not None:
             self.spill.clear()
         if self.checksums is not None:
@@ -390,6 +397,22 @@ class HostTier:
             return self.store.k_buffer[:, self._physical(host_rows)]
         return torch.stack([self.store.k_buffer[i, self._physical(host_rows, i)]  # each layer in its own order
                             for i in range(self.store.num_layers)])
+
+    def read_rows(self, host_rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(k [L, n, H, D], v [L, n, H, Dv])`` of ``host_rows [n] int64``, every layer in the rows' order: a
+        `KVReader` over host rows, to lay provisional extents out again (`put_clusters`)."""
+        starts = torch.unique(self._extent_of[host_rows])
+        _, _, complete = self._place_for_read(starts)
+        if not complete:
+            return self._gather_unplaced(host_rows, starts, None)[:2]
+        layers = range(self.store.num_layers)
+        return (torch.stack([self.store.k_buffer[i, self._physical(host_rows, i)] for i in layers]),
+                torch.stack([self.store.v_buffer[i, self._physical(host_rows, i)] for i in layers]))
+
+    def provisional_rows(self, host_rows: torch.Tensor) -> torch.Tensor:
+        """``[n] bool``: each of ``host_rows [n] int64`` lies in an extent written ``provisional``."""
+        starts = self._extent_of[host_rows]
+        return (starts >= 0) & self._provisional[starts.clamp(min=0)]
 
     # -- placement of extents in the host store (spill tier) ---------------------------------------
 

@@ -3,7 +3,9 @@
 Called when a request ends (every clustered token moves) and after each prefill chunk is checkpointed
 into the radix tree (``sealed_only``: only settled clusters — no token can join them; with regrouping on,
 the regrouped ones — with no member in the last ``active_frames`` frames, `ClusterIndex.movable_clusters`).
-Sinks and tokens already on the host stay where they are.
+Sinks stay on the device. With regrouping and per-layer memberships (`stream_groups`), sealed clusters not
+regrouped yet move too, into *provisional* extents, and are written again in the regrouped layout once
+settled (host to host), so a streamed prefill's device tokens do not wait for a regrouping span.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import torch
 
 from ..clusters import ClusterIndex
 
-__all__ = ["clusters_to_offload", "closed_groups", "groups_to_move", "settled_members"]
+__all__ = ["clusters_to_offload", "closed_groups", "component_groups", "groups_to_move", "settled_members",
+           "stream_groups"]
 
 
 def clusters_to_offload(index: ClusterIndex, path: torch.Tensor, *, sink_tokens: int,
@@ -57,14 +60,61 @@ def closed_groups(index: ClusterIndex, path: torch.Tensor, *, sink_tokens: int, 
         ``(groups, clusters)``: per group, ``[M] int64`` positions (ascending) and ``[L, M] int64`` their
         cluster id in each layer; groups by first position.
     """
+    n = index.num_tokens
+    assign = index.view().assign[:, :n].cpu()  # [G, N]
+    position = torch.arange(n)
+    move = (assign >= 0).all(0) & (path[:n] > 0) & (position >= sink_tokens)
+    if sealed_only:
+        move &= _every_group(index, assign, index.movable_clusters)
+    return component_groups(index, move, max_group_tokens)
+
+
+def stream_groups(index: ClusterIndex, path: torch.Tensor, provisional: torch.Tensor, *, sink_tokens: int,
+                  sealed_only: bool, max_group_tokens: int = MAX_GROUP_TOKENS):
+    """With regrouping and one membership per layer: `closed_groups`, plus what keeps a streamed prefill's
+    device bound at the active frames. A sealed position whose clusters are not regrouped yet moves at once,
+    in its online clusters' layout (*provisional*); once every layer's cluster of a provisional host position
+    is settled, it is laid out again with the regrouped clusters (*rehosted*, host to host).
+
+    Args: as `closed_groups`; ``provisional``: ``[N] bool`` host positions in provisional extents.
+
+    Returns:
+        ``(final, provisional_new)``: each ``(groups, clusters)`` as `closed_groups`. ``final`` groups may mix
+        device positions (``path > 0``) with provisional host ones (``path < 0``): both are written in
+        the settled layout. ``provisional_new``: device positions to move provisionally (chunk checkpoints
+        only).
+    """
+    n = index.num_tokens
+    assign = index.view().assign[:, :n].cpu()  # [G, N]
+    eligible = (assign >= 0).all(0) & (torch.arange(n) >= sink_tokens)
+    on_device = path[:n] > 0
+    if not sealed_only:  # the request ended: every device position moves, and settled provisional ones relayout
+        settled = _every_group(index, assign, index.settled_clusters)
+        final = eligible & (on_device | (provisional[:n] & settled))
+        return component_groups(index, final, max_group_tokens), ([], [])
+    movable = _every_group(index, assign, index.movable_clusters)
+    final = eligible & movable & (on_device | provisional[:n])
+    early = eligible & on_device & ~movable & _every_group(index, assign, index.sealed_clusters)
+    return component_groups(index, final, max_group_tokens), component_groups(index, early, max_group_tokens)
+
+
+def _every_group(index: ClusterIndex, assign: torch.Tensor, per_cluster) -> torch.Tensor:
+    """``[N] bool``: positions whose cluster satisfies ``per_cluster(group) -> [C_g] bool`` in every
+    membership group (``assign [G, N]``, ``-1``: unclustered, never satisfies)."""
+    ok = torch.ones(assign.shape[1], dtype=torch.bool)
+    for g in range(assign.shape[0]):
+        ok &= per_cluster(g).cpu()[assign[g].clamp(min=0)] & (assign[g] >= 0)
+    return ok
+
+
+def component_groups(index: ClusterIndex, move: torch.Tensor,
+                     max_group_tokens: int = MAX_GROUP_TOKENS) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The positions ``move [N] bool`` grouped as `closed_groups` returns them: the connected components of
+    "shares a cluster in some layer" (cut at ``max_group_tokens``), with each position's cluster per layer."""
     view = index.view()
     n = index.num_tokens
     assign = view.assign[:, :n].cpu()  # [G, N]
     position = torch.arange(n)
-    move = (assign >= 0).all(0) & (path[:n] > 0) & (position >= sink_tokens)
-    if sealed_only:
-        for g in range(assign.shape[0]):
-            move &= index.movable_clusters(g).cpu()[assign[g].clamp(min=0)]
     # connected components, each labelled by its first position: every cluster takes its members' lowest
     # label, then labels jump to their label's label (a label is a position of the same component), until
     # nothing changes; the jumps keep the sweeps few when clusters chain across a long stretch

@@ -27,8 +27,8 @@ from mosaic_sglang.kernels.assemble_always import always_ranges
 from ..clusters import select_layer_batch, select_layer_into
 from ..clusters.mass import always_log_mass, banded_log_mass
 from ..config import MosaicConfig
-from ..offload.host_tier import HostTier, encode_host
-from ..offload.planner import closed_groups, clusters_to_offload
+from ..offload.host_tier import HostTier, decode_host, encode_host
+from ..offload.planner import closed_groups, clusters_to_offload, stream_groups
 from ..offload.residency import ClusterResidency
 from ..retrieval.base import always_attended_mask
 from .plan import AlwaysPart, ForwardPlan, LayerKV, build_plan
@@ -371,34 +371,84 @@ class ClusterAttendedSet(AttendedSetPolicy):
             return 0
         moved = 0
         for anchor, video in self.videos.matching(path):
-            clusters = None  # per-layer memberships: each group's cluster per layer (the host tier orders each plane)
             if self.host.orders is None:
                 groups = clusters_to_offload(video.index, path, sink_tokens=self.config.sink_tokens,
                                              sealed_only=sealed_only)
-            else:
+                moved += self._write_groups(video, path, node_id, offloader, read_kv, groups, None)
+            elif not self.config.regroup_tokens:
                 groups, clusters = closed_groups(video.index, path, sink_tokens=self.config.sink_tokens,
                                                  sealed_only=sealed_only)
-            if not groups:
-                continue
-            host_rows = self.host.put_clusters(read_kv, [path[g] for g in groups], clusters)
-            if len(host_rows) < len(groups):
-                self.counters.host_store_full_events += 1
-                groups = groups[: len(host_rows)]
-                if not groups:
-                    continue
-            positions, rows = torch.cat(groups), torch.cat(host_rows)
-            order = torch.argsort(positions)
-            positions, rows = positions[order], rows[order]
-            if self._logging_decisions():
-                self.decision_log("mosaic offload video=%s positions=%s rows=%s", video.uid, tensor_digest(positions),
-                                  tensor_digest(rows))
-            offloader.offload(node_id, positions, rows)
-            self._dump.offload(self._forward, video.uid, positions)
-            video.slots[positions] = encode_host(rows)
-            self.videos.rekey(anchor)
-            moved += int(positions.numel())
+                moved += self._write_groups(video, path, node_id, offloader, read_kv, groups, clusters)
+            else:  # regrouped per-layer memberships: sealed frames move before their span is regrouped
+                moved += self._offload_stream(video, path, node_id, offloader, read_kv, sealed_only)
+            self.videos.rekey(anchor)  # its first visual token may have moved: filed under its new value
         self.counters.offloaded_tokens += moved
         return moved
+
+    def _offload_stream(self, video, path: torch.Tensor, node_id, offloader, read_kv, sealed_only: bool) -> int:
+        """`stream_groups`: the sealed frames' positions move at a chunk checkpoint even while their clusters
+        wait for their span's regroup (provisional extents, online layout), so a streamed prefill holds only
+        the active frames' and the chunk's tokens on the device; settled positions, on the device or in a
+        provisional extent, are written in the regrouped layout (the old rows released). Returns the
+        tokens that left the device."""
+        n = video.index.num_tokens
+        provisional = torch.zeros(n, dtype=torch.bool)
+        on_host = path[:n] < 0
+        if bool(on_host.any()):
+            provisional[on_host] = self.host.provisional_rows(decode_host(path[:n][on_host]))
+        final, early = stream_groups(video.index, path, provisional, sink_tokens=self.config.sink_tokens,
+                                     sealed_only=sealed_only)
+        moved = self._write_groups(video, path, node_id, offloader, self._device_or_host(read_kv), *final)
+        return moved + self._write_groups(video, path, node_id, offloader, read_kv, *early, provisional=True)
+
+    def _device_or_host(self, read_kv):
+        """A `KVReader` over tree values: device slots (``> 0``) from the pool via ``read_kv``, host encodings
+        from the host tier; ``(k [L, M, H, D], v [L, M, H, Dv])`` on the host when any value is a host row."""
+        def read(values: torch.Tensor):
+            on_device = values > 0
+            if bool(on_device.all()):
+                return read_kv(values)
+            k_host, v_host = self.host.read_rows(decode_host(values[~on_device]))
+            if not bool(on_device.any()):
+                return k_host, v_host
+            k_dev, v_dev = read_kv(values[on_device])
+            k = k_host.new_empty((k_host.shape[0], values.numel()) + tuple(k_host.shape[2:]))
+            v = v_host.new_empty((v_host.shape[0], values.numel()) + tuple(v_host.shape[2:]))
+            k[:, on_device], v[:, on_device] = k_dev.to(k.device, k.dtype), v_dev.to(v.device, v.dtype)
+            k[:, ~on_device], v[:, ~on_device] = k_host, v_host
+            return k, v
+        return read
+
+    def _write_groups(self, video, path: torch.Tensor, node_id, offloader, read_kv, groups, clusters,
+                      *, provisional: bool = False) -> int:
+        """Write ``groups`` (``[M] int64`` path positions each; ``clusters``: their ``[L, M]`` cluster ids with
+        per-layer orders, else None) to the host tier, one extent each, then point the tree at them: device
+        positions give their slots back (`PrefixOffloader.offload`), host ones leave their old rows
+        (`PrefixOffloader.rehost`, released here). A full host store keeps the rest where it is (a full
+        event). Returns the tokens that left the device."""
+        if not groups:
+            return 0
+        host_rows = self.host.put_clusters(read_kv, [path[g] for g in groups], clusters, provisional=provisional)
+        if len(host_rows) < len(groups):
+            self.counters.host_store_full_events += 1
+            groups = groups[: len(host_rows)]
+            if not groups:
+                return 0
+        positions, rows = torch.cat(groups), torch.cat(host_rows)
+        order = torch.argsort(positions)
+        positions, rows = positions[order], rows[order]
+        if self._logging_decisions():
+            self.decision_log("mosaic offload video=%s positions=%s rows=%s provisional=%s", video.uid,
+                              tensor_digest(positions), tensor_digest(rows), provisional)
+        on_device = path[positions] > 0
+        if bool(on_device.any()):
+            offloader.offload(node_id, positions[on_device], rows[on_device])
+            self._dump.offload(self._forward, video.uid, positions[on_device])
+        if not bool(on_device.all()):
+            self.host.release(offloader.rehost(node_id, positions[~on_device], rows[~on_device]))
+            self.counters.rehosted_tokens += int((~on_device).sum())
+        video.slots[positions] = encode_host(rows)
+        return int(on_device.sum())
 
     # -- lifetime ---------------------------------------------------------------------------------------
 

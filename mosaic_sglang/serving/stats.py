@@ -131,6 +131,7 @@ class ProcessTotals:
 
     forwards: int = _series("counter", "Forwards run by the mosaic attention backend.")
     offloaded_tokens: int = _series("counter", "Tokens moved from device slots to the host store.")
+    rehosted_tokens: int = _series("counter", "Tokens moved early (before their clusters were regrouped) and laid out again on the host once regrouped.")
     host_copies: int = _series("counter", "Host → device copy operations (one per cluster per layer), prefetches included.")
     host_copy_bytes: int = _series("counter", "K+V bytes of those copies.")
     prefetch_copies: int = _series("counter", "Of ``host_copies``, cross-layer prefetches.")
