@@ -86,8 +86,8 @@ class MosaicConfig:
     """Sealed frames regrouped together (one k-means per span of this many frames). 32: a span holds more of
     a scene (captions, per-layer, 16 tokens: 0.924 at 15.3 tokens per unit; 16 frames: 0.922 at 14.7). With
     the host tier a sealed frame moves before its span is regrouped and is laid out again on the host once
-    it is (offload/planner.py, `stream_groups`), so the span does not add to a streamed prefill's device
-    tokens."""
+    its clusters are regrouped and sealed, or when the request ends (offload/planner.py, `stream_groups`), so
+    the span does not add to a streamed prefill's device tokens."""
     regroup_tail: bool = True
     """With `regroup_tokens` (no-op at 0): when a request's prompt has been prefilled, its video's frames not
     regrouped yet (the active ones and a partial span) are regrouped too (`ClusterIndex.regroup_tail`, in that

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mosaic_sglang import MosaicConfig
-from mosaic_sglang.offload import HostKVStore, HostTier
+from mosaic_sglang.offload import HostKVStore, HostTier, SpillTier
 from mosaic_sglang.offload.host_tier import decode_host
 from mosaic_sglang.serving import ClusterAttendedSet, RequestLayout
 
@@ -52,11 +52,19 @@ def pool():
     return keys
 
 
-def _stream(pool, *, regroup_tokens: int):
+def _stream(pool, *, regroup_tokens: int, spill_dir=None):
     """Prefill the prompt `CHUNK_FRAMES` frames per chunk with an offload checkpoint after each, then end the request.
     Returns the policy, its host tier, the tree's values, the slot each position started in and, per chunk,
-    the frames held on the device and the frames ingested."""
-    host = HostTier(HostKVStore(1024, num_layers=L, num_kv_heads=H, head_dim=D, dtype=torch.float32), layer_orders=True)
+    the frames held on the device and the frames ingested. ``spill_dir``: a host store of 48 rows with a spill
+    tier there, so that relayouts read spilled extents and spill others to make room."""
+    if spill_dir is None:
+        host = HostTier(HostKVStore(1024, num_layers=L, num_kv_heads=H, head_dim=D, dtype=torch.float32), layer_orders=True)
+    else:
+        from mosaic_sglang.integration.hicache_spill import HiCacheSpillBackend
+
+        store = HostKVStore(48, num_layers=L, num_kv_heads=H, head_dim=D, dtype=torch.float32)
+        host = HostTier(store, spill=SpillTier(HiCacheSpillBackend("file", str(spill_dir), model_name="tiny"), store),
+                        spill_tokens=1024, layer_orders=True)
 
     def read_slot_keys(values):
         keys = torch.empty(L, values.numel(), H, D)
@@ -94,9 +102,13 @@ def _stream(pool, *, regroup_tokens: int):
     return policy, host, tree.values, slots, held
 
 
-def test_sealed_frames_leave_the_device_before_their_span_is_regrouped(pool):
-    policy, host, values, slots, held = _stream(pool, regroup_tokens=8)
-    online = _stream(pool, regroup_tokens=0)[-1]
+@pytest.mark.parametrize("spill", [False, True])
+def test_sealed_frames_leave_the_device_before_their_span_is_regrouped(pool, spill, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOSAIC_DEBUG", "1")  # host-tier integrity after every change, checksums on every read
+    policy, host, values, slots, held = _stream(pool, regroup_tokens=8, spill_dir=tmp_path / "a" if spill else None)
+    online = _stream(pool, regroup_tokens=0, spill_dir=tmp_path / "b" if spill else None)[-1]
+    if spill:  # writes made room by spilling extents (never a relayout's own sources), read back below
+        assert host.spill.stats.spills > 0 and host.spilled_tokens > 0
     # at every checkpoint before the prompt's end the device holds what online clusters would keep there:
     # frames of clusters still open in the active frames (a scene's cluster spans 3 frames), not a span of
     # frames waiting for k-means (without the early moves: up to ACTIVE + SPAN + 1 = 9 frames here); at the

@@ -158,12 +158,15 @@ class HostTier:
         return self.rows.num_used - self.store.num_used
 
     def put_clusters(self, read_kv: KVReader, slot_groups: List[torch.Tensor],
-                     layer_clusters: Optional[List[torch.Tensor]] = None, *, provisional: bool = False) -> List[torch.Tensor]:
+                     layer_clusters: Optional[List[torch.Tensor]] = None, *, provisional: bool = False,
+                     sources: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         """Copy each group of device slots (one cluster; with per-layer orders, a group no layer's cluster
         crosses) into its own extent; returns host rows per group.
 
         ``provisional``: the groups' clusters may still be regrouped; their extents are marked
         (`provisional_rows`) so that they can be laid out again once settled (`read_rows` reads them back).
+        ``sources``: ``[n] int64`` host rows ``read_kv`` reads (a relayout): their extents are spilled to make
+        room only when nothing else can be.
 
         With `orders` (per-layer memberships) ``layer_clusters`` gives each group's ``[L, M]`` cluster ids
         per layer (members in the group's order): each layer's plane is written in its own cluster order.
@@ -176,9 +179,14 @@ class HostTier:
             raise ValueError("HostTier.put_clusters: layer_clusters: expected them exactly when the tier keeps "
                              f"per-layer orders ({self.orders is not None}), got {layer_clusters is not None}")
         rows, victims = [], []
+        protect = set(torch.unique(self._extent_of[sources]).tolist()) if sources is not None and sources.numel() else ()
         for i, slots in enumerate(slot_groups):
             length = int(slots.numel())
             layout = extent_order(layer_clusters[i].cpu()) if layer_clusters is not None else None
+            if self.rows.num_free < length:  # (the row space's own check below; nothing read for a group that cannot fit)
+                break
+            # read before any row is taken: a relayout's reader reads this tier (and may place spilled extents)
+            k, v = read_kv(slots)
             virtual = self.rows.allocate(length)
             if virtual is None:
                 break
@@ -186,11 +194,12 @@ class HostTier:
             try:
                 placed = self.store.rows.allocate(length)
                 if placed is None and self.spill is not None:
-                    placed = self._make_room(length, victims)  # may raise (a refused write under TP)
+                    placed = self._make_room(length, victims, protect)  # may raise (a refused write under TP)
+                    if placed is None and protect:  # the sources too, as a last resort (read back from the spill)
+                        placed = self._make_room(length, [], ())
                 if placed is None:
                     self.rows.free(virtual)
                     break
-                k, v = read_kv(slots)
                 if layout is not None:  # each layer's plane in its own cluster order
                     k, v = layout.permute(k), layout.permute(v)
                 self.store.write(placed, k, v)
@@ -403,9 +412,15 @@ class HostTier:
         `KVReader` over host rows, to lay provisional extents out again (`put_clusters`)."""
         starts = torch.unique(self._extent_of[host_rows])
         _, _, complete = self._place_for_read(starts)
+        layers = range(self.store.num_layers)
+        if self.checksums is not None:  # debug: what is copied on must still be what was written
+            for start in starts.tolist():
+                held = self._held[start]
+                if held.placed is not None:
+                    for layer in layers:
+                        self.checksums.verify(start, layer, *self.store.extent_view(held.placed, layer), where="the host store")
         if not complete:
             return self._gather_unplaced(host_rows, starts, None)[:2]
-        layers = range(self.store.num_layers)
         return (torch.stack([self.store.k_buffer[i, self._physical(host_rows, i)] for i in layers]),
                 torch.stack([self.store.v_buffer[i, self._physical(host_rows, i)] for i in layers]))
 

@@ -5,7 +5,7 @@ into the radix tree (``sealed_only``: only settled clusters — no token can joi
 the regrouped ones — with no member in the last ``active_frames`` frames, `ClusterIndex.movable_clusters`).
 Sinks stay on the device. With regrouping and per-layer memberships (`stream_groups`), sealed clusters not
 regrouped yet move too, into *provisional* extents, and are written again in the regrouped layout once
-settled (host to host), so a streamed prefill's device tokens do not wait for a regrouping span.
+movable (host to host), so a streamed prefill's device tokens do not wait for a regrouping span.
 """
 
 from __future__ import annotations
@@ -72,26 +72,28 @@ def closed_groups(index: ClusterIndex, path: torch.Tensor, *, sink_tokens: int, 
 def stream_groups(index: ClusterIndex, path: torch.Tensor, provisional: torch.Tensor, *, sink_tokens: int,
                   sealed_only: bool, max_group_tokens: int = MAX_GROUP_TOKENS):
     """With regrouping and one membership per layer: `closed_groups`, plus what keeps a streamed prefill's
-    device bound at the active frames. A sealed position whose clusters are not regrouped yet moves at once,
-    in its online clusters' layout (*provisional*); once every layer's cluster of a provisional host position
-    is settled, it is laid out again with the regrouped clusters (*rehosted*, host to host).
+    device bound at the clusters still open. A sealed position whose clusters are not regrouped yet moves at
+    once, in its online clusters' layout (*provisional*); once every layer's cluster of a provisional host
+    position is movable (regrouped and sealed; at the request's end: regrouped), it is laid out again with
+    the regrouped clusters (*rehosted*, host to host).
 
     Args: as `closed_groups`; ``provisional``: ``[N] bool`` host positions in provisional extents.
 
     Returns:
         ``(final, provisional_new)``: each ``(groups, clusters)`` as `closed_groups`. ``final`` groups may mix
         device positions (``path > 0``) with provisional host ones (``path < 0``): both are written in
-        the settled layout. ``provisional_new``: device positions to move provisionally (chunk checkpoints
-        only).
+        the settled layout. ``provisional_new``: device positions to move provisionally (at the request's
+        end: every device position not regrouped yet, so that a later regroup still lays it out again).
     """
     n = index.num_tokens
     assign = index.view().assign[:, :n].cpu()  # [G, N]
     eligible = (assign >= 0).all(0) & (torch.arange(n) >= sink_tokens)
     on_device = path[:n] > 0
-    if not sealed_only:  # the request ended: every device position moves, and settled provisional ones relayout
+    if not sealed_only:  # the request ended: every device position moves, settled ones (and provisional) for good
         settled = _every_group(index, assign, index.settled_clusters)
-        final = eligible & (on_device | (provisional[:n] & settled))
-        return component_groups(index, final, max_group_tokens), ([], [])
+        final = eligible & settled & (on_device | provisional[:n])
+        early = eligible & on_device & ~settled
+        return component_groups(index, final, max_group_tokens), component_groups(index, early, max_group_tokens)
     movable = _every_group(index, assign, index.movable_clusters)
     final = eligible & movable & (on_device | provisional[:n])
     early = eligible & on_device & ~movable & _every_group(index, assign, index.sealed_clusters)

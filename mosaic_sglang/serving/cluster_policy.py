@@ -388,9 +388,10 @@ class ClusterAttendedSet(AttendedSetPolicy):
     def _offload_stream(self, video, path: torch.Tensor, node_id, offloader, read_kv, sealed_only: bool) -> int:
         """`stream_groups`: the sealed frames' positions move at a chunk checkpoint even while their clusters
         wait for their span's regroup (provisional extents, online layout), so a streamed prefill holds only
-        the active frames' and the chunk's tokens on the device; settled positions, on the device or in a
-        provisional extent, are written in the regrouped layout (the old rows released). Returns the
-        tokens that left the device."""
+        the tokens of clusters still open on the device; movable positions (at the request's end: settled
+        ones), on the device or in a provisional extent, are written in the regrouped layout (the old rows
+        released). A relayout cut short by a full host store moves nothing early: the room goes to the
+        relayout at the next checkpoint. Returns the tokens that left the device."""
         n = video.index.num_tokens
         provisional = torch.zeros(n, dtype=torch.bool)
         on_host = path[:n] < 0
@@ -398,7 +399,10 @@ class ClusterAttendedSet(AttendedSetPolicy):
             provisional[on_host] = self.host.provisional_rows(decode_host(path[:n][on_host]))
         final, early = stream_groups(video.index, path, provisional, sink_tokens=self.config.sink_tokens,
                                      sealed_only=sealed_only)
+        full = self.counters.host_store_full_events
         moved = self._write_groups(video, path, node_id, offloader, self._device_or_host(read_kv), *final)
+        if self.counters.host_store_full_events > full:
+            return moved
         return moved + self._write_groups(video, path, node_id, offloader, read_kv, *early, provisional=True)
 
     def _device_or_host(self, read_kv):
@@ -425,10 +429,13 @@ class ClusterAttendedSet(AttendedSetPolicy):
         per-layer orders, else None) to the host tier, one extent each, then point the tree at them: device
         positions give their slots back (`PrefixOffloader.offload`), host ones leave their old rows
         (`PrefixOffloader.rehost`, released here). A full host store keeps the rest where it is (a full
-        event). Returns the tokens that left the device."""
+        event: on the device, or in its provisional extent). Returns the tokens that left the device."""
         if not groups:
             return 0
-        host_rows = self.host.put_clusters(read_kv, [path[g] for g in groups], clusters, provisional=provisional)
+        values = [path[g] for g in groups]
+        sources = torch.cat(values)
+        sources = decode_host(sources[sources < 0])  # a relayout's old rows: not spilled to make room for it
+        host_rows = self.host.put_clusters(read_kv, values, clusters, provisional=provisional, sources=sources)
         if len(host_rows) < len(groups):
             self.counters.host_store_full_events += 1
             groups = groups[: len(host_rows)]
