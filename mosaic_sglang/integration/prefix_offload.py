@@ -60,22 +60,8 @@ class PrefixOffloader:
         Returns:
             ``[n] int64`` the device slots given back to SGLang's allocator.
         """
-        assert bool((positions[1:] > positions[:-1]).all()), "positions must be ascending and unique"
         encoded = encode_host(host_rows)
-        freed = []
-        for node, start, end in self.path_segments(node_id):
-            inside = (positions >= start) & (positions < end)
-            if not bool(inside.any()):
-                continue
-            offsets = positions[inside] - start
-            value = node.component_data[FULL].value
-            slots = value[offsets].to(torch.int64)
-            assert bool((slots > 0).all()), f"offload of a non-device entry in node {node.id}: {slots.tolist()}"
-            value[offsets] = encoded[inside].to(value.dtype)
-            self.cache.tree_core.adjust_component_size(node.id, FULL, -int(offsets.numel()))
-            freed.append(slots)
-        slots = torch.cat(freed) if freed else torch.empty(0, dtype=torch.int64)
-        assert slots.numel() == positions.numel(), f"positions past the path: {positions.numel()=} {slots.numel()=}"
+        slots = self._replace_values(node_id, positions, encoded, from_device=True)
         self._patch_live_rows(positions, slots, encoded)  # segments walk ascending positions: same order
         self.cache.token_to_kv_pool_allocator.free(slots.to(self._allocator_device()))
         return slots
@@ -93,9 +79,17 @@ class PrefixOffloader:
         Returns:
             ``[n] int64`` the host rows they left (the caller releases them once nothing refers to them).
         """
-        assert bool((positions[1:] > positions[:-1]).all()), "positions must be ascending and unique"
         encoded = encode_host(host_rows)
-        old = []
+        before = self._replace_values(node_id, positions, encoded, from_device=False)
+        self._patch_live_rows(positions, before, encoded)
+        return decode_host(before)
+
+    def _replace_values(self, node_id, positions: torch.Tensor, encoded: torch.Tensor, *, from_device: bool) -> torch.Tensor:
+        """Write ``encoded [n]`` into the tree node values at ``positions [n]`` (ascending, unique) of the path to
+        ``node_id``; each must hold a device slot (``from_device``: the tree's ledger loses them) or a host
+        encoding. Returns ``[n] int64`` the values they held, in position order."""
+        assert bool((positions[1:] > positions[:-1]).all()), "positions must be ascending and unique"
+        held = []
         for node, start, end in self.path_segments(node_id):
             inside = (positions >= start) & (positions < end)
             if not bool(inside.any()):
@@ -103,13 +97,16 @@ class PrefixOffloader:
             offsets = positions[inside] - start
             value = node.component_data[FULL].value
             before = value[offsets].to(torch.int64)
-            assert bool((before < 0).all()), f"rehost of a device entry in node {node.id}: {before.tolist()}"
+            expected = before > 0 if from_device else before < 0
+            assert bool(expected.all()), (f"{'offload of a non-device' if from_device else 'rehost of a device'} entry "
+                                          f"in node {node.id}: {before.tolist()}")
             value[offsets] = encoded[inside].to(value.dtype)
-            old.append(before)
-        before = torch.cat(old) if old else torch.empty(0, dtype=torch.int64)
+            if from_device:
+                self.cache.tree_core.adjust_component_size(node.id, FULL, -int(offsets.numel()))
+            held.append(before)
+        before = torch.cat(held) if held else torch.empty(0, dtype=torch.int64)
         assert before.numel() == positions.numel(), f"positions past the path: {positions.numel()=} {before.numel()=}"
-        self._patch_live_rows(positions, before, encoded)
-        return decode_host(before)
+        return before
 
     def _patch_live_rows(self, positions: torch.Tensor, slots: torch.Tensor, encoded: torch.Tensor) -> None:
         """Every live request row that holds ``slots`` (device slots, or host encodings when rehosting) at these
