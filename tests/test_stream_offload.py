@@ -52,13 +52,14 @@ def pool():
     return keys
 
 
-def _stream(pool, *, regroup_tokens: int, spill_dir=None):
+def _stream(pool, *, regroup_tokens: int, spill_dir=None, store_rows: int = 1024):
     """Prefill the prompt `CHUNK_FRAMES` frames per chunk with an offload checkpoint after each, then end the request.
     Returns the policy, its host tier, the tree's values, the slot each position started in and, per chunk,
     the frames held on the device and the frames ingested. ``spill_dir``: a host store of 48 rows with a spill
-    tier there, so that relayouts read spilled extents and spill others to make room."""
+    tier there, so that relayouts read spilled extents and spill others to make room; ``store_rows``: the host
+    store's rows without one."""
     if spill_dir is None:
-        host = HostTier(HostKVStore(1024, num_layers=L, num_kv_heads=H, head_dim=D, dtype=torch.float32), layer_orders=True)
+        host = HostTier(HostKVStore(store_rows, num_layers=L, num_kv_heads=H, head_dim=D, dtype=torch.float32), layer_orders=True)
     else:
         from mosaic_sglang.integration.hicache_spill import HiCacheSpillBackend
 
@@ -135,3 +136,18 @@ def test_sealed_frames_leave_the_device_before_their_span_is_regrouped(pool, spi
         pieces = [host.orders.sub_ranges(layer, rows[assign == c], host._extent_of[rows[assign == c]])[0].numel()
                   for c in assign.unique().tolist()]
         assert sum(pieces) <= 1.2 * len(pieces), pieces
+
+
+def test_a_full_host_store_leaves_every_token_where_its_value_says(pool, monkeypatch):
+    # 64 rows for a 192-token video: relayouts (old and new rows at once) and early moves run out of room
+    monkeypatch.setenv("MOSAIC_DEBUG", "1")
+    policy, host, values, slots, _ = _stream(pool, regroup_tokens=8, store_rows=64)
+    assert policy.counters.host_store_full_events > 0 and policy.counters.rehosted_tokens > 0
+    visual = (_prompt() >= 0).nonzero().flatten()
+    on_host = visual[values[visual] < 0]
+    assert 0 < on_host.numel() < visual.numel()
+    assert torch.equal(values[visual[values[visual] > 0]], slots[visual[values[visual] > 0]])  # untouched slots
+    k, v = host.read_rows(decode_host(values[on_host]))
+    assert torch.equal(k, pool[:, slots[on_host]]) and torch.equal(v, -pool[:, slots[on_host]])
+    assert host.live_rows == on_host.numel()  # no row held for a token that stayed, none leaked by a relayout
+    host.check_integrity()

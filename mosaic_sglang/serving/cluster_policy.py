@@ -374,11 +374,11 @@ class ClusterAttendedSet(AttendedSetPolicy):
             if self.host.orders is None:
                 groups = clusters_to_offload(video.index, path, sink_tokens=self.config.sink_tokens,
                                              sealed_only=sealed_only)
-                moved += self._write_groups(video, path, node_id, offloader, read_kv, groups, None)
+                moved += self._write_groups(video, path, node_id, offloader, read_kv, groups, None)[0]
             elif not self.config.regroup_tokens:
                 groups, clusters = closed_groups(video.index, path, sink_tokens=self.config.sink_tokens,
                                                  sealed_only=sealed_only)
-                moved += self._write_groups(video, path, node_id, offloader, read_kv, groups, clusters)
+                moved += self._write_groups(video, path, node_id, offloader, read_kv, groups, clusters)[0]
             else:  # regrouped per-layer memberships: sealed frames move before their span is regrouped
                 moved += self._offload_stream(video, path, node_id, offloader, read_kv, sealed_only)
             self.videos.rekey(anchor)  # its first visual token may have moved: filed under its new value
@@ -399,11 +399,10 @@ class ClusterAttendedSet(AttendedSetPolicy):
             provisional[on_host] = self.host.provisional_rows(decode_host(path[:n][on_host]))
         final, early = stream_groups(video.index, path, provisional, sink_tokens=self.config.sink_tokens,
                                      sealed_only=sealed_only)
-        full = self.counters.host_store_full_events
-        moved = self._write_groups(video, path, node_id, offloader, self._device_or_host(read_kv), *final)
-        if self.counters.host_store_full_events > full:
+        moved, complete = self._write_groups(video, path, node_id, offloader, self._device_or_host(read_kv), *final)
+        if not complete:
             return moved
-        return moved + self._write_groups(video, path, node_id, offloader, read_kv, *early, provisional=True)
+        return moved + self._write_groups(video, path, node_id, offloader, read_kv, *early, provisional=True)[0]
 
     def _device_or_host(self, read_kv):
         """A `KVReader` over tree values: device slots (``> 0``) from the pool via ``read_kv``, host encodings
@@ -424,23 +423,24 @@ class ClusterAttendedSet(AttendedSetPolicy):
         return read
 
     def _write_groups(self, video, path: torch.Tensor, node_id, offloader, read_kv, groups, clusters,
-                      *, provisional: bool = False) -> int:
+                      *, provisional: bool = False) -> tuple[int, bool]:
         """Write ``groups`` (``[M] int64`` path positions each; ``clusters``: their ``[L, M]`` cluster ids with
         per-layer orders, else None) to the host tier, one extent each, then point the tree at them: device
         positions give their slots back (`PrefixOffloader.offload`), host ones leave their old rows
         (`PrefixOffloader.rehost`, released here). A full host store keeps the rest where it is (a full
-        event: on the device, or in its provisional extent). Returns the tokens that left the device."""
+        event: on the device, or in its provisional extent). Returns the tokens that left the device and
+        whether every group was written."""
         if not groups:
-            return 0
+            return 0, True
         values = [path[g] for g in groups]
         sources = torch.cat(values)
-        sources = decode_host(sources[sources < 0])  # a relayout's old rows: not spilled to make room for it
+        sources = decode_host(sources[sources < 0])  # a relayout's old rows: spilled for room only as a last resort
         host_rows = self.host.put_clusters(read_kv, values, clusters, provisional=provisional, sources=sources)
         if len(host_rows) < len(groups):
             self.counters.host_store_full_events += 1
             groups = groups[: len(host_rows)]
             if not groups:
-                return 0
+                return 0, False
         positions, rows = torch.cat(groups), torch.cat(host_rows)
         order = torch.argsort(positions)
         positions, rows = positions[order], rows[order]
@@ -455,7 +455,7 @@ class ClusterAttendedSet(AttendedSetPolicy):
             self.host.release(offloader.rehost(node_id, positions[~on_device], rows[~on_device]))
             self.counters.rehosted_tokens += int((~on_device).sum())
         video.slots[positions] = encode_host(rows)
-        return int(on_device.sum())
+        return int(on_device.sum()), len(host_rows) == len(values)
 
     # -- lifetime ---------------------------------------------------------------------------------------
 
